@@ -1,0 +1,335 @@
+//! Map ABI: the fixed-size `#[repr(C)]` key and value types that the eBPF maps and the userspace
+//! tables share. Layouts have no implicit padding (zerocopy's `IntoBytes` derive checks that), so
+//! the bytes a kernel map holds are exactly the bytes userspace compares.
+
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
+use crate::flow::FlowTuple;
+
+/// Which half of a flow a conntrack key names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum CtKind {
+    /// Keyed by the tuple the client sent (to the service address, before DNAT). This entry owns
+    /// the flow's state, timers and the chosen backend.
+    Service = 0,
+    /// Keyed by the reply tuple (from the backend, after DNAT). It holds the service address to
+    /// restore as the reply's source, and points back to its `Service` entry.
+    ReverseNat = 1,
+}
+
+/// Conntrack key: a tuple and the [`CtKind`] of the entry.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
+#[repr(C)]
+pub struct CtKey {
+    /// Source address.
+    pub src: [u8; 16],
+    /// Destination address.
+    pub dst: [u8; 16],
+    /// Source port, host order.
+    pub src_port: u16,
+    /// Destination port, host order.
+    pub dst_port: u16,
+    /// IP protocol.
+    pub proto: u8,
+    /// Address family (4 or 6).
+    pub family: u8,
+    /// [`CtKind`] as `u8`.
+    pub kind: u8,
+    /// Zero.
+    pub pad: u8,
+}
+
+impl CtKey {
+    /// The key of a tuple for an entry of `kind`.
+    #[inline(always)]
+    #[must_use]
+    pub const fn new(t: &FlowTuple, kind: CtKind) -> Self {
+        Self {
+            src: t.src,
+            dst: t.dst,
+            src_port: t.src_port,
+            dst_port: t.dst_port,
+            proto: t.proto,
+            family: t.family,
+            kind: kind as u8,
+            pad: 0,
+        }
+    }
+
+    /// The tuple this key was made from.
+    #[inline(always)]
+    #[must_use]
+    pub const fn tuple(&self) -> FlowTuple {
+        FlowTuple {
+            src: self.src,
+            dst: self.dst,
+            src_port: self.src_port,
+            dst_port: self.dst_port,
+            proto: self.proto,
+            family: self.family,
+        }
+    }
+}
+
+/// Conntrack states. TCP states follow netfilter's names; UDP, ICMP and other protocols have
+/// their own. The value indexes [`Timeouts::ns`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum CtState {
+    /// TCP: SYN seen from the client.
+    SynSent = 0,
+    /// TCP: SYN+ACK seen from the server.
+    SynRecv = 1,
+    /// TCP: handshake complete.
+    Established = 2,
+    /// TCP: FIN seen from the client.
+    FinWait = 3,
+    /// TCP: FIN seen from the server first.
+    CloseWait = 4,
+    /// TCP: FIN seen from both sides, last ACK outstanding.
+    LastAck = 5,
+    /// TCP: both FINs acknowledged.
+    TimeWait = 6,
+    /// TCP: reset seen.
+    Close = 7,
+    /// TCP: simultaneous open (SYN seen from both sides).
+    SynSent2 = 8,
+    /// UDP: packets seen in one direction only.
+    UdpUnreplied = 9,
+    /// UDP: packets seen in both directions.
+    UdpAssured = 10,
+    /// ICMP echo request/reply exchange.
+    Icmp = 11,
+    /// Any other protocol.
+    Generic = 12,
+}
+
+/// Number of [`CtState`] values (size of [`Timeouts::ns`]).
+pub const CT_STATES: usize = 13;
+
+impl CtState {
+    /// The state for a raw value, if valid.
+    #[must_use]
+    pub const fn from_u8(v: u8) -> Option<Self> {
+        Some(match v {
+            0 => Self::SynSent,
+            1 => Self::SynRecv,
+            2 => Self::Established,
+            3 => Self::FinWait,
+            4 => Self::CloseWait,
+            5 => Self::LastAck,
+            6 => Self::TimeWait,
+            7 => Self::Close,
+            8 => Self::SynSent2,
+            9 => Self::UdpUnreplied,
+            10 => Self::UdpAssured,
+            11 => Self::Icmp,
+            12 => Self::Generic,
+            _ => return None,
+        })
+    }
+
+    /// Whether the flow is closing or closed (first to go when the table is full).
+    #[must_use]
+    pub const fn is_closing(self) -> bool {
+        matches!(
+            self,
+            Self::FinWait | Self::CloseWait | Self::LastAck | Self::TimeWait | Self::Close
+        )
+    }
+}
+
+/// Entry flag: a packet in the reply direction has been seen.
+pub const CT_F_REPLY_SEEN: u8 = 0x01;
+/// Entry flag: the client's source port was rewritten (see [`CtEntry::rewritten_src_port`]).
+pub const CT_F_SRC_PORT_REWRITTEN: u8 = 0x02;
+
+/// Conntrack entry (80 bytes, 8-aligned).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
+#[repr(C)]
+pub struct CtEntry {
+    /// When the flow was first seen (ns, CLOCK_MONOTONIC / `bpf_ktime_get_ns`).
+    pub created_ns: u64,
+    /// When the flow last saw a packet.
+    pub last_seen_ns: u64,
+    /// When the entry expires unless refreshed: `last_seen_ns` + the timeout of its state.
+    pub expires_ns: u64,
+    /// Packets in the original direction (client → service).
+    pub packets_orig: u32,
+    /// Packets in the reply direction.
+    pub packets_reply: u32,
+    /// Service entry: the backend address. Reverse-NAT entry: the service address.
+    pub nat_addr: [u8; 16],
+    /// Node the flow arrived from over a tunnel (zero if none).
+    pub tunnel_peer: [u8; 16],
+    /// Service entry: the backend port. Reverse-NAT entry: the service port.
+    pub nat_port: u16,
+    /// The client source port as rewritten by the collision resolver (valid with
+    /// [`CT_F_SRC_PORT_REWRITTEN`]).
+    pub rewritten_src_port: u16,
+    /// [`CtState`] as `u8` (meaningful on service entries).
+    pub state: u8,
+    /// `CT_F_*` flags.
+    pub flags: u8,
+    /// IP protocol.
+    pub proto: u8,
+    /// Address family.
+    pub family: u8,
+    /// Service the flow belongs to.
+    pub service_id: u32,
+    /// Backend the flow was sent to.
+    pub backend_id: u32,
+}
+
+/// Per-state timeouts in nanoseconds, indexed by [`CtState`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct Timeouts {
+    /// Timeout of each state, in ns.
+    pub ns: [u64; CT_STATES],
+}
+
+impl Timeouts {
+    /// Timeout of a state in ns (the generic timeout for an out-of-range value).
+    #[inline(always)]
+    #[must_use]
+    pub fn of(&self, state: u8) -> u64 {
+        match self.ns.get(state as usize) {
+            Some(v) => *v,
+            None => self.ns.get(CtState::Generic as usize).copied().unwrap_or(0),
+        }
+    }
+}
+
+/// Datapath configuration: one value in the kernel's config array, a field of the userspace engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct DatapathConfig {
+    /// Conntrack timeouts per state.
+    pub timeouts: Timeouts,
+    /// When non-zero, the datapath uses this as "now" instead of its clock. Deterministic tests
+    /// (and the differential suite) set it so that both worlds stamp identical timestamps.
+    pub fixed_now_ns: u64,
+    /// Seed of the flow hash that picks backends.
+    pub hash_seed: u32,
+    /// Reserved, zero.
+    pub flags: u32,
+}
+
+/// Service key: the frontend address, port and protocol a client connects to.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
+#[repr(C)]
+pub struct ServiceKey {
+    /// Frontend address (VIP, node address, external IP).
+    pub addr: [u8; 16],
+    /// Frontend port, host order.
+    pub port: u16,
+    /// IP protocol.
+    pub proto: u8,
+    /// Address family.
+    pub family: u8,
+}
+
+/// Service value: identity and the number of backend slots taking new flows.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
+#[repr(C)]
+pub struct ServiceValue {
+    /// Service id (key prefix of its backend slots).
+    pub id: u32,
+    /// Number of slots `0..backend_count` in the backend table for this service.
+    pub backend_count: u32,
+    /// Reserved flags, zero.
+    pub flags: u32,
+    /// Session-affinity timeout in seconds (0: no affinity).
+    pub affinity_timeout_s: u32,
+}
+
+/// Backend table key: a service's slot.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
+#[repr(C)]
+pub struct BackendKey {
+    /// Service id.
+    pub service_id: u32,
+    /// Slot, `0..backend_count`.
+    pub slot: u32,
+}
+
+/// Backend table value: where a slot's flows go.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
+#[repr(C)]
+pub struct BackendValue {
+    /// Backend address.
+    pub addr: [u8; 16],
+    /// Backend port, host order.
+    pub port: u16,
+    /// Address family.
+    pub family: u8,
+    /// Reserved, zero.
+    pub state: u8,
+    /// Backend id (stable across slot reshuffles).
+    pub id: u32,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: each type is `#[repr(C)]`, `Copy`, made only of integers and byte arrays, and has no
+    // padding (checked by the `IntoBytes` derive), so every bit pattern is valid and all bytes are
+    // initialized: exactly what `aya::Pod` requires.
+    unsafe impl aya::Pod for super::CtKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::CtEntry {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::DatapathConfig {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ServiceKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ServiceValue {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::BackendKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::BackendValue {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::{align_of, size_of};
+
+    #[test]
+    fn abi_sizes_are_stable() {
+        // These sizes are part of the kernel/user ABI and of pinned maps: a change breaks a
+        // restarted loader that re-attaches to maps of the old layout.
+        assert_eq!(size_of::<CtKey>(), 40);
+        assert_eq!(size_of::<CtEntry>(), 80);
+        assert_eq!(align_of::<CtEntry>(), 8);
+        assert_eq!(size_of::<ServiceKey>(), 20);
+        assert_eq!(size_of::<ServiceValue>(), 16);
+        assert_eq!(size_of::<BackendKey>(), 8);
+        assert_eq!(size_of::<BackendValue>(), 24);
+        assert_eq!(size_of::<DatapathConfig>(), 13 * 8 + 16);
+    }
+
+    #[test]
+    fn ct_state_roundtrip() {
+        for v in 0..=255u8 {
+            if let Some(s) = CtState::from_u8(v) {
+                assert_eq!(s as u8, v);
+            } else {
+                assert!(v as usize >= CT_STATES);
+            }
+        }
+    }
+}

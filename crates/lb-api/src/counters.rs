@@ -1,0 +1,199 @@
+//! Counters and drop reasons: one flat index space shared by the kernel's per-CPU counter array
+//! and the userspace engine's counters, so both worlds report the same numbers under the same names.
+
+/// Number of counter slots (the size of the kernel's per-CPU counter array).
+pub const COUNTER_SLOTS: u32 = 64;
+
+/// First slot used by drop reasons; `DropReason as u32 + DROP_BASE` is a reason's slot.
+pub const DROP_BASE: u32 = 32;
+
+/// Events the datapath counts that are not drops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u32)]
+pub enum Counter {
+    /// Packets the datapath looked at.
+    RxPackets = 0,
+    /// A new flow to a service: backend chosen, conntrack entries created, destination rewritten.
+    ServiceNewFlow = 1,
+    /// A packet of a known flow to a service, destination rewritten from conntrack.
+    ServiceEstablished = 2,
+    /// A reply from a backend, source rewritten back to the service address.
+    ReplyTranslated = 3,
+    /// Passed: not an IP packet the datapath translates (ARP, ...).
+    PassNotIp = 4,
+    /// Passed: an IP packet to no service and of no tracked flow.
+    PassNotService = 5,
+    /// Passed: an IPv4 fragment (not reassembled).
+    PassFragment = 6,
+    /// Passed: a protocol the service table does not translate.
+    PassOtherProto = 7,
+    /// A reply-direction conntrack entry whose forward entry was gone; the orphan was removed.
+    OrphanReplyRemoved = 8,
+    /// Packets dropped, all reasons together.
+    Dropped = 9,
+}
+
+/// Why the datapath dropped a packet. Every drop is counted under exactly one reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u32)]
+pub enum DropReason {
+    /// A header ends past the end of the packet.
+    Truncated = 0,
+    /// IPv4 version field is not 4.
+    BadIpVersion = 1,
+    /// IPv4 IHL below 5.
+    BadIpHeaderLength = 2,
+    /// IPv4 total length shorter than the header.
+    BadIpTotalLength = 3,
+    /// TCP data offset below 5.
+    BadTcpHeaderLength = 4,
+    /// The service has no backend able to take new flows.
+    NoBackend = 5,
+    /// The backend slot chosen for the flow is missing from the backend table.
+    BackendMissing = 6,
+    /// The conntrack table refused the new flow's entries (full).
+    ConntrackFull = 7,
+    /// The datapath has not been configured (config table empty).
+    NotConfigured = 8,
+    /// The new flow's reply tuple is already owned by another flow (same client address and port
+    /// to the same backend through another frontend or node).
+    SourcePortCollision = 9,
+}
+
+impl Counter {
+    /// All counters, in slot order.
+    pub const ALL: [Counter; 10] = [
+        Self::RxPackets,
+        Self::ServiceNewFlow,
+        Self::ServiceEstablished,
+        Self::ReplyTranslated,
+        Self::PassNotIp,
+        Self::PassNotService,
+        Self::PassFragment,
+        Self::PassOtherProto,
+        Self::OrphanReplyRemoved,
+        Self::Dropped,
+    ];
+
+    /// Slot in the counter array.
+    #[inline(always)]
+    #[must_use]
+    pub const fn slot(self) -> u32 {
+        self as u32
+    }
+
+    /// Name used in metrics output.
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::RxPackets => "rx_packets",
+            Self::ServiceNewFlow => "service_new_flow",
+            Self::ServiceEstablished => "service_established",
+            Self::ReplyTranslated => "reply_translated",
+            Self::PassNotIp => "pass_not_ip",
+            Self::PassNotService => "pass_not_service",
+            Self::PassFragment => "pass_fragment",
+            Self::PassOtherProto => "pass_other_proto",
+            Self::OrphanReplyRemoved => "orphan_reply_removed",
+            Self::Dropped => "dropped",
+        }
+    }
+}
+
+impl DropReason {
+    /// All drop reasons, in slot order.
+    pub const ALL: [DropReason; 10] = [
+        Self::Truncated,
+        Self::BadIpVersion,
+        Self::BadIpHeaderLength,
+        Self::BadIpTotalLength,
+        Self::BadTcpHeaderLength,
+        Self::NoBackend,
+        Self::BackendMissing,
+        Self::ConntrackFull,
+        Self::NotConfigured,
+        Self::SourcePortCollision,
+    ];
+
+    /// Slot in the counter array.
+    #[inline(always)]
+    #[must_use]
+    pub const fn slot(self) -> u32 {
+        DROP_BASE + self as u32
+    }
+
+    /// Name used in metrics output.
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Truncated => "truncated",
+            Self::BadIpVersion => "bad_ip_version",
+            Self::BadIpHeaderLength => "bad_ip_header_length",
+            Self::BadIpTotalLength => "bad_ip_total_length",
+            Self::BadTcpHeaderLength => "bad_tcp_header_length",
+            Self::NoBackend => "no_backend",
+            Self::BackendMissing => "backend_missing",
+            Self::ConntrackFull => "conntrack_full",
+            Self::NotConfigured => "not_configured",
+            Self::SourcePortCollision => "source_port_collision",
+        }
+    }
+}
+
+/// A sink for counter increments: a per-CPU array in the kernel, an array in userspace.
+pub trait Counters {
+    /// Adds one to the counter at `slot` (a [`Counter::slot`] or [`DropReason::slot`]).
+    fn bump(&mut self, slot: u32);
+}
+
+/// A snapshot of all counter slots, summed over CPUs where the source is per-CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CounterSnapshot(pub [u64; COUNTER_SLOTS as usize]);
+
+impl Default for CounterSnapshot {
+    fn default() -> Self {
+        Self([0; COUNTER_SLOTS as usize])
+    }
+}
+
+impl CounterSnapshot {
+    /// Value of a counter.
+    #[must_use]
+    pub fn get(&self, c: Counter) -> u64 {
+        self.0.get(c.slot() as usize).copied().unwrap_or(0)
+    }
+
+    /// Value of a drop reason's counter.
+    #[must_use]
+    pub fn drops(&self, r: DropReason) -> u64 {
+        self.0.get(r.slot() as usize).copied().unwrap_or(0)
+    }
+}
+
+impl Counters for CounterSnapshot {
+    fn bump(&mut self, slot: u32) {
+        if let Some(v) = self.0.get_mut(slot as usize) {
+            *v += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_are_distinct_and_in_range() {
+        let mut seen = [false; COUNTER_SLOTS as usize];
+        for s in Counter::ALL
+            .iter()
+            .map(|c| c.slot())
+            .chain(DropReason::ALL.iter().map(|r| r.slot()))
+        {
+            assert!(s < COUNTER_SLOTS);
+            assert!(!seen[s as usize], "slot {s} used twice");
+            seen[s as usize] = true;
+        }
+        assert!(Counter::ALL.iter().all(|c| c.slot() < DROP_BASE));
+    }
+}

@@ -1,0 +1,223 @@
+//! The lb-dataplane eBPF programs.
+//!
+//! Each program is a thin adapter: it wraps the hook's packet in a [`PacketAccess`] over
+//! `data`/`data_end`, the kernel maps in the logic crates' table traits, and calls
+//! [`lb_datapath::process`], the same function the userspace engine runs.
+//!
+//! Programs:
+//! * `lb_xdp`: the pipeline at XDP (ingress, before the stack allocates an skb).
+//! * `lb_tc`: the pipeline at TC (clsact ingress or egress), for interfaces or directions XDP
+//!   cannot serve.
+//! * `lb_xdp_parse_only`: parses and passes; the baseline benchmarks are set against.
+#![no_std]
+#![no_main]
+
+use core::mem::size_of;
+
+use aya_ebpf::bindings::{xdp_action, TC_ACT_OK, TC_ACT_SHOT};
+use aya_ebpf::helpers::bpf_ktime_get_ns;
+use aya_ebpf::macros::{classifier, map, xdp};
+use aya_ebpf::maps::{Array, HashMap, PerCpuArray};
+use aya_ebpf::programs::{TcContext, XdpContext};
+use lb_api::abi::{
+    BackendKey, BackendValue, CtEntry, CtKey, DatapathConfig, ServiceKey, ServiceValue,
+};
+use lb_api::counters::{Counters, DropReason, COUNTER_SLOTS};
+use lb_api::wire::{parse, PacketAccess, MAX_HEADER_OFFSET};
+use lb_api::Verdict;
+use lb_conntrack::{ConntrackTable, InsertError, InsertMode};
+use lb_nat::ServiceTable;
+use zerocopy_shim::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
+mod zerocopy_shim {
+    pub use lb_api::__zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+}
+
+/// Conntrack entries: service entries and reverse-NAT entries.
+#[map]
+static LB_CT: HashMap<CtKey, CtEntry> = HashMap::with_max_entries(65_536, 0);
+/// Services by frontend.
+#[map]
+static LB_SERVICES: HashMap<ServiceKey, ServiceValue> = HashMap::with_max_entries(4_096, 0);
+/// Backend slots.
+#[map]
+static LB_BACKENDS: HashMap<BackendKey, BackendValue> = HashMap::with_max_entries(65_536, 0);
+/// The datapath configuration (one entry).
+#[map]
+static LB_CONFIG: Array<DatapathConfig> = Array::with_max_entries(1, 0);
+/// Counters, per CPU; userspace sums them.
+#[map]
+static LB_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
+
+/// The kernel maps behind the logic crates' table traits.
+struct KernelTables;
+
+impl ConntrackTable for KernelTables {
+    #[inline(always)]
+    fn get_mut(&mut self, key: &CtKey) -> Option<&mut CtEntry> {
+        // SAFETY: the pointer comes from a successful map lookup and points at a value of the
+        // map's value type, valid for the rest of this program run (RCU); the `&mut self` borrow
+        // keeps this program from handing out a second reference to it.
+        LB_CT.get_ptr_mut(key).map(|p| unsafe { &mut *p })
+    }
+
+    #[inline(always)]
+    fn insert(
+        &mut self,
+        key: &CtKey,
+        entry: &CtEntry,
+        mode: InsertMode,
+    ) -> Result<(), InsertError> {
+        let flags = match mode {
+            InsertMode::NoExist => 1, // BPF_NOEXIST
+            InsertMode::Any => 0,     // BPF_ANY
+        };
+        LB_CT.insert(key, entry, flags).map_err(|e| match e as i32 {
+            -17 => InsertError::Exists, // EEXIST
+            -7 => InsertError::Full,    // E2BIG
+            other => InsertError::Other(other),
+        })
+    }
+
+    #[inline(always)]
+    fn remove(&mut self, key: &CtKey) -> bool {
+        LB_CT.remove(key).is_ok()
+    }
+}
+
+impl ServiceTable for KernelTables {
+    #[inline(always)]
+    fn service(&self, key: &ServiceKey) -> Option<ServiceValue> {
+        // SAFETY: the value is copied out while the RCU-protected lookup result is valid.
+        unsafe { LB_SERVICES.get(key).copied() }
+    }
+
+    #[inline(always)]
+    fn backend(&self, key: &BackendKey) -> Option<BackendValue> {
+        // SAFETY: as above.
+        unsafe { LB_BACKENDS.get(key).copied() }
+    }
+}
+
+impl Counters for KernelTables {
+    #[inline(always)]
+    fn bump(&mut self, slot: u32) {
+        if let Some(p) = LB_COUNTERS.get_ptr_mut(slot) {
+            // SAFETY: a per-CPU slot is only written by programs running on this CPU, one at a time.
+            unsafe { *p += 1 };
+        }
+    }
+}
+
+/// [`PacketAccess`] over `data`/`data_end`: every access is checked against `data_end` with a
+/// pointer comparison the verifier can follow.
+struct DirectPacket {
+    start: usize,
+    end: usize,
+}
+
+impl PacketAccess for DirectPacket {
+    #[inline(always)]
+    fn len(&self) -> usize {
+        self.end - self.start
+    }
+
+    #[inline(always)]
+    fn load<T: FromBytes + KnownLayout + Immutable + Copy>(&self, offset: usize) -> Option<T> {
+        if offset > MAX_HEADER_OFFSET {
+            return None;
+        }
+        let p = self.start + offset;
+        if p + size_of::<T>() > self.end {
+            return None;
+        }
+        // SAFETY: `p .. p + size_of::<T>()` lies inside the packet (checked against `end`), and
+        // `T: FromBytes` accepts any bytes; the read is unaligned-safe.
+        Some(unsafe { core::ptr::read_unaligned(p as *const T) })
+    }
+
+    #[inline(always)]
+    fn store<T: IntoBytes + Immutable>(&mut self, offset: usize, value: &T) -> Option<()> {
+        if offset > MAX_HEADER_OFFSET {
+            return None;
+        }
+        let p = self.start + offset;
+        if p + size_of::<T>() > self.end {
+            return None;
+        }
+        // SAFETY: `p .. p + size_of::<T>()` lies inside the writable packet buffer.
+        unsafe { core::ptr::write_unaligned(p as *mut T, core::ptr::read(value)) };
+        Some(())
+    }
+}
+
+#[inline(always)]
+fn run(pkt: &mut DirectPacket) -> Verdict {
+    let mut tables = KernelTables;
+    let Some(cfg) = LB_CONFIG.get(0) else {
+        tables.bump(DropReason::NotConfigured.slot());
+        return Verdict::Pass;
+    };
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    let now = lb_datapath::now_ns(cfg, || unsafe { bpf_ktime_get_ns() });
+    lb_datapath::process(pkt, cfg, now, &mut tables)
+}
+
+/// The pipeline at XDP.
+#[xdp]
+pub fn lb_xdp(ctx: XdpContext) -> u32 {
+    let mut pkt = DirectPacket {
+        start: ctx.data(),
+        end: ctx.data_end(),
+    };
+    match run(&mut pkt) {
+        Verdict::Pass => xdp_action::XDP_PASS,
+        Verdict::Drop => xdp_action::XDP_DROP,
+        Verdict::Tx => xdp_action::XDP_TX,
+    }
+}
+
+/// The pipeline at TC (clsact).
+#[classifier]
+pub fn lb_tc(ctx: TcContext) -> i32 {
+    // Make the headers linear so that direct packet access sees them.
+    let want = core::cmp::min(ctx.len(), MAX_HEADER_OFFSET as u32);
+    let _ = ctx.pull_data(want);
+    let mut pkt = DirectPacket {
+        start: ctx.data(),
+        end: ctx.data_end(),
+    };
+    match run(&mut pkt) {
+        Verdict::Pass | Verdict::Tx => TC_ACT_OK,
+        Verdict::Drop => TC_ACT_SHOT,
+    }
+}
+
+/// Parse only, then pass: the baseline the pipeline's cost is measured against.
+#[xdp]
+pub fn lb_xdp_parse_only(ctx: XdpContext) -> u32 {
+    let pkt = DirectPacket {
+        start: ctx.data(),
+        end: ctx.data_end(),
+    };
+    match parse(&pkt) {
+        Ok(p) => {
+            // Keep the parse from being optimized away.
+            if p.tuple.proto == 0xff {
+                return xdp_action::XDP_DROP;
+            }
+            xdp_action::XDP_PASS
+        }
+        Err(_) => xdp_action::XDP_PASS,
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,541 @@
+//! The aya backend of lb-dataplane: loads the eBPF programs built from the shared logic crates,
+//! attaches them, programs their maps with the same control-plane API as the userspace engine,
+//! reads conntrack and counters, and runs packets through them with `BPF_PROG_TEST_RUN`.
+//!
+//! ```no_run
+//! use lb_bpf::{KernelDatapath, Program};
+//! use lb_api::flow::L4Proto;
+//! use lb_nat::control::ServiceSpec;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // Every program passes the kernel's verifier here (needs root / CAP_BPF).
+//! let mut dp = KernelDatapath::load()?;
+//! dp.set_config(&lb_datapath::engine::default_config(0))?;
+//! dp.upsert_service(&ServiceSpec {
+//!     id: 1,
+//!     frontend: "10.96.0.10:80".parse()?,
+//!     proto: L4Proto::Tcp,
+//!     backends: vec!["10.1.0.2:8080".parse()?, "10.1.0.3:8080".parse()?],
+//! })?;
+//! dp.attach_xdp("eth0", aya::programs::XdpMode::Skb)?;
+//! println!("{} conntrack entries", dp.conntrack_entries()?.len());
+//! # Ok(()) }
+//! ```
+
+use std::time::Duration;
+
+use aya::maps::{Array, HashMap, MapData, PerCpuArray};
+use aya::programs::{tc, SchedClassifier, TcAttachType, TestRun, TestRunOptions, Xdp, XdpMode};
+use aya::{Ebpf, EbpfLoader};
+use lb_api::abi::{
+    BackendKey, BackendValue, CtEntry, CtKey, DatapathConfig, ServiceKey, ServiceValue,
+};
+use lb_api::counters::{CounterSnapshot, COUNTER_SLOTS};
+use lb_api::Verdict;
+use lb_nat::control::{self, ConfigError, ServiceSpec, ServiceStore};
+
+/// The compiled eBPF object (all programs and maps), embedded at build time.
+pub static PROGRAMS_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-programs.o"));
+
+/// Names of the maps in the object.
+pub mod maps {
+    /// Conntrack entries.
+    pub const CONNTRACK: &str = "LB_CT";
+    /// Services by frontend.
+    pub const SERVICES: &str = "LB_SERVICES";
+    /// Backend slots.
+    pub const BACKENDS: &str = "LB_BACKENDS";
+    /// Datapath configuration.
+    pub const CONFIG: &str = "LB_CONFIG";
+    /// Per-CPU counters.
+    pub const COUNTERS: &str = "LB_COUNTERS";
+}
+
+/// The program variants in the object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Program {
+    /// The pipeline at XDP.
+    Xdp,
+    /// The pipeline at TC (clsact).
+    Tc,
+    /// Parse-only XDP baseline for benchmarks.
+    XdpParseOnly,
+}
+
+impl Program {
+    /// Every variant: each is loaded through the verifier by [`KernelDatapath::load`].
+    pub const ALL: [Program; 3] = [Program::Xdp, Program::Tc, Program::XdpParseOnly];
+
+    /// The program's name in the object.
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Program::Xdp => "lb_xdp",
+            Program::Tc => "lb_tc",
+            Program::XdpParseOnly => "lb_xdp_parse_only",
+        }
+    }
+
+    /// The datapath verdict a program's return code stands for.
+    #[must_use]
+    pub const fn verdict(self, return_value: u32) -> Option<Verdict> {
+        match self {
+            Program::Xdp | Program::XdpParseOnly => match return_value {
+                1 => Some(Verdict::Drop), // XDP_DROP
+                2 => Some(Verdict::Pass), // XDP_PASS
+                3 => Some(Verdict::Tx),   // XDP_TX
+                _ => None,
+            },
+            Program::Tc => match return_value {
+                0 => Some(Verdict::Pass), // TC_ACT_OK
+                2 => Some(Verdict::Drop), // TC_ACT_SHOT
+                _ => None,
+            },
+        }
+    }
+}
+
+/// What went wrong, and what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The process may not load BPF programs.
+    #[error("loading BPF programs needs root or CAP_BPF+CAP_NET_ADMIN (run as root, e.g. with sudo): {0}")]
+    Permission(String),
+    /// The object could not be parsed or its maps created.
+    #[error("loading the eBPF object failed: {0}")]
+    Object(#[from] aya::EbpfError),
+    /// The verifier (or the kernel) rejected a program.
+    #[error("program `{program}` was rejected by the kernel: {source}")]
+    Program {
+        /// Which program.
+        program: &'static str,
+        /// aya's error, with the verifier log when there is one.
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    /// A map is missing from the object or has another type than expected.
+    #[error("map `{map}`: {source}")]
+    Map {
+        /// Which map.
+        map: &'static str,
+        /// aya's error.
+        #[source]
+        source: aya::maps::MapError,
+    },
+    /// The interface does not exist.
+    #[error("interface `{0}` does not exist (check the name with `ip link`)")]
+    NoSuchInterface(String),
+    /// Attaching failed.
+    #[error("attaching `{program}` to `{iface}` failed: {reason}")]
+    Attach {
+        /// Which program.
+        program: &'static str,
+        /// Which interface.
+        iface: String,
+        /// Why.
+        reason: String,
+    },
+    /// A service definition was refused.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The kernel returned a code no verdict maps to.
+    #[error("program `{program}` returned {code}, which is no datapath verdict")]
+    UnknownVerdict {
+        /// Which program.
+        program: &'static str,
+        /// The return code.
+        code: u32,
+    },
+}
+
+/// Result of running a packet through a program with `BPF_PROG_TEST_RUN`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TestRunOutput {
+    /// The program's verdict.
+    pub verdict: Verdict,
+    /// The packet as the program left it.
+    pub data: Vec<u8>,
+    /// Average time per run, as measured by the kernel.
+    pub duration: Duration,
+}
+
+/// The kernel datapath: the loaded object with all its programs and maps.
+pub struct KernelDatapath {
+    ebpf: Ebpf,
+}
+
+impl std::fmt::Debug for KernelDatapath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KernelDatapath").finish_non_exhaustive()
+    }
+}
+
+fn is_permission(e: &aya::EbpfError) -> bool {
+    let s = e.to_string();
+    s.contains("Operation not permitted") || s.contains("EPERM") || s.contains("Permission denied")
+}
+
+impl KernelDatapath {
+    /// Loads the object and every program variant into the kernel (each passes the verifier).
+    ///
+    /// # Errors
+    /// [`Error::Permission`] without privileges; [`Error::Program`] with the verifier log when a
+    /// program is rejected.
+    pub fn load() -> Result<Self, Error> {
+        let mut ebpf = EbpfLoader::new().load(PROGRAMS_OBJECT).map_err(|e| {
+            if is_permission(&e) {
+                Error::Permission(e.to_string())
+            } else {
+                Error::Object(e)
+            }
+        })?;
+        for p in Program::ALL {
+            let name = p.name();
+            let prog = ebpf.program_mut(name).ok_or_else(|| Error::Program {
+                program: name,
+                source: aya::programs::ProgramError::UnexpectedProgramType,
+            })?;
+            let res = match p {
+                Program::Xdp | Program::XdpParseOnly => {
+                    let x: &mut Xdp = prog.try_into().map_err(|source| Error::Program {
+                        program: name,
+                        source,
+                    })?;
+                    x.load()
+                }
+                Program::Tc => {
+                    let c: &mut SchedClassifier =
+                        prog.try_into().map_err(|source| Error::Program {
+                            program: name,
+                            source,
+                        })?;
+                    c.load()
+                }
+            };
+            res.map_err(|source| Error::Program {
+                program: name,
+                source,
+            })?;
+        }
+        Ok(Self { ebpf })
+    }
+
+    fn map(&mut self, name: &'static str) -> Result<&mut aya::maps::Map, Error> {
+        self.ebpf.map_mut(name).ok_or(Error::Map {
+            map: name,
+            source: aya::maps::MapError::InvalidName { name: name.into() },
+        })
+    }
+
+    fn hash<K: aya::Pod, V: aya::Pod>(
+        &mut self,
+        name: &'static str,
+    ) -> Result<HashMap<&mut MapData, K, V>, Error> {
+        HashMap::try_from(self.map(name)?).map_err(|source| Error::Map { map: name, source })
+    }
+
+    fn hash_ro<K: aya::Pod, V: aya::Pod>(
+        &self,
+        name: &'static str,
+    ) -> Result<HashMap<&MapData, K, V>, Error> {
+        let m = self.ebpf.map(name).ok_or(Error::Map {
+            map: name,
+            source: aya::maps::MapError::InvalidName { name: name.into() },
+        })?;
+        HashMap::try_from(m).map_err(|source| Error::Map { map: name, source })
+    }
+
+    /// Writes the datapath configuration.
+    ///
+    /// # Errors
+    /// [`Error::Map`] if the kernel refuses the write.
+    pub fn set_config(&mut self, cfg: &DatapathConfig) -> Result<(), Error> {
+        let mut a: Array<&mut MapData, DatapathConfig> = Array::try_from(self.map(maps::CONFIG)?)
+            .map_err(|source| Error::Map {
+            map: maps::CONFIG,
+            source,
+        })?;
+        a.set(0, *cfg, 0).map_err(|source| Error::Map {
+            map: maps::CONFIG,
+            source,
+        })
+    }
+
+    /// Adds or replaces a service (same rules and write order as the userspace engine).
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the invalid field, or a refused map write.
+    pub fn upsert_service(&mut self, spec: &ServiceSpec) -> Result<(), Error> {
+        control::upsert_service(self, spec).map_err(Error::from)
+    }
+
+    /// Removes a service.
+    pub fn remove_service(&mut self, spec: &ServiceSpec) {
+        control::remove_service(self, spec);
+    }
+
+    /// All conntrack entries, sorted by key bytes.
+    ///
+    /// # Errors
+    /// [`Error::Map`] if the map cannot be read.
+    pub fn conntrack_entries(&self) -> Result<Vec<(CtKey, CtEntry)>, Error> {
+        let m: HashMap<&MapData, CtKey, CtEntry> = self.hash_ro(maps::CONNTRACK)?;
+        let mut v = m
+            .iter()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|source| Error::Map {
+                map: maps::CONNTRACK,
+                source,
+            })?;
+        v.sort_by(|a, b| {
+            zerocopy::IntoBytes::as_bytes(&a.0).cmp(zerocopy::IntoBytes::as_bytes(&b.0))
+        });
+        Ok(v)
+    }
+
+    /// Deletes every conntrack entry.
+    ///
+    /// # Errors
+    /// [`Error::Map`] if the map cannot be read or written.
+    pub fn flush_conntrack(&mut self) -> Result<(), Error> {
+        let keys: Vec<CtKey> = self
+            .conntrack_entries()?
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        let mut m: HashMap<&mut MapData, CtKey, CtEntry> = self.hash(maps::CONNTRACK)?;
+        for k in keys {
+            let _ = m.remove(&k);
+        }
+        Ok(())
+    }
+
+    /// The counters, summed over CPUs.
+    ///
+    /// # Errors
+    /// [`Error::Map`] if the map cannot be read.
+    pub fn counters(&self) -> Result<CounterSnapshot, Error> {
+        let m = self.ebpf.map(maps::COUNTERS).ok_or(Error::Map {
+            map: maps::COUNTERS,
+            source: aya::maps::MapError::InvalidName {
+                name: maps::COUNTERS.into(),
+            },
+        })?;
+        let a: PerCpuArray<&MapData, u64> =
+            PerCpuArray::try_from(m).map_err(|source| Error::Map {
+                map: maps::COUNTERS,
+                source,
+            })?;
+        let mut snap = CounterSnapshot::default();
+        for slot in 0..COUNTER_SLOTS {
+            let per_cpu = a.get(&slot, 0).map_err(|source| Error::Map {
+                map: maps::COUNTERS,
+                source,
+            })?;
+            if let Some(v) = snap.0.get_mut(slot as usize) {
+                *v = per_cpu.iter().sum();
+            }
+        }
+        Ok(snap)
+    }
+
+    /// Zeroes every counter.
+    ///
+    /// # Errors
+    /// [`Error::Map`] if the map cannot be written.
+    pub fn reset_counters(&mut self) -> Result<(), Error> {
+        let ncpus = aya::util::nr_cpus().map_err(|(_, e)| Error::Map {
+            map: maps::COUNTERS,
+            source: aya::maps::MapError::InvalidName {
+                name: e.to_string(),
+            },
+        })?;
+        let mut a: PerCpuArray<&mut MapData, u64> =
+            PerCpuArray::try_from(self.map(maps::COUNTERS)?).map_err(|source| Error::Map {
+                map: maps::COUNTERS,
+                source,
+            })?;
+        for slot in 0..COUNTER_SLOTS {
+            let zeros =
+                aya::maps::PerCpuValues::try_from(vec![0u64; ncpus]).map_err(|e| Error::Map {
+                    map: maps::COUNTERS,
+                    source: aya::maps::MapError::InvalidName {
+                        name: e.to_string(),
+                    },
+                })?;
+            a.set(slot, zeros, 0).map_err(|source| Error::Map {
+                map: maps::COUNTERS,
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Runs `frame` through `program` `repeat` times with `BPF_PROG_TEST_RUN` (maps are shared
+    /// with the live datapath, so a run changes conntrack like a real packet would).
+    ///
+    /// # Errors
+    /// [`Error::Program`] if the kernel refuses the run.
+    pub fn test_run(
+        &self,
+        program: Program,
+        frame: &[u8],
+        repeat: u32,
+    ) -> Result<TestRunOutput, Error> {
+        let name = program.name();
+        let prog = self.ebpf.program(name).ok_or(Error::Program {
+            program: name,
+            source: aya::programs::ProgramError::UnexpectedProgramType,
+        })?;
+        let mut out = vec![0u8; frame.len() + 256];
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            repeat,
+            ..Default::default()
+        };
+        let res = match program {
+            Program::Xdp | Program::XdpParseOnly => {
+                let x: &Xdp = prog.try_into().map_err(|source| Error::Program {
+                    program: name,
+                    source,
+                })?;
+                x.test_run(opts)
+            }
+            Program::Tc => {
+                let c: &SchedClassifier = prog.try_into().map_err(|source| Error::Program {
+                    program: name,
+                    source,
+                })?;
+                c.test_run(opts)
+            }
+        }
+        .map_err(|source| Error::Program {
+            program: name,
+            source,
+        })?;
+        out.truncate(res.data_size_out as usize);
+        let verdict = program
+            .verdict(res.return_value)
+            .ok_or(Error::UnknownVerdict {
+                program: name,
+                code: res.return_value,
+            })?;
+        Ok(TestRunOutput {
+            verdict,
+            data: out,
+            duration: res.duration,
+        })
+    }
+
+    /// Attaches the XDP pipeline to `iface`.
+    ///
+    /// # Errors
+    /// [`Error::NoSuchInterface`] or [`Error::Attach`].
+    pub fn attach_xdp(&mut self, iface: &str, mode: XdpMode) -> Result<(), Error> {
+        check_iface(iface)?;
+        let name = Program::Xdp.name();
+        let x: &mut Xdp = self
+            .ebpf
+            .program_mut(name)
+            .ok_or(Error::Program {
+                program: name,
+                source: aya::programs::ProgramError::UnexpectedProgramType,
+            })?
+            .try_into()
+            .map_err(|source| Error::Program {
+                program: name,
+                source,
+            })?;
+        x.attach(iface, mode).map_err(|e| Error::Attach {
+            program: name,
+            iface: iface.into(),
+            reason: e.to_string(),
+        })?;
+        Ok(())
+    }
+
+    /// Attaches the TC pipeline to `iface` in `direction` (adds the clsact qdisc if missing).
+    ///
+    /// # Errors
+    /// [`Error::NoSuchInterface`] or [`Error::Attach`].
+    pub fn attach_tc(&mut self, iface: &str, direction: TcAttachType) -> Result<(), Error> {
+        check_iface(iface)?;
+        let _ = tc::qdisc_add_clsact(iface); // EEXIST when already there
+        let name = Program::Tc.name();
+        let c: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(name)
+            .ok_or(Error::Program {
+                program: name,
+                source: aya::programs::ProgramError::UnexpectedProgramType,
+            })?
+            .try_into()
+            .map_err(|source| Error::Program {
+                program: name,
+                source,
+            })?;
+        c.attach(iface, direction).map_err(|e| Error::Attach {
+            program: name,
+            iface: iface.into(),
+            reason: e.to_string(),
+        })?;
+        Ok(())
+    }
+}
+
+fn check_iface(iface: &str) -> Result<(), Error> {
+    let c = std::ffi::CString::new(iface).map_err(|_| Error::NoSuchInterface(iface.into()))?;
+    // SAFETY: `c` is a valid NUL-terminated string for the duration of the call.
+    if unsafe { libc::if_nametoindex(c.as_ptr()) } == 0 {
+        return Err(Error::NoSuchInterface(iface.into()));
+    }
+    Ok(())
+}
+
+impl ServiceStore for KernelDatapath {
+    fn put_service(&mut self, key: ServiceKey, value: ServiceValue) -> Result<(), ConfigError> {
+        let mut m: HashMap<&mut MapData, ServiceKey, ServiceValue> = self
+            .hash(maps::SERVICES)
+            .map_err(|e| store_err("services", &e))?;
+        m.insert(key, value, 0)
+            .map_err(|e| store_err("services", &e))
+    }
+    fn put_backend(&mut self, key: BackendKey, value: BackendValue) -> Result<(), ConfigError> {
+        let mut m: HashMap<&mut MapData, BackendKey, BackendValue> = self
+            .hash(maps::BACKENDS)
+            .map_err(|e| store_err("backends", &e))?;
+        m.insert(key, value, 0)
+            .map_err(|e| store_err("backends", &e))
+    }
+    fn get_service(&self, key: &ServiceKey) -> Option<ServiceValue> {
+        let m: HashMap<&MapData, ServiceKey, ServiceValue> = self.hash_ro(maps::SERVICES).ok()?;
+        m.get(key, 0).ok()
+    }
+    fn remove_backend(&mut self, key: &BackendKey) {
+        if let Ok(mut m) = self.hash::<BackendKey, BackendValue>(maps::BACKENDS) {
+            let _ = m.remove(key);
+        }
+    }
+    fn remove_service(&mut self, key: &ServiceKey) {
+        if let Ok(mut m) = self.hash::<ServiceKey, ServiceValue>(maps::SERVICES) {
+            let _ = m.remove(key);
+        }
+    }
+}
+
+fn store_err(table: &'static str, e: &dyn std::fmt::Display) -> ConfigError {
+    ConfigError::Store {
+        table,
+        reason: e.to_string(),
+    }
+}
+
+/// Whether this process can load BPF programs (effective uid 0). Privileged tests use it to
+/// decide whether to run; under CI they must run.
+#[must_use]
+pub fn is_privileged() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
