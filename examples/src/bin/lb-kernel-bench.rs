@@ -1,0 +1,87 @@
+//! In-kernel cost per packet of each datapath path, measured with BPF_PROG_TEST_RUN (the kernel
+//! times the program over `repeat` runs), set against the parse-only program.
+//!
+//! Run with `sudo -E cargo xtask bench --kernel-only` (or `cargo run --release -p lb-examples
+//! --bin lb-kernel-bench` as root).
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use lb_api::flow::L4Proto;
+use lb_api::wire::testing::tcp_v4_frame;
+use lb_api::wire::TcpFlags;
+use lb_api::Verdict;
+use lb_bpf::{KernelDatapath, Program};
+use lb_datapath::engine::default_config;
+use lb_nat::control::ServiceSpec;
+
+#[derive(Parser)]
+#[command(about = "ns/packet of the eBPF datapath via BPF_PROG_TEST_RUN")]
+struct Args {
+    /// Runs per measurement.
+    #[arg(long, default_value_t = 1_000_000)]
+    repeat: u32,
+    /// Distinct new flows for the new-flow measurement (each run once).
+    #[arg(long, default_value_t = 20_000)]
+    new_flows: u16,
+}
+
+const CLIENT: [u8; 4] = [10, 0, 0, 1];
+const VIP: [u8; 4] = [10, 96, 0, 10];
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    if !lb_bpf::is_privileged() {
+        bail!("needs root (BPF_PROG_TEST_RUN): sudo -E cargo xtask bench --kernel-only");
+    }
+    let mut dp = KernelDatapath::load().context("loading the programs")?;
+    dp.set_config(&default_config(7))?;
+    dp.upsert_service(&ServiceSpec {
+        id: 1,
+        frontend: "10.96.0.10:80".parse()?,
+        proto: L4Proto::Tcp,
+        backends: (2..10).map(|i| format!("10.1.0.{i}:8080").parse()).collect::<Result<_, _>>()?,
+    })?;
+
+    let syn = tcp_v4_frame(CLIENT, 40000, VIP, 80, TcpFlags::SYN, b"");
+    let ack = tcp_v4_frame(CLIENT, 40000, VIP, 80, TcpFlags::ACK, b"");
+    let other = tcp_v4_frame(CLIENT, 40000, [10, 2, 0, 1], 80, TcpFlags::ACK, b"");
+    let first = dp.test_run(Program::Xdp, &syn, 1)?;
+    if first.verdict != Verdict::Pass {
+        bail!("the SYN was not translated: {:?}", first.verdict);
+    }
+    let entries = dp.conntrack_entries()?;
+    let (_, fwd) = entries.iter().find(|(k, _)| k.kind == 0).context("no service entry")?;
+    let be: [u8; 4] = [fwd.nat_addr[0], fwd.nat_addr[1], fwd.nat_addr[2], fwd.nat_addr[3]];
+    let reply = tcp_v4_frame(be, fwd.nat_port, CLIENT, 40000, TcpFlags::ACK, b"");
+
+    let ns = |p: Program, f: &[u8]| -> Result<f64> {
+        let out = dp.test_run(p, f, args.repeat)?;
+        Ok(out.duration.as_nanos() as f64)
+    };
+    let parse_only = ns(Program::XdpParseOnly, &ack)?;
+    let rows = [
+        ("XDP parse only (baseline)", parse_only),
+        ("XDP not a service (parse + 2 CT misses + service miss)", ns(Program::Xdp, &other)?),
+        ("XDP established flow (CT hit, DNAT, checksums)", ns(Program::Xdp, &ack)?),
+        ("XDP reply (reverse-NAT hit, service-entry update, SNAT back)", ns(Program::Xdp, &reply)?),
+        ("TC established flow", ns(Program::Tc, &ack)?),
+        ("TC reply", ns(Program::Tc, &reply)?),
+    ];
+    // New flows: every run must create entries, so each distinct flow runs once and the kernel's
+    // per-run times are averaged.
+    let mut total = 0f64;
+    for i in 0..args.new_flows {
+        let f = tcp_v4_frame(CLIENT, 10_000 + i, VIP, 80, TcpFlags::SYN, b"");
+        total += dp.test_run(Program::Xdp, &f, 1)?.duration.as_nanos() as f64;
+    }
+    let new_flow = total / f64::from(args.new_flows);
+
+    println!("BPF_PROG_TEST_RUN, repeat {} (new flow: mean of {} single runs)\n", args.repeat, args.new_flows);
+    println!("| path | ns/packet | vs parse-only |");
+    println!("|---|---:|---:|");
+    for (name, v) in rows {
+        println!("| {name} | {v:.1} | +{:.1} |", v - parse_only);
+    }
+    println!("| XDP new flow (service + backend lookup, 2 CT inserts, DNAT) | {new_flow:.1} | +{:.1} |", new_flow - parse_only);
+    Ok(())
+}

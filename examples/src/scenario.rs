@@ -1,0 +1,80 @@
+//! The main scenario, shared by the demo and the end-to-end test: a ClusterIP-style service with
+//! two backends, real TCP connections from the client to the VIP, the datapath on the node.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use aya::programs::{TcAttachType, XdpMode};
+use lb_api::abi::{CtEntry, CtKey};
+use lb_api::counters::CounterSnapshot;
+use lb_api::flow::L4Proto;
+use lb_bpf::KernelDatapath;
+use lb_datapath::engine::default_config;
+use lb_nat::control::ServiceSpec;
+
+use crate::testbed::{Testbed, BACKENDS, BACKEND_PORT, VIP, VIP_PORT};
+
+/// The service of the scenario.
+#[must_use]
+pub fn service() -> ServiceSpec {
+    ServiceSpec {
+        id: 1,
+        frontend: SocketAddr::from((VIP, VIP_PORT)),
+        proto: L4Proto::Tcp,
+        backends: BACKENDS.iter().map(|b| SocketAddr::from((*b, BACKEND_PORT))).collect(),
+    }
+}
+
+/// What happened.
+#[derive(Debug)]
+pub struct Report {
+    /// Each request's answer (`backend-N saw <client>`) or error.
+    pub answers: Vec<Result<String>>,
+    /// Conntrack entries after the requests.
+    pub conntrack: Vec<(CtKey, CtEntry)>,
+    /// Datapath counters.
+    pub counters: CounterSnapshot,
+    /// Connections each backend served.
+    pub served: Vec<usize>,
+    /// The XDP mode the node's program runs in.
+    pub xdp_mode: &'static str,
+}
+
+/// Attaches the datapath on the node: XDP on the client-facing interface (service translation),
+/// TC ingress on the backend-facing interfaces (reverse translation of replies).
+///
+/// # Errors
+/// If a program cannot be attached.
+pub fn attach(dp: &mut KernelDatapath, bed: &Testbed) -> Result<&'static str> {
+    Testbed::within(&bed.node, || -> Result<&'static str> {
+        let mode = match dp.attach_xdp("n0", XdpMode::Driver) {
+            Ok(()) => "native (driver)",
+            Err(_) => {
+                dp.attach_xdp("n0", XdpMode::Skb).context("attaching XDP to n0")?;
+                "generic (skb)"
+            }
+        };
+        for nif in ["n1", "n2"] {
+            dp.attach_tc(nif, TcAttachType::Ingress).with_context(|| format!("attaching TC to {nif}"))?;
+        }
+        Ok(mode)
+    })?
+}
+
+/// Builds the testbed, loads and attaches the datapath, sends `requests` real TCP requests to the
+/// VIP, and reports. Everything it created is removed when it returns, whatever happened.
+///
+/// # Errors
+/// If the testbed or the datapath cannot be set up (the requests' own failures are in the report).
+pub fn run_kernel(tag: &str, requests: usize) -> Result<Report> {
+    let bed = Testbed::create(tag)?;
+    let mut dp = KernelDatapath::load().context("loading the eBPF programs")?;
+    dp.set_config(&default_config(std::process::id()))?;
+    dp.upsert_service(&service())?;
+    let xdp_mode = attach(&mut dp, &bed)?;
+    let servers = bed.start_backends(Duration::from_secs(60))?;
+    let answers = bed.requests(SocketAddr::from((VIP, VIP_PORT)), requests, Duration::from_secs(3))?;
+    let served = servers.stop();
+    Ok(Report { answers, conntrack: dp.conntrack_entries()?, counters: dp.counters()?, served, xdp_mode })
+}
