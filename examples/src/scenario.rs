@@ -22,7 +22,10 @@ pub fn service() -> ServiceSpec {
         id: 1,
         frontend: SocketAddr::from((VIP, VIP_PORT)),
         proto: L4Proto::Tcp,
-        backends: BACKENDS.iter().map(|b| SocketAddr::from((*b, BACKEND_PORT))).collect(),
+        backends: BACKENDS
+            .iter()
+            .map(|b| SocketAddr::from((*b, BACKEND_PORT)))
+            .collect(),
     }
 }
 
@@ -51,12 +54,14 @@ pub fn attach(dp: &mut KernelDatapath, bed: &Testbed) -> Result<&'static str> {
         let mode = match dp.attach_xdp("n0", XdpMode::Driver) {
             Ok(()) => "native (driver)",
             Err(_) => {
-                dp.attach_xdp("n0", XdpMode::Skb).context("attaching XDP to n0")?;
+                dp.attach_xdp("n0", XdpMode::Skb)
+                    .context("attaching XDP to n0")?;
                 "generic (skb)"
             }
         };
         for nif in ["n1", "n2"] {
-            dp.attach_tc(nif, TcAttachType::Ingress).with_context(|| format!("attaching TC to {nif}"))?;
+            dp.attach_tc(nif, TcAttachType::Ingress)
+                .with_context(|| format!("attaching TC to {nif}"))?;
         }
         Ok(mode)
     })?
@@ -74,7 +79,17 @@ pub fn run_kernel(tag: &str, requests: usize) -> Result<Report> {
     dp.upsert_service(&service())?;
     let xdp_mode = attach(&mut dp, &bed)?;
     let servers = bed.start_backends(Duration::from_secs(60))?;
-    let answers = bed.requests(SocketAddr::from((VIP, VIP_PORT)), requests, Duration::from_secs(3))?;
+    let answers = bed.requests(
+        SocketAddr::from((VIP, VIP_PORT)),
+        requests,
+        Duration::from_secs(3),
+    )?;
     let served = servers.stop();
-    Ok(Report { answers, conntrack: dp.conntrack_entries()?, counters: dp.counters()?, served, xdp_mode })
+    Ok(Report {
+        answers,
+        conntrack: dp.conntrack_entries()?,
+        counters: dp.counters()?,
+        served,
+        xdp_mode,
+    })
 }

@@ -51,9 +51,16 @@ pub struct Testbed {
 }
 
 fn ip(args: &[&str]) -> Result<()> {
-    let out = Command::new("ip").args(args).output().context("running `ip` (package iproute2)")?;
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .context("running `ip` (package iproute2)")?;
     if !out.status.success() {
-        bail!("`ip {}` failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "`ip {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(())
 }
@@ -107,7 +114,8 @@ impl Testbed {
             LIVE.lock().map(|mut l| l.push(ns.clone())).ok();
         }
         // From here on, `bed` removes what exists if a step fails.
-        bed.wire().with_context(|| format!("building the testbed {tag}"))?;
+        bed.wire()
+            .with_context(|| format!("building the testbed {tag}"))?;
         Ok(bed)
     }
 
@@ -119,19 +127,53 @@ impl Testbed {
 
     fn wire(&self) -> Result<()> {
         let (c, n) = (self.client.as_str(), self.node.as_str());
-        ip(&["-n", n, "link", "add", "n0", "type", "veth", "peer", "name", "c0", "netns", c])?;
+        ip(&[
+            "-n", n, "link", "add", "n0", "type", "veth", "peer", "name", "c0", "netns", c,
+        ])?;
         in_ns(n, &["ip", "addr", "add", "10.200.1.1/24", "dev", "n0"])?;
         in_ns(c, &["ip", "addr", "add", "10.200.1.2/24", "dev", "c0"])?;
         for (i, b) in self.backends.iter().enumerate() {
             let nif = format!("n{}", i + 1);
             let net = i + 2;
-            ip(&["-n", n, "link", "add", &nif, "type", "veth", "peer", "name", "b0", "netns", b])?;
-            in_ns(n, &["ip", "addr", "add", &format!("10.200.{net}.1/24"), "dev", &nif])?;
-            in_ns(b, &["ip", "addr", "add", &format!("10.200.{net}.2/24"), "dev", "b0"])?;
+            ip(&[
+                "-n", n, "link", "add", &nif, "type", "veth", "peer", "name", "b0", "netns", b,
+            ])?;
+            in_ns(
+                n,
+                &[
+                    "ip",
+                    "addr",
+                    "add",
+                    &format!("10.200.{net}.1/24"),
+                    "dev",
+                    &nif,
+                ],
+            )?;
+            in_ns(
+                b,
+                &[
+                    "ip",
+                    "addr",
+                    "add",
+                    &format!("10.200.{net}.2/24"),
+                    "dev",
+                    "b0",
+                ],
+            )?;
             in_ns(n, &["ip", "link", "set", &nif, "up"])?;
             in_ns(b, &["ip", "link", "set", "b0", "up"])?;
             in_ns(b, &["ip", "link", "set", "lo", "up"])?;
-            in_ns(b, &["ip", "route", "add", "default", "via", &format!("10.200.{net}.1")])?;
+            in_ns(
+                b,
+                &[
+                    "ip",
+                    "route",
+                    "add",
+                    "default",
+                    "via",
+                    &format!("10.200.{net}.1"),
+                ],
+            )?;
             // Full checksums on the wire: XDP sees packets before the stack completes partial
             // (offloaded) checksums, and the incremental updates need complete ones.
             in_ns(b, &["ethtool", "-K", "b0", "tx", "off"])?;
@@ -170,8 +212,10 @@ impl Testbed {
     /// # Errors
     /// If the namespace cannot be entered.
     pub fn within<T>(ns: &str, f: impl FnOnce() -> T) -> Result<T> {
-        let orig = File::open("/proc/thread-self/ns/net").context("opening this thread's network namespace")?;
-        let target = File::open(format!("/run/netns/{ns}")).with_context(|| format!("opening namespace {ns}"))?;
+        let orig = File::open("/proc/thread-self/ns/net")
+            .context("opening this thread's network namespace")?;
+        let target = File::open(format!("/run/netns/{ns}"))
+            .with_context(|| format!("opening namespace {ns}"))?;
         // SAFETY: both are open namespace file descriptors; setns only changes this thread's
         // network namespace.
         if unsafe { libc::setns(target.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
@@ -196,11 +240,14 @@ impl Testbed {
         let mut threads = Vec::new();
         for (i, ns) in self.backends.iter().enumerate() {
             let addr = SocketAddrV4::new(BACKENDS[i], BACKEND_PORT);
-            let listener = Self::within(ns, || TcpListener::bind(addr))?.with_context(|| format!("binding {addr}"))?;
+            let listener = Self::within(ns, || TcpListener::bind(addr))?
+                .with_context(|| format!("binding {addr}"))?;
             listener.set_nonblocking(true)?;
             let stop = Arc::clone(&stop);
             let name = format!("backend-{}", i + 1);
-            threads.push(std::thread::spawn(move || serve(&listener, &name, &stop, lifetime)));
+            threads.push(std::thread::spawn(move || {
+                serve(&listener, &name, &stop, lifetime)
+            }));
         }
         Ok(Backends { stop, threads })
     }
@@ -210,18 +257,27 @@ impl Testbed {
     ///
     /// # Errors
     /// If the client namespace cannot be entered.
-    pub fn requests(&self, target: SocketAddr, count: usize, timeout: Duration) -> Result<Vec<Result<String>>> {
-        Self::within(&self.client, || (0..count).map(|i| request(target, i, timeout)).collect())
+    pub fn requests(
+        &self,
+        target: SocketAddr,
+        count: usize,
+        timeout: Duration,
+    ) -> Result<Vec<Result<String>>> {
+        Self::within(&self.client, || {
+            (0..count).map(|i| request(target, i, timeout)).collect()
+        })
     }
 }
 
 fn request(target: SocketAddr, i: usize, timeout: Duration) -> Result<String> {
-    let mut s = TcpStream::connect_timeout(&target, timeout).with_context(|| format!("connect to {target}"))?;
+    let mut s = TcpStream::connect_timeout(&target, timeout)
+        .with_context(|| format!("connect to {target}"))?;
     s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(timeout))?;
     s.write_all(format!("request {i}\n").as_bytes())?;
     let mut answer = String::new();
-    s.read_to_string(&mut answer).context("reading the answer")?;
+    s.read_to_string(&mut answer)
+        .context("reading the answer")?;
     if answer.is_empty() {
         bail!("empty answer from {target}");
     }
@@ -241,7 +297,9 @@ fn serve(listener: &TcpListener, name: &str, stop: &AtomicBool, lifetime: Durati
                 let _ = s.write_all(format!("{name} saw {peer}\n").as_bytes());
                 served += 1;
             }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(2)),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(2))
+            }
             Err(_) => std::thread::sleep(Duration::from_millis(10)),
         }
     }
@@ -260,7 +318,10 @@ impl Backends {
     #[must_use]
     pub fn stop(mut self) -> Vec<usize> {
         self.stop.store(true, Ordering::Relaxed);
-        self.threads.drain(..).map(|t| t.join().unwrap_or(0)).collect()
+        self.threads
+            .drain(..)
+            .map(|t| t.join().unwrap_or(0))
+            .collect()
     }
 }
 

@@ -20,30 +20,67 @@ fn real_tcp_through_the_vip_reaches_both_backends() {
     let r = scenario::run_kernel("e2e", N).expect("testbed and datapath set up");
 
     let answers: Vec<&String> = r.answers.iter().filter_map(|a| a.as_ref().ok()).collect();
-    let failures: Vec<String> = r.answers.iter().filter_map(|a| a.as_ref().err()).map(|e| format!("{e:#}")).collect();
-    assert!(failures.is_empty(), "{} of {N} requests failed: {failures:?}", failures.len());
+    let failures: Vec<String> = r
+        .answers
+        .iter()
+        .filter_map(|a| a.as_ref().err())
+        .map(|e| format!("{e:#}"))
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "{} of {N} requests failed: {failures:?}",
+        failures.len()
+    );
     assert_eq!(answers.len(), N);
     // Both backends answered, and each saw the client's own address (no SNAT in this mode).
     for b in 1..=2 {
         let tag = format!("backend-{b} saw {CLIENT}:");
-        assert!(answers.iter().any(|a| a.starts_with(&tag)), "no answer from backend-{b}: {answers:?}");
+        assert!(
+            answers.iter().any(|a| a.starts_with(&tag)),
+            "no answer from backend-{b}: {answers:?}"
+        );
     }
-    assert!(r.served.iter().all(|n| *n > 0) && r.served.iter().sum::<usize>() == N, "served {:?}", r.served);
+    assert!(
+        r.served.iter().all(|n| *n > 0) && r.served.iter().sum::<usize>() == N,
+        "served {:?}",
+        r.served
+    );
 
     // The conntrack table shows every flow: a service entry to the VIP with a backend, and its
     // reverse-NAT entry.
-    let service_entries: Vec<_> =
-        r.conntrack.iter().filter(|(k, _)| k.kind == CtKind::Service as u8 && v4_of(&k.dst) == VIP.octets()).collect();
+    let service_entries: Vec<_> = r
+        .conntrack
+        .iter()
+        .filter(|(k, _)| k.kind == CtKind::Service as u8 && v4_of(&k.dst) == VIP.octets())
+        .collect();
     assert_eq!(service_entries.len(), N, "one service entry per connection");
     for (_, e) in &service_entries {
-        assert!(BACKENDS.iter().any(|b| v4_of(&e.nat_addr) == b.octets()), "entry points at a backend");
-        assert!(e.packets_orig >= 3 && e.packets_reply >= 2, "both directions counted: {e:?}");
+        assert!(
+            BACKENDS.iter().any(|b| v4_of(&e.nat_addr) == b.octets()),
+            "entry points at a backend"
+        );
+        assert!(
+            e.packets_orig >= 3 && e.packets_reply >= 2,
+            "both directions counted: {e:?}"
+        );
     }
-    let reverse = r.conntrack.iter().filter(|(k, _)| k.kind == CtKind::ReverseNat as u8).count();
+    let reverse = r
+        .conntrack
+        .iter()
+        .filter(|(k, _)| k.kind == CtKind::ReverseNat as u8)
+        .count();
     assert_eq!(reverse, N, "one reverse-NAT entry per connection");
 
     assert_eq!(r.counters.get(Counter::ServiceNewFlow), N as u64);
     assert!(r.counters.get(Counter::ReplyTranslated) >= 2 * N as u64);
-    assert_eq!(r.counters.get(Counter::Dropped), 0, "nothing dropped: {:?}", r.counters);
-    eprintln!("e2e: {N} connections, served {:?}, XDP {}", r.served, r.xdp_mode);
+    assert_eq!(
+        r.counters.get(Counter::Dropped),
+        0,
+        "nothing dropped: {:?}",
+        r.counters
+    );
+    eprintln!(
+        "e2e: {N} connections, served {:?}, XDP {}",
+        r.served, r.xdp_mode
+    );
 }

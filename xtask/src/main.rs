@@ -14,7 +14,13 @@ const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 /// Debian packages: LLVM 22 for bpf-linker; iproute2 and ethtool for the namespace tests and demo.
 const APT_PACKAGES: &[&str] = &["llvm-22-dev", "iproute2", "ethtool"];
 /// Logic crates that must build for the BPF target.
-const LOGIC_CRATES: &[&str] = &["lb-api", "lb-conntrack", "lb-nat", "lb-encap", "lb-datapath"];
+const LOGIC_CRATES: &[&str] = &[
+    "lb-api",
+    "lb-conntrack",
+    "lb-nat",
+    "lb-encap",
+    "lb-datapath",
+];
 
 #[derive(Parser)]
 #[command(about = "lb-dataplane project tasks")]
@@ -71,7 +77,10 @@ fn main() -> ExitCode {
 }
 
 fn root_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
 }
 
 fn is_root() -> bool {
@@ -89,7 +98,9 @@ fn say(msg: &str) {
 
 fn run(cmd: &mut Command) -> Result<()> {
     say(&format!("$ {}", show(cmd)));
-    let status = cmd.status().with_context(|| format!("could not start `{}`", show(cmd)))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("could not start `{}`", show(cmd)))?;
     if !status.success() {
         bail!("`{}` failed ({status})", show(cmd));
     }
@@ -98,7 +109,9 @@ fn run(cmd: &mut Command) -> Result<()> {
 
 fn output(cmd: &mut Command) -> Option<String> {
     let out = cmd.output().ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn show(cmd: &Command) -> String {
@@ -111,14 +124,19 @@ fn show(cmd: &Command) -> String {
 }
 
 fn apt_installed(pkg: &str) -> bool {
-    output(Command::new("dpkg-query").args(["-W", "-f=${Status}", pkg])).is_some_and(|s| s.contains("install ok installed"))
+    output(Command::new("dpkg-query").args(["-W", "-f=${Status}", pkg]))
+        .is_some_and(|s| s.contains("install ok installed"))
 }
 
 /// Installs what is missing; returns what it did.
 fn setup() -> Result<Vec<String>> {
     let mut did = Vec::new();
 
-    let missing: Vec<&str> = APT_PACKAGES.iter().copied().filter(|p| !apt_installed(p)).collect();
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| !apt_installed(p))
+        .collect();
     if !missing.is_empty() {
         if !is_root() {
             bail!(
@@ -127,8 +145,10 @@ fn setup() -> Result<Vec<String>> {
                 missing.join(" ")
             );
         }
-        run(Command::new("apt-get").args(["update", "-qq"]).env("DEBIAN_FRONTEND", "noninteractive"))
-            .context("apt-get update failed: is the Debian package mirror reachable?")?;
+        run(Command::new("apt-get")
+            .args(["update", "-qq"])
+            .env("DEBIAN_FRONTEND", "noninteractive"))
+        .context("apt-get update failed: is the Debian package mirror reachable?")?;
         run(Command::new("apt-get")
             .args(["install", "-y", "-qq", "--no-install-recommends"])
             .args(&missing)
@@ -139,22 +159,52 @@ fn setup() -> Result<Vec<String>> {
     let toolchains = output(Command::new("rustup").args(["toolchain", "list"]))
         .context("rustup not found: install Rust with rustup first")?;
     if !toolchains.lines().any(|l| l.starts_with("nightly")) {
-        run(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]))?;
+        run(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+        ]))?;
         did.push("installed the nightly toolchain".into());
     }
-    let components =
-        output(Command::new("rustup").args(["component", "list", "--toolchain", "nightly", "--installed"])).unwrap_or_default();
+    let components = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        "nightly",
+        "--installed",
+    ]))
+    .unwrap_or_default();
     if !components.lines().any(|l| l.starts_with("rust-src")) {
-        run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+        run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
         did.push("added rust-src to nightly".into());
     }
 
     let linker = output(Command::new("bpf-linker").arg("--version")).unwrap_or_default();
     if !linker.contains(BPF_LINKER_VERSION) {
-        say(&format!("building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (about 2 minutes)"));
-        let path = format!("{LLVM_PREFIX}/bin:{}", std::env::var("PATH").unwrap_or_default());
+        say(&format!(
+            "building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (about 2 minutes)"
+        ));
+        let path = format!(
+            "{LLVM_PREFIX}/bin:{}",
+            std::env::var("PATH").unwrap_or_default()
+        );
         run(Command::new("cargo")
-            .args(["+nightly", "install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--no-default-features"])
+            .args([
+                "+nightly",
+                "install",
+                "bpf-linker",
+                "--version",
+                BPF_LINKER_VERSION,
+                "--no-default-features",
+            ])
             .args(["--features", "llvm-22", "--force"])
             .env("LLVM_PREFIX", LLVM_PREFIX)
             .env("PATH", path))?;
@@ -187,20 +237,42 @@ fn test() -> Result<()> {
         say("not root: privileged tests (verifier, BPF_PROG_TEST_RUN, namespaces) will report SKIPPED; run `sudo -E cargo xtask test` for the whole suite");
     }
     setup()?;
-    run(cargo().args(["fmt", "--all", "--", "--check"])).context("code is not formatted: run `cargo fmt --all`")?;
+    run(cargo().args(["fmt", "--all", "--", "--check"]))
+        .context("code is not formatted: run `cargo fmt --all`")?;
     // The logic crates are what the kernel runs: they must build for the BPF target as they are.
     let mut bpf = cargo();
-    bpf.args(["+nightly", "build", "--release", "--target", "bpfel-unknown-none", "-Z", "build-std=core"]);
+    bpf.args([
+        "+nightly",
+        "build",
+        "--release",
+        "--target",
+        "bpfel-unknown-none",
+        "-Z",
+        "build-std=core",
+    ]);
     for c in LOGIC_CRATES {
         bpf.args(["-p", c]);
     }
     run(&mut bpf)?;
     // clippy enforces the crates' deny(panic/unwrap/indexing) lints: a panic path would be a
     // verifier failure in the kernel.
-    run(cargo().args(["clippy", "--workspace", "--lib", "--bins", "--", "-D", "warnings"]))?;
-    run(cargo().args(["test", "--workspace"]).env("RUST_BACKTRACE", "1"))?;
+    run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--lib",
+        "--bins",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    run(cargo()
+        .args(["test", "--workspace"])
+        .env("RUST_BACKTRACE", "1"))?;
     run(cargo().args(["check", "--manifest-path", "fuzz/Cargo.toml", "--bins"]))?;
-    say(&format!("all tests passed in {:.0} s", started.elapsed().as_secs_f64()));
+    say(&format!(
+        "all tests passed in {:.0} s",
+        started.elapsed().as_secs_f64()
+    ));
     Ok(())
 }
 
@@ -213,7 +285,16 @@ fn demo(userspace: bool) -> Result<()> {
         setup()?;
     }
     let mut c = cargo();
-    c.args(["run", "--quiet", "--release", "-p", "lb-examples", "--bin", "lb-demo", "--"]);
+    c.args([
+        "run",
+        "--quiet",
+        "--release",
+        "-p",
+        "lb-examples",
+        "--bin",
+        "lb-demo",
+        "--",
+    ]);
     if userspace || !is_root() {
         c.arg("--userspace");
     }
@@ -223,10 +304,25 @@ fn demo(userspace: bool) -> Result<()> {
 fn bench(kernel_only: bool) -> Result<()> {
     setup()?;
     if !kernel_only {
-        run(cargo().args(["bench", "--workspace", "--exclude", "xtask", "--exclude", "lb-examples"]))?;
+        run(cargo().args([
+            "bench",
+            "--workspace",
+            "--exclude",
+            "xtask",
+            "--exclude",
+            "lb-examples",
+        ]))?;
     }
     if is_root() {
-        run(cargo().args(["run", "--quiet", "--release", "-p", "lb-examples", "--bin", "lb-kernel-bench"]))?;
+        run(cargo().args([
+            "run",
+            "--quiet",
+            "--release",
+            "-p",
+            "lb-examples",
+            "--bin",
+            "lb-kernel-bench",
+        ]))?;
     } else {
         say("not root: skipping the BPF_PROG_TEST_RUN figures (sudo -E cargo xtask bench --kernel-only)");
     }
@@ -238,10 +334,21 @@ fn fuzz(seconds: u64, only: Option<&str>) -> Result<()> {
     if output(Command::new("cargo").args(["fuzz", "--version"])).is_none() {
         run(Command::new("cargo").args(["install", "cargo-fuzz", "--locked"]))?;
     }
-    let list = output(cargo().args(["+nightly", "fuzz", "list"]).current_dir(root_dir())).unwrap_or_default();
-    let targets: Vec<&str> = list.lines().filter(|t| only.is_none_or(|o| o == *t)).collect();
+    let list = output(
+        cargo()
+            .args(["+nightly", "fuzz", "list"])
+            .current_dir(root_dir()),
+    )
+    .unwrap_or_default();
+    let targets: Vec<&str> = list
+        .lines()
+        .filter(|t| only.is_none_or(|o| o == *t))
+        .collect();
     if targets.is_empty() {
-        bail!("no fuzz target matches (available: {})", list.replace('\n', " "));
+        bail!(
+            "no fuzz target matches (available: {})",
+            list.replace('\n', " ")
+        );
     }
     for t in targets {
         let corpus = root_dir().join("fuzz/corpus").join(t);

@@ -43,11 +43,17 @@ fn main() -> Result<()> {
     }
     print_conntrack(&report.conntrack);
     print_counters(&report.counters);
-    println!("\nconnections served: backend-1 {}, backend-2 {}", report.served[0], report.served[1]);
+    println!(
+        "\nconnections served: backend-1 {}, backend-2 {}",
+        report.served[0], report.served[1]
+    );
     println!("namespaces removed.");
     let ok = report.answers.iter().filter(|a| a.is_ok()).count();
     if ok != report.answers.len() || report.served.iter().any(|n| *n == 0) {
-        bail!("{ok}/{} requests answered; both backends must answer", report.answers.len());
+        bail!(
+            "{ok}/{} requests answered; both backends must answer",
+            report.answers.len()
+        );
     }
     Ok(())
 }
@@ -59,7 +65,11 @@ fn ip4(a: &[u8; 16]) -> Ipv4Addr {
 fn print_conntrack(entries: &[(CtKey, CtEntry)]) {
     println!("\nconntrack ({} entries; service entries own the state, reverse-NAT entries restore the VIP on replies):", entries.len());
     for (k, e) in entries {
-        let kind = if k.kind == CtKind::Service as u8 { "service" } else { "rev-nat" };
+        let kind = if k.kind == CtKind::Service as u8 {
+            "service"
+        } else {
+            "rev-nat"
+        };
         // The flow's state lives on its service entry; the reverse-NAT entry only maps back.
         let state = if k.kind == CtKind::Service as u8 {
             CtState::from_u8(e.state).map_or_else(|| "?".to_string(), |s| format!("{s:?}"))
@@ -100,19 +110,35 @@ fn print_counters(c: &CounterSnapshot) {
 /// backend's SYN+ACK back through the engine.
 fn userspace(requests: usize) -> Result<()> {
     println!("Userspace engine (no eBPF, no namespaces): the same pipeline on generated packets.");
-    println!("Service:  {VIP}:{VIP_PORT}/tcp -> backend-1 10.200.2.2:8080, backend-2 10.200.3.2:8080\n");
+    println!(
+        "Service:  {VIP}:{VIP_PORT}/tcp -> backend-1 10.200.2.2:8080, backend-2 10.200.3.2:8080\n"
+    );
     let mut engine = Engine::new(4096);
     engine.upsert_service(&scenario::service())?;
     let mut per_backend = [0usize; 2];
     for i in 0..requests {
         let port = 40000 + i as u16;
-        let mut syn = tcp_v4_frame(CLIENT.octets(), port, VIP.octets(), VIP_PORT, TcpFlags::SYN, b"");
+        let mut syn = tcp_v4_frame(
+            CLIENT.octets(),
+            port,
+            VIP.octets(),
+            VIP_PORT,
+            TcpFlags::SYN,
+            b"",
+        );
         let v = engine.process(&mut syn);
         let p = parse(&SlicePacket::new(&mut syn)).map_err(|e| anyhow::anyhow!("{e}"))?;
         let be = v4_of(&p.tuple.dst);
         let which = usize::from(be != lb_examples::testbed::BACKENDS[0].octets());
         per_backend[which] += 1;
-        let mut reply = tcp_v4_frame(be, p.tuple.dst_port, CLIENT.octets(), port, TcpFlags::SYN | TcpFlags::ACK, b"");
+        let mut reply = tcp_v4_frame(
+            be,
+            p.tuple.dst_port,
+            CLIENT.octets(),
+            port,
+            TcpFlags::SYN | TcpFlags::ACK,
+            b"",
+        );
         let rv = engine.process(&mut reply);
         let r = parse(&SlicePacket::new(&mut reply)).map_err(|e| anyhow::anyhow!("{e}"))?;
         println!(
@@ -128,6 +154,9 @@ fn userspace(requests: usize) -> Result<()> {
     entries.sort_by_key(|(k, _)| (k.kind, k.src_port, k.dst_port));
     print_conntrack(&entries);
     print_counters(engine.counters());
-    println!("\nflows per backend: backend-1 {}, backend-2 {}", per_backend[0], per_backend[1]);
+    println!(
+        "\nflows per backend: backend-1 {}, backend-2 {}",
+        per_backend[0], per_backend[1]
+    );
     Ok(())
 }

@@ -39,7 +39,9 @@ fn main() -> Result<()> {
         id: 1,
         frontend: "10.96.0.10:80".parse()?,
         proto: L4Proto::Tcp,
-        backends: (2..10).map(|i| format!("10.1.0.{i}:8080").parse()).collect::<Result<_, _>>()?,
+        backends: (2..10)
+            .map(|i| format!("10.1.0.{i}:8080").parse())
+            .collect::<Result<_, _>>()?,
     })?;
 
     let syn = tcp_v4_frame(CLIENT, 40000, VIP, 80, TcpFlags::SYN, b"");
@@ -50,8 +52,16 @@ fn main() -> Result<()> {
         bail!("the SYN was not translated: {:?}", first.verdict);
     }
     let entries = dp.conntrack_entries()?;
-    let (_, fwd) = entries.iter().find(|(k, _)| k.kind == 0).context("no service entry")?;
-    let be: [u8; 4] = [fwd.nat_addr[0], fwd.nat_addr[1], fwd.nat_addr[2], fwd.nat_addr[3]];
+    let (_, fwd) = entries
+        .iter()
+        .find(|(k, _)| k.kind == 0)
+        .context("no service entry")?;
+    let be: [u8; 4] = [
+        fwd.nat_addr[0],
+        fwd.nat_addr[1],
+        fwd.nat_addr[2],
+        fwd.nat_addr[3],
+    ];
     let reply = tcp_v4_frame(be, fwd.nat_port, CLIENT, 40000, TcpFlags::ACK, b"");
 
     let ns = |p: Program, f: &[u8]| -> Result<f64> {
@@ -61,9 +71,18 @@ fn main() -> Result<()> {
     let parse_only = ns(Program::XdpParseOnly, &ack)?;
     let rows = [
         ("XDP parse only (baseline)", parse_only),
-        ("XDP not a service (parse + 2 CT misses + service miss)", ns(Program::Xdp, &other)?),
-        ("XDP established flow (CT hit, DNAT, checksums)", ns(Program::Xdp, &ack)?),
-        ("XDP reply (reverse-NAT hit, service-entry update, SNAT back)", ns(Program::Xdp, &reply)?),
+        (
+            "XDP not a service (parse + 2 CT misses + service miss)",
+            ns(Program::Xdp, &other)?,
+        ),
+        (
+            "XDP established flow (CT hit, DNAT, checksums)",
+            ns(Program::Xdp, &ack)?,
+        ),
+        (
+            "XDP reply (reverse-NAT hit, service-entry update, SNAT back)",
+            ns(Program::Xdp, &reply)?,
+        ),
         ("TC established flow", ns(Program::Tc, &ack)?),
         ("TC reply", ns(Program::Tc, &reply)?),
     ];
@@ -76,12 +95,18 @@ fn main() -> Result<()> {
     }
     let new_flow = total / f64::from(args.new_flows);
 
-    println!("BPF_PROG_TEST_RUN, repeat {} (new flow: mean of {} single runs)\n", args.repeat, args.new_flows);
+    println!(
+        "BPF_PROG_TEST_RUN, repeat {} (new flow: mean of {} single runs)\n",
+        args.repeat, args.new_flows
+    );
     println!("| path | ns/packet | vs parse-only |");
     println!("|---|---:|---:|");
     for (name, v) in rows {
         println!("| {name} | {v:.1} | +{:.1} |", v - parse_only);
     }
-    println!("| XDP new flow (service + backend lookup, 2 CT inserts, DNAT) | {new_flow:.1} | +{:.1} |", new_flow - parse_only);
+    println!(
+        "| XDP new flow (service + backend lookup, 2 CT inserts, DNAT) | {new_flow:.1} | +{:.1} |",
+        new_flow - parse_only
+    );
     Ok(())
 }
