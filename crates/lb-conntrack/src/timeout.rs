@@ -14,6 +14,10 @@ pub struct TimeoutPolicy {
 impl TimeoutPolicy {
     /// Linux netfilter's defaults (nf_conntrack_tcp_timeout_* and friends).
     #[must_use]
+    #[allow(
+        clippy::indexing_slicing,
+        reason = "constant indexes by CtState, all < CT_STATES; checked at compile time"
+    )]
     pub const fn netfilter() -> Self {
         let mut secs = [0u32; CT_STATES];
         secs[CtState::SynSent as usize] = 120;

@@ -49,7 +49,7 @@ fn main() -> Result<()> {
     );
     println!("namespaces removed.");
     let ok = report.answers.iter().filter(|a| a.is_ok()).count();
-    if ok != report.answers.len() || report.served.iter().any(|n| *n == 0) {
+    if ok != report.answers.len() || report.served.contains(&0) {
         bail!(
             "{ok}/{} requests answered; both backends must answer",
             report.answers.len()

@@ -9,6 +9,10 @@
 mod headers;
 mod parse;
 #[cfg(any(test, feature = "std"))]
+#[allow(
+    clippy::indexing_slicing,
+    reason = "userspace frame builders over buffers they just sized"
+)]
 pub mod testing;
 
 pub use headers::{EthernetHeader, Ipv4Header, TcpFlags, TcpHeader, UdpHeader};
