@@ -66,7 +66,9 @@ fn main() {
         .arg(&target_dir)
         .env(
             "CARGO_ENCODED_RUSTFLAGS",
-            "-Cdebuginfo=2\x1f-Clink-arg=--btf",
+            // Without in-order memcpy expansion LLVM also expands memset inline; with it, every
+            // zeroing of an address tail became a call to an out-of-line byte loop.
+            "-Cdebuginfo=2\x1f-Clink-arg=--btf\x1f-Clink-arg=--disable-expand-memcpy-in-order",
         );
     for key in [
         "RUSTC",

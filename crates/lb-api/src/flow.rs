@@ -58,6 +58,7 @@ pub const fn v4_of(a: &[u8; 16]) -> [u8; 4] {
 /// For protocols without ports (ICMP echo, generic IP) the ports carry the protocol's own
 /// identifier or zero.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[repr(C, align(8))]
 pub struct FlowTuple {
     /// Source address (see [`IpFamily`] for the IPv4 layout).
     pub src: [u8; 16],
