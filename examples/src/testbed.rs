@@ -12,7 +12,7 @@
 //! leftovers of an earlier run killed hard are removed by the next [`Testbed::create`].
 
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::process::Command;
@@ -252,6 +252,21 @@ impl Testbed {
         Ok(Backends { stop, threads })
     }
 
+    /// Opens a long-lived connection from the client namespace to `target`.
+    ///
+    /// # Errors
+    /// If the namespace cannot be entered or the connection fails within `timeout`.
+    pub fn connect(&self, target: SocketAddr, timeout: Duration) -> Result<Conversation> {
+        let stream = Self::within(&self.client, || {
+            TcpStream::connect_timeout(&target, timeout)
+        })?
+        .with_context(|| format!("connect to {target}"))?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
+        let reader = BufReader::new(stream.try_clone()?);
+        Ok(Conversation { stream, reader })
+    }
+
     /// Connects from the client namespace to `target` `count` times, sending a line and returning
     /// each answer (or the error). Each connection is bounded by `timeout`.
     ///
@@ -275,6 +290,7 @@ fn request(target: SocketAddr, i: usize, timeout: Duration) -> Result<String> {
     s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(timeout))?;
     s.write_all(format!("request {i}\n").as_bytes())?;
+    s.shutdown(std::net::Shutdown::Write)?;
     let mut answer = String::new();
     s.read_to_string(&mut answer)
         .context("reading the answer")?;
@@ -284,18 +300,18 @@ fn request(target: SocketAddr, i: usize, timeout: Duration) -> Result<String> {
     Ok(answer.trim().to_string())
 }
 
-fn serve(listener: &TcpListener, name: &str, stop: &AtomicBool, lifetime: Duration) -> usize {
+fn serve(listener: &TcpListener, name: &str, stop: &Arc<AtomicBool>, lifetime: Duration) -> usize {
     let deadline = Instant::now() + lifetime;
     let mut served = 0;
+    let mut conns = Vec::new();
     while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
         match listener.accept() {
-            Ok((mut s, peer)) => {
-                let _ = s.set_nonblocking(false);
-                let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-                let mut buf = [0u8; 128];
-                let _ = s.read(&mut buf);
-                let _ = s.write_all(format!("{name} saw {peer}\n").as_bytes());
+            Ok((s, peer)) => {
                 served += 1;
+                let (name, stop) = (name.to_string(), Arc::clone(stop));
+                conns.push(std::thread::spawn(move || {
+                    converse(s, peer, &name, &stop, deadline)
+                }));
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 std::thread::sleep(Duration::from_millis(2))
@@ -303,7 +319,74 @@ fn serve(listener: &TcpListener, name: &str, stop: &AtomicBool, lifetime: Durati
             Err(_) => std::thread::sleep(Duration::from_millis(10)),
         }
     }
+    for c in conns {
+        let _ = c.join();
+    }
     served
+}
+
+/// Answers each line of a connection with `<name> saw <peer>: <line>` until EOF, `stop` or the
+/// deadline (reads wake up every 200 ms to check).
+fn converse(s: TcpStream, peer: SocketAddr, name: &str, stop: &AtomicBool, deadline: Instant) {
+    let _ = s.set_nonblocking(false);
+    let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
+    let Ok(mut w) = s.try_clone() else { return };
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+        match r.read_line(&mut line) {
+            Ok(0) => return,
+            Ok(_) => {
+                if w.write_all(format!("{name} saw {peer}: {}\n", line.trim()).as_bytes())
+                    .is_err()
+                {
+                    return;
+                }
+                line.clear();
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// A long-lived TCP connection from the client namespace, one line out, one line back.
+#[derive(Debug)]
+pub struct Conversation {
+    stream: TcpStream,
+    reader: BufReader<TcpStream>,
+}
+
+impl Conversation {
+    /// Sends `line` and returns the answer line.
+    ///
+    /// # Errors
+    /// If the connection fails or no answer arrives within the connection's timeout.
+    pub fn ask(&mut self, line: &str) -> Result<String> {
+        self.stream
+            .write_all(format!("{line}\n").as_bytes())
+            .context("sending")?;
+        let mut answer = String::new();
+        self.reader
+            .read_line(&mut answer)
+            .context("waiting for the answer")?;
+        if answer.is_empty() {
+            bail!("connection closed");
+        }
+        Ok(answer.trim().to_string())
+    }
+
+    /// The client's local address.
+    ///
+    /// # Errors
+    /// If the socket is gone.
+    pub fn local_addr(&self) -> Result<SocketAddr> {
+        Ok(self.stream.local_addr()?)
+    }
 }
 
 /// Running backend servers.

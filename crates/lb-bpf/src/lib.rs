@@ -22,9 +22,11 @@
 //! # Ok(()) }
 //! ```
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use aya::maps::{Array, HashMap, MapData, PerCpuArray};
+use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::{tc, SchedClassifier, TcAttachType, TestRun, TestRunOptions, Xdp, XdpMode};
 use aya::{Ebpf, EbpfLoader};
 use lb_api::abi::{
@@ -139,6 +141,32 @@ pub enum Error {
     /// A service definition was refused.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// A map pinned by an earlier loader has another shape than this build's map: the ABI changed
+    /// between versions, and reusing it would corrupt both.
+    #[error(
+        "pinned map `{map}` at {path} is incompatible: it has {found}, this build needs {expected}. \
+         Remove it with `KernelDatapath::uninstall(\"{dir}\")` (this flushes conntrack: a controlled outage)"
+    )]
+    IncompatiblePinnedMap {
+        /// Which map.
+        map: String,
+        /// Its pin path.
+        path: PathBuf,
+        /// The pin directory.
+        dir: String,
+        /// The shape this build needs.
+        expected: String,
+        /// The shape that is pinned.
+        found: String,
+    },
+    /// Pinning or reading the pin directory failed.
+    #[error("pin directory {path}: {reason} (is bpffs mounted at /sys/fs/bpf? `mount -t bpf bpf /sys/fs/bpf`)")]
+    Pin {
+        /// The path.
+        path: PathBuf,
+        /// What failed.
+        reason: String,
+    },
     /// The kernel returned a code no verdict maps to.
     #[error("program `{program}` returned {code}, which is no datapath verdict")]
     UnknownVerdict {
@@ -163,6 +191,8 @@ pub struct TestRunOutput {
 /// The kernel datapath: the loaded object with all its programs and maps.
 pub struct KernelDatapath {
     ebpf: Ebpf,
+    /// Where maps and links are pinned (`None`: nothing pinned, everything goes with the process).
+    pin_dir: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for KernelDatapath {
@@ -183,7 +213,49 @@ impl KernelDatapath {
     /// [`Error::Permission`] without privileges; [`Error::Program`] with the verifier log when a
     /// program is rejected.
     pub fn load() -> Result<Self, Error> {
-        let mut ebpf = EbpfLoader::new().load(PROGRAMS_OBJECT).map_err(|e| {
+        Self::load_with(None)
+    }
+
+    /// Loads like [`load`](Self::load), with every map pinned under `dir/maps/`. When an earlier
+    /// loader pinned them there (an agent restart), the existing maps are reused after a check
+    /// that their shapes match this build's: services, backends and live conntrack entries carry
+    /// over, so established connections keep working.
+    ///
+    /// # Errors
+    /// [`Error::IncompatiblePinnedMap`] naming the map and the fix; the errors of [`load`](Self::load).
+    pub fn load_pinned(dir: impl AsRef<Path>) -> Result<Self, Error> {
+        Self::load_with(Some(dir.as_ref()))
+    }
+
+    fn load_with(dir: Option<&Path>) -> Result<Self, Error> {
+        let mut pins = Vec::new();
+        if let Some(dir) = dir {
+            ensure_bpffs(dir)?;
+            let maps_dir = dir.join("maps");
+            std::fs::create_dir_all(&maps_dir).map_err(|e| Error::Pin {
+                path: maps_dir.clone(),
+                reason: e.to_string(),
+            })?;
+            let obj = aya_obj::Object::parse(PROGRAMS_OBJECT).map_err(|e| Error::Pin {
+                path: maps_dir.clone(),
+                reason: format!("parsing our own object: {e}"),
+            })?;
+            let mut names: Vec<&String> = obj.maps.keys().filter(|n| !n.starts_with('.')).collect();
+            names.sort();
+            for name in names {
+                let Some(m) = obj.maps.get(name) else {
+                    continue;
+                };
+                let path = maps_dir.join(name);
+                check_pinned_shape(dir, name, &path, m)?;
+                pins.push((name.clone(), path));
+            }
+        }
+        let mut loader = EbpfLoader::new();
+        for (name, path) in &pins {
+            loader.map_pin_path(name.as_str(), path.as_path());
+        }
+        let mut ebpf = loader.load(PROGRAMS_OBJECT).map_err(|e| {
             if is_permission(&e) {
                 Error::Permission(e.to_string())
             } else {
@@ -218,7 +290,51 @@ impl KernelDatapath {
                 source,
             })?;
         }
-        Ok(Self { ebpf })
+        Ok(Self {
+            ebpf,
+            pin_dir: dir.map(Path::to_path_buf),
+        })
+    }
+
+    /// Removes everything a pinned datapath left in `dir`: its links (detaching the programs from
+    /// their interfaces) and its maps (conntrack is flushed: established flows through the
+    /// datapath break, a controlled outage). Absent pins are fine.
+    ///
+    /// # Errors
+    /// [`Error::Pin`] if a pin exists but cannot be removed.
+    pub fn uninstall(dir: impl AsRef<Path>) -> Result<(), Error> {
+        let dir = dir.as_ref();
+        for sub in ["links", "maps"] {
+            let d = dir.join(sub);
+            let Ok(entries) = std::fs::read_dir(&d) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                std::fs::remove_file(e.path()).map_err(|err| Error::Pin {
+                    path: e.path(),
+                    reason: err.to_string(),
+                })?;
+            }
+            std::fs::remove_dir(&d).map_err(|err| Error::Pin {
+                path: d.clone(),
+                reason: err.to_string(),
+            })?;
+        }
+        let _ = std::fs::remove_dir(dir);
+        Ok(())
+    }
+
+    /// Where the link of `kind` on `iface` is pinned, when pinning.
+    fn link_pin(&self, kind: &str, iface: &str) -> Result<Option<PathBuf>, Error> {
+        let Some(dir) = &self.pin_dir else {
+            return Ok(None);
+        };
+        let links = dir.join("links");
+        std::fs::create_dir_all(&links).map_err(|e| Error::Pin {
+            path: links.clone(),
+            reason: e.to_string(),
+        })?;
+        Ok(Some(links.join(format!("{kind}-{iface}"))))
     }
 
     fn map(&mut self, name: &'static str) -> Result<&mut aya::maps::Map, Error> {
@@ -435,6 +551,7 @@ impl KernelDatapath {
     /// [`Error::NoSuchInterface`] or [`Error::Attach`].
     pub fn attach_xdp(&mut self, iface: &str, mode: XdpMode) -> Result<(), Error> {
         check_iface(iface)?;
+        let link_pin = self.link_pin("xdp", iface)?;
         let name = Program::Xdp.name();
         let x: &mut Xdp = self
             .ebpf
@@ -448,11 +565,31 @@ impl KernelDatapath {
                 program: name,
                 source,
             })?;
-        x.attach(iface, mode).map_err(|e| Error::Attach {
+        let attach_err = |e: &dyn std::fmt::Display| Error::Attach {
             program: name,
             iface: iface.into(),
             reason: e.to_string(),
-        })?;
+        };
+        let Some(pin) = link_pin else {
+            x.attach(iface, mode).map_err(|e| attach_err(&e))?;
+            return Ok(());
+        };
+        if pin.exists() {
+            // An earlier loader's link: swap our program into it atomically (no packet sees a
+            // missing program), and leave the pin in place for the next restart.
+            let link = PinnedLink::from_pin(&pin).map_err(|e| attach_err(&e))?;
+            let link = aya::programs::xdp::XdpLink::try_from(FdLink::from(link))
+                .map_err(|e| attach_err(&e))?;
+            x.attach_to_link(link).map_err(|e| attach_err(&e))?;
+        } else {
+            let id = x.attach(iface, mode).map_err(|e| attach_err(&e))?;
+            let link = x.take_link(id).map_err(|e| attach_err(&e))?;
+            let fd = FdLink::try_from(link).map_err(|e| attach_err(&e))?;
+            fd.pin(&pin).map_err(|e| Error::Pin {
+                path: pin.clone(),
+                reason: e.to_string(),
+            })?;
+        }
         Ok(())
     }
 
@@ -462,6 +599,12 @@ impl KernelDatapath {
     /// [`Error::NoSuchInterface`] or [`Error::Attach`].
     pub fn attach_tc(&mut self, iface: &str, direction: TcAttachType) -> Result<(), Error> {
         check_iface(iface)?;
+        let dir_name = match direction {
+            TcAttachType::Ingress => "ingress",
+            TcAttachType::Egress => "egress",
+            TcAttachType::Custom(_) => "custom",
+        };
+        let link_pin = self.link_pin(&format!("tc-{dir_name}"), iface)?;
         let _ = tc::qdisc_add_clsact(iface); // EEXIST when already there
         let name = Program::Tc.name();
         let c: &mut SchedClassifier = self
@@ -476,13 +619,108 @@ impl KernelDatapath {
                 program: name,
                 source,
             })?;
-        c.attach(iface, direction).map_err(|e| Error::Attach {
+        let attach_err = |e: &dyn std::fmt::Display| Error::Attach {
             program: name,
             iface: iface.into(),
             reason: e.to_string(),
-        })?;
+        };
+        let Some(pin) = link_pin else {
+            c.attach(iface, direction).map_err(|e| attach_err(&e))?;
+            return Ok(());
+        };
+        if pin.exists() {
+            let link = PinnedLink::from_pin(&pin).map_err(|e| attach_err(&e))?;
+            let link = aya::programs::tc::SchedClassifierLink::try_from(FdLink::from(link))
+                .map_err(|e| attach_err(&e))?;
+            c.attach_to_link(link).map_err(|e| attach_err(&e))?;
+        } else {
+            let id = c.attach(iface, direction).map_err(|e| attach_err(&e))?;
+            let link = c.take_link(id).map_err(|e| attach_err(&e))?;
+            let fd = FdLink::try_from(link).map_err(|e| attach_err(&e))?;
+            fd.pin(&pin).map_err(|e| Error::Pin {
+                path: pin.clone(),
+                reason: e.to_string(),
+            })?;
+        }
         Ok(())
     }
+}
+
+/// Mounts bpffs at /sys/fs/bpf when `dir` is below it and nothing is mounted there yet (as BPF
+/// agents do on hosts whose init system does not).
+fn ensure_bpffs(dir: &Path) -> Result<(), Error> {
+    const BPFFS: &str = "/sys/fs/bpf";
+    if !dir.starts_with(BPFFS) {
+        return Ok(());
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    if mounts
+        .lines()
+        .any(|l| l.split_whitespace().nth(1) == Some(BPFFS))
+    {
+        return Ok(());
+    }
+    let c = |s: &str| {
+        std::ffi::CString::new(s).map_err(|e| Error::Pin {
+            path: BPFFS.into(),
+            reason: e.to_string(),
+        })
+    };
+    let (src, target, fstype) = (c("bpf")?, c(BPFFS)?, c("bpf")?);
+    // SAFETY: all pointers are valid NUL-terminated strings that outlive the call; a null data
+    // pointer is allowed for bpffs.
+    let rc = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(Error::Pin {
+            path: BPFFS.into(),
+            reason: format!(
+                "bpffs is not mounted and mounting it failed: {}",
+                std::io::Error::last_os_error()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Refuses a pinned map whose type, key, value or size differs from what this build's object
+/// declares for it.
+fn check_pinned_shape(dir: &Path, name: &str, path: &Path, m: &aya_obj::Map) -> Result<(), Error> {
+    if !path.exists() {
+        return Ok(());
+    }
+    let info = aya::maps::MapInfo::from_pin(path).map_err(|e| Error::Pin {
+        path: path.into(),
+        reason: e.to_string(),
+    })?;
+    let found_type = info.map_type().map_or(u32::MAX, |t| t as u32);
+    let expected = (m.map_type(), m.key_size(), m.value_size(), m.max_entries());
+    let found = (
+        found_type,
+        info.key_size(),
+        info.value_size(),
+        info.max_entries(),
+    );
+    if expected != found {
+        let show = |(t, k, v, n): (u32, u32, u32, u32)| {
+            format!("type {t}, key {k} B, value {v} B, {n} entries")
+        };
+        return Err(Error::IncompatiblePinnedMap {
+            map: name.into(),
+            path: path.into(),
+            dir: dir.display().to_string(),
+            expected: show(expected),
+            found: show(found),
+        });
+    }
+    Ok(())
 }
 
 fn check_iface(iface: &str) -> Result<(), Error> {
