@@ -23,16 +23,23 @@
     )
 )]
 
-#[cfg(feature = "std")]
+#[cfg(any(test, feature = "std"))]
 extern crate std;
 
+pub mod collision;
+pub mod maglev;
 mod rewrite;
 mod select;
 mod table;
 
 #[cfg(feature = "std")]
 pub mod control;
+pub mod snat;
+#[cfg(feature = "std")]
+pub mod snat_table;
 
+pub use collision::{resolve_source_port, RandomSource, SourcePortRange};
+pub use maglev::maglev_lookup;
 pub use rewrite::{rewrite_v4, Field};
 pub use select::select_slot;
 #[cfg(feature = "std")]
