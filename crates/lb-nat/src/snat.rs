@@ -73,6 +73,17 @@ pub trait NatTable {
     fn get(&self, key: &NatKey) -> Option<NatValue>;
 }
 
+/// How the ports of one round are walked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Probe {
+    /// `offset, offset+1, ...` (netfilter). At high utilization the used ports form clusters
+    /// and a walk that starts inside one fails as a whole (measured in docs/nat.md).
+    Consecutive,
+    /// `offset + i * stride` with a random stride coprime to the range size: still distinct ports
+    /// within a round, but spread over the range, so each attempt is nearly an independent draw.
+    Scattered,
+}
+
 /// Allocator configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SnatConfig {
@@ -86,10 +97,13 @@ pub struct SnatConfig {
     pub min_attempts: u32,
     /// Allow taking over a mapping in TIME_WAIT during the last 32 attempts.
     pub take_over_time_wait: bool,
+    /// Walk of each round.
+    pub probe: Probe,
 }
 
 impl Default for SnatConfig {
-    /// netfilter's schedule over the full unprivileged range 1024-65535, with take-over.
+    /// netfilter's schedule over the full unprivileged range 1024-65535, with take-over, and
+    /// scattered probing.
     fn default() -> Self {
         Self {
             min: 1024,
@@ -97,6 +111,7 @@ impl Default for SnatConfig {
             max_attempts: 128,
             min_attempts: 16,
             take_over_time_wait: true,
+            probe: Probe::Scattered,
         }
     }
 }
@@ -257,9 +272,15 @@ where
     let mut round = 0;
     while round < MAX_ROUNDS && round_len >= floor {
         let offset = rng.random_u32() % span;
+        let stride = match cfg.probe {
+            Probe::Consecutive => 1,
+            Probe::Scattered => coprime_stride(rng.random_u32(), span),
+        };
         let mut i = 0;
         while i < round_len {
-            let port = cfg.min + ((offset + i) % span) as u16;
+            // u64: `i * stride` may exceed u32 for large strides.
+            let step = (u64::from(offset) + u64::from(i) * u64::from(stride)) % u64::from(span);
+            let port = cfg.min + step as u16;
             attempts_total += 1;
             let (fwd, rev) = nat_keys(orig, nat_addr, port);
             let reserved = match table.insert_if_absent(&rev, &back) {
@@ -325,6 +346,38 @@ where
     Err(SnatError::Exhausted {
         attempts: attempts_total,
     })
+}
+
+/// A stride in `1..span` coprime to `span` (so a walk visits distinct ports), from a random
+/// value; 1 if the few candidates tried all share a factor with `span`.
+#[inline(always)]
+fn coprime_stride(random: u32, span: u32) -> u32 {
+    if span <= 2 {
+        return 1;
+    }
+    let mut s = random % (span - 1) + 1;
+    let mut k = 0;
+    while k < 8 {
+        if gcd(s, span) == 1 {
+            return s;
+        }
+        s = s % (span - 1) + 1;
+        k += 1;
+    }
+    1
+}
+
+/// Euclid's algorithm; at most 47 steps for u32 (Fibonacci bound), written with a fixed cap.
+#[inline(always)]
+const fn gcd(mut a: u32, mut b: u32) -> u32 {
+    let mut k = 0;
+    while b != 0 && k < 48 {
+        let t = a % b;
+        a = b;
+        b = t;
+        k += 1;
+    }
+    a
 }
 
 /// Publishes the forward half of a reserved pair, or withdraws the reverse half if the flow
@@ -478,6 +531,17 @@ mod tests {
             })
             .is_none());
         assert_eq!(t.len(), 2);
+    }
+
+    #[test]
+    fn scattered_rounds_visit_distinct_ports() {
+        for span in [1u32, 2, 3, 10, 10_000, 64_512] {
+            for r in [0u32, 1, 7, 12_345, u32::MAX] {
+                let s = coprime_stride(r, span);
+                assert!(s >= 1 && (span <= 1 || s < span));
+                assert_eq!(gcd(s, span), 1, "span {span} stride {s}");
+            }
+        }
     }
 
     #[test]
