@@ -249,6 +249,18 @@ where
         return Err(SnatError::EmptyRange);
     }
     let span = u32::from(cfg.max - cfg.min) + 1;
+    // A flow that already has its pair keeps it (a retransmitted first packet).
+    if let Some(f) = table.get(&NatKey {
+        tuple: *orig,
+        dir: NatDir::Forward,
+    }) {
+        return Ok(Allocation {
+            port: f.port,
+            attempts: 0,
+            took_over: false,
+            existing: true,
+        });
+    }
     let back = NatValue {
         addr: orig.src,
         port: orig.src_port,
@@ -557,5 +569,41 @@ mod tests {
             allocate(&t, &mut rng, &cfg, &flow(1, 1), NAT),
             Err(SnatError::EmptyRange)
         );
+    }
+
+    proptest::proptest! {
+        /// Whatever sequence of allocations and TIME_WAIT marks (small range, so exhaustion and
+        /// take-overs happen), the table holds only complete pairs: every forward mapping has its
+        /// reverse, which names the forward's flow, and no port is owned twice.
+        #[test]
+        fn table_only_ever_holds_complete_pairs(ops in proptest::collection::vec((0u8..6, 0u16..8, proptest::bool::ANY), 1..120), seed in proptest::num::u32::ANY) {
+            let t = ShardedNatTable::new(1024);
+            let mut rng = XorShift32::new(seed);
+            let cfg = SnatConfig { min: 5000, max: 5007, ..Default::default() };
+            for (pod, port, tw) in ops {
+                let f = flow(pod, 1000 + port);
+                if tw {
+                    let _ = set_time_wait(&t, &f, true);
+                } else {
+                    match allocate(&t, &mut rng, &cfg, &f, NAT) {
+                        Ok(a) => proptest::prop_assert!((5000..=5007).contains(&a.port)),
+                        Err(SnatError::Exhausted { .. }) => {}
+                        Err(e) => proptest::prop_assert!(false, "{:?}", e),
+                    }
+                }
+                let entries = t.entries();
+                let mut fwd = 0;
+                for (k, v) in &entries {
+                    if k.dir == NatDir::Forward {
+                        fwd += 1;
+                        let (_, rk) = nat_keys(&k.tuple, v.addr, v.port);
+                        let r = t.get(&rk);
+                        proptest::prop_assert!(r.is_some_and(|r| r.addr == k.tuple.src && r.port == k.tuple.src_port),
+                            "forward {:?} without its reverse", k);
+                    }
+                }
+                proptest::prop_assert_eq!(entries.len(), 2 * fwd, "every reverse has its forward");
+            }
+        }
     }
 }
