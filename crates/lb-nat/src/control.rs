@@ -86,7 +86,7 @@ pub enum Selection {
     #[default]
     Random,
     /// Maglev consistent hashing over a table of `table_size` entries (a prime from
-    /// [`MAGLEV_TABLE_SIZES`](crate::maglev::MAGLEV_TABLE_SIZES)): about 1/N of flows move when
+    /// [`MAGLEV_TABLE_SIZES`]): about 1/N of flows move when
     /// one of N backends goes.
     Maglev {
         /// Entries in the table (and slots in the backend table).
