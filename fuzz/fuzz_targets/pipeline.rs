@@ -19,6 +19,7 @@ fuzz_target!(|data: &[u8]| {
                 frontend: "10.96.0.10:80".parse().unwrap(),
                 proto,
                 backends: vec!["10.1.0.2:8080".parse().unwrap(), "10.1.0.3:8080".parse().unwrap()],
+                ..Default::default()
             })
             .unwrap();
     }

@@ -169,8 +169,9 @@ pub struct CtEntry {
     pub tunnel_peer: [u8; 16],
     /// Service entry: the backend port. Reverse-NAT entry: the service port.
     pub nat_port: u16,
-    /// The client source port as rewritten by the collision resolver (valid with
-    /// [`CT_F_SRC_PORT_REWRITTEN`]).
+    /// With [`CT_F_SRC_PORT_REWRITTEN`]: on a service entry, the client source port as rewritten
+    /// by the collision resolver; on a reverse-NAT entry, the client's original source port,
+    /// which replies get back.
     pub rewritten_src_port: u16,
     /// [`CtState`] as `u8` (meaningful on service entries).
     pub state: u8,
@@ -219,6 +220,12 @@ pub struct DatapathConfig {
     pub hash_seed: u32,
     /// Reserved, zero.
     pub flags: u32,
+    /// First port of the source-port-collision rewrite range (0: the default, 20000).
+    pub src_port_min: u16,
+    /// Last port of the source-port-collision rewrite range (0: the default, 29999).
+    pub src_port_max: u16,
+    /// Random ports the collision resolver tries (0: the default, 3; at most 8).
+    pub src_port_tries: u32,
 }
 
 /// Service key: the frontend address, port and protocol a client connects to.
@@ -319,7 +326,7 @@ mod tests {
         assert_eq!(size_of::<ServiceValue>(), 16);
         assert_eq!(size_of::<BackendKey>(), 8);
         assert_eq!(size_of::<BackendValue>(), 24);
-        assert_eq!(size_of::<DatapathConfig>(), 13 * 8 + 16);
+        assert_eq!(size_of::<DatapathConfig>(), 13 * 8 + 24);
     }
 
     #[test]

@@ -31,6 +31,9 @@ pub enum Counter {
     OrphanReplyRemoved = 8,
     /// Packets dropped, all reasons together.
     Dropped = 9,
+    /// A new flow's reply tuple collided with another flow's; its source port was rewritten
+    /// (a collision resolved; unresolved ones are [`DropReason::SourcePortCollision`] drops).
+    SourcePortRewritten = 10,
 }
 
 /// Why the datapath dropped a packet. Every drop is counted under exactly one reason.
@@ -56,13 +59,14 @@ pub enum DropReason {
     /// The datapath has not been configured (config table empty).
     NotConfigured = 8,
     /// The new flow's reply tuple is already owned by another flow (same client address and port
-    /// to the same backend through another frontend or node).
+    /// to the same backend through another frontend or node) and every rewritten source port the
+    /// resolver tried was taken too (an unresolved collision).
     SourcePortCollision = 9,
 }
 
 impl Counter {
     /// All counters, in slot order.
-    pub const ALL: [Counter; 10] = [
+    pub const ALL: [Counter; 11] = [
         Self::RxPackets,
         Self::ServiceNewFlow,
         Self::ServiceEstablished,
@@ -73,6 +77,7 @@ impl Counter {
         Self::PassOtherProto,
         Self::OrphanReplyRemoved,
         Self::Dropped,
+        Self::SourcePortRewritten,
     ];
 
     /// Slot in the counter array.
@@ -96,6 +101,7 @@ impl Counter {
             Self::PassOtherProto => "pass_other_proto",
             Self::OrphanReplyRemoved => "orphan_reply_removed",
             Self::Dropped => "dropped",
+            Self::SourcePortRewritten => "source_port_rewritten",
         }
     }
 }

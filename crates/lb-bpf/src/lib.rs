@@ -16,6 +16,7 @@
 //!     frontend: "10.96.0.10:80".parse()?,
 //!     proto: L4Proto::Tcp,
 //!     backends: vec!["10.1.0.2:8080".parse()?, "10.1.0.3:8080".parse()?],
+//!     ..Default::default()
 //! })?;
 //! dp.attach_xdp("eth0", aya::programs::XdpMode::Skb)?;
 //! println!("{} conntrack entries", dp.conntrack_entries()?.len());

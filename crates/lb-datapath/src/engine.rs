@@ -13,8 +13,9 @@ use lb_conntrack::{
     Clock, ConntrackTable, HashConntrackTable, InsertError, InsertMode, MonotonicClock,
     TimeoutPolicy,
 };
+use lb_nat::collision::XorShift32;
 use lb_nat::control::{remove_service, upsert_service, ConfigError, ServiceSpec, ServiceStore};
-use lb_nat::{HashServiceTable, ServiceTable};
+use lb_nat::{HashServiceTable, RandomSource, ServiceTable};
 
 /// A datapath configuration with netfilter's timeouts and the given hash seed.
 #[must_use]
@@ -24,6 +25,9 @@ pub fn default_config(hash_seed: u32) -> DatapathConfig {
         fixed_now_ns: 0,
         hash_seed,
         flags: 0,
+        src_port_min: 0,
+        src_port_max: 0,
+        src_port_tries: 0,
     }
 }
 
@@ -36,6 +40,14 @@ pub struct UserTables {
     pub services: HashServiceTable,
     /// Counters, indexed like the kernel's counter array.
     pub counters: CounterSnapshot,
+    /// The pipeline's random source (seeded: runs are reproducible).
+    pub rng: XorShift32,
+}
+
+impl RandomSource for UserTables {
+    fn random_u32(&mut self) -> u32 {
+        self.rng.random_u32()
+    }
 }
 
 impl ConntrackTable for UserTables {
@@ -88,12 +100,14 @@ impl Engine<MonotonicClock> {
 }
 
 impl<C: Clock> Engine<C> {
-    /// An engine with an explicit configuration and clock.
+    /// An engine with an explicit configuration and clock. The random source (collision
+    /// resolution) is seeded from `cfg.hash_seed`, so runs are reproducible.
     pub fn with_clock(ct_capacity: usize, cfg: DatapathConfig, clock: C) -> Self {
         let tables = UserTables {
             ct: HashConntrackTable::with_capacity(ct_capacity),
             services: HashServiceTable::default(),
             counters: CounterSnapshot::default(),
+            rng: XorShift32::new(cfg.hash_seed ^ 0x5eed_0001),
         };
         Self { cfg, tables, clock }
     }

@@ -16,6 +16,7 @@
 //!     frontend: "10.96.0.10:80".parse().unwrap(),
 //!     proto: L4Proto::Tcp,
 //!     backends: vec!["10.1.0.2:8080".parse().unwrap()],
+//!     ..Default::default()
 //! }).unwrap();
 //!
 //! let mut syn = tcp_v4_frame([10, 0, 0, 1], 40000, [10, 96, 0, 10], 80, TcpFlags::SYN, b"");

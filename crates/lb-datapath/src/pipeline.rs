@@ -1,12 +1,18 @@
 //! The pipeline: parse → reply of a tracked flow? → known flow? → new flow to a service?
 
-use lb_api::abi::{BackendKey, CtEntry, CtKey, CtKind, DatapathConfig, ServiceKey};
+use lb_api::abi::{
+    BackendKey, CtEntry, CtKey, CtKind, DatapathConfig, ServiceKey, CT_F_SRC_PORT_REWRITTEN,
+};
 use lb_api::counters::{Counter, Counters, DropReason};
 use lb_api::flow::{v4_of, FlowTuple, IpFamily, L4Proto};
 use lb_api::wire::{parse, Disposition, PacketAccess, Parsed};
 use lb_api::Verdict;
 use lb_conntrack::{initial_state, track, ConntrackTable, Direction, InsertError, InsertMode};
-use lb_nat::{rewrite_v4, select_slot, Field, ServiceTable};
+use lb_nat::collision::Reserve;
+use lb_nat::{
+    resolve_source_port, rewrite_v4, select_slot, Field, RandomSource, ServiceTable,
+    SourcePortRange,
+};
 
 /// The time the pipeline stamps entries with: the config's fixed time when set (deterministic
 /// tests), the caller's clock otherwise.
@@ -39,12 +45,16 @@ fn pass<T: Counters + ?Sized>(tables: &mut T, why: Counter) -> Verdict {
 /// * The first packet to a service picks a backend by flow hash, creates the flow's two
 ///   conntrack entries (reverse-NAT first, with no-overwrite, so the reply path exists before the
 ///   forward path is published) and is rewritten.
+/// * If that reply tuple is already owned by another flow (the same client ip:port reached the
+///   same backend through another frontend or node), the client's source port is rewritten to a
+///   random free port of the configured range; conntrack records it, packets of the flow keep
+///   getting it, and replies get the original port back.
 /// * Anything else passes untouched; malformed packets are dropped. Every outcome bumps a counter.
 #[inline(always)]
 pub fn process<P, T>(pkt: &mut P, cfg: &DatapathConfig, now: u64, tables: &mut T) -> Verdict
 where
     P: PacketAccess + ?Sized,
-    T: ConntrackTable + ServiceTable + Counters + ?Sized,
+    T: ConntrackTable + ServiceTable + Counters + RandomSource + ?Sized,
 {
     tables.bump(Counter::RxPackets.slot());
     let parsed = match parse(pkt) {
@@ -65,8 +75,13 @@ where
 
     let rkey = CtKey::new(&t, CtKind::ReverseNat);
     if let Some(rev) = tables.get_mut(&rkey) {
-        let (svc_addr, svc_port) = (rev.nat_addr, rev.nat_port);
-        return reply(pkt, &parsed, cfg, now, tables, &rkey, svc_addr, svc_port);
+        let svc = (rev.nat_addr, rev.nat_port);
+        let client_port = if rev.flags & CT_F_SRC_PORT_REWRITTEN != 0 {
+            rev.rewritten_src_port
+        } else {
+            t.dst_port
+        };
+        return reply(pkt, &parsed, cfg, now, tables, &rkey, svc, client_port);
     }
 
     let fkey = CtKey::new(&t, CtKind::Service);
@@ -80,8 +95,13 @@ where
         );
         // Copy only what the rest of the path needs: the kernel stack is 512 bytes.
         let (be_addr, be_port, expires) = (fwd.nat_addr, fwd.nat_port, fwd.expires_ns);
+        let client_port = if fwd.flags & CT_F_SRC_PORT_REWRITTEN != 0 {
+            fwd.rewritten_src_port
+        } else {
+            t.src_port
+        };
         // Keep the reverse half in step; rebuild it if it was lost.
-        let rk = reverse_key(&t, be_addr, be_port);
+        let rk = reverse_key(&t, client_port, be_addr, be_port);
         match tables.get_mut(&rk) {
             Some(r) => {
                 r.last_seen_ns = now;
@@ -98,20 +118,26 @@ where
         if rewrite_v4(pkt, &parsed, Field::Destination, v4_of(&be_addr), be_port).is_none() {
             return drop(tables, DropReason::Truncated);
         }
+        if client_port != t.src_port
+            && rewrite_v4(pkt, &parsed, Field::Source, v4_of(&t.src), client_port).is_none()
+        {
+            return drop(tables, DropReason::Truncated);
+        }
         return pass(tables, Counter::ServiceEstablished);
     }
 
     new_flow(pkt, &parsed, cfg, now, tables, &fkey)
 }
 
-/// Key of the reverse-NAT entry of a flow: the tuple the backend replies with.
+/// Key of the reverse-NAT entry of a flow: the tuple the backend replies with, to the client's
+/// (possibly rewritten) source port.
 #[inline(always)]
-fn reverse_key(t: &FlowTuple, backend: [u8; 16], backend_port: u16) -> CtKey {
+fn reverse_key(t: &FlowTuple, client_port: u16, backend: [u8; 16], backend_port: u16) -> CtKey {
     let reply = FlowTuple {
         src: backend,
         src_port: backend_port,
         dst: t.src,
-        dst_port: t.src_port,
+        dst_port: client_port,
         ..*t
     };
     CtKey::new(&reply, CtKind::ReverseNat)
@@ -123,6 +149,10 @@ fn reverse_key(t: &FlowTuple, backend: [u8; 16], backend_port: u16) -> CtKey {
 fn make_reverse(e: &mut CtEntry, t: &FlowTuple) {
     e.nat_addr = t.dst;
     e.nat_port = t.dst_port;
+    // A rewritten flow's reverse half remembers the original port, which replies get back.
+    if e.flags & CT_F_SRC_PORT_REWRITTEN != 0 {
+        e.rewritten_src_port = t.src_port;
+    }
     e.packets_orig = 0;
     e.packets_reply = 0;
 }
@@ -136,17 +166,17 @@ fn reply<P, T>(
     now: u64,
     tables: &mut T,
     rkey: &CtKey,
-    svc_addr: [u8; 16],
-    svc_port: u16,
+    (svc_addr, svc_port): ([u8; 16], u16),
+    client_port: u16,
 ) -> Verdict
 where
     P: PacketAccess + ?Sized,
-    T: ConntrackTable + ServiceTable + Counters + ?Sized,
+    T: ConntrackTable + ServiceTable + Counters + RandomSource + ?Sized,
 {
     let t = parsed.tuple;
     let client = FlowTuple {
         src: t.dst,
-        src_port: t.dst_port,
+        src_port: client_port,
         dst: svc_addr,
         dst_port: svc_port,
         ..t
@@ -173,6 +203,11 @@ where
     if rewrite_v4(pkt, parsed, Field::Source, v4_of(&svc_addr), svc_port).is_none() {
         return drop(tables, DropReason::Truncated);
     }
+    if client_port != t.dst_port
+        && rewrite_v4(pkt, parsed, Field::Destination, v4_of(&t.dst), client_port).is_none()
+    {
+        return drop(tables, DropReason::Truncated);
+    }
     pass(tables, Counter::ReplyTranslated)
 }
 
@@ -187,7 +222,7 @@ fn new_flow<P, T>(
 ) -> Verdict
 where
     P: PacketAccess + ?Sized,
-    T: ConntrackTable + ServiceTable + Counters + ?Sized,
+    T: ConntrackTable + ServiceTable + Counters + RandomSource + ?Sized,
 {
     let t = parsed.tuple;
     let skey = ServiceKey {
@@ -224,23 +259,58 @@ where
         ..CtEntry::default()
     };
     make_reverse(&mut e, &t);
-    let rk = reverse_key(&t, be.addr, be.port);
-    match tables.insert(&rk, &e, InsertMode::NoExist) {
+    let mut client_port = t.src_port;
+    match tables.insert(
+        &reverse_key(&t, client_port, be.addr, be.port),
+        &e,
+        InsertMode::NoExist,
+    ) {
         Ok(()) => {}
         Err(InsertError::Exists) => {
             // Another flow already owns this reply tuple: the same client address and port reach
-            // this backend through another frontend. Overwriting would steal that flow's replies.
-            return drop(tables, DropReason::SourcePortCollision);
+            // this backend through another frontend or node. Overwriting would steal that flow's
+            // replies; give this flow another source port instead.
+            e.flags |= CT_F_SRC_PORT_REWRITTEN;
+            e.rewritten_src_port = t.src_port;
+            let range = SourcePortRange::from_config(
+                cfg.src_port_min,
+                cfg.src_port_max,
+                cfg.src_port_tries,
+            );
+            let got = resolve_source_port(&range, tables, |tb, port| {
+                match tb.insert(
+                    &reverse_key(&t, port, be.addr, be.port),
+                    &e,
+                    InsertMode::NoExist,
+                ) {
+                    Ok(()) => Reserve::Reserved,
+                    Err(InsertError::Exists) => Reserve::Taken,
+                    Err(_) => Reserve::Failed,
+                }
+            });
+            let Some(port) = got else {
+                return drop(tables, DropReason::SourcePortCollision);
+            };
+            client_port = port;
+            tables.bump(Counter::SourcePortRewritten.slot());
         }
         Err(_) => return drop(tables, DropReason::ConntrackFull),
     }
     e.nat_addr = be.addr;
     e.nat_port = be.port;
+    if client_port != t.src_port {
+        e.rewritten_src_port = client_port;
+    }
     e.packets_orig = 1;
     if tables.insert(fkey, &e, InsertMode::NoExist).is_err() {
         // Never leave half a pair behind.
-        tables.remove(&rk);
+        tables.remove(&reverse_key(&t, client_port, be.addr, be.port));
         return drop(tables, DropReason::ConntrackFull);
+    }
+    if client_port != t.src_port
+        && rewrite_v4(pkt, parsed, Field::Source, v4_of(&t.src), client_port).is_none()
+    {
+        return drop(tables, DropReason::Truncated);
     }
     if rewrite_v4(pkt, parsed, Field::Destination, v4_of(&be.addr), be.port).is_none() {
         return drop(tables, DropReason::Truncated);

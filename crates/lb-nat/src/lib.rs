@@ -1,6 +1,16 @@
 //! Service load balancing: service and backend tables, backend selection, and the address/port
 //! rewrites (DNAT of requests, reverse translation of replies) with incremental checksums.
 //!
+//! * [`select_slot`] / [`maglev`]: backend selection (flow hash over slots; Maglev tables written
+//!   into the slots, so the kernel's lookup is unchanged).
+//! * [`snat`]: SNAT port allocation where reserving the port *is* the atomic insert of the
+//!   reverse mapping; [`snat_table`] (`std`) is a concurrent userspace table for it.
+//! * [`collision`]: source-port collision resolution, used by the shared pipeline.
+//! * [`control`] (`std`): the typed service model (weights, terminating backends, selection,
+//!   session affinity, traffic policy), its validation and the hitless table writes.
+//!
+//! Figures (disruption, balance, race and pressure tests, benchmarks): `docs/nat.md`.
+//!
 //! ```
 //! use lb_api::wire::{parse, testing::tcp_v4_frame, SlicePacket, TcpFlags};
 //! use lb_nat::{rewrite_v4, Field};
@@ -23,16 +33,23 @@
     )
 )]
 
-#[cfg(feature = "std")]
+#[cfg(any(test, feature = "std"))]
 extern crate std;
 
+pub mod collision;
+pub mod maglev;
 mod rewrite;
 mod select;
 mod table;
 
 #[cfg(feature = "std")]
 pub mod control;
+pub mod snat;
+#[cfg(feature = "std")]
+pub mod snat_table;
 
+pub use collision::{resolve_source_port, RandomSource, SourcePortRange};
+pub use maglev::maglev_lookup;
 pub use rewrite::{rewrite_v4, Field};
 pub use select::select_slot;
 #[cfg(feature = "std")]

@@ -15,7 +15,7 @@
 use core::mem::size_of;
 
 use aya_ebpf::bindings::{xdp_action, TC_ACT_OK, TC_ACT_SHOT};
-use aya_ebpf::helpers::bpf_ktime_get_ns;
+use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns};
 use aya_ebpf::macros::{classifier, map, xdp};
 use aya_ebpf::maps::{Array, HashMap, PerCpuArray};
 use aya_ebpf::programs::{TcContext, XdpContext};
@@ -26,7 +26,7 @@ use lb_api::counters::{Counters, DropReason, COUNTER_SLOTS};
 use lb_api::wire::{parse, PacketAccess, MAX_HEADER_OFFSET};
 use lb_api::Verdict;
 use lb_conntrack::{ConntrackTable, InsertError, InsertMode};
-use lb_nat::ServiceTable;
+use lb_nat::{RandomSource, ServiceTable};
 use zerocopy_shim::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 mod zerocopy_shim {
@@ -96,6 +96,14 @@ impl ServiceTable for KernelTables {
     fn backend(&self, key: &BackendKey) -> Option<BackendValue> {
         // SAFETY: as above.
         unsafe { LB_BACKENDS.get(key).copied() }
+    }
+}
+
+impl RandomSource for KernelTables {
+    #[inline(always)]
+    fn random_u32(&mut self) -> u32 {
+        // SAFETY: bpf_get_prandom_u32 has no preconditions.
+        unsafe { bpf_get_prandom_u32() }
     }
 }
 
