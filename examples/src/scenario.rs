@@ -24,8 +24,9 @@ pub fn service() -> ServiceSpec {
         proto: L4Proto::Tcp,
         backends: BACKENDS
             .iter()
-            .map(|b| SocketAddr::from((*b, BACKEND_PORT)))
+            .map(|b| SocketAddr::from((*b, BACKEND_PORT)).into())
             .collect(),
+        ..Default::default()
     }
 }
 

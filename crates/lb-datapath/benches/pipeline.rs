@@ -22,6 +22,7 @@ fn engine(flows: u16) -> Engine {
         backends: (2..10)
             .map(|i| format!("10.1.0.{i}:8080").parse().unwrap())
             .collect(),
+        ..Default::default()
     })
     .unwrap();
     // Background flows so lookups hit a populated table.

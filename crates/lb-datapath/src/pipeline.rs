@@ -211,6 +211,29 @@ where
     pass(tables, Counter::ReplyTranslated)
 }
 
+/// The collision resolver's random source: the tables' own (`bpf_get_prandom_u32` in the kernel)
+/// normally; under the config's fixed clock, a xorshift generator seeded from that clock and the
+/// flow, so that deterministic runs (the differential suite) draw the same ports in both worlds.
+struct Draw<'a, T: ?Sized> {
+    tables: &'a mut T,
+    fixed: u32,
+}
+
+impl<T: RandomSource + ?Sized> RandomSource for Draw<'_, T> {
+    #[inline(always)]
+    fn random_u32(&mut self) -> u32 {
+        if self.fixed == 0 {
+            return self.tables.random_u32();
+        }
+        let mut x = self.fixed;
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        self.fixed = x;
+        x
+    }
+}
+
 #[inline(always)]
 fn new_flow<P, T>(
     pkt: &mut P,
@@ -277,8 +300,17 @@ where
                 cfg.src_port_max,
                 cfg.src_port_tries,
             );
-            let got = resolve_source_port(&range, tables, |tb, port| {
-                match tb.insert(
+            let fixed = if cfg.fixed_now_ns != 0 {
+                (t.hash(cfg.hash_seed) ^ cfg.fixed_now_ns as u32) | 1
+            } else {
+                0
+            };
+            let mut draw = Draw {
+                tables: &mut *tables,
+                fixed,
+            };
+            let got = resolve_source_port(&range, &mut draw, |d, port| {
+                match d.tables.insert(
                     &reverse_key(&t, port, be.addr, be.port),
                     &e,
                     InsertMode::NoExist,

@@ -42,6 +42,7 @@ fn main() -> Result<()> {
         backends: (2..10)
             .map(|i| format!("10.1.0.{i}:8080").parse())
             .collect::<Result<_, _>>()?,
+        ..Default::default()
     })?;
 
     let syn = tcp_v4_frame(CLIENT, 40000, VIP, 80, TcpFlags::SYN, b"");
