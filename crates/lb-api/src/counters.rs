@@ -31,6 +31,13 @@ pub enum Counter {
     OrphanReplyRemoved = 8,
     /// Packets dropped, all reasons together.
     Dropped = 9,
+    /// Passed: headers nest deeper than the bounded parser follows (more than two VLAN tags,
+    /// more than [`crate::wire::MAX_IPV6_EXT_HEADERS`] IPv6 extension headers, or a header past
+    /// [`crate::wire::MAX_HEADER_OFFSET`]). The stack handles them.
+    PassHeadersTooDeep = 10,
+    /// An encapsulation would have exceeded the MTU: an ICMP "fragmentation needed" / ICMPv6
+    /// "packet too big" was sent back to the sender instead.
+    MtuExceeded = 11,
 }
 
 /// Why the datapath dropped a packet. Every drop is counted under exactly one reason.
@@ -58,11 +65,15 @@ pub enum DropReason {
     /// The new flow's reply tuple is already owned by another flow (same client address and port
     /// to the same backend through another frontend or node).
     SourcePortCollision = 9,
+    /// UDP length field below 8 or past the end of the IP payload.
+    BadUdpLength = 10,
+    /// IPv6 hop-by-hop options header anywhere but first.
+    BadIpv6ExtHeader = 11,
 }
 
 impl Counter {
     /// All counters, in slot order.
-    pub const ALL: [Counter; 10] = [
+    pub const ALL: [Counter; 12] = [
         Self::RxPackets,
         Self::ServiceNewFlow,
         Self::ServiceEstablished,
@@ -73,6 +84,8 @@ impl Counter {
         Self::PassOtherProto,
         Self::OrphanReplyRemoved,
         Self::Dropped,
+        Self::PassHeadersTooDeep,
+        Self::MtuExceeded,
     ];
 
     /// Slot in the counter array.
@@ -96,13 +109,15 @@ impl Counter {
             Self::PassOtherProto => "pass_other_proto",
             Self::OrphanReplyRemoved => "orphan_reply_removed",
             Self::Dropped => "dropped",
+            Self::PassHeadersTooDeep => "pass_headers_too_deep",
+            Self::MtuExceeded => "mtu_exceeded",
         }
     }
 }
 
 impl DropReason {
     /// All drop reasons, in slot order.
-    pub const ALL: [DropReason; 10] = [
+    pub const ALL: [DropReason; 12] = [
         Self::Truncated,
         Self::BadIpVersion,
         Self::BadIpHeaderLength,
@@ -113,6 +128,8 @@ impl DropReason {
         Self::ConntrackFull,
         Self::NotConfigured,
         Self::SourcePortCollision,
+        Self::BadUdpLength,
+        Self::BadIpv6ExtHeader,
     ];
 
     /// Slot in the counter array.
@@ -136,6 +153,8 @@ impl DropReason {
             Self::ConntrackFull => "conntrack_full",
             Self::NotConfigured => "not_configured",
             Self::SourcePortCollision => "source_port_collision",
+            Self::BadUdpLength => "bad_udp_length",
+            Self::BadIpv6ExtHeader => "bad_ipv6_ext_header",
         }
     }
 }

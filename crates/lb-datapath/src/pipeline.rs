@@ -3,7 +3,7 @@
 use lb_api::abi::{BackendKey, CtEntry, CtKey, CtKind, DatapathConfig, ServiceKey};
 use lb_api::counters::{Counter, Counters, DropReason};
 use lb_api::flow::{v4_of, FlowTuple, IpFamily, L4Proto};
-use lb_api::wire::{parse, Disposition, PacketAccess, Parsed};
+use lb_api::wire::{parse_into, Disposition, Fragment, PacketAccess, Parsed};
 use lb_api::Verdict;
 use lb_conntrack::{initial_state, track, ConntrackTable, Direction, InsertError, InsertMode};
 use lb_nat::{rewrite_v4, select_slot, Field, ServiceTable};
@@ -47,29 +47,32 @@ where
     T: ConntrackTable + ServiceTable + Counters + ?Sized,
 {
     tables.bump(Counter::RxPackets.slot());
-    let parsed = match parse(pkt) {
-        Ok(p) => p,
-        Err(e) => {
-            return match e.disposition() {
-                Disposition::Pass(c) => pass(tables, c),
-                Disposition::Drop(r) => drop(tables, r),
-            }
-        }
-    };
-    let t = parsed.tuple;
+    let mut parsed = Parsed::EMPTY;
+    if let Err(e) = parse_into(pkt, &mut parsed) {
+        return match e.disposition() {
+            Disposition::Pass(c) => pass(tables, c),
+            Disposition::Drop(r) => drop(tables, r),
+        };
+    }
+    // The datapath does not reassemble: fragments (first or later) go to the stack.
+    if parsed.fragment != Fragment::None {
+        return pass(tables, Counter::PassFragment);
+    }
+    let t = &parsed.tuple;
+    // IPv6 and ICMP parse (VLAN tags too: the offsets move) but only IPv4 TCP/UDP is translated.
     if !matches!(L4Proto::from_u8(t.proto), Some(L4Proto::Tcp | L4Proto::Udp))
         || t.family != IpFamily::V4 as u8
     {
         return pass(tables, Counter::PassOtherProto);
     }
 
-    let rkey = CtKey::new(&t, CtKind::ReverseNat);
+    let rkey = CtKey::new(t, CtKind::ReverseNat);
     if let Some(rev) = tables.get_mut(&rkey) {
         let (svc_addr, svc_port) = (rev.nat_addr, rev.nat_port);
         return reply(pkt, &parsed, cfg, now, tables, &rkey, svc_addr, svc_port);
     }
 
-    let fkey = CtKey::new(&t, CtKind::Service);
+    let fkey = CtKey::new(t, CtKind::Service);
     if let Some(fwd) = tables.get_mut(&fkey) {
         track(
             fwd,
@@ -81,7 +84,7 @@ where
         // Copy only what the rest of the path needs: the kernel stack is 512 bytes.
         let (be_addr, be_port, expires) = (fwd.nat_addr, fwd.nat_port, fwd.expires_ns);
         // Keep the reverse half in step; rebuild it if it was lost.
-        let rk = reverse_key(&t, be_addr, be_port);
+        let rk = reverse_key(t, be_addr, be_port);
         match tables.get_mut(&rk) {
             Some(r) => {
                 r.last_seen_ns = now;
@@ -90,7 +93,7 @@ where
             None => {
                 if let Some(fwd) = tables.get_mut(&fkey) {
                     let mut r = *fwd;
-                    make_reverse(&mut r, &t);
+                    make_reverse(&mut r, t);
                     let _ = tables.insert(&rk, &r, InsertMode::NoExist);
                 }
             }
@@ -143,13 +146,13 @@ where
     P: PacketAccess + ?Sized,
     T: ConntrackTable + ServiceTable + Counters + ?Sized,
 {
-    let t = parsed.tuple;
+    let t = &parsed.tuple;
     let client = FlowTuple {
         src: t.dst,
         src_port: t.dst_port,
         dst: svc_addr,
         dst_port: svc_port,
-        ..t
+        ..*t
     };
     let fkey = CtKey::new(&client, CtKind::Service);
     let expires = match tables.get_mut(&fkey) {
@@ -189,7 +192,7 @@ where
     P: PacketAccess + ?Sized,
     T: ConntrackTable + ServiceTable + Counters + ?Sized,
 {
-    let t = parsed.tuple;
+    let t = &parsed.tuple;
     let skey = ServiceKey {
         addr: t.dst,
         port: t.dst_port,
@@ -199,7 +202,7 @@ where
     let Some(svc) = tables.service(&skey) else {
         return pass(tables, Counter::PassNotService);
     };
-    let Some(slot) = select_slot(&t, cfg.hash_seed, svc.backend_count) else {
+    let Some(slot) = select_slot(t, cfg.hash_seed, svc.backend_count) else {
         return drop(tables, DropReason::NoBackend);
     };
     let Some(be) = tables.backend(&BackendKey {
@@ -223,8 +226,8 @@ where
         backend_id: be.id,
         ..CtEntry::default()
     };
-    make_reverse(&mut e, &t);
-    let rk = reverse_key(&t, be.addr, be.port);
+    make_reverse(&mut e, t);
+    let rk = reverse_key(t, be.addr, be.port);
     match tables.insert(&rk, &e, InsertMode::NoExist) {
         Ok(()) => {}
         Err(InsertError::Exists) => {
