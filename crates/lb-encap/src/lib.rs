@@ -23,6 +23,12 @@
 
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
+mod tunnel;
+pub use tunnel::{
+    vxlan_decap, vxlan_encap, AdjustHead, DecapError, EncapError, HeadroomPacket, OuterAddrs,
+    VxlanConfig,
+};
+
 /// IANA UDP port of VXLAN.
 pub const VXLAN_PORT: u16 = 4789;
 
