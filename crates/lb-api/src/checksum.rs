@@ -86,14 +86,13 @@ pub fn l4_checksum_v4(src: [u8; 4], dst: [u8; 4], proto: u8, segment: &[u8]) -> 
 /// pseudo-header).
 #[inline(always)]
 #[must_use]
-pub const fn update_u128(check: u16, old: [u8; 16], new: [u8; 16]) -> u16 {
-    let mut sum = (!check) as u32;
-    let mut i = 0;
-    while i < 8 {
-        let o = u16::from_be_bytes([old[2 * i], old[2 * i + 1]]);
-        let n = u16::from_be_bytes([new[2 * i], new[2 * i + 1]]);
-        sum += (!o) as u32 + n as u32;
-        i += 1;
+pub fn update_u128(check: u16, old: [u8; 16], new: [u8; 16]) -> u16 {
+    let mut sum = u32::from(!check);
+    for (o, n) in old.chunks_exact(2).zip(new.chunks_exact(2)) {
+        if let ([a, b], [c, d]) = (o, n) {
+            sum +=
+                u32::from(!u16::from_be_bytes([*a, *b])) + u32::from(u16::from_be_bytes([*c, *d]));
+        }
     }
     !fold(sum)
 }
@@ -121,15 +120,14 @@ pub const fn udp_zero_allowed(v6: bool) -> bool {
 /// The IPv6 pseudo-header's sum (RFC 8200 8.1): addresses, upper-layer length, next header.
 #[inline(always)]
 #[must_use]
-pub const fn pseudo_sum_v6(src: &[u8; 16], dst: &[u8; 16], next_header: u8, len: u32) -> u32 {
+pub fn pseudo_sum_v6(src: &[u8; 16], dst: &[u8; 16], next_header: u8, len: u32) -> u32 {
     let mut sum = 0u32;
-    let mut i = 0;
-    while i < 8 {
-        sum += u16::from_be_bytes([src[2 * i], src[2 * i + 1]]) as u32;
-        sum += u16::from_be_bytes([dst[2 * i], dst[2 * i + 1]]) as u32;
-        i += 1;
+    for w in src.chunks_exact(2).chain(dst.chunks_exact(2)) {
+        if let [a, b] = w {
+            sum += u32::from(u16::from_be_bytes([*a, *b]));
+        }
     }
-    sum + (len >> 16) + (len & 0xffff) + next_header as u32
+    sum + (len >> 16) + (len & 0xffff) + u32::from(next_header)
 }
 
 /// The IPv4 pseudo-header's sum: addresses, zero, protocol, transport length.

@@ -17,6 +17,10 @@ pub trait AdjustHead: PacketAccess {
     /// (new bytes are unspecified), positive removes bytes from its head. `None` (nothing changed)
     /// if there is not enough headroom or packet.
     fn adjust_head(&mut self, delta: i32) -> Option<()>;
+
+    /// Moves the end of the packet by `delta` bytes (positive grows, negative truncates), like
+    /// `bpf_xdp_adjust_tail`. `None` (nothing changed) if the buffer does not allow it.
+    fn adjust_tail(&mut self, delta: i32) -> Option<()>;
 }
 
 /// [`PacketAccess`] + [`AdjustHead`] over a caller's buffer with headroom before the frame.
@@ -93,6 +97,19 @@ impl AdjustHead for HeadroomPacket<'_> {
         self.start = start;
         Some(())
     }
+
+    fn adjust_tail(&mut self, delta: i32) -> Option<()> {
+        let end = if delta < 0 {
+            self.end.checked_sub(delta.unsigned_abs() as usize)?
+        } else {
+            self.end.checked_add(delta as usize)?
+        };
+        if end < self.start || end > self.buf.len() {
+            return None;
+        }
+        self.end = end;
+        Some(())
+    }
 }
 
 /// Outer addresses of a tunnel.
@@ -114,12 +131,12 @@ pub enum OuterAddrs {
     },
 }
 
-/// What a VXLAN encapsulation writes in front of a frame.
+/// What a UDP tunnel (VXLAN, Geneve) writes in front of a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct VxlanConfig {
-    /// VXLAN network identifier (24 bits).
+pub struct TunnelConfig {
+    /// Virtual network identifier (24 bits).
     pub vni: u32,
-    /// Outer UDP destination port (IANA 4789 by default).
+    /// Outer UDP destination port (4789 for VXLAN, 6081 for Geneve by default).
     pub port: u16,
     /// Outer Ethernet source.
     pub src_mac: [u8; 6],
@@ -131,8 +148,11 @@ pub struct VxlanConfig {
     pub mtu: u16,
 }
 
-impl VxlanConfig {
-    /// Defaults: port 4789, MTU 1500.
+/// The VXLAN configuration is a [`TunnelConfig`] with port 4789 by default.
+pub type VxlanConfig = TunnelConfig;
+
+impl TunnelConfig {
+    /// Defaults: VXLAN port 4789, MTU 1500.
     #[must_use]
     pub const fn new(vni: u32, outer: OuterAddrs, src_mac: [u8; 6], dst_mac: [u8; 6]) -> Self {
         Self {
@@ -145,14 +165,20 @@ impl VxlanConfig {
         }
     }
 
-    /// Bytes the encapsulation adds in front of the inner frame.
+    /// Outer Ethernet, IP and UDP header bytes.
     #[must_use]
-    pub const fn overhead(&self) -> usize {
+    pub const fn outer_len(&self) -> usize {
         let ip = match self.outer {
             OuterAddrs::V4 { .. } => Ipv4Header::LEN,
             OuterAddrs::V6 { .. } => Ipv6Header::LEN,
         };
-        EthernetHeader::LEN + ip + UdpHeader::LEN + VxlanHeader::LEN
+        EthernetHeader::LEN + ip + UdpHeader::LEN
+    }
+
+    /// Bytes a VXLAN encapsulation adds in front of the inner frame.
+    #[must_use]
+    pub const fn overhead(&self) -> usize {
+        self.outer_len() + VxlanHeader::LEN
     }
 }
 
@@ -202,8 +228,22 @@ pub fn vxlan_encap<P: AdjustHead + ?Sized>(
     cfg: &VxlanConfig,
     flow_hash: u32,
 ) -> Result<(), EncapError> {
+    push_udp_tunnel(pkt, cfg, VxlanHeader::LEN, flow_hash, |pkt, at| {
+        pkt.store(at, &VxlanHeader::new(cfg.vni))
+    })
+}
+
+/// Grows `pkt` by the outer headers plus `tunnel_len` bytes of tunnel header (written by
+/// `write_tunnel` at the offset it is given), then fills in the UDP checksum (IPv6).
+pub(crate) fn push_udp_tunnel<P: AdjustHead + ?Sized>(
+    pkt: &mut P,
+    cfg: &TunnelConfig,
+    tunnel_len: usize,
+    flow_hash: u32,
+    write_tunnel: impl FnOnce(&mut P, usize) -> Option<()>,
+) -> Result<(), EncapError> {
     let inner = pkt.len();
-    let overhead = cfg.overhead();
+    let overhead = cfg.outer_len() + tunnel_len;
     let outer_ip_len = inner + overhead - EthernetHeader::LEN;
     if outer_ip_len > usize::from(cfg.mtu) {
         let inner_mtu = usize::from(cfg.mtu).saturating_sub(overhead);
@@ -240,7 +280,7 @@ pub fn vxlan_encap<P: AdjustHead + ?Sized>(
                 check: U16::new(0),
             },
         )?;
-        pkt.store(l4 + UdpHeader::LEN, &VxlanHeader::new(cfg.vni))?;
+        write_tunnel(pkt, l4 + UdpHeader::LEN)?;
         match cfg.outer {
             OuterAddrs::V4 { src, dst } => {
                 let mut ip = Ipv4Header {

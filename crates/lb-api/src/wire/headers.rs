@@ -234,7 +234,7 @@ impl Ipv6ExtHeader {
     /// Length of the whole extension header in bytes.
     #[inline(always)]
     #[must_use]
-    pub const fn len(&self) -> usize {
+    pub const fn header_len(&self) -> usize {
         (self.hdr_ext_len as usize + 1) * 8
     }
 }

@@ -354,13 +354,13 @@ fn walk_ipv6_ext<P: PacketAccess + ?Sized>(
             let h: Ipv6ExtHeader = pkt
                 .load(offset)
                 .ok_or_else(|| truncated(pkt, Layer::Ipv6Ext, offset, 8))?;
-            if offset + h.len() > end {
-                return Err(truncated(pkt, Layer::Ipv6Ext, offset, h.len()));
+            if offset + h.header_len() > end {
+                return Err(truncated(pkt, Layer::Ipv6Ext, offset, h.header_len()));
             }
             if nh == IPV6_DEST_OPTS && w.dest_opts == 0 {
                 w.dest_opts = offset as u16;
             }
-            offset += h.len();
+            offset += h.header_len();
             w.next_header = h.next_header;
             w.offset = offset;
         }
