@@ -14,11 +14,13 @@ fn tcp_v4() -> Vec<u8> {
 }
 
 fn tcp_v6_ext() -> Vec<u8> {
-    let mut ext = Ipv6Extensions::default();
-    ext.hop_by_hop_options =
-        Some(Ipv6RawExtHeader::new_raw(0.into(), &[1, 4, 0, 0, 0, 0]).unwrap());
-    ext.destination_options =
-        Some(Ipv6RawExtHeader::new_raw(0.into(), &[1, 4, 0, 0, 0, 0]).unwrap());
+    let ext = Ipv6Extensions {
+        hop_by_hop_options: Some(Ipv6RawExtHeader::new_raw(0.into(), &[1, 4, 0, 0, 0, 0]).unwrap()),
+        destination_options: Some(
+            Ipv6RawExtHeader::new_raw(0.into(), &[1, 4, 0, 0, 0, 0]).unwrap(),
+        ),
+        ..Default::default()
+    };
     let ip = IpHeaders::Ipv6(
         Ipv6Header {
             hop_limit: 64,
