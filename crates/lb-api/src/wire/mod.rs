@@ -1,4 +1,6 @@
-//! Wire formats: zerocopy header types, the [`PacketAccess`] trait and the defensive parser.
+//! Wire formats: zerocopy header types, the [`PacketAccess`] trait and the defensive parser
+//! (Ethernet with up to two VLAN tags, IPv4 with options, IPv6 with a bounded extension-header
+//! walk, TCP, UDP, ICMPv4/ICMPv6 with the quoted datagram of error messages, fragments).
 //!
 //! # Contract
 //! Every read goes through [`PacketAccess::load`], which returns `None` instead of reading past the
