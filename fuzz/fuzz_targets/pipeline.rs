@@ -43,6 +43,7 @@ fuzz_target!(|data: &[u8]| {
         Counter::PassNotService,
         Counter::PassFragment,
         Counter::PassOtherProto,
+        Counter::PassHeadersTooDeep,
         Counter::Dropped,
     ]
     .iter()

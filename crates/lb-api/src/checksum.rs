@@ -81,6 +81,123 @@ pub fn l4_checksum_v4(src: [u8; 4], dst: [u8; 4], proto: u8, segment: &[u8]) -> 
     !fold(sum(segment, sum(&pseudo, 0)))
 }
 
+/// Updates `check` for a 16-byte field (an IPv6 address) changing from `old` to `new`: the
+/// rewrite of an IPv6 source or destination, for TCP, UDP and ICMPv6 (whose checksums cover the
+/// pseudo-header).
+#[inline(always)]
+#[must_use]
+pub fn update_u128(check: u16, old: [u8; 16], new: [u8; 16]) -> u16 {
+    let mut sum = u32::from(!check);
+    for (o, n) in old.chunks_exact(2).zip(new.chunks_exact(2)) {
+        if let ([a, b], [c, d]) = (o, n) {
+            sum +=
+                u32::from(!u16::from_be_bytes([*a, *b])) + u32::from(u16::from_be_bytes([*c, *d]));
+        }
+    }
+    !fold(sum)
+}
+
+/// Updates a UDP-over-IPv6 checksum: zero is not a valid value in IPv6 (RFC 8200 8.1), so a
+/// computed zero is sent as `0xffff`. (ICMPv6 and TCP need no fix-up: zero is a valid result.)
+#[inline(always)]
+#[must_use]
+pub const fn udp_v6_fixup(updated: u16) -> u16 {
+    if updated == 0 {
+        0xffff
+    } else {
+        updated
+    }
+}
+
+/// Whether a received UDP checksum field is acceptable without verification rules of its own:
+/// IPv4 allows zero ("no checksum"), IPv6 does not.
+#[inline(always)]
+#[must_use]
+pub const fn udp_zero_allowed(v6: bool) -> bool {
+    !v6
+}
+
+/// The IPv6 pseudo-header's sum (RFC 8200 8.1): addresses, upper-layer length, next header.
+#[inline(always)]
+#[must_use]
+pub fn pseudo_sum_v6(src: &[u8; 16], dst: &[u8; 16], next_header: u8, len: u32) -> u32 {
+    let mut sum = 0u32;
+    for w in src.chunks_exact(2).chain(dst.chunks_exact(2)) {
+        if let [a, b] = w {
+            sum += u32::from(u16::from_be_bytes([*a, *b]));
+        }
+    }
+    sum + (len >> 16) + (len & 0xffff) + u32::from(next_header)
+}
+
+/// The IPv4 pseudo-header's sum: addresses, zero, protocol, transport length.
+#[inline(always)]
+#[must_use]
+pub const fn pseudo_sum_v4(src: [u8; 4], dst: [u8; 4], proto: u8, len: u16) -> u32 {
+    u16::from_be_bytes([src[0], src[1]]) as u32
+        + u16::from_be_bytes([src[2], src[3]]) as u32
+        + u16::from_be_bytes([dst[0], dst[1]]) as u32
+        + u16::from_be_bytes([dst[2], dst[3]]) as u32
+        + proto as u32
+        + len as u32
+}
+
+/// Folds a 32-bit one's-complement sum and complements it: the value of a checksum field.
+#[inline(always)]
+#[must_use]
+pub const fn finish(sum: u32) -> u16 {
+    !fold(sum)
+}
+
+/// Longest span [`sum_packet`] adds up (a jumbo frame); the bound of its loop.
+pub const MAX_SUM_LEN: usize = 9216;
+
+/// One's-complement sum of `len` packet bytes from `offset`, through [`PacketAccess`]
+/// (bounded loop: at most [`MAX_SUM_LEN`] bytes). `None` if the span leaves the packet or is
+/// longer than the bound.
+///
+/// [`PacketAccess`]: crate::wire::PacketAccess
+#[inline(always)]
+pub fn sum_packet<P: crate::wire::PacketAccess + ?Sized>(
+    pkt: &P,
+    offset: usize,
+    len: usize,
+    initial: u32,
+) -> Option<u32> {
+    if len > MAX_SUM_LEN {
+        return None;
+    }
+    let mut acc = u64::from(initial);
+    let mut i = 0;
+    while i + 1 < len {
+        let w: [u8; 2] = pkt.load(offset + i)?;
+        acc += u64::from(u16::from_be_bytes(w));
+        i += 2;
+    }
+    if i < len {
+        let b: u8 = pkt.load(offset + i)?;
+        acc += u64::from(u16::from_be_bytes([b, 0]));
+    }
+    while acc > 0xffff_ffff {
+        acc = (acc & 0xffff_ffff) + (acc >> 32);
+    }
+    Some(acc as u32)
+}
+
+/// TCP/UDP/ICMPv6 checksum over the IPv6 pseudo-header and `segment` (checksum field zeroed).
+#[must_use]
+pub fn l4_checksum_v6(src: &[u8; 16], dst: &[u8; 16], next_header: u8, segment: &[u8]) -> u16 {
+    let pseudo = pseudo_sum_v6(src, dst, next_header, segment.len() as u32);
+    !fold(sum(segment, pseudo))
+}
+
+/// Checksum of an IPv4 header to be emitted (`header` with its checksum field zeroed, options
+/// included).
+#[must_use]
+pub fn ipv4_header_checksum(header: &[u8]) -> u16 {
+    checksum(header)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -99,6 +216,51 @@ mod tests {
             prop_assert!(inc == full_after || (inc ^ full_after) == 0xffff && (inc == 0 || inc == 0xffff),
                 "inc {inc:#x} full {full_after:#x}");
         }
+    }
+
+    fn same(a: u16, b: u16) -> bool {
+        a == b || (a ^ b) == 0xffff && (a == 0 || a == 0xffff)
+    }
+
+    proptest! {
+        #[test]
+        fn incremental_v6_address_equals_full(seg in proptest::collection::vec(any::<u8>(), 8..80),
+                                              src in any::<[u8; 16]>(), dst in any::<[u8; 16]>(),
+                                              new in any::<[u8; 16]>()) {
+            let before = l4_checksum_v6(&src, &dst, 58, &seg);
+            let inc = update_u128(before, dst, new);
+            prop_assert!(same(inc, l4_checksum_v6(&src, &new, 58, &seg)));
+        }
+
+        #[test]
+        fn sum_packet_equals_slice_sum(mut data in proptest::collection::vec(any::<u8>(), 0..200),
+                                       off in 0usize..20) {
+            let off = off.min(data.len());
+            let expect = sum(&data[off..], 7);
+            let len = data.len() - off;
+            let p = crate::wire::SlicePacket::new(&mut data);
+            prop_assert_eq!(fold(sum_packet(&p, off, len, 7).unwrap()), fold(expect));
+        }
+    }
+
+    #[test]
+    fn udp_zero_rules() {
+        assert_eq!(udp_v6_fixup(0), 0xffff);
+        assert_eq!(udp_v4_fixup(0, 0x1234), 0, "IPv4 'no checksum' stays");
+        assert_eq!(udp_v4_fixup(1, 0), 0xffff);
+        assert!(udp_zero_allowed(false) && !udp_zero_allowed(true));
+    }
+
+    #[test]
+    fn v6_pseudo_header_matches_smoltcp() {
+        use smoltcp::wire::{Icmpv6Packet, Ipv6Address};
+        let src = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+        let dst = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+        let mut msg = [128u8, 0, 0, 0, 0x12, 0x34, 0, 1, 1, 2, 3];
+        let c = l4_checksum_v6(&src, &dst, 58, &msg);
+        msg[2..4].copy_from_slice(&c.to_be_bytes());
+        let p = Icmpv6Packet::new_checked(&msg[..]).unwrap();
+        assert!(p.verify_checksum(&Ipv6Address::from(src), &Ipv6Address::from(dst)));
     }
 
     #[test]

@@ -34,6 +34,13 @@ pub enum Counter {
     /// A new flow's reply tuple collided with another flow's; its source port was rewritten
     /// (a collision resolved; unresolved ones are [`DropReason::SourcePortCollision`] drops).
     SourcePortRewritten = 10,
+    /// Passed: headers nest deeper than the bounded parser follows (more than two VLAN tags,
+    /// more than [`crate::wire::MAX_IPV6_EXT_HEADERS`] IPv6 extension headers, or a header past
+    /// [`crate::wire::MAX_HEADER_OFFSET`]). The stack handles them.
+    PassHeadersTooDeep = 11,
+    /// An encapsulation would have exceeded the MTU: an ICMP "fragmentation needed" / ICMPv6
+    /// "packet too big" was sent back to the sender instead.
+    MtuExceeded = 12,
 }
 
 /// Why the datapath dropped a packet. Every drop is counted under exactly one reason.
@@ -62,11 +69,15 @@ pub enum DropReason {
     /// to the same backend through another frontend or node) and every rewritten source port the
     /// resolver tried was taken too (an unresolved collision).
     SourcePortCollision = 9,
+    /// UDP length field below 8 or past the end of the IP payload.
+    BadUdpLength = 10,
+    /// IPv6 hop-by-hop options header anywhere but first.
+    BadIpv6ExtHeader = 11,
 }
 
 impl Counter {
     /// All counters, in slot order.
-    pub const ALL: [Counter; 11] = [
+    pub const ALL: [Counter; 13] = [
         Self::RxPackets,
         Self::ServiceNewFlow,
         Self::ServiceEstablished,
@@ -78,6 +89,8 @@ impl Counter {
         Self::OrphanReplyRemoved,
         Self::Dropped,
         Self::SourcePortRewritten,
+        Self::PassHeadersTooDeep,
+        Self::MtuExceeded,
     ];
 
     /// Slot in the counter array.
@@ -102,13 +115,15 @@ impl Counter {
             Self::OrphanReplyRemoved => "orphan_reply_removed",
             Self::Dropped => "dropped",
             Self::SourcePortRewritten => "source_port_rewritten",
+            Self::PassHeadersTooDeep => "pass_headers_too_deep",
+            Self::MtuExceeded => "mtu_exceeded",
         }
     }
 }
 
 impl DropReason {
     /// All drop reasons, in slot order.
-    pub const ALL: [DropReason; 10] = [
+    pub const ALL: [DropReason; 12] = [
         Self::Truncated,
         Self::BadIpVersion,
         Self::BadIpHeaderLength,
@@ -119,6 +134,8 @@ impl DropReason {
         Self::ConntrackFull,
         Self::NotConfigured,
         Self::SourcePortCollision,
+        Self::BadUdpLength,
+        Self::BadIpv6ExtHeader,
     ];
 
     /// Slot in the counter array.
@@ -142,6 +159,8 @@ impl DropReason {
             Self::ConntrackFull => "conntrack_full",
             Self::NotConfigured => "not_configured",
             Self::SourcePortCollision => "source_port_collision",
+            Self::BadUdpLength => "bad_udp_length",
+            Self::BadIpv6ExtHeader => "bad_ipv6_ext_header",
         }
     }
 }

@@ -53,6 +53,8 @@ pub mod maps {
     pub const CONFIG: &str = "LB_CONFIG";
     /// Per-CPU counters.
     pub const COUNTERS: &str = "LB_COUNTERS";
+    /// Per-CPU per-packet working state of the pipeline (not pinned).
+    pub const SCRATCH: &str = "LB_SCRATCH";
 }
 
 /// The program variants in the object.
@@ -241,7 +243,13 @@ impl KernelDatapath {
                 path: maps_dir.clone(),
                 reason: format!("parsing our own object: {e}"),
             })?;
-            let mut names: Vec<&String> = obj.maps.keys().filter(|n| !n.starts_with('.')).collect();
+            // Scratch maps hold per-packet state only: pinning them would tie restarts to their
+            // layout for nothing.
+            let mut names: Vec<&String> = obj
+                .maps
+                .keys()
+                .filter(|n| !n.starts_with('.') && n.as_str() != maps::SCRATCH)
+                .collect();
             names.sort();
             for name in names {
                 let Some(m) = obj.maps.get(name) else {

@@ -88,6 +88,7 @@ pub struct Engine<C: Clock = MonotonicClock> {
     cfg: DatapathConfig,
     tables: UserTables,
     clock: C,
+    scratch: crate::Scratch,
 }
 
 impl Engine<MonotonicClock> {
@@ -109,14 +110,25 @@ impl<C: Clock> Engine<C> {
             counters: CounterSnapshot::default(),
             rng: XorShift32::new(cfg.hash_seed ^ 0x5eed_0001),
         };
-        Self { cfg, tables, clock }
+        Self {
+            cfg,
+            tables,
+            clock,
+            scratch: crate::Scratch::default(),
+        }
     }
 
     /// Runs one Ethernet frame through the pipeline, rewriting it in place.
     pub fn process(&mut self, frame: &mut [u8]) -> Verdict {
         let now = crate::now_ns(&self.cfg, || self.clock.now_ns());
         let mut pkt = SlicePacket::new(frame);
-        crate::process(&mut pkt, &self.cfg, now, &mut self.tables)
+        crate::process(
+            &mut pkt,
+            &self.cfg,
+            now,
+            &mut self.tables,
+            &mut self.scratch,
+        )
     }
 
     /// Adds or replaces a service.

@@ -44,4 +44,4 @@ mod pipeline;
 #[cfg(feature = "std")]
 pub mod engine;
 
-pub use pipeline::{now_ns, process};
+pub use pipeline::{now_ns, process, Scratch};

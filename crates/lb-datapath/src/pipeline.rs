@@ -5,7 +5,7 @@ use lb_api::abi::{
 };
 use lb_api::counters::{Counter, Counters, DropReason};
 use lb_api::flow::{v4_of, FlowTuple, IpFamily, L4Proto};
-use lb_api::wire::{parse, Disposition, PacketAccess, Parsed};
+use lb_api::wire::{parse_into, Disposition, Fragment, PacketAccess, Parsed};
 use lb_api::Verdict;
 use lb_conntrack::{initial_state, track, ConntrackTable, Direction, InsertError, InsertMode};
 use lb_nat::collision::Reserve;
@@ -50,83 +50,156 @@ fn pass<T: Counters + ?Sized>(tables: &mut T, why: Counter) -> Verdict {
 ///   random free port of the configured range; conntrack records it, packets of the flow keep
 ///   getting it, and replies get the original port back.
 /// * Anything else passes untouched; malformed packets are dropped. Every outcome bumps a counter.
+///
+/// `scratch` holds the packet's large working state (the parse result, the entry being built):
+/// the eBPF programs pass a per-CPU map slot, because the kernel stack is 512 bytes; the engine
+/// passes a field of its own. Its previous contents do not matter.
 #[inline(always)]
-pub fn process<P, T>(pkt: &mut P, cfg: &DatapathConfig, now: u64, tables: &mut T) -> Verdict
+pub fn process<P, T>(
+    pkt: &mut P,
+    cfg: &DatapathConfig,
+    now: u64,
+    tables: &mut T,
+    scratch: &mut Scratch,
+) -> Verdict
 where
     P: PacketAccess + ?Sized,
     T: ConntrackTable + ServiceTable + Counters + RandomSource + ?Sized,
 {
     tables.bump(Counter::RxPackets.slot());
-    let parsed = match parse(pkt) {
-        Ok(p) => p,
-        Err(e) => {
-            return match e.disposition() {
-                Disposition::Pass(c) => pass(tables, c),
-                Disposition::Drop(r) => drop(tables, r),
-            }
-        }
-    };
-    let t = parsed.tuple;
+    let Scratch { parsed, entry } = scratch;
+    *parsed = Parsed::EMPTY;
+    if let Err(e) = parse_into(pkt, parsed) {
+        return match e.disposition() {
+            Disposition::Pass(c) => pass(tables, c),
+            Disposition::Drop(r) => drop(tables, r),
+        };
+    }
+    // The datapath does not reassemble: fragments (first or later) go to the stack.
+    if parsed.fragment != Fragment::None {
+        return pass(tables, Counter::PassFragment);
+    }
+    let t = &parsed.tuple;
+    // IPv6 and ICMP parse (VLAN tags too: the offsets move) but only IPv4 TCP/UDP is translated.
     if !matches!(L4Proto::from_u8(t.proto), Some(L4Proto::Tcp | L4Proto::Udp))
         || t.family != IpFamily::V4 as u8
     {
         return pass(tables, Counter::PassOtherProto);
     }
 
-    let rkey = CtKey::new(&t, CtKind::ReverseNat);
+    let ctx = Ctx { parsed, cfg, now };
+    let rkey = CtKey::new(t, CtKind::ReverseNat);
     if let Some(rev) = tables.get_mut(&rkey) {
-        let svc = (rev.nat_addr, rev.nat_port);
-        let client_port = if rev.flags & CT_F_SRC_PORT_REWRITTEN != 0 {
-            rev.rewritten_src_port
-        } else {
-            t.dst_port
+        let back = ReplyTarget {
+            svc_addr: rev.nat_addr,
+            svc_port: rev.nat_port,
+            client_port: if rev.flags & CT_F_SRC_PORT_REWRITTEN != 0 {
+                rev.rewritten_src_port
+            } else {
+                t.dst_port
+            },
         };
-        return reply(pkt, &parsed, cfg, now, tables, &rkey, svc, client_port);
+        return reply(pkt, &ctx, tables, &rkey, &back);
     }
 
-    let fkey = CtKey::new(&t, CtKind::Service);
-    if let Some(fwd) = tables.get_mut(&fkey) {
-        track(
-            fwd,
-            Direction::Original,
-            parsed.tcp_flags,
-            now,
-            &cfg.timeouts,
-        );
-        // Copy only what the rest of the path needs: the kernel stack is 512 bytes.
-        let (be_addr, be_port, expires) = (fwd.nat_addr, fwd.nat_port, fwd.expires_ns);
-        let client_port = if fwd.flags & CT_F_SRC_PORT_REWRITTEN != 0 {
-            fwd.rewritten_src_port
-        } else {
-            t.src_port
-        };
-        // Keep the reverse half in step; rebuild it if it was lost.
-        let rk = reverse_key(&t, client_port, be_addr, be_port);
-        match tables.get_mut(&rk) {
-            Some(r) => {
-                r.last_seen_ns = now;
-                r.expires_ns = expires;
-            }
-            None => {
-                if let Some(fwd) = tables.get_mut(&fkey) {
-                    let mut r = *fwd;
-                    make_reverse(&mut r, &t);
-                    let _ = tables.insert(&rk, &r, InsertMode::NoExist);
-                }
-            }
-        }
-        if rewrite_v4(pkt, &parsed, Field::Destination, v4_of(&be_addr), be_port).is_none() {
-            return drop(tables, DropReason::Truncated);
-        }
-        if client_port != t.src_port
-            && rewrite_v4(pkt, &parsed, Field::Source, v4_of(&t.src), client_port).is_none()
-        {
-            return drop(tables, DropReason::Truncated);
-        }
-        return pass(tables, Counter::ServiceEstablished);
+    // Each path builds the forward key itself, so that it lives in that path's frame only.
+    if let Some(v) = established(pkt, &ctx, tables, entry) {
+        return v;
     }
+    new_flow(pkt, &ctx, tables, entry)
+}
 
-    new_flow(pkt, &parsed, cfg, now, tables, &fkey)
+/// Per-packet working state too large for the kernel stack; see [`process`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(C)]
+pub struct Scratch {
+    /// The packet's parse result.
+    pub parsed: Parsed,
+    /// The conntrack entry a new flow is building.
+    pub entry: CtEntry,
+}
+
+impl Default for Scratch {
+    fn default() -> Self {
+        Self {
+            parsed: Parsed::EMPTY,
+            entry: CtEntry::default(),
+        }
+    }
+}
+
+/// What every path needs besides the packet and the tables. Bundled so that each path is a
+/// function of at most five arguments: in the kernel the paths are separate BPF subprograms
+/// (`inline(never)`), which the BPF calling convention limits to five register arguments, and
+/// which give each path its own stack frame instead of one frame holding all three.
+struct Ctx<'a> {
+    parsed: &'a Parsed,
+    cfg: &'a DatapathConfig,
+    now: u64,
+}
+
+/// Where a reply goes back to: the service address to restore as its source, and the client's
+/// original port.
+struct ReplyTarget {
+    svc_addr: [u8; 16],
+    svc_port: u16,
+    client_port: u16,
+}
+
+/// A packet of a tracked flow to a service: `None` when `fkey` has no entry (a new flow).
+#[inline(never)]
+fn established<P, T>(
+    pkt: &mut P,
+    ctx: &Ctx<'_>,
+    tables: &mut T,
+    entry: &mut CtEntry,
+) -> Option<Verdict>
+where
+    P: PacketAccess + ?Sized,
+    T: ConntrackTable + ServiceTable + Counters + RandomSource + ?Sized,
+{
+    let (parsed, now) = (ctx.parsed, ctx.now);
+    let t = &parsed.tuple;
+    let fkey = &CtKey::new(t, CtKind::Service);
+    let fwd = tables.get_mut(fkey)?;
+    track(
+        fwd,
+        Direction::Original,
+        parsed.tcp_flags,
+        now,
+        &ctx.cfg.timeouts,
+    );
+    // Copy only what the rest of the path needs: the kernel stack is 512 bytes.
+    let (be_addr, be_port, expires) = (fwd.nat_addr, fwd.nat_port, fwd.expires_ns);
+    let client_port = if fwd.flags & CT_F_SRC_PORT_REWRITTEN != 0 {
+        fwd.rewritten_src_port
+    } else {
+        t.src_port
+    };
+    // Keep the reverse half in step; rebuild it if it was lost.
+    let rk = reverse_key(t, client_port, be_addr, be_port);
+    match tables.get_mut(&rk) {
+        Some(r) => {
+            r.last_seen_ns = now;
+            r.expires_ns = expires;
+        }
+        None => {
+            if let Some(fwd) = tables.get_mut(fkey) {
+                *entry = *fwd;
+                make_reverse(entry, t);
+                let _ = tables.insert(&rk, entry, InsertMode::NoExist);
+            }
+        }
+    }
+    if rewrite_v4(pkt, parsed, Field::Destination, v4_of(&be_addr), be_port).is_none() {
+        return Some(drop(tables, DropReason::Truncated));
+    }
+    if client_port != t.src_port
+        && rewrite_v4(pkt, parsed, Field::Source, v4_of(&t.src), client_port).is_none()
+    {
+        return Some(drop(tables, DropReason::Truncated));
+    }
+    Some(pass(tables, Counter::ServiceEstablished))
 }
 
 /// Key of the reverse-NAT entry of a flow: the tuple the backend replies with, to the client's
@@ -157,29 +230,27 @@ fn make_reverse(e: &mut CtEntry, t: &FlowTuple) {
     e.packets_reply = 0;
 }
 
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
+#[inline(never)]
 fn reply<P, T>(
     pkt: &mut P,
-    parsed: &Parsed,
-    cfg: &DatapathConfig,
-    now: u64,
+    ctx: &Ctx<'_>,
     tables: &mut T,
     rkey: &CtKey,
-    (svc_addr, svc_port): ([u8; 16], u16),
-    client_port: u16,
+    back: &ReplyTarget,
 ) -> Verdict
 where
     P: PacketAccess + ?Sized,
     T: ConntrackTable + ServiceTable + Counters + RandomSource + ?Sized,
 {
-    let t = parsed.tuple;
+    let (parsed, cfg, now) = (ctx.parsed, ctx.cfg, ctx.now);
+    let (svc_addr, svc_port, client_port) = (back.svc_addr, back.svc_port, back.client_port);
+    let t = &parsed.tuple;
     let client = FlowTuple {
         src: t.dst,
         src_port: client_port,
         dst: svc_addr,
         dst_port: svc_port,
-        ..t
+        ..*t
     };
     let fkey = CtKey::new(&client, CtKind::Service);
     let expires = match tables.get_mut(&fkey) {
@@ -234,20 +305,16 @@ impl<T: RandomSource + ?Sized> RandomSource for Draw<'_, T> {
     }
 }
 
-#[inline(always)]
-fn new_flow<P, T>(
-    pkt: &mut P,
-    parsed: &Parsed,
-    cfg: &DatapathConfig,
-    now: u64,
-    tables: &mut T,
-    fkey: &CtKey,
-) -> Verdict
+/// The first packet of a flow: a service? pick a backend, create both conntrack entries, rewrite.
+#[inline(never)]
+fn new_flow<P, T>(pkt: &mut P, ctx: &Ctx<'_>, tables: &mut T, e: &mut CtEntry) -> Verdict
 where
     P: PacketAccess + ?Sized,
     T: ConntrackTable + ServiceTable + Counters + RandomSource + ?Sized,
 {
-    let t = parsed.tuple;
+    let (parsed, cfg, now) = (ctx.parsed, ctx.cfg, ctx.now);
+    let t = &parsed.tuple;
+    let fkey = &CtKey::new(t, CtKind::Service);
     let skey = ServiceKey {
         addr: t.dst,
         port: t.dst_port,
@@ -257,7 +324,7 @@ where
     let Some(svc) = tables.service(&skey) else {
         return pass(tables, Counter::PassNotService);
     };
-    let Some(slot) = select_slot(&t, cfg.hash_seed, svc.backend_count) else {
+    let Some(slot) = select_slot(t, cfg.hash_seed, svc.backend_count) else {
         return drop(tables, DropReason::NoBackend);
     };
     let Some(be) = tables.backend(&BackendKey {
@@ -268,9 +335,9 @@ where
     };
 
     let state = initial_state(t.proto, parsed.tcp_flags);
-    // One entry on the stack, turned from the reverse half into the forward half in place: the
-    // kernel stack is 512 bytes.
-    let mut e = CtEntry {
+    // One entry (in the scratch area, off the kernel stack), turned from the reverse half into
+    // the forward half in place.
+    *e = CtEntry {
         created_ns: now,
         last_seen_ns: now,
         expires_ns: now.saturating_add(cfg.timeouts.of(state as u8)),
@@ -281,13 +348,12 @@ where
         backend_id: be.id,
         ..CtEntry::default()
     };
-    make_reverse(&mut e, &t);
+    make_reverse(e, t);
     let mut client_port = t.src_port;
-    match tables.insert(
-        &reverse_key(&t, client_port, be.addr, be.port),
-        &e,
-        InsertMode::NoExist,
-    ) {
+    // One reverse key, whose client port the resolver changes per try: a key per (unrolled) try
+    // would cost 40 bytes of the 512-byte kernel stack each.
+    let mut rk = reverse_key(t, client_port, be.addr, be.port);
+    match tables.insert(&rk, e, InsertMode::NoExist) {
         Ok(()) => {}
         Err(InsertError::Exists) => {
             // Another flow already owns this reply tuple: the same client address and port reach
@@ -310,11 +376,8 @@ where
                 fixed,
             };
             let got = resolve_source_port(&range, &mut draw, |d, port| {
-                match d.tables.insert(
-                    &reverse_key(&t, port, be.addr, be.port),
-                    &e,
-                    InsertMode::NoExist,
-                ) {
+                rk.dst_port = port;
+                match d.tables.insert(&rk, e, InsertMode::NoExist) {
                     Ok(()) => Reserve::Reserved,
                     Err(InsertError::Exists) => Reserve::Taken,
                     Err(_) => Reserve::Failed,
@@ -334,9 +397,9 @@ where
         e.rewritten_src_port = client_port;
     }
     e.packets_orig = 1;
-    if tables.insert(fkey, &e, InsertMode::NoExist).is_err() {
+    if tables.insert(fkey, e, InsertMode::NoExist).is_err() {
         // Never leave half a pair behind.
-        tables.remove(&reverse_key(&t, client_port, be.addr, be.port));
+        tables.remove(&rk);
         return drop(tables, DropReason::ConntrackFull);
     }
     if client_port != t.src_port

@@ -1,6 +1,10 @@
 //! Encapsulation carriers that bring a client's packet (or the service address) from the node
-//! that received it to the node of the backend: VXLAN today; Geneve and the DSR carriers build on
-//! the same header-and-flow-hash pieces.
+//! that received it to the node of the backend: VXLAN (RFC 7348) and Geneve (RFC 8926) over IPv4
+//! or IPv6 outers, the DSR carriers (IPv4 option 0x9A, IPv6 destination option 0x1B, a Geneve
+//! option), and MTU accounting (ICMP "fragmentation needed" / ICMPv6 "packet too big").
+//!
+//! Everything is generic over [`lb_api::PacketAccess`] + [`AdjustHead`], so the eBPF programs
+//! run the same functions over `bpf_xdp_adjust_head`.
 //!
 //! ```
 //! use lb_encap::{vxlan_source_port, VxlanHeader};
@@ -22,6 +26,15 @@
 )]
 
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
+
+pub mod dsr;
+pub mod geneve;
+pub mod mtu;
+mod tunnel;
+pub use tunnel::{
+    vxlan_decap, vxlan_encap, AdjustHead, DecapError, EncapError, HeadroomPacket, OuterAddrs,
+    TunnelConfig, VxlanConfig,
+};
 
 /// IANA UDP port of VXLAN.
 pub const VXLAN_PORT: u16 = 4789;

@@ -161,6 +161,143 @@ impl UdpHeader {
     pub const CHECK_OFFSET: usize = 6;
 }
 
+/// 802.1Q / 802.1ad VLAN tag as it follows the Ethernet addresses (4 bytes after the TPID):
+/// the tag control information and the EtherType of what follows.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned,
+)]
+#[repr(C)]
+pub struct VlanHeader {
+    /// Priority (3 bits), drop-eligible (1 bit) and VLAN id (12 bits).
+    pub tci: U16,
+    /// EtherType of the next header (another tag, IPv4, IPv6...).
+    pub ether_type: U16,
+}
+
+impl VlanHeader {
+    /// Size on the wire.
+    pub const LEN: usize = 4;
+
+    /// The 12-bit VLAN id.
+    #[inline(always)]
+    #[must_use]
+    pub fn vid(&self) -> u16 {
+        self.tci.get() & 0x0fff
+    }
+}
+
+/// Fixed IPv6 header (40 bytes). Extension headers follow when `next_header` names one.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned,
+)]
+#[repr(C)]
+pub struct Ipv6Header {
+    /// Version (4 bits), traffic class (8 bits), flow label (20 bits).
+    pub vtc_flow: [u8; 4],
+    /// Length of everything after this fixed header.
+    pub payload_len: U16,
+    /// Protocol or extension header that follows.
+    pub next_header: u8,
+    /// Hop limit.
+    pub hop_limit: u8,
+    /// Source address.
+    pub src: [u8; 16],
+    /// Destination address.
+    pub dst: [u8; 16],
+}
+
+impl Ipv6Header {
+    /// Size of the fixed header.
+    pub const LEN: usize = 40;
+
+    /// IP version from the first nibble.
+    #[inline(always)]
+    #[must_use]
+    pub const fn version(&self) -> u8 {
+        self.vtc_flow[0] >> 4
+    }
+}
+
+/// The two bytes every IPv6 extension header (except the fragment header) starts with.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned,
+)]
+#[repr(C)]
+pub struct Ipv6ExtHeader {
+    /// Protocol or extension header that follows.
+    pub next_header: u8,
+    /// Length in 8-byte units, not counting the first 8 bytes.
+    pub hdr_ext_len: u8,
+}
+
+impl Ipv6ExtHeader {
+    /// Length of the whole extension header in bytes.
+    #[inline(always)]
+    #[must_use]
+    pub const fn header_len(&self) -> usize {
+        (self.hdr_ext_len as usize + 1) * 8
+    }
+}
+
+/// IPv6 fragment extension header (8 bytes).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned,
+)]
+#[repr(C)]
+pub struct Ipv6FragmentHeader {
+    /// Protocol or extension header that follows.
+    pub next_header: u8,
+    /// Reserved, zero.
+    pub reserved: u8,
+    /// Fragment offset in 8-byte units (high 13 bits) and the M flag (bit 0).
+    pub frag_off: U16,
+    /// Identification, for reassembly.
+    pub id: U32,
+}
+
+impl Ipv6FragmentHeader {
+    /// Size on the wire.
+    pub const LEN: usize = 8;
+
+    /// Fragment offset in 8-byte units.
+    #[inline(always)]
+    #[must_use]
+    pub fn offset(&self) -> u16 {
+        self.frag_off.get() >> 3
+    }
+
+    /// Whether more fragments follow.
+    #[inline(always)]
+    #[must_use]
+    pub fn more(&self) -> bool {
+        self.frag_off.get() & 1 != 0
+    }
+}
+
+/// ICMPv4 / ICMPv6 header (8 bytes): type, code, checksum and the 4 type-specific bytes
+/// (echo id and sequence, next-hop MTU, pointer...).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned,
+)]
+#[repr(C)]
+pub struct IcmpHeader {
+    /// Message type.
+    pub ty: u8,
+    /// Message code.
+    pub code: u8,
+    /// Checksum (ICMPv6: over the IPv6 pseudo-header too).
+    pub check: U16,
+    /// Type-specific 4 bytes.
+    pub rest: [u8; 4],
+}
+
+impl IcmpHeader {
+    /// Size on the wire.
+    pub const LEN: usize = 8;
+    /// Byte offset of the checksum field inside the header.
+    pub const CHECK_OFFSET: usize = 2;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -172,5 +309,9 @@ mod tests {
         assert_eq!(size_of::<Ipv4Header>(), Ipv4Header::LEN);
         assert_eq!(size_of::<TcpHeader>(), TcpHeader::LEN);
         assert_eq!(size_of::<UdpHeader>(), UdpHeader::LEN);
+        assert_eq!(size_of::<VlanHeader>(), VlanHeader::LEN);
+        assert_eq!(size_of::<Ipv6Header>(), Ipv6Header::LEN);
+        assert_eq!(size_of::<Ipv6FragmentHeader>(), Ipv6FragmentHeader::LEN);
+        assert_eq!(size_of::<IcmpHeader>(), IcmpHeader::LEN);
     }
 }

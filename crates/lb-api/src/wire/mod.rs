@@ -1,4 +1,6 @@
-//! Wire formats: zerocopy header types, the [`PacketAccess`] trait and the defensive parser.
+//! Wire formats: zerocopy header types, the [`PacketAccess`] trait and the defensive parser
+//! (Ethernet with up to two VLAN tags, IPv4 with options, IPv6 with a bounded extension-header
+//! walk, TCP, UDP, ICMPv4/ICMPv6 with the quoted datagram of error messages, fragments).
 //!
 //! # Contract
 //! Every read goes through [`PacketAccess::load`], which returns `None` instead of reading past the
@@ -9,14 +11,15 @@
 mod headers;
 mod parse;
 #[cfg(any(test, feature = "std"))]
-#[allow(
-    clippy::indexing_slicing,
-    reason = "userspace frame builders over buffers they just sized"
-)]
 pub mod testing;
 
 pub use headers::{EthernetHeader, Ipv4Header, TcpFlags, TcpHeader, UdpHeader};
-pub use parse::{parse, Disposition, Layer, ParseError, ParseErrorKind, Parsed};
+pub use headers::{IcmpHeader, Ipv6ExtHeader, Ipv6FragmentHeader, Ipv6Header, VlanHeader};
+pub use parse::{
+    is_ipv6_ext, parse, parse_into, quoted_tuple, Disposition, Fragment, IcmpInfo, Layer,
+    ParseError, ParseErrorKind, Parsed, ETH_P_8021AD, ETH_P_8021Q, IPV6_DEST_OPTS, IPV6_FRAGMENT,
+    IPV6_HOP_BY_HOP, IPV6_ROUTING, MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS,
+};
 
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 

@@ -49,6 +49,11 @@ static LB_CONFIG: Array<DatapathConfig> = Array::with_max_entries(1, 0);
 #[map]
 static LB_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
 
+/// Per-packet working state of the pipeline (parse result, entry under construction): too large
+/// for the 512-byte stack. Never pinned: its contents do not outlive a packet.
+#[map]
+static LB_SCRATCH: PerCpuArray<lb_datapath::Scratch> = PerCpuArray::with_max_entries(1, 0);
+
 /// The kernel maps behind the logic crates' table traits.
 struct KernelTables;
 
@@ -162,13 +167,16 @@ impl PacketAccess for DirectPacket {
 #[inline(always)]
 fn run(pkt: &mut DirectPacket) -> Verdict {
     let mut tables = KernelTables;
-    let Some(cfg) = LB_CONFIG.get(0) else {
+    let (Some(cfg), Some(scratch)) = (LB_CONFIG.get(0), LB_SCRATCH.get_ptr_mut(0)) else {
         tables.bump(DropReason::NotConfigured.slot());
         return Verdict::Pass;
     };
+    // SAFETY: the per-CPU slot is used by this program run only (a CPU runs one at a time), for
+    // the duration of this call.
+    let scratch = unsafe { &mut *scratch };
     // SAFETY: bpf_ktime_get_ns has no preconditions.
     let now = lb_datapath::now_ns(cfg, || unsafe { bpf_ktime_get_ns() });
-    lb_datapath::process(pkt, cfg, now, &mut tables)
+    lb_datapath::process(pkt, cfg, now, &mut tables, scratch)
 }
 
 /// The pipeline at XDP.

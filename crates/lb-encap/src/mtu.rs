@@ -1,0 +1,147 @@
+//! MTU accounting: when an encapsulation would exceed the MTU, the packet is turned (in place)
+//! into an ICMP "fragmentation needed" (IPv4, type 3 code 4) or ICMPv6 "packet too big" (type 2)
+//! back to its sender, quoting the packet's start, and counted under
+//! [`Counter::MtuExceeded`].
+
+use lb_api::checksum;
+use lb_api::counters::{Counter, Counters};
+use lb_api::wire::{parse, EthernetHeader, IcmpHeader, Ipv4Header, Ipv6Header};
+use lb_api::IpFamily;
+use zerocopy::network_endian::U16;
+
+use crate::tunnel::{vxlan_encap, AdjustHead, EncapError, TunnelConfig};
+
+/// Longest IPv4 quote: the error stays within 576 bytes (RFC 1812 4.3.2.3).
+pub const QUOTE_MAX_V4: usize = 576 - 28;
+/// Longest IPv6 quote: the error stays within the minimum MTU 1280 (RFC 4443 3.2).
+pub const QUOTE_MAX_V6: usize = 1280 - 48;
+
+/// Rewrites the IP packet in `pkt` (after its L2 header, which is kept with the MACs swapped)
+/// into an ICMP "fragmentation needed" / ICMPv6 "packet too big" with next-hop MTU `mtu`, from
+/// `from` (this node; IPv4 in the first 4 bytes) to the packet's source.
+///
+/// Returns `None` if the packet does not parse as IP or the buffer cannot be resized; the packet
+/// may then be partly rewritten and must be dropped.
+pub fn icmp_too_big<P: AdjustHead + ?Sized>(pkt: &mut P, mtu: u16, from: [u8; 16]) -> Option<()> {
+    let p = parse(pkt).ok()?;
+    let l3 = p.l3_offset;
+    let v6 = p.family() == IpFamily::V6;
+    let (ip_len, quote_max) = if v6 {
+        (Ipv6Header::LEN, QUOTE_MAX_V6)
+    } else {
+        (Ipv4Header::LEN, QUOTE_MAX_V4)
+    };
+    let grow = ip_len + IcmpHeader::LEN;
+    let quote = usize::from(p.ip_len).min(quote_max);
+    let old_len = pkt.len();
+    let eth: EthernetHeader = pkt.load(0)?;
+    pkt.adjust_head(-(grow as i32))?;
+    let new_len = l3 + grow + quote;
+    pkt.adjust_tail(new_len as i32 - (old_len + grow) as i32)?;
+    // The L2 header (with its VLAN tags) moves to the new front, addresses swapped.
+    let mut i = EthernetHeader::LEN;
+    while i < l3 && i < 22 {
+        let w: [u8; 2] = pkt.load(grow + i)?;
+        pkt.store(i, &w)?;
+        i += 2;
+    }
+    pkt.store(
+        0,
+        &EthernetHeader {
+            dst: eth.src,
+            src: eth.dst,
+            ether_type: eth.ether_type,
+        },
+    )?;
+    let l4 = l3 + ip_len;
+    let icmp_len = IcmpHeader::LEN + quote;
+    let to = p.tuple.src;
+    if v6 {
+        pkt.store(
+            l3,
+            &Ipv6Header {
+                vtc_flow: [0x60, 0, 0, 0],
+                payload_len: U16::new(icmp_len as u16),
+                next_header: 58,
+                hop_limit: 64,
+                src: from,
+                dst: to,
+            },
+        )?;
+        pkt.store(
+            l4,
+            &IcmpHeader {
+                ty: 2,
+                code: 0,
+                check: U16::new(0),
+                rest: u32::from(mtu).to_be_bytes(),
+            },
+        )?;
+        let pseudo = checksum::pseudo_sum_v6(&from, &to, 58, icmp_len as u32);
+        let c = checksum::finish(checksum::sum_packet(pkt, l4, icmp_len, pseudo)?);
+        pkt.store(l4 + IcmpHeader::CHECK_OFFSET, &U16::new(c))?;
+    } else {
+        let mut ip = Ipv4Header {
+            version_ihl: 0x45,
+            tos: 0,
+            total_len: U16::new((ip_len + icmp_len) as u16),
+            id: U16::new(0),
+            frag_off: U16::new(0),
+            ttl: 64,
+            proto: 1,
+            check: U16::new(0),
+            src: [from[0], from[1], from[2], from[3]],
+            dst: [to[0], to[1], to[2], to[3]],
+        };
+        ip.check = U16::new(checksum::ipv4_header_checksum(
+            zerocopy::IntoBytes::as_bytes(&ip),
+        ));
+        pkt.store(l3, &ip)?;
+        let m = mtu.to_be_bytes();
+        pkt.store(
+            l4,
+            &IcmpHeader {
+                ty: 3,
+                code: 4,
+                check: U16::new(0),
+                rest: [0, 0, m[0], m[1]],
+            },
+        )?;
+        let c = checksum::finish(checksum::sum_packet(pkt, l4, icmp_len, 0)?);
+        pkt.store(l4 + IcmpHeader::CHECK_OFFSET, &U16::new(c))?;
+    }
+    Some(())
+}
+
+/// What [`vxlan_encap_or_too_big`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MtuOutcome {
+    /// The packet is encapsulated: send it to the tunnel peer.
+    Encapsulated,
+    /// The packet is now an ICMP error to its sender (counted): send it back.
+    TooBigSent,
+}
+
+/// VXLAN-encapsulates `pkt`, or, if that would exceed the MTU, turns it into the ICMP error for
+/// its sender and bumps [`Counter::MtuExceeded`].
+///
+/// # Errors
+/// Other encapsulation failures, and [`EncapError::Malformed`] if the ICMP error could not be
+/// built (drop the packet).
+pub fn vxlan_encap_or_too_big<P: AdjustHead + ?Sized, C: Counters + ?Sized>(
+    pkt: &mut P,
+    cfg: &TunnelConfig,
+    flow_hash: u32,
+    from: [u8; 16],
+    counters: &mut C,
+) -> Result<MtuOutcome, EncapError> {
+    match vxlan_encap(pkt, cfg, flow_hash) {
+        Ok(()) => Ok(MtuOutcome::Encapsulated),
+        Err(EncapError::MtuExceeded { inner_mtu, .. }) => {
+            icmp_too_big(pkt, inner_mtu, from).ok_or(EncapError::Malformed)?;
+            counters.bump(Counter::MtuExceeded.slot());
+            Ok(MtuOutcome::TooBigSent)
+        }
+        Err(e) => Err(e),
+    }
+}

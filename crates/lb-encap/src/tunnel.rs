@@ -1,0 +1,369 @@
+//! Growing and shrinking a packet at its head, and VXLAN (RFC 7348) encapsulation and
+//! decapsulation with IPv4 or IPv6 outer headers.
+
+use lb_api::checksum;
+use lb_api::wire::{
+    parse, EthernetHeader, Ipv4Header, Ipv6Header, PacketAccess, ParseError, UdpHeader, ETH_P_IPV4,
+    ETH_P_IPV6,
+};
+use lb_api::IpFamily;
+use zerocopy::network_endian::U16;
+
+use crate::{vxlan_source_port, VxlanHeader, VXLAN_PORT};
+
+/// A packet whose start can move: the userspace side of `bpf_xdp_adjust_head`.
+pub trait AdjustHead: PacketAccess {
+    /// Moves the start of the packet by `delta` bytes: negative grows the packet at its head
+    /// (new bytes are unspecified), positive removes bytes from its head. `None` (nothing changed)
+    /// if there is not enough headroom or packet.
+    fn adjust_head(&mut self, delta: i32) -> Option<()>;
+
+    /// Moves the end of the packet by `delta` bytes (positive grows, negative truncates), like
+    /// `bpf_xdp_adjust_tail`. `None` (nothing changed) if the buffer does not allow it.
+    fn adjust_tail(&mut self, delta: i32) -> Option<()>;
+}
+
+/// [`PacketAccess`] + [`AdjustHead`] over a caller's buffer with headroom before the frame.
+#[derive(Debug)]
+pub struct HeadroomPacket<'a> {
+    buf: &'a mut [u8],
+    start: usize,
+    end: usize,
+}
+
+impl<'a> HeadroomPacket<'a> {
+    /// A frame of `len` bytes stored at `buf[headroom..headroom + len]`. `None` if it does not fit.
+    pub fn new(buf: &'a mut [u8], headroom: usize, len: usize) -> Option<Self> {
+        let end = headroom.checked_add(len)?;
+        if end > buf.len() {
+            return None;
+        }
+        Some(Self {
+            buf,
+            start: headroom,
+            end,
+        })
+    }
+
+    /// The frame's bytes.
+    #[must_use]
+    pub fn bytes(&self) -> &[u8] {
+        self.buf.get(self.start..self.end).unwrap_or(&[])
+    }
+}
+
+impl PacketAccess for HeadroomPacket<'_> {
+    fn len(&self) -> usize {
+        self.end - self.start
+    }
+
+    fn load<T: zerocopy::FromBytes + zerocopy::KnownLayout + zerocopy::Immutable + Copy>(
+        &self,
+        offset: usize,
+    ) -> Option<T> {
+        let a = self.start.checked_add(offset)?;
+        let b = a.checked_add(core::mem::size_of::<T>())?;
+        if b > self.end {
+            return None;
+        }
+        T::read_from_bytes(self.buf.get(a..b)?).ok()
+    }
+
+    fn store<T: zerocopy::IntoBytes + zerocopy::Immutable>(
+        &mut self,
+        offset: usize,
+        value: &T,
+    ) -> Option<()> {
+        let a = self.start.checked_add(offset)?;
+        let b = a.checked_add(core::mem::size_of::<T>())?;
+        if b > self.end {
+            return None;
+        }
+        self.buf.get_mut(a..b)?.copy_from_slice(value.as_bytes());
+        Some(())
+    }
+}
+
+impl AdjustHead for HeadroomPacket<'_> {
+    fn adjust_head(&mut self, delta: i32) -> Option<()> {
+        let start = if delta < 0 {
+            self.start.checked_sub(delta.unsigned_abs() as usize)?
+        } else {
+            self.start.checked_add(delta as usize)?
+        };
+        if start > self.end {
+            return None;
+        }
+        self.start = start;
+        Some(())
+    }
+
+    fn adjust_tail(&mut self, delta: i32) -> Option<()> {
+        let end = if delta < 0 {
+            self.end.checked_sub(delta.unsigned_abs() as usize)?
+        } else {
+            self.end.checked_add(delta as usize)?
+        };
+        if end < self.start || end > self.buf.len() {
+            return None;
+        }
+        self.end = end;
+        Some(())
+    }
+}
+
+/// Outer addresses of a tunnel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OuterAddrs {
+    /// IPv4 outer header.
+    V4 {
+        /// This node.
+        src: [u8; 4],
+        /// The remote tunnel endpoint.
+        dst: [u8; 4],
+    },
+    /// IPv6 outer header.
+    V6 {
+        /// This node.
+        src: [u8; 16],
+        /// The remote tunnel endpoint.
+        dst: [u8; 16],
+    },
+}
+
+/// What a UDP tunnel (VXLAN, Geneve) writes in front of a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TunnelConfig {
+    /// Virtual network identifier (24 bits).
+    pub vni: u32,
+    /// Outer UDP destination port (4789 for VXLAN, 6081 for Geneve by default).
+    pub port: u16,
+    /// Outer Ethernet source.
+    pub src_mac: [u8; 6],
+    /// Outer Ethernet destination (next hop).
+    pub dst_mac: [u8; 6],
+    /// Outer IP addresses.
+    pub outer: OuterAddrs,
+    /// MTU of the underlay: the largest outer IP packet.
+    pub mtu: u16,
+}
+
+/// The VXLAN configuration is a [`TunnelConfig`] with port 4789 by default.
+pub type VxlanConfig = TunnelConfig;
+
+impl TunnelConfig {
+    /// Defaults: VXLAN port 4789, MTU 1500.
+    #[must_use]
+    pub const fn new(vni: u32, outer: OuterAddrs, src_mac: [u8; 6], dst_mac: [u8; 6]) -> Self {
+        Self {
+            vni,
+            port: VXLAN_PORT,
+            src_mac,
+            dst_mac,
+            outer,
+            mtu: 1500,
+        }
+    }
+
+    /// Outer Ethernet, IP and UDP header bytes.
+    #[must_use]
+    pub const fn outer_len(&self) -> usize {
+        let ip = match self.outer {
+            OuterAddrs::V4 { .. } => Ipv4Header::LEN,
+            OuterAddrs::V6 { .. } => Ipv6Header::LEN,
+        };
+        EthernetHeader::LEN + ip + UdpHeader::LEN
+    }
+
+    /// Bytes a VXLAN encapsulation adds in front of the inner frame.
+    #[must_use]
+    pub const fn overhead(&self) -> usize {
+        self.outer_len() + VxlanHeader::LEN
+    }
+}
+
+/// Why an encapsulation was not done (the packet is unchanged).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EncapError {
+    /// The outer packet would be `needed` bytes, more than the MTU; `inner_mtu` is the largest
+    /// inner IP packet that fits (the value for ICMP "fragmentation needed" / "packet too big").
+    MtuExceeded {
+        /// Outer IP packet length that was needed.
+        needed: u16,
+        /// Largest inner IP packet that fits.
+        inner_mtu: u16,
+    },
+    /// Not enough headroom to grow the packet.
+    NoHeadroom,
+    /// The packet is too long to checksum or does not parse.
+    Malformed,
+}
+
+/// Why a decapsulation was refused (the packet is unchanged).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecapError {
+    /// The outer headers did not parse.
+    Parse(ParseError),
+    /// Not UDP to the tunnel port (or a fragment).
+    NotTunnel,
+    /// VXLAN header without the I flag.
+    BadFlags,
+    /// An IPv6 outer UDP checksum of zero (invalid in IPv6).
+    ZeroUdpChecksumV6,
+    /// The VNI is not the one expected (`found` holds it).
+    VniMismatch {
+        /// VNI carried by the packet.
+        found: u32,
+    },
+}
+
+/// Encapsulates the Ethernet frame in `pkt` in VXLAN: outer Ethernet, IPv4/IPv6, UDP (source
+/// port from `flow_hash`), VXLAN header. IPv4 outer UDP checksum is zero (RFC 7348); IPv6 outer
+/// UDP checksum is computed (zero is invalid in IPv6).
+///
+/// # Errors
+/// [`EncapError::MtuExceeded`] when the result would not fit the underlay MTU.
+pub fn vxlan_encap<P: AdjustHead + ?Sized>(
+    pkt: &mut P,
+    cfg: &VxlanConfig,
+    flow_hash: u32,
+) -> Result<(), EncapError> {
+    push_udp_tunnel(pkt, cfg, VxlanHeader::LEN, flow_hash, |pkt, at| {
+        pkt.store(at, &VxlanHeader::new(cfg.vni))
+    })
+}
+
+/// Grows `pkt` by the outer headers plus `tunnel_len` bytes of tunnel header (written by
+/// `write_tunnel` at the offset it is given), then fills in the UDP checksum (IPv6).
+pub(crate) fn push_udp_tunnel<P: AdjustHead + ?Sized>(
+    pkt: &mut P,
+    cfg: &TunnelConfig,
+    tunnel_len: usize,
+    flow_hash: u32,
+    write_tunnel: impl FnOnce(&mut P, usize) -> Option<()>,
+) -> Result<(), EncapError> {
+    let inner = pkt.len();
+    let overhead = cfg.outer_len() + tunnel_len;
+    let outer_ip_len = inner + overhead - EthernetHeader::LEN;
+    if outer_ip_len > usize::from(cfg.mtu) {
+        let inner_mtu = usize::from(cfg.mtu).saturating_sub(overhead);
+        return Err(EncapError::MtuExceeded {
+            needed: outer_ip_len.min(0xffff) as u16,
+            inner_mtu: inner_mtu as u16,
+        });
+    }
+    if outer_ip_len > checksum::MAX_SUM_LEN {
+        return Err(EncapError::Malformed);
+    }
+    pkt.adjust_head(-(overhead as i32))
+        .ok_or(EncapError::NoHeadroom)?;
+    let write = |pkt: &mut P| -> Option<()> {
+        let (ether_type, l4) = match cfg.outer {
+            OuterAddrs::V4 { .. } => (ETH_P_IPV4, EthernetHeader::LEN + Ipv4Header::LEN),
+            OuterAddrs::V6 { .. } => (ETH_P_IPV6, EthernetHeader::LEN + Ipv6Header::LEN),
+        };
+        pkt.store(
+            0,
+            &EthernetHeader {
+                dst: cfg.dst_mac,
+                src: cfg.src_mac,
+                ether_type: U16::new(ether_type),
+            },
+        )?;
+        let udp_len = (outer_ip_len - (l4 - EthernetHeader::LEN)) as u16;
+        pkt.store(
+            l4,
+            &UdpHeader {
+                src_port: U16::new(vxlan_source_port(flow_hash)),
+                dst_port: U16::new(cfg.port),
+                len: U16::new(udp_len),
+                check: U16::new(0),
+            },
+        )?;
+        write_tunnel(pkt, l4 + UdpHeader::LEN)?;
+        match cfg.outer {
+            OuterAddrs::V4 { src, dst } => {
+                let mut ip = Ipv4Header {
+                    version_ihl: 0x45,
+                    tos: 0,
+                    total_len: U16::new(outer_ip_len as u16),
+                    id: U16::new(0),
+                    frag_off: U16::new(0x4000),
+                    ttl: 64,
+                    proto: 17,
+                    check: U16::new(0),
+                    src,
+                    dst,
+                };
+                ip.check = U16::new(checksum::ipv4_header_checksum(
+                    zerocopy::IntoBytes::as_bytes(&ip),
+                ));
+                pkt.store(EthernetHeader::LEN, &ip)?;
+            }
+            OuterAddrs::V6 { src, dst } => {
+                pkt.store(
+                    EthernetHeader::LEN,
+                    &Ipv6Header {
+                        vtc_flow: [0x60, 0, 0, 0],
+                        payload_len: U16::new(udp_len),
+                        next_header: 17,
+                        hop_limit: 64,
+                        src,
+                        dst,
+                    },
+                )?;
+                let pseudo = checksum::pseudo_sum_v6(&src, &dst, 17, u32::from(udp_len));
+                let s = checksum::sum_packet(pkt, l4, usize::from(udp_len), pseudo)?;
+                let c = checksum::udp_v6_fixup(checksum::finish(s));
+                pkt.store(l4 + UdpHeader::CHECK_OFFSET, &U16::new(c))?;
+            }
+        }
+        Some(())
+    };
+    if write(pkt).is_none() {
+        // Undo the growth: the caller keeps its original frame.
+        let _ = pkt.adjust_head(overhead as i32);
+        return Err(EncapError::Malformed);
+    }
+    Ok(())
+}
+
+/// Removes the outer headers of a VXLAN packet to UDP port `port`, leaving the inner Ethernet
+/// frame. Returns the VNI. With `expected_vni` set, other VNIs are refused.
+///
+/// # Errors
+/// A [`DecapError`] saying why the packet is not (acceptable) VXLAN; the packet is unchanged.
+pub fn vxlan_decap<P: AdjustHead + ?Sized>(
+    pkt: &mut P,
+    port: u16,
+    expected_vni: Option<u32>,
+) -> Result<u32, DecapError> {
+    let p = parse(pkt).map_err(DecapError::Parse)?;
+    if p.tuple.proto != 17 || p.tuple.dst_port != port || p.fragment != lb_api::wire::Fragment::None
+    {
+        return Err(DecapError::NotTunnel);
+    }
+    if p.family() == IpFamily::V6 {
+        let udp: UdpHeader = pkt.load(p.l4_offset).ok_or(DecapError::NotTunnel)?;
+        if udp.check.get() == 0 {
+            return Err(DecapError::ZeroUdpChecksumV6);
+        }
+    }
+    let vx_off = p.l4_offset + UdpHeader::LEN;
+    let vx: VxlanHeader = pkt.load(vx_off).ok_or(DecapError::NotTunnel)?;
+    if !vx.is_valid() {
+        return Err(DecapError::BadFlags);
+    }
+    let vni = vx.vni();
+    if let Some(want) = expected_vni {
+        if want != vni {
+            return Err(DecapError::VniMismatch { found: vni });
+        }
+    }
+    let strip = vx_off + VxlanHeader::LEN;
+    if pkt.len() < strip + EthernetHeader::LEN {
+        return Err(DecapError::NotTunnel);
+    }
+    pkt.adjust_head(strip as i32).ok_or(DecapError::NotTunnel)?;
+    Ok(vni)
+}
