@@ -12,7 +12,8 @@ use clap::{Parser, Subcommand};
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 /// Debian packages: LLVM 22 for bpf-linker; iproute2 and ethtool for the namespace tests and demo.
-const APT_PACKAGES: &[&str] = &["llvm-22-dev", "iproute2", "ethtool"];
+/// tshark is the independent decoder of our Geneve/DSR/ICMP output (the kernel has no geneve).
+const APT_PACKAGES: &[&str] = &["llvm-22-dev", "iproute2", "ethtool", "procps", "tshark"];
 /// Logic crates that must build for the BPF target.
 const LOGIC_CRATES: &[&str] = &[
     "lb-api",
@@ -215,7 +216,9 @@ fn setup() -> Result<Vec<String>> {
         say("warning: /sys/kernel/btf/vmlinux is missing: this kernel has no BTF; the programs do not need it, but tools that inspect them may");
     }
     if did.is_empty() {
-        say("setup: everything is installed (llvm-22-dev, nightly rust-src, bpf-linker 0.13.0, iproute2, ethtool)");
+        say(
+            "setup: everything is installed (Debian packages, nightly rust-src, bpf-linker 0.13.0)",
+        );
     } else {
         say(&format!("setup: {}", did.join("; ")));
     }
