@@ -30,11 +30,23 @@ pub fn service() -> ServiceSpec {
     }
 }
 
+/// The UDP service of the scenario: same VIP and port, UDP, same backends.
+#[must_use]
+pub fn udp_service() -> ServiceSpec {
+    ServiceSpec {
+        id: 2,
+        proto: L4Proto::Udp,
+        ..service()
+    }
+}
+
 /// What happened.
 #[derive(Debug)]
 pub struct Report {
     /// Each request's answer (`backend-N saw <client>`) or error.
     pub answers: Vec<Result<String>>,
+    /// Each UDP datagram's answer (`backend-N saw <client>: datagram i`) or error.
+    pub udp_answers: Vec<Result<String>>,
     /// Conntrack entries after the requests.
     pub conntrack: Vec<(CtKey, CtEntry)>,
     /// Datapath counters.
@@ -78,6 +90,7 @@ pub fn run_kernel(tag: &str, requests: usize) -> Result<Report> {
     let mut dp = KernelDatapath::load().context("loading the eBPF programs")?;
     dp.set_config(&default_config(std::process::id()))?;
     dp.upsert_service(&service())?;
+    dp.upsert_service(&udp_service())?;
     let xdp_mode = attach(&mut dp, &bed)?;
     let servers = bed.start_backends(Duration::from_secs(60))?;
     let answers = bed.requests(
@@ -85,9 +98,15 @@ pub fn run_kernel(tag: &str, requests: usize) -> Result<Report> {
         requests,
         Duration::from_secs(3),
     )?;
+    let udp_answers = bed.udp_requests(
+        SocketAddr::from((VIP, VIP_PORT)),
+        requests,
+        Duration::from_secs(2),
+    )?;
     let served = servers.stop();
     Ok(Report {
         answers,
+        udp_answers,
         conntrack: dp.conntrack_entries()?,
         counters: dp.counters()?,
         served,

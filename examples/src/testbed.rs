@@ -13,7 +13,7 @@
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -238,18 +238,30 @@ impl Testbed {
     pub fn start_backends(&self, lifetime: Duration) -> Result<Backends> {
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
+        let mut udp_threads = Vec::new();
         for (i, ns) in self.backends.iter().enumerate() {
             let addr = SocketAddrV4::new(BACKENDS[i], BACKEND_PORT);
             let listener = Self::within(ns, || TcpListener::bind(addr))?
                 .with_context(|| format!("binding {addr}"))?;
             listener.set_nonblocking(true)?;
+            let udp = Self::within(ns, || UdpSocket::bind(addr))?
+                .with_context(|| format!("binding udp {addr}"))?;
+            udp.set_read_timeout(Some(Duration::from_millis(100)))?;
+            let (ustop, uname) = (Arc::clone(&stop), format!("backend-{}", i + 1));
+            udp_threads.push(std::thread::spawn(move || {
+                serve_udp(&udp, &uname, &ustop, lifetime)
+            }));
             let stop = Arc::clone(&stop);
             let name = format!("backend-{}", i + 1);
             threads.push(std::thread::spawn(move || {
                 serve(&listener, &name, &stop, lifetime)
             }));
         }
-        Ok(Backends { stop, threads })
+        Ok(Backends {
+            stop,
+            threads,
+            udp_threads,
+        })
     }
 
     /// Opens a long-lived connection from the client namespace to `target`.
@@ -267,6 +279,25 @@ impl Testbed {
         Ok(Conversation { stream, reader })
     }
 
+    /// Sends `count` UDP datagrams to `target` from the client namespace, each from a socket of
+    /// its own (so each is a flow of its own), and returns each answer (or the error), waiting at
+    /// most `timeout` for each.
+    ///
+    /// # Errors
+    /// If the client namespace cannot be entered.
+    pub fn udp_requests(
+        &self,
+        target: SocketAddr,
+        count: usize,
+        timeout: Duration,
+    ) -> Result<Vec<Result<String>>> {
+        Self::within(&self.client, || {
+            (0..count)
+                .map(|i| udp_request(target, i, timeout))
+                .collect()
+        })
+    }
+
     /// Connects from the client namespace to `target` `count` times, sending a line and returning
     /// each answer (or the error). Each connection is bounded by `timeout`.
     ///
@@ -282,6 +313,21 @@ impl Testbed {
             (0..count).map(|i| request(target, i, timeout)).collect()
         })
     }
+}
+
+fn udp_request(target: SocketAddr, i: usize, timeout: Duration) -> Result<String> {
+    let sock = UdpSocket::bind("0.0.0.0:0").context("binding a client UDP socket")?;
+    sock.set_read_timeout(Some(timeout))?;
+    sock.send_to(format!("datagram {i}").as_bytes(), target)
+        .with_context(|| format!("send to {target}"))?;
+    let mut buf = [0u8; 512];
+    let (n, from) = sock
+        .recv_from(&mut buf)
+        .with_context(|| format!("no UDP answer from {target}"))?;
+    if from != target {
+        bail!("answer came from {from}, not from the service {target}");
+    }
+    Ok(String::from_utf8_lossy(buf.get(..n).unwrap_or_default()).into_owned())
 }
 
 fn request(target: SocketAddr, i: usize, timeout: Duration) -> Result<String> {
@@ -321,6 +367,24 @@ fn serve(listener: &TcpListener, name: &str, stop: &Arc<AtomicBool>, lifetime: D
     }
     for c in conns {
         let _ = c.join();
+    }
+    served
+}
+
+/// Answers each UDP datagram with `<name> saw <peer>: <payload>` until `stop` or the deadline.
+fn serve_udp(sock: &UdpSocket, name: &str, stop: &AtomicBool, lifetime: Duration) -> usize {
+    let deadline = Instant::now() + lifetime;
+    let mut served = 0;
+    let mut buf = [0u8; 512];
+    while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+        if let Ok((n, peer)) = sock.recv_from(&mut buf) {
+            let payload = String::from_utf8_lossy(buf.get(..n).unwrap_or_default());
+            let _ = sock.send_to(
+                format!("{name} saw {peer}: {}", payload.trim()).as_bytes(),
+                peer,
+            );
+            served += 1;
+        }
     }
     served
 }
@@ -394,6 +458,7 @@ impl Conversation {
 pub struct Backends {
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<usize>>,
+    udp_threads: Vec<JoinHandle<usize>>,
 }
 
 impl Backends {
@@ -401,6 +466,9 @@ impl Backends {
     #[must_use]
     pub fn stop(mut self) -> Vec<usize> {
         self.stop.store(true, Ordering::Relaxed);
+        for t in self.udp_threads.drain(..) {
+            let _ = t.join();
+        }
         self.threads
             .drain(..)
             .map(|t| t.join().unwrap_or(0))
@@ -411,7 +479,7 @@ impl Backends {
 impl Drop for Backends {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads.drain(..) {
+        for t in self.threads.drain(..).chain(self.udp_threads.drain(..)) {
             let _ = t.join();
         }
     }

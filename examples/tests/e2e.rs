@@ -51,9 +51,15 @@ fn real_tcp_through_the_vip_reaches_both_backends() {
     let service_entries: Vec<_> = r
         .conntrack
         .iter()
-        .filter(|(k, _)| k.kind == CtKind::Service as u8 && v4_of(&k.dst) == VIP.octets())
+        .filter(|(k, _)| {
+            k.kind == CtKind::Service as u8 && v4_of(&k.dst) == VIP.octets() && k.proto == 6
+        })
         .collect();
-    assert_eq!(service_entries.len(), N, "one service entry per connection");
+    assert_eq!(
+        service_entries.len(),
+        N,
+        "one TCP service entry per connection"
+    );
     for (_, e) in &service_entries {
         assert!(
             BACKENDS.iter().any(|b| v4_of(&e.nat_addr) == b.octets()),
@@ -69,9 +75,51 @@ fn real_tcp_through_the_vip_reaches_both_backends() {
         .iter()
         .filter(|(k, _)| k.kind == CtKind::ReverseNat as u8)
         .count();
-    assert_eq!(reverse, N, "one reverse-NAT entry per connection");
+    assert_eq!(
+        reverse,
+        2 * N,
+        "one reverse-NAT entry per TCP connection and per UDP flow"
+    );
 
-    assert_eq!(r.counters.get(Counter::ServiceNewFlow), N as u64);
+    // UDP: every datagram answered, from the VIP (checked by the client), by both backends, each
+    // seeing the client's address; each flow assured (a reply was seen).
+    let udp_fail: Vec<String> = r
+        .udp_answers
+        .iter()
+        .filter_map(|a| a.as_ref().err())
+        .map(|e| format!("{e:#}"))
+        .collect();
+    assert!(
+        udp_fail.is_empty(),
+        "{} of {N} UDP datagrams unanswered: {udp_fail:?}",
+        udp_fail.len()
+    );
+    for b in 1..=2 {
+        let tag = format!("backend-{b} saw {CLIENT}:");
+        assert!(
+            r.udp_answers.iter().flatten().any(|a| a.starts_with(&tag)),
+            "no UDP answer from backend-{b}: {:?}",
+            r.udp_answers
+        );
+    }
+    let udp_entries: Vec<_> = r
+        .conntrack
+        .iter()
+        .filter(|(k, _)| k.kind == CtKind::Service as u8 && k.proto == 17)
+        .collect();
+    assert_eq!(
+        udp_entries.len(),
+        N,
+        "one UDP service entry per datagram flow"
+    );
+    assert!(
+        udp_entries
+            .iter()
+            .all(|(_, e)| e.state == lb_api::abi::CtState::UdpAssured as u8),
+        "UDP flows assured after the reply"
+    );
+
+    assert_eq!(r.counters.get(Counter::ServiceNewFlow), 2 * N as u64);
     assert!(r.counters.get(Counter::ReplyTranslated) >= 2 * N as u64);
     assert_eq!(
         r.counters.get(Counter::Dropped),

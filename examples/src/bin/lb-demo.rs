@@ -32,13 +32,21 @@ fn main() -> Result<()> {
     }
     Testbed::remove_on_signal()?;
     println!("Topology: client 10.200.1.2 -> node (XDP on n0, TC on n1/n2) -> backend-1 10.200.2.2:8080, backend-2 10.200.3.2:8080");
-    println!("Service:  {VIP}:{VIP_PORT}/tcp -> both backends\n");
+    println!(
+        "Services: {VIP}:{VIP_PORT}/tcp and {VIP}:{VIP_PORT}/udp -> both backends (port 8080)\n"
+    );
     let report = scenario::run_kernel("demo", args.requests)?;
     println!("XDP mode: {}\n", report.xdp_mode);
     for (i, a) in report.answers.iter().enumerate() {
         match a {
             Ok(s) => println!("request {i:>2} -> {VIP}:{VIP_PORT}: {s}"),
             Err(e) => println!("request {i:>2} -> {VIP}:{VIP_PORT}: FAILED: {e:#}"),
+        }
+    }
+    for (i, a) in report.udp_answers.iter().enumerate() {
+        match a {
+            Ok(s) => println!("udp datagram {i:>2} -> {VIP}:{VIP_PORT}: {s}"),
+            Err(e) => println!("udp datagram {i:>2} -> {VIP}:{VIP_PORT}: FAILED: {e:#}"),
         }
     }
     print_conntrack(&report.conntrack);
@@ -48,6 +56,13 @@ fn main() -> Result<()> {
         report.served[0], report.served[1]
     );
     println!("namespaces removed.");
+    let udp_ok = report.udp_answers.iter().filter(|a| a.is_ok()).count();
+    if udp_ok != report.udp_answers.len() {
+        bail!(
+            "{udp_ok}/{} UDP datagrams answered",
+            report.udp_answers.len()
+        );
+    }
     let ok = report.answers.iter().filter(|a| a.is_ok()).count();
     if ok != report.answers.len() || report.served.contains(&0) {
         bail!(
