@@ -22,6 +22,8 @@
 //! # Ok(()) }
 //! ```
 
+pub mod conntrack_gc;
+
 use std::time::Duration;
 
 use aya::maps::{Array, HashMap, MapData, PerCpuArray};
