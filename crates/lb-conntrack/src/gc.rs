@@ -28,6 +28,7 @@
 
 use core::convert::Infallible;
 use core::time::Duration;
+use std::collections::BinaryHeap;
 use std::time::Instant;
 use std::vec::Vec;
 
@@ -36,6 +37,30 @@ use lb_api::abi::{CtEntry, CtKey, CtKind, CtState};
 use crate::metrics::GcStats;
 use crate::pair::partner_key;
 use crate::table::{HashConntrackTable, EVICTION_CANDIDATES};
+
+/// An eviction candidate, ordered by deadline only.
+#[derive(Debug, Clone, Copy)]
+struct Candidate {
+    expires_ns: u64,
+    key: CtKey,
+}
+
+impl PartialEq for Candidate {
+    fn eq(&self, other: &Self) -> bool {
+        self.expires_ns == other.expires_ns
+    }
+}
+impl Eq for Candidate {}
+impl PartialOrd for Candidate {
+    fn partial_cmp(&self, other: &Self) -> Option<core::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Candidate {
+    fn cmp(&self, other: &Self) -> core::cmp::Ordering {
+        self.expires_ns.cmp(&other.expires_ns)
+    }
+}
 
 /// What the sweeper needs from a table.
 pub trait GcTable {
@@ -67,7 +92,8 @@ pub trait GcTable {
     /// Inserts refused because the table was full, since it was created.
     fn insert_failures_full(&self) -> u64;
 
-    /// Replaces the table's eviction candidates (tables that never evict ignore it).
+    /// Replaces the table's eviction candidates, soonest deadline first (tables that never
+    /// evict ignore it).
     fn set_eviction_candidates(&mut self, _keys: &[CtKey]) {}
 }
 
@@ -150,7 +176,8 @@ pub struct ConntrackGc {
     cfg: GcConfig,
     stats: GcStats,
     expired: Vec<CtKey>,
-    candidates: Vec<CtKey>,
+    candidates: BinaryHeap<Candidate>,
+    sorted: Vec<CtKey>,
     failures_seen: u64,
 }
 
@@ -165,7 +192,8 @@ impl ConntrackGc {
                 ..GcStats::default()
             },
             expired: Vec::new(),
-            candidates: Vec::with_capacity(EVICTION_CANDIDATES),
+            candidates: BinaryHeap::with_capacity(EVICTION_CANDIDATES + 1),
+            sorted: Vec::with_capacity(EVICTION_CANDIDATES),
             failures_seen: 0,
         }
     }
@@ -201,12 +229,18 @@ impl ConntrackGc {
         let scanned = table.for_each_entry(&mut |k, e| {
             if e.expires_ns <= now_ns {
                 expired.push(*k);
-            } else if candidates.len() < EVICTION_CANDIDATES
-                && k.kind == CtKind::Service as u8
+            } else if k.kind == CtKind::Service as u8
                 && (e.expires_ns <= horizon
                     || CtState::from_u8(e.state).is_some_and(CtState::is_closing))
             {
-                candidates.push(*k);
+                // Keep the EVICTION_CANDIDATES soonest deadlines: a bounded max-heap.
+                candidates.push(Candidate {
+                    expires_ns: e.expires_ns,
+                    key: *k,
+                });
+                if candidates.len() > EVICTION_CANDIDATES {
+                    candidates.pop();
+                }
             }
         })?;
 
@@ -246,7 +280,14 @@ impl ConntrackGc {
                 }
             }
         }
-        table.set_eviction_candidates(&self.candidates);
+        self.sorted.clear();
+        self.sorted.extend(
+            core::mem::take(&mut self.candidates)
+                .into_sorted_vec()
+                .into_iter()
+                .map(|c| c.key),
+        );
+        table.set_eviction_candidates(&self.sorted);
 
         let failures = table.insert_failures_full();
         let new_failures = failures > self.failures_seen;

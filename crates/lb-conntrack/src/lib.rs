@@ -61,6 +61,7 @@ pub use state::{
 pub use table::HashConntrackTable;
 pub use table::{
     ConntrackTable, EvictionReason, InsertError, InsertMode, TableStats, EVICTION_CANDIDATES,
+    EXPIRED_WINDOW,
 };
 #[cfg(feature = "std")]
 pub use timeout::ProcSysctl;

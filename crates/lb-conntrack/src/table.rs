@@ -11,9 +11,10 @@
 //!   flow, then a closing one (FIN/RST seen), and never a live flow in any other state; if there is
 //!   none, the insert is refused with [`InsertError::Full`] and counted in [`TableStats`].
 //!   Candidates come from a bounded list ([`EVICTION_CANDIDATES`] keys) that each GC sweep refills
-//!   with entries that are closing or will expire before the next sweep; an insert re-checks at
-//!   most that many candidates, so a full-table insert costs O([`EVICTION_CANDIDATES`]) lookups,
-//!   never a scan. Evicting a flow removes both of its entries.
+//!   with the flows that are closing or will expire before the next sweep, soonest deadline
+//!   first; an insert consumes it from the front and checks at most [`EXPIRED_WINDOW`] keys plus
+//!   the stale ones it drops for good, so a full-table insert costs O(1) lookups amortized, never
+//!   a scan. Evicting a flow removes both of its entries.
 
 use lb_api::abi::{CtEntry, CtKey};
 
@@ -80,12 +81,17 @@ pub struct TableStats {
 }
 
 /// Size of the bounded eviction-candidate list of [`HashConntrackTable`].
-pub const EVICTION_CANDIDATES: usize = 128;
+pub const EVICTION_CANDIDATES: usize = 4096;
+
+/// How many candidates from the front an insert checks for an expired one before it takes a
+/// closing flow.
+pub const EXPIRED_WINDOW: usize = 8;
 
 #[cfg(feature = "std")]
 mod hash {
     use super::{
         ConntrackTable, EvictionReason, InsertError, InsertMode, TableStats, EVICTION_CANDIDATES,
+        EXPIRED_WINDOW,
     };
     use crate::pair::partner_key;
     use hashbrown::HashMap;
@@ -103,6 +109,7 @@ mod hash {
         map: HashMap<CtKey, CtEntry>,
         capacity: usize,
         candidates: Vec<CtKey>,
+        head: usize,
         stats: TableStats,
     }
 
@@ -114,6 +121,7 @@ mod hash {
                 map: HashMap::with_capacity(capacity.saturating_mul(2).saturating_add(2)),
                 capacity,
                 candidates: Vec::with_capacity(EVICTION_CANDIDATES),
+                head: 0,
                 stats: TableStats::default(),
             }
         }
@@ -154,7 +162,8 @@ mod hash {
         }
 
         /// Offers a key as an eviction candidate (the GC calls this for entries that are closing
-        /// or will expire before its next run). Ignored when the list is full.
+        /// or will expire before its next run, soonest deadline first). Ignored when the list is
+        /// full.
         pub fn offer_candidate(&mut self, key: &CtKey) {
             if self.candidates.len() < EVICTION_CANDIDATES {
                 self.candidates.push(*key);
@@ -164,12 +173,13 @@ mod hash {
         /// Forgets every eviction candidate (the GC does before refilling the list).
         pub fn clear_candidates(&mut self) {
             self.candidates.clear();
+            self.head = 0;
         }
 
-        /// Number of eviction candidates held.
+        /// Number of eviction candidates not yet used or dropped.
         #[must_use]
         pub fn candidates(&self) -> usize {
-            self.candidates.len()
+            self.candidates.len().saturating_sub(self.head)
         }
 
         /// Removes the entry under `key` if it has expired at `now_ns` (re-checked here, so a
@@ -187,40 +197,63 @@ mod hash {
         }
 
         /// Evicts one flow to make room: an expired candidate first, else a closing one.
+        ///
+        /// Candidates are sorted by deadline (soonest first) and consumed from the front, so
+        /// this is O(1) amortized: a refreshed or vanished candidate is dropped once. Deadlines
+        /// only move later, so an expired candidate, if any, sits near the front; the first
+        /// [`EXPIRED_WINDOW`] are checked for one before a closing flow is taken.
         fn evict_one(&mut self, now_ns: u64) -> Option<EvictionReason> {
-            for reason in [EvictionReason::Expired, EvictionReason::Closing] {
-                let mut i = 0;
-                // Bounded: the list never holds more than EVICTION_CANDIDATES keys, and each
-                // iteration either advances `i` or shrinks the list.
-                while let Some(k) = self.candidates.get(i).copied() {
-                    let Some(e) = self.map.get(&k).copied() else {
-                        self.candidates.swap_remove(i);
-                        continue;
-                    };
-                    let expired = e.expires_ns <= now_ns;
-                    let closing = CtState::from_u8(e.state).is_some_and(CtState::is_closing);
-                    let take = match reason {
-                        EvictionReason::Expired => expired,
-                        EvictionReason::Closing => closing,
-                    };
-                    if !take {
-                        if !expired && !closing {
-                            // Refreshed into a live state since the GC offered it.
-                            self.candidates.swap_remove(i);
-                        } else {
-                            i += 1;
-                        }
-                        continue;
+            let mut closing_at = None;
+            let mut i = self.head;
+            // Bounded by the window and by the list's length.
+            while i < self.head.saturating_add(EXPIRED_WINDOW) {
+                let Some(k) = self.candidates.get(i).copied() else {
+                    break;
+                };
+                if let Some(e) = self.map.get(&k) {
+                    if e.expires_ns <= now_ns {
+                        return Some(self.evict_at(i, EvictionReason::Expired));
                     }
-                    self.candidates.swap_remove(i);
-                    self.map.remove(&k);
+                    if closing_at.is_none()
+                        && CtState::from_u8(e.state).is_some_and(CtState::is_closing)
+                    {
+                        closing_at = Some(i);
+                    }
+                }
+                i += 1;
+            }
+            if let Some(i) = closing_at {
+                return Some(self.evict_at(i, EvictionReason::Closing));
+            }
+            // Past the window: drop stale candidates from the front until a closing one.
+            while let Some(k) = self.candidates.get(self.head).copied() {
+                let closing = self
+                    .map
+                    .get(&k)
+                    .and_then(|e| CtState::from_u8(e.state))
+                    .is_some_and(CtState::is_closing);
+                if closing {
+                    return Some(self.evict_at(self.head, EvictionReason::Closing));
+                }
+                self.head += 1;
+            }
+            None
+        }
+
+        /// Evicts the flow of candidate `i` (and its partner), retiring the candidate.
+        fn evict_at(&mut self, i: usize, reason: EvictionReason) -> EvictionReason {
+            let head = self.head;
+            if let (Some(k), true) = (self.candidates.get(i).copied(), i >= head) {
+                // Retire it by moving the head candidate into its slot.
+                self.candidates.swap(i, head);
+                self.head += 1;
+                if let Some(e) = self.map.remove(&k) {
                     if let Some(p) = partner_key(&k, &e) {
                         self.map.remove(&p);
                     }
-                    return Some(reason);
                 }
             }
-            None
+            reason
         }
     }
 
