@@ -251,7 +251,7 @@ fn churn(capacity: usize, long_lived: u32, multiple: u64) -> ChurnResult {
             let Some(k) = sim.open(&t, S, now) else {
                 continue;
             };
-            if next_client % 50 == 0 {
+            if next_client.is_multiple_of(50) {
                 continue; // abandoned SYN
             }
             assert!(sim.packet(&k, R, S | A, now) && sim.packet(&k, O, A, now));
