@@ -181,6 +181,30 @@ pub fn tcp_next_state(state: CtState, dir: Direction, flags: u8) -> CtState {
     }
 }
 
+/// netfilter's transition, except for one-sided flows: when replies bypass this hook (DSR,
+/// asymmetric routing) the client's ACK is the only proof of a completed handshake. netfilter,
+/// which sees both directions, calls an ACK in SYN_SENT invalid; left there, a one-sided flow
+/// would expire under steady traffic. Without a reply ever seen, it establishes the flow.
+#[inline(always)]
+fn one_sided(
+    t: TcpTransition,
+    state: CtState,
+    dir: Direction,
+    tcp_flags: u8,
+    entry_flags: u8,
+) -> TcpTransition {
+    let ack_in_syn_sent = matches!(
+        (state, dir, TcpPacketClass::of(tcp_flags)),
+        (CtState::SynSent, Direction::Original, TcpPacketClass::Ack)
+    );
+    if matches!(t, TcpTransition::Invalid) && ack_in_syn_sent && entry_flags & CT_F_REPLY_SEEN == 0
+    {
+        TcpTransition::To(CtState::Established)
+    } else {
+        t
+    }
+}
+
 /// What [`track`] did with a packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TrackOutcome {
@@ -205,7 +229,13 @@ pub fn track(
     let state = CtState::from_u8(entry.state).unwrap_or(CtState::Generic);
     let mut outcome = TrackOutcome::Updated;
     let next = match L4Proto::from_u8(entry.proto) {
-        Some(L4Proto::Tcp) => match tcp_transition(state, dir, TcpPacketClass::of(tcp_flags)) {
+        Some(L4Proto::Tcp) => match one_sided(
+            tcp_transition(state, dir, TcpPacketClass::of(tcp_flags)),
+            state,
+            dir,
+            tcp_flags,
+            entry.flags,
+        ) {
             TcpTransition::To(s) => {
                 if s == CtState::SynSent && matches!(state, CtState::TimeWait | CtState::Close) {
                     outcome = TrackOutcome::Restarted;
@@ -487,6 +517,20 @@ mod tests {
             (SynSent as u8, 1, 2)
         );
         assert_eq!(e.packets_orig, 1);
+    }
+
+    #[test]
+    fn one_sided_flows_establish_on_the_clients_ack() {
+        let t = TimeoutPolicy::calico().to_timeouts();
+        let mut e = entry(SynSent, 6);
+        assert_eq!(track(&mut e, Original, A, 10, &t), TrackOutcome::Updated);
+        assert_eq!(e.state, Established as u8);
+        assert_eq!(e.expires_ns, 10 + t.of(Established as u8));
+        // With a reply seen, netfilter's table applies: an ACK in SYN_SENT is invalid.
+        let mut e = entry(SynSent, 6);
+        e.flags = CT_F_REPLY_SEEN;
+        assert_eq!(track(&mut e, Original, A, 10, &t), TrackOutcome::Untouched);
+        assert_eq!(e.state, SynSent as u8);
     }
 
     #[test]
