@@ -74,8 +74,9 @@ impl CtKey {
     }
 }
 
-/// Conntrack states. TCP states follow netfilter's names; UDP, ICMP and other protocols have
-/// their own. The value indexes [`Timeouts::ns`].
+/// Conntrack states. TCP states follow netfilter's names and meanings (what was seen on the wire,
+/// in either direction, not socket states); UDP, ICMP and other protocols have their own. The
+/// value indexes [`Timeouts::ns`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum CtState {
@@ -85,13 +86,13 @@ pub enum CtState {
     SynRecv = 1,
     /// TCP: handshake complete.
     Established = 2,
-    /// TCP: FIN seen from the client.
+    /// TCP: a FIN seen (from either side).
     FinWait = 3,
-    /// TCP: FIN seen from the server first.
+    /// TCP: that FIN acknowledged; the other side has not sent its FIN yet.
     CloseWait = 4,
-    /// TCP: FIN seen from both sides, last ACK outstanding.
+    /// TCP: FINs seen from both sides, last ACK outstanding.
     LastAck = 5,
-    /// TCP: both FINs acknowledged.
+    /// TCP: the last FIN acknowledged.
     TimeWait = 6,
     /// TCP: reset seen.
     Close = 7,

@@ -23,6 +23,8 @@
 //! # Ok(()) }
 //! ```
 
+pub mod conntrack_gc;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 

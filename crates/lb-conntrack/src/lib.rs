@@ -1,5 +1,6 @@
-//! Connection tracking: the per-flow state machines, timeouts and the table abstraction that the
-//! kernel (an eBPF hash map) and userspace (a bounded hashbrown table) both implement.
+//! Connection tracking: the per-flow state machines, timeout policies, the table abstraction that
+//! the kernel (an eBPF hash map) and userspace (a bounded hashbrown table) both implement, the
+//! adaptive garbage collector and the metrics both worlds report.
 //!
 //! ```
 //! use lb_api::abi::{CtEntry, CtState};
@@ -13,6 +14,16 @@
 //! assert_eq!(e.state, CtState::Established as u8);
 //! assert_eq!(e.expires_ns, 2_000 + 432_000 * 1_000_000_000);
 //! ```
+//!
+//! Layout:
+//! * [`state`](crate::track): netfilter's TCP table, UDP unreplied/assured, ICMP echo, generic.
+//! * [`TimeoutPolicy`]: seven knobs (duration or `auto`), presets, parsing, validation.
+//! * [`ConntrackTable`] and [`HashConntrackTable`]: full-table behaviour is documented on the
+//!   table module; the kernel map refuses (counted), the userspace table evicts expired, then
+//!   closing flows, never live ones.
+//! * [`ConntrackGc`]: adaptive sweeper over [`GcTable`]; [`ConntrackMetrics`]: one snapshot type.
+//! * [`tuple_reuse`]: whether a new SYN collides with a recently closed flow (for the
+//!   source-port-collision resolver).
 #![no_std]
 #![cfg_attr(
     not(test),
@@ -24,18 +35,40 @@
     )
 )]
 
-#[cfg(feature = "std")]
+#[cfg(any(test, feature = "std"))]
 extern crate std;
 
+mod metrics;
+mod pair;
+mod reuse;
 mod state;
 mod table;
 mod timeout;
 
-pub use state::{initial_state, tcp_next_state, track, Direction};
+#[cfg(feature = "std")]
+mod gc;
+
+#[cfg(feature = "std")]
+pub use gc::{ConntrackGc, GcConfig, GcReport, GcTable};
+pub use metrics::{ConntrackMetrics, GcStats, ProtoCounts};
+pub use pair::partner_key;
+pub use reuse::{tuple_reuse, TupleReuse};
+pub use state::{
+    icmp_echo_direction, icmp_echo_tuple, initial_state, tcp_next_state, tcp_transition, track,
+    Direction, TcpPacketClass, TcpTransition, TrackOutcome,
+};
 #[cfg(feature = "std")]
 pub use table::HashConntrackTable;
-pub use table::{ConntrackTable, InsertError, InsertMode};
-pub use timeout::TimeoutPolicy;
+pub use table::{
+    ConntrackTable, EvictionReason, InsertError, InsertMode, TableStats, EVICTION_CANDIDATES,
+    EXPIRED_WINDOW,
+};
+#[cfg(feature = "std")]
+pub use timeout::ProcSysctl;
+pub use timeout::{
+    AutoSource, CheckedTimeouts, Knob, NoAutoSource, ParseTimeoutError, Timeout, TimeoutError,
+    TimeoutPolicy, TimeoutWarning, HOST_TCP_KEEPALIVE, HOST_TCP_TIME_WAIT, KNOBS, MAX_TIMEOUT,
+};
 
 mod clock;
 pub use clock::Clock;

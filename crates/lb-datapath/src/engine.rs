@@ -10,8 +10,8 @@ use lb_api::counters::{CounterSnapshot, Counters};
 use lb_api::wire::SlicePacket;
 use lb_api::Verdict;
 use lb_conntrack::{
-    Clock, ConntrackTable, HashConntrackTable, InsertError, InsertMode, MonotonicClock,
-    TimeoutPolicy,
+    Clock, ConntrackGc, ConntrackMetrics, ConntrackTable, GcReport, HashConntrackTable,
+    InsertError, InsertMode, MonotonicClock, TimeoutPolicy,
 };
 use lb_nat::collision::XorShift32;
 use lb_nat::control::{remove_service, upsert_service, ConfigError, ServiceSpec, ServiceStore};
@@ -150,6 +150,28 @@ impl<C: Clock> Engine<C> {
         &self.tables.ct
     }
 
+    /// One conntrack GC sweep at the engine's current time.
+    pub fn conntrack_gc(&mut self, gc: &mut ConntrackGc) -> GcReport {
+        let now = crate::now_ns(&self.cfg, || self.clock.now_ns());
+        match gc.run(&mut self.tables.ct, now) {
+            Ok(r) => r,
+            Err(never) => match never {},
+        }
+    }
+
+    /// Conntrack metrics at the engine's current time, with `gc`'s figures when given.
+    #[must_use]
+    pub fn conntrack_metrics(&self, gc: Option<&ConntrackGc>) -> ConntrackMetrics {
+        let now = crate::now_ns(&self.cfg, || self.clock.now_ns());
+        let ct = &self.tables.ct;
+        let mut m = ConntrackMetrics::from_entries(ct.iter(), ct.capacity() as u64, now);
+        m.table = ct.stats();
+        if let Some(gc) = gc {
+            m.gc = gc.stats();
+        }
+        m
+    }
+
     /// The counters.
     #[must_use]
     pub fn counters(&self) -> &CounterSnapshot {
@@ -194,5 +216,48 @@ impl<C: Clock> ServiceStore for Engine<C> {
     }
     fn remove_service(&mut self, key: &ServiceKey) {
         self.tables.services.remove_service(key);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lb_api::abi::CtState;
+    use lb_api::flow::L4Proto;
+    use lb_api::wire::{testing::tcp_v4_frame, TcpFlags};
+    use lb_conntrack::{GcConfig, ManualClock};
+    use std::vec;
+
+    #[test]
+    fn engine_gc_reclaims_expired_pairs_and_reports_metrics() {
+        let mut e = Engine::with_clock(64, default_config(0), ManualClock::new(1));
+        e.upsert_service(&ServiceSpec {
+            id: 1,
+            frontend: "10.96.0.10:80".parse().unwrap(),
+            proto: L4Proto::Tcp,
+            backends: vec!["10.1.0.2:8080".parse().unwrap()],
+            ..Default::default()
+        })
+        .unwrap();
+        let mut syn = tcp_v4_frame(
+            [10, 0, 0, 1],
+            40000,
+            [10, 96, 0, 10],
+            80,
+            TcpFlags::SYN,
+            b"",
+        );
+        assert_eq!(e.process(&mut syn), Verdict::Pass);
+        let m = e.conntrack_metrics(None);
+        assert_eq!(
+            (m.entries, m.in_state(CtState::SynSent), m.by_proto.tcp),
+            (2, 1, 1)
+        );
+        let mut gc = ConntrackGc::new(GcConfig::default());
+        assert_eq!(e.conntrack_gc(&mut gc).deleted, 0);
+        e.clock().advance(121 * 1_000_000_000); // past SYN_SENT's 120 s
+        assert_eq!(e.conntrack_gc(&mut gc).deleted, 2);
+        let m = e.conntrack_metrics(Some(&gc));
+        assert_eq!((m.entries, m.gc.runs, m.gc.total_deleted), (0, 2, 2));
     }
 }

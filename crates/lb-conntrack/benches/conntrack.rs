@@ -1,0 +1,172 @@
+//! Userspace conntrack table benchmarks: lookup hit/miss and insert at several table sizes, and
+//! GC sweep throughput on a 4M-entry table. Results and the command are in the crate README.
+#![allow(missing_docs)]
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use lb_api::abi::{CtEntry, CtKey, CtKind, CtState};
+use lb_api::flow::{v4_addr, FlowTuple};
+use lb_conntrack::{
+    partner_key, ConntrackGc, ConntrackTable, GcConfig, HashConntrackTable, InsertMode,
+};
+
+const NOW: u64 = 1_000_000_000_000;
+
+/// The service key of flow `i` (distinct for every `i < 2^32`).
+fn service_key(i: u32) -> CtKey {
+    let [a, b, c, d] = i.to_be_bytes();
+    let t = FlowTuple {
+        src: v4_addr([10, a, b, c]),
+        dst: v4_addr([10, 96, 0, 10]),
+        src_port: 1024 + u16::from(d),
+        dst_port: 80,
+        proto: 6,
+        family: 4,
+    };
+    CtKey::new(&t, CtKind::Service)
+}
+
+fn entry(expires_ns: u64) -> CtEntry {
+    CtEntry {
+        created_ns: NOW,
+        last_seen_ns: NOW,
+        expires_ns,
+        state: CtState::Established as u8,
+        proto: 6,
+        family: 4,
+        nat_addr: v4_addr([10, 1, 0, 2]),
+        nat_port: 8080,
+        ..CtEntry::default()
+    }
+}
+
+/// Inserts flow `i` as a pair (two entries).
+fn insert_pair(t: &mut HashConntrackTable, i: u32, expires_ns: u64) {
+    let k = service_key(i);
+    let e = entry(expires_ns);
+    let rk = partner_key(&k, &e).expect("service key");
+    let re = CtEntry {
+        nat_addr: k.dst,
+        nat_port: k.dst_port,
+        ..e
+    };
+    t.insert(&rk, &re, InsertMode::NoExist).expect("room");
+    t.insert(&k, &e, InsertMode::NoExist).expect("room");
+}
+
+/// A table holding `entries` entries (`entries / 2` flows), with room for `headroom` more.
+fn filled(entries: usize, headroom: usize) -> HashConntrackTable {
+    let mut t = HashConntrackTable::with_capacity(entries + headroom);
+    for i in 0..(entries / 2) as u32 {
+        insert_pair(&mut t, i, u64::MAX);
+    }
+    t
+}
+
+/// A cheap scrambler so lookups do not walk keys in insertion order.
+fn scramble(n: u64, i: u64) -> u32 {
+    (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) % n) as u32
+}
+
+fn table_ops(c: &mut Criterion) {
+    let mut g = c.benchmark_group("conntrack_table");
+    g.sample_size(20)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(1));
+    const CHUNK: usize = 65_536;
+    for (label, size) in [
+        ("10k", 10_000usize),
+        ("100k", 100_000),
+        ("1M", 1_000_000),
+        ("4M", 4_000_000),
+    ] {
+        let mut t = filled(size, CHUNK);
+        let flows = (size / 2) as u64;
+        g.bench_function(BenchmarkId::new("lookup_hit", label), |b| {
+            let mut i = 0u64;
+            b.iter(|| {
+                i += 1;
+                black_box(t.get_mut(&service_key(scramble(flows, i))).is_some())
+            });
+        });
+        g.bench_function(BenchmarkId::new("lookup_miss", label), |b| {
+            let mut i = 0u64;
+            b.iter(|| {
+                i += 1;
+                let miss = service_key(u32::MAX - scramble(flows, i));
+                black_box(t.get_mut(&miss).is_some())
+            });
+        });
+        // Inserts of new flows' entries into the table at this size; removal is untimed.
+        g.bench_function(BenchmarkId::new("insert", label), |b| {
+            let mut next = u32::MAX / 2;
+            b.iter_custom(|iters| {
+                let mut spent = Duration::ZERO;
+                let mut left = iters;
+                let e = entry(u64::MAX);
+                while left > 0 {
+                    let n = left.min(CHUNK as u64) as u32;
+                    let first = next;
+                    let start = Instant::now();
+                    for k in first..first + n {
+                        let _ = black_box(t.insert(&service_key(k), &e, InsertMode::NoExist));
+                    }
+                    spent += start.elapsed();
+                    for k in first..first + n {
+                        t.remove(&service_key(k));
+                    }
+                    next = first.wrapping_add(n) % (u32::MAX / 2) + u32::MAX / 2;
+                    left -= u64::from(n);
+                }
+                spent
+            });
+        });
+    }
+    g.finish();
+}
+
+fn gc_sweep(c: &mut Criterion) {
+    let mut g = c.benchmark_group("conntrack_gc");
+    g.sample_size(10)
+        .warm_up_time(Duration::from_millis(100))
+        .measurement_time(Duration::from_secs(3));
+    const SIZE: usize = 4_000_000;
+    // 10 % of the flows expired at sweep time (400k entries deleted per sweep), refilled
+    // (untimed) before each sweep.
+    let expired_flows = (SIZE / 2 / 10) as u32;
+    let live = SIZE / 2 - expired_flows as usize;
+    let mut t = HashConntrackTable::with_capacity(SIZE);
+    for i in 0..live as u32 {
+        insert_pair(&mut t, i, u64::MAX);
+    }
+    let base = live as u32;
+    let mut gc = ConntrackGc::new(GcConfig::default());
+    g.bench_function("sweep_4M_10pct_expired", |b| {
+        b.iter_custom(|iters| {
+            let mut spent = Duration::ZERO;
+            for _ in 0..iters {
+                for i in base..base + expired_flows {
+                    insert_pair(&mut t, i, NOW);
+                }
+                assert_eq!(t.len(), SIZE);
+                let start = Instant::now();
+                let r = gc.run(&mut t, NOW + 1).expect("infallible");
+                spent += start.elapsed();
+                assert_eq!(r.deleted, u64::from(expired_flows) * 2);
+            }
+            spent
+        });
+    });
+    for i in base..base + expired_flows {
+        insert_pair(&mut t, i, u64::MAX);
+    }
+    g.bench_function("sweep_4M_none_expired", |b| {
+        b.iter(|| black_box(gc.run(&mut t, NOW).expect("infallible")));
+    });
+    g.finish();
+}
+
+criterion_group!(benches, table_ops, gc_sweep);
+criterion_main!(benches);

@@ -1,0 +1,125 @@
+//! The two entries of a flow: a service entry (client → service tuple, owns state and timers)
+//! and a reverse-NAT entry (backend → client tuple). Whoever deletes one deletes the other, so a
+//! pair is never left half-present.
+
+use lb_api::abi::{CtEntry, CtKey, CtKind, CT_F_SRC_PORT_REWRITTEN};
+use lb_api::flow::FlowTuple;
+
+/// The key of a flow's other entry: the reverse-NAT key for a service entry (from the backend it
+/// holds), the service key for a reverse-NAT entry (from the service address it holds). `None`
+/// for a key of unknown kind.
+///
+/// This is the derivation the pipeline uses when it creates a pair (reply tuple: backend →
+/// client; service tuple: client → service address).
+#[inline(always)]
+#[must_use]
+pub fn partner_key(key: &CtKey, entry: &CtEntry) -> Option<CtKey> {
+    let t = key.tuple();
+    // When the collision resolver rewrote the client's source port, the reverse half is keyed by
+    // the rewritten port (kept in the service entry) and remembers the original one (kept in the
+    // reverse entry).
+    let rewritten = entry.flags & CT_F_SRC_PORT_REWRITTEN != 0;
+    if key.kind == CtKind::Service as u8 {
+        let reply = FlowTuple {
+            src: entry.nat_addr,
+            src_port: entry.nat_port,
+            dst: t.src,
+            dst_port: if rewritten {
+                entry.rewritten_src_port
+            } else {
+                t.src_port
+            },
+            ..t
+        };
+        Some(CtKey::new(&reply, CtKind::ReverseNat))
+    } else if key.kind == CtKind::ReverseNat as u8 {
+        let client = FlowTuple {
+            src: t.dst,
+            src_port: if rewritten {
+                entry.rewritten_src_port
+            } else {
+                t.dst_port
+            },
+            dst: entry.nat_addr,
+            dst_port: entry.nat_port,
+            ..t
+        };
+        Some(CtKey::new(&client, CtKind::Service))
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod rewritten_tests {
+    use super::*;
+    use lb_api::flow::v4_addr;
+
+    /// The pipeline's layout for a flow whose client port 40000 was rewritten to 27685.
+    #[test]
+    fn partners_of_a_rewritten_flow_use_the_rewritten_port() {
+        let client = FlowTuple {
+            src: v4_addr([10, 0, 0, 1]),
+            dst: v4_addr([10, 96, 0, 11]),
+            src_port: 40000,
+            dst_port: 80,
+            proto: 6,
+            family: 4,
+        };
+        let skey = CtKey::new(&client, CtKind::Service);
+        let sentry = CtEntry {
+            nat_addr: v4_addr([10, 1, 0, 2]),
+            nat_port: 8080,
+            rewritten_src_port: 27685,
+            flags: CT_F_SRC_PORT_REWRITTEN,
+            ..CtEntry::default()
+        };
+        let rkey = partner_key(&skey, &sentry).unwrap();
+        assert_eq!((rkey.src_port, rkey.dst_port), (8080, 27685));
+        let rentry = CtEntry {
+            nat_addr: client.dst,
+            nat_port: 80,
+            rewritten_src_port: 40000,
+            flags: CT_F_SRC_PORT_REWRITTEN,
+            ..CtEntry::default()
+        };
+        assert_eq!(partner_key(&rkey, &rentry), Some(skey));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lb_api::flow::v4_addr;
+    #[allow(unused_imports)]
+    use std::{format, prelude::rust_2021::*, vec};
+
+    #[test]
+    fn partners_are_mutual() {
+        let client = FlowTuple {
+            src: v4_addr([10, 0, 0, 1]),
+            dst: v4_addr([10, 96, 0, 10]),
+            src_port: 40000,
+            dst_port: 80,
+            proto: 6,
+            family: 4,
+        };
+        let sk = CtKey::new(&client, CtKind::Service);
+        let se = CtEntry {
+            nat_addr: v4_addr([10, 1, 0, 2]),
+            nat_port: 8080,
+            ..Default::default()
+        };
+        let rk = partner_key(&sk, &se).unwrap();
+        assert_eq!(rk.kind, CtKind::ReverseNat as u8);
+        assert_eq!((rk.src_port, rk.dst_port), (8080, 40000));
+        let re = CtEntry {
+            nat_addr: client.dst,
+            nat_port: client.dst_port,
+            ..Default::default()
+        };
+        assert_eq!(partner_key(&rk, &re), Some(sk));
+        let odd = CtKey { kind: 9, ..sk };
+        assert_eq!(partner_key(&odd, &se), None);
+    }
+}
