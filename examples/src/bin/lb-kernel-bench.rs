@@ -23,6 +23,9 @@ struct Args {
     /// Distinct new flows for the new-flow measurement (each run once).
     #[arg(long, default_value_t = 20_000)]
     new_flows: u16,
+    /// Use the config's fixed clock instead of `bpf_ktime_get_ns` (shows the clock's cost).
+    #[arg(long)]
+    fixed_clock: bool,
 }
 
 const CLIENT: [u8; 4] = [10, 0, 0, 1];
@@ -34,7 +37,11 @@ fn main() -> Result<()> {
         bail!("needs root (BPF_PROG_TEST_RUN): sudo -E cargo xtask bench --kernel-only");
     }
     let mut dp = KernelDatapath::load().context("loading the programs")?;
-    dp.set_config(&default_config(7))?;
+    let mut cfg = default_config(7);
+    if args.fixed_clock {
+        cfg.fixed_now_ns = 1_000_000_000;
+    }
+    dp.set_config(&cfg)?;
     dp.upsert_service(&ServiceSpec {
         id: 1,
         frontend: "10.96.0.10:80".parse()?,
@@ -97,8 +104,14 @@ fn main() -> Result<()> {
     let new_flow = total / f64::from(args.new_flows);
 
     println!(
-        "BPF_PROG_TEST_RUN, repeat {} (new flow: mean of {} single runs)\n",
-        args.repeat, args.new_flows
+        "BPF_PROG_TEST_RUN, repeat {} (new flow: mean of {} single runs), clock: {}\n",
+        args.repeat,
+        args.new_flows,
+        if args.fixed_clock {
+            "fixed (config)"
+        } else {
+            "bpf_ktime_get_ns"
+        }
     );
     println!("| path | ns/packet | vs parse-only |");
     println!("|---|---:|---:|");
