@@ -128,13 +128,7 @@ pub fn dsr_v4_insert<P: AdjustHead + ?Sized>(
     if ihl + 2 > 15 || l4 > MAX_MOVE {
         return Err(EncapError::Malformed);
     }
-    let needed = usize::from(parsed.ip_len) + DSR_IPV4_OPT_LEN;
-    if needed > usize::from(mtu) {
-        return Err(EncapError::MtuExceeded {
-            needed: needed.min(0xffff) as u16,
-            inner_mtu: mtu.saturating_sub(DSR_IPV4_OPT_LEN as u16),
-        });
-    }
+    check_mtu(parsed.ip_len, DSR_IPV4_OPT_LEN, mtu)?;
     pkt.adjust_head(-(DSR_IPV4_OPT_LEN as i32))
         .ok_or(EncapError::NoHeadroom)?;
     let write = |pkt: &mut P| -> Option<()> {
@@ -156,6 +150,19 @@ pub fn dsr_v4_insert<P: AdjustHead + ?Sized>(
     write(pkt).ok_or(EncapError::Malformed)
 }
 
+/// Refuses growing an IP packet of `ip_len` bytes by `added` past `mtu`, saying how large the
+/// inner packet may be.
+fn check_mtu(ip_len: u16, added: usize, mtu: u16) -> Result<(), EncapError> {
+    let needed = usize::from(ip_len) + added;
+    if needed > usize::from(mtu) {
+        return Err(EncapError::MtuExceeded {
+            needed: needed.min(0xffff) as u16,
+            inner_mtu: mtu.saturating_sub(added as u16),
+        });
+    }
+    Ok(())
+}
+
 /// Adds the IPv6 DSR destination options header right after the fixed IPv6 header.
 ///
 /// # Errors
@@ -175,13 +182,7 @@ pub fn dsr_v6_insert<P: AdjustHead + ?Sized>(
     if fixed[6] == IPV6_HOP_BY_HOP {
         return Err(EncapError::Malformed);
     }
-    let needed = usize::from(parsed.ip_len) + DSR_IPV6_EXT_LEN;
-    if needed > usize::from(mtu) {
-        return Err(EncapError::MtuExceeded {
-            needed: needed.min(0xffff) as u16,
-            inner_mtu: mtu.saturating_sub(DSR_IPV6_EXT_LEN as u16),
-        });
-    }
+    check_mtu(parsed.ip_len, DSR_IPV6_EXT_LEN, mtu)?;
     pkt.adjust_head(-(DSR_IPV6_EXT_LEN as i32))
         .ok_or(EncapError::NoHeadroom)?;
     let write = |pkt: &mut P| -> Option<()> {
