@@ -120,12 +120,12 @@ impl<C: Clock> Engine<C> {
 
     /// Runs one Ethernet frame through the pipeline, rewriting it in place.
     pub fn process(&mut self, frame: &mut [u8]) -> Verdict {
-        let now = crate::now_ns(&self.cfg, || self.clock.now_ns());
         let mut pkt = SlicePacket::new(frame);
+        let clock = || self.clock.now_ns();
         crate::process(
             &mut pkt,
             &self.cfg,
-            now,
+            &clock,
             &mut self.tables,
             &mut self.scratch,
         )

@@ -54,17 +54,21 @@ fn pass<T: Counters + ?Sized>(tables: &mut T, why: Counter) -> Verdict {
 /// `scratch` holds the packet's large working state (the parse result, the entry being built):
 /// the eBPF programs pass a per-CPU map slot, because the kernel stack is 512 bytes; the engine
 /// passes a field of its own. Its previous contents do not matter.
+///
+/// `clock` gives "now" in ns (see [`now_ns`]); it is read only by packets that create or update
+/// conntrack entries, not by packets that are passed, dropped as malformed or miss every table.
 #[inline(always)]
-pub fn process<P, T>(
+pub fn process<P, T, C>(
     pkt: &mut P,
     cfg: &DatapathConfig,
-    now: u64,
+    clock: &C,
     tables: &mut T,
     scratch: &mut Scratch,
 ) -> Verdict
 where
     P: PacketAccess + ?Sized,
     T: ConntrackTable + ServiceTable + Counters + RandomSource + ?Sized,
+    C: Fn() -> u64,
 {
     tables.bump(Counter::RxPackets.slot());
     let Scratch { parsed, entry } = scratch;
@@ -87,7 +91,7 @@ where
         return pass(tables, Counter::PassOtherProto);
     }
 
-    let ctx = Ctx { parsed, cfg, now };
+    let ctx = Ctx { parsed, cfg, clock };
     let rkey = CtKey::new(t, CtKind::ReverseNat);
     if let Some(rev) = tables.get_mut(&rkey) {
         let back = ReplyTarget {
@@ -132,10 +136,19 @@ impl Default for Scratch {
 /// function of at most five arguments: in the kernel the paths are separate BPF subprograms
 /// (`inline(never)`), which the BPF calling convention limits to five register arguments, and
 /// which give each path its own stack frame instead of one frame holding all three.
-struct Ctx<'a> {
+struct Ctx<'a, C> {
     parsed: &'a Parsed,
     cfg: &'a DatapathConfig,
-    now: u64,
+    clock: &'a C,
+}
+
+impl<C: Fn() -> u64> Ctx<'_, C> {
+    /// Now: the config's fixed time when set, the clock otherwise. Read once per path, only
+    /// where the path is about to write conntrack.
+    #[inline(always)]
+    fn now(&self) -> u64 {
+        now_ns(self.cfg, self.clock)
+    }
 }
 
 /// Where a reply goes back to: the service address to restore as its source, and the client's
@@ -148,20 +161,22 @@ struct ReplyTarget {
 
 /// A packet of a tracked flow to a service: `None` when `fkey` has no entry (a new flow).
 #[inline(never)]
-fn established<P, T>(
+fn established<P, T, C>(
     pkt: &mut P,
-    ctx: &Ctx<'_>,
+    ctx: &Ctx<'_, C>,
     tables: &mut T,
     entry: &mut CtEntry,
 ) -> Option<Verdict>
 where
     P: PacketAccess + ?Sized,
     T: ConntrackTable + ServiceTable + Counters + RandomSource + ?Sized,
+    C: Fn() -> u64,
 {
-    let (parsed, now) = (ctx.parsed, ctx.now);
+    let parsed = ctx.parsed;
     let t = &parsed.tuple;
     let fkey = &CtKey::new(t, CtKind::Service);
     let fwd = tables.get_mut(fkey)?;
+    let now = ctx.now();
     track(
         fwd,
         Direction::Original,
@@ -231,9 +246,9 @@ fn make_reverse(e: &mut CtEntry, t: &FlowTuple) {
 }
 
 #[inline(never)]
-fn reply<P, T>(
+fn reply<P, T, C>(
     pkt: &mut P,
-    ctx: &Ctx<'_>,
+    ctx: &Ctx<'_, C>,
     tables: &mut T,
     rkey: &CtKey,
     back: &ReplyTarget,
@@ -241,8 +256,9 @@ fn reply<P, T>(
 where
     P: PacketAccess + ?Sized,
     T: ConntrackTable + ServiceTable + Counters + RandomSource + ?Sized,
+    C: Fn() -> u64,
 {
-    let (parsed, cfg, now) = (ctx.parsed, ctx.cfg, ctx.now);
+    let (parsed, cfg) = (ctx.parsed, ctx.cfg);
     let (svc_addr, svc_port, client_port) = (back.svc_addr, back.svc_port, back.client_port);
     let t = &parsed.tuple;
     let client = FlowTuple {
@@ -253,6 +269,7 @@ where
         ..*t
     };
     let fkey = CtKey::new(&client, CtKind::Service);
+    let now = ctx.now();
     let expires = match tables.get_mut(&fkey) {
         Some(fwd) => {
             track(fwd, Direction::Reply, parsed.tcp_flags, now, &cfg.timeouts);
@@ -307,12 +324,13 @@ impl<T: RandomSource + ?Sized> RandomSource for Draw<'_, T> {
 
 /// The first packet of a flow: a service? pick a backend, create both conntrack entries, rewrite.
 #[inline(never)]
-fn new_flow<P, T>(pkt: &mut P, ctx: &Ctx<'_>, tables: &mut T, e: &mut CtEntry) -> Verdict
+fn new_flow<P, T, C>(pkt: &mut P, ctx: &Ctx<'_, C>, tables: &mut T, e: &mut CtEntry) -> Verdict
 where
     P: PacketAccess + ?Sized,
     T: ConntrackTable + ServiceTable + Counters + RandomSource + ?Sized,
+    C: Fn() -> u64,
 {
-    let (parsed, cfg, now) = (ctx.parsed, ctx.cfg, ctx.now);
+    let (parsed, cfg) = (ctx.parsed, ctx.cfg);
     let t = &parsed.tuple;
     let fkey = &CtKey::new(t, CtKind::Service);
     let skey = ServiceKey {
@@ -334,6 +352,7 @@ where
         return drop(tables, DropReason::BackendMissing);
     };
 
+    let now = ctx.now();
     let state = initial_state(t.proto, parsed.tcp_flags);
     // One entry (in the scratch area, off the kernel stack), turned from the reverse half into
     // the forward half in place.

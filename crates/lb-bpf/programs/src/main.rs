@@ -174,9 +174,10 @@ fn run(pkt: &mut DirectPacket) -> Verdict {
     // SAFETY: the per-CPU slot is used by this program run only (a CPU runs one at a time), for
     // the duration of this call.
     let scratch = unsafe { &mut *scratch };
-    // SAFETY: bpf_ktime_get_ns has no preconditions.
-    let now = lb_datapath::now_ns(cfg, || unsafe { bpf_ktime_get_ns() });
-    lb_datapath::process(pkt, cfg, now, &mut tables, scratch)
+    // SAFETY: bpf_ktime_get_ns has no preconditions. The pipeline calls it only for packets that
+    // touch conntrack.
+    let clock = || unsafe { bpf_ktime_get_ns() };
+    lb_datapath::process(pkt, cfg, &clock, &mut tables, scratch)
 }
 
 /// The pipeline at XDP.
