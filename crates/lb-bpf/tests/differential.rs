@@ -9,7 +9,7 @@ mod common;
 use lb_api::abi::{CtEntry, CtKey, CtKind, CtState, DatapathConfig};
 use lb_api::counters::{Counter, DropReason};
 use lb_api::flow::{v4_of, L4Proto};
-use lb_api::wire::testing::{ip_v4_frame, tcp_v4_frame, udp_v4_frame};
+use lb_api::wire::testing::{ip_v4_frame, tcp_v4_frame, tcp_v6_frame, udp_v4_frame, udp_v6_frame};
 use lb_api::wire::TcpFlags;
 use lb_api::Verdict;
 use lb_bpf::{KernelDatapath, Program};
@@ -48,6 +48,20 @@ fn services() -> Vec<ServiceSpec> {
             frontend: "10.96.0.11:80".parse().unwrap(),
             proto: L4Proto::Tcp,
             backends: vec![b("10.1.0.2:8080")],
+            ..Default::default()
+        },
+        ServiceSpec {
+            id: 6,
+            frontend: "[fd96::10]:80".parse().unwrap(),
+            proto: L4Proto::Tcp,
+            backends: vec![b("[fd01::2]:8080"), b("[fd01::3]:8080")],
+            ..Default::default()
+        },
+        ServiceSpec {
+            id: 7,
+            frontend: "[fd96::10]:53".parse().unwrap(),
+            proto: L4Proto::Udp,
+            backends: vec![b("[fd01::5]:5353")],
             ..Default::default()
         },
         ServiceSpec {
@@ -590,13 +604,61 @@ fn run_scenario(dp: &mut KernelDatapath, program: Program) -> usize {
         &mut engine,
         dp,
         step(
-            "ipv6 tcp with hop-by-hop and destination options",
+            "ipv6 tcp with hop-by-hop and destination options (not a service)",
             ipv6_frame(false),
             Verdict::Pass,
-            p(Counter::PassOtherProto),
+            p(Counter::PassNotService),
             None,
         ),
     );
+    // IPv6 services: a TCP connection's first packets both ways, and UDP.
+    let v6 = |s: &str| s.parse::<std::net::Ipv6Addr>().unwrap().octets();
+    let (client6, vip6) = (v6("fd00::1"), v6("fd96::10"));
+    check(
+        &mut engine,
+        dp,
+        step(
+            "ipv6 tcp SYN to service (new flow)",
+            tcp_v6_frame(client6, 41000, vip6, 80, F::SYN, b""),
+            Verdict::Pass,
+            p(Counter::ServiceNewFlow),
+            None,
+        ),
+    );
+    let be6 = engine
+        .conntrack()
+        .iter()
+        .find(|(k, _)| k.kind == CtKind::Service as u8 && k.dst == vip6 && k.src_port == 41000)
+        .map(|(_, e)| (e.nat_addr, e.nat_port))
+        .expect("the IPv6 flow's service entry");
+    for (name, frame, counter) in [
+        (
+            "ipv6 tcp SYN+ACK from backend",
+            tcp_v6_frame(be6.0, be6.1, client6, 41000, F::SYN | F::ACK, b""),
+            Counter::ReplyTranslated,
+        ),
+        (
+            "ipv6 tcp ACK with data (established)",
+            tcp_v6_frame(client6, 41000, vip6, 80, F::ACK | F::PSH, b"GET /"),
+            Counter::ServiceEstablished,
+        ),
+        (
+            "ipv6 udp to service (new flow)",
+            udp_v6_frame(client6, 41001, vip6, 53, b"query"),
+            Counter::ServiceNewFlow,
+        ),
+        (
+            "ipv6 udp reply from backend",
+            udp_v6_frame(v6("fd01::5"), 5353, client6, 41001, b"answer"),
+            Counter::ReplyTranslated,
+        ),
+    ] {
+        check(
+            &mut engine,
+            dp,
+            step(name, frame, Verdict::Pass, p(counter), None),
+        );
+    }
     check(
         &mut engine,
         dp,

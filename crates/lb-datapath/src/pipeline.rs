@@ -4,14 +4,13 @@ use lb_api::abi::{
     BackendKey, CtEntry, CtKey, CtKind, DatapathConfig, ServiceKey, CT_F_SRC_PORT_REWRITTEN,
 };
 use lb_api::counters::{Counter, Counters, DropReason};
-use lb_api::flow::{v4_of, FlowTuple, IpFamily, L4Proto};
+use lb_api::flow::{FlowTuple, L4Proto};
 use lb_api::wire::{parse_into, Disposition, Fragment, PacketAccess, Parsed};
 use lb_api::Verdict;
 use lb_conntrack::{initial_state, track, ConntrackTable, Direction, InsertError, InsertMode};
 use lb_nat::collision::Reserve;
 use lb_nat::{
-    resolve_source_port, rewrite_v4, select_slot, Field, RandomSource, ServiceTable,
-    SourcePortRange,
+    resolve_source_port, rewrite, select_slot, Field, RandomSource, ServiceTable, SourcePortRange,
 };
 
 /// The time the pipeline stamps entries with: the config's fixed time when set (deterministic
@@ -84,10 +83,9 @@ where
         return pass(tables, Counter::PassFragment);
     }
     let t = &parsed.tuple;
-    // IPv6 and ICMP parse (VLAN tags too: the offsets move) but only IPv4 TCP/UDP is translated.
-    if !matches!(L4Proto::from_u8(t.proto), Some(L4Proto::Tcp | L4Proto::Udp))
-        || t.family != IpFamily::V4 as u8
-    {
+    // ICMP and other protocols parse (VLAN tags too: the offsets move); TCP and UDP over IPv4
+    // and IPv6 are translated.
+    if !matches!(L4Proto::from_u8(t.proto), Some(L4Proto::Tcp | L4Proto::Udp)) {
         return pass(tables, Counter::PassOtherProto);
     }
 
@@ -206,11 +204,11 @@ where
             }
         }
     }
-    if rewrite_v4(pkt, parsed, Field::Destination, v4_of(&be_addr), be_port).is_none() {
+    if rewrite(pkt, parsed, Field::Destination, &be_addr, be_port).is_none() {
         return Some(drop(tables, DropReason::Truncated));
     }
     if client_port != t.src_port
-        && rewrite_v4(pkt, parsed, Field::Source, v4_of(&t.src), client_port).is_none()
+        && rewrite(pkt, parsed, Field::Source, &t.src, client_port).is_none()
     {
         return Some(drop(tables, DropReason::Truncated));
     }
@@ -288,11 +286,11 @@ where
         rev.expires_ns = expires;
         rev.packets_reply = rev.packets_reply.wrapping_add(1);
     }
-    if rewrite_v4(pkt, parsed, Field::Source, v4_of(&svc_addr), svc_port).is_none() {
+    if rewrite(pkt, parsed, Field::Source, &svc_addr, svc_port).is_none() {
         return drop(tables, DropReason::Truncated);
     }
     if client_port != t.dst_port
-        && rewrite_v4(pkt, parsed, Field::Destination, v4_of(&t.dst), client_port).is_none()
+        && rewrite(pkt, parsed, Field::Destination, &t.dst, client_port).is_none()
     {
         return drop(tables, DropReason::Truncated);
     }
@@ -422,11 +420,11 @@ where
         return drop(tables, DropReason::ConntrackFull);
     }
     if client_port != t.src_port
-        && rewrite_v4(pkt, parsed, Field::Source, v4_of(&t.src), client_port).is_none()
+        && rewrite(pkt, parsed, Field::Source, &t.src, client_port).is_none()
     {
         return drop(tables, DropReason::Truncated);
     }
-    if rewrite_v4(pkt, parsed, Field::Destination, v4_of(&be.addr), be.port).is_none() {
+    if rewrite(pkt, parsed, Field::Destination, &be.addr, be.port).is_none() {
         return drop(tables, DropReason::Truncated);
     }
     pass(tables, Counter::ServiceNewFlow)

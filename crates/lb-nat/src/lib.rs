@@ -50,7 +50,7 @@ pub mod snat_table;
 
 pub use collision::{resolve_source_port, RandomSource, SourcePortRange};
 pub use maglev::maglev_lookup;
-pub use rewrite::{rewrite_v4, Field};
+pub use rewrite::{rewrite, rewrite_v4, rewrite_v6, Field};
 pub use select::select_slot;
 #[cfg(feature = "std")]
 pub use table::HashServiceTable;

@@ -1,6 +1,6 @@
 //! Frame builders for tests, examples and benchmarks (userspace only).
 //!
-//! They emit complete Ethernet/IPv4 frames with correct IPv4 and L4 checksums, computed from
+//! They emit complete Ethernet/IPv4 and Ethernet/IPv6 frames with correct IPv4 and L4 checksums, computed from
 //! scratch (not incrementally), so they serve as an independent reference for the rewrite code.
 
 #![allow(
@@ -39,16 +39,8 @@ fn ipv4_frame(src: [u8; 4], dst: [u8; 4], proto: u8, l4: &[u8]) -> Vec<u8> {
     f
 }
 
-/// An Ethernet/IPv4/TCP frame (no TCP options) with valid checksums.
-#[must_use]
-pub fn tcp_v4_frame(
-    src: [u8; 4],
-    sport: u16,
-    dst: [u8; 4],
-    dport: u16,
-    flags: u8,
-    payload: &[u8],
-) -> Vec<u8> {
+/// A TCP segment (no options) with a zero checksum field.
+fn tcp_segment(sport: u16, dport: u16, flags: u8, payload: &[u8]) -> Vec<u8> {
     let mut tcp = Vec::with_capacity(20 + payload.len());
     tcp.extend_from_slice(&sport.to_be_bytes());
     tcp.extend_from_slice(&dport.to_be_bytes());
@@ -59,6 +51,32 @@ pub fn tcp_v4_frame(
     tcp.extend_from_slice(&64240u16.to_be_bytes());
     tcp.extend_from_slice(&[0, 0, 0, 0]);
     tcp.extend_from_slice(payload);
+    tcp
+}
+
+/// A UDP datagram with a zero checksum field.
+fn udp_datagram(sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let len = (8 + payload.len()) as u16;
+    let mut udp = Vec::with_capacity(8 + payload.len());
+    udp.extend_from_slice(&sport.to_be_bytes());
+    udp.extend_from_slice(&dport.to_be_bytes());
+    udp.extend_from_slice(&len.to_be_bytes());
+    udp.extend_from_slice(&[0, 0]);
+    udp.extend_from_slice(payload);
+    udp
+}
+
+/// An Ethernet/IPv4/TCP frame (no TCP options) with valid checksums.
+#[must_use]
+pub fn tcp_v4_frame(
+    src: [u8; 4],
+    sport: u16,
+    dst: [u8; 4],
+    dport: u16,
+    flags: u8,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut tcp = tcp_segment(sport, dport, flags, payload);
     let c = checksum::l4_checksum_v4(src, dst, 6, &tcp);
     tcp[16..18].copy_from_slice(&c.to_be_bytes());
     ipv4_frame(src, dst, 6, &tcp)
@@ -67,19 +85,62 @@ pub fn tcp_v4_frame(
 /// An Ethernet/IPv4/UDP frame with a valid checksum.
 #[must_use]
 pub fn udp_v4_frame(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, payload: &[u8]) -> Vec<u8> {
-    let len = (8 + payload.len()) as u16;
-    let mut udp = Vec::with_capacity(8 + payload.len());
-    udp.extend_from_slice(&sport.to_be_bytes());
-    udp.extend_from_slice(&dport.to_be_bytes());
-    udp.extend_from_slice(&len.to_be_bytes());
-    udp.extend_from_slice(&[0, 0]);
-    udp.extend_from_slice(payload);
+    let mut udp = udp_datagram(sport, dport, payload);
     let mut c = checksum::l4_checksum_v4(src, dst, 17, &udp);
     if c == 0 {
         c = 0xffff;
     }
     udp[6..8].copy_from_slice(&c.to_be_bytes());
     ipv4_frame(src, dst, 17, &udp)
+}
+
+fn ipv6_frame(src: [u8; 16], dst: [u8; 16], next_header: u8, l4: &[u8]) -> Vec<u8> {
+    let mut f = Vec::with_capacity(54 + l4.len());
+    f.extend_from_slice(&DST_MAC);
+    f.extend_from_slice(&SRC_MAC);
+    f.extend_from_slice(&0x86ddu16.to_be_bytes());
+    f.extend_from_slice(&[0x60, 0, 0, 0]);
+    f.extend_from_slice(&(l4.len() as u16).to_be_bytes());
+    f.push(next_header);
+    f.push(64);
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&dst);
+    f.extend_from_slice(l4);
+    f
+}
+
+/// An Ethernet/IPv6/TCP frame (no extension headers, no TCP options) with a valid checksum.
+#[must_use]
+pub fn tcp_v6_frame(
+    src: [u8; 16],
+    sport: u16,
+    dst: [u8; 16],
+    dport: u16,
+    flags: u8,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut tcp = tcp_segment(sport, dport, flags, payload);
+    let c = checksum::l4_checksum_v6(&src, &dst, 6, &tcp);
+    tcp[16..18].copy_from_slice(&c.to_be_bytes());
+    ipv6_frame(src, dst, 6, &tcp)
+}
+
+/// An Ethernet/IPv6/UDP frame with a valid (never zero) checksum.
+#[must_use]
+pub fn udp_v6_frame(
+    src: [u8; 16],
+    sport: u16,
+    dst: [u8; 16],
+    dport: u16,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut udp = udp_datagram(sport, dport, payload);
+    let mut c = checksum::l4_checksum_v6(&src, &dst, 17, &udp);
+    if c == 0 {
+        c = 0xffff;
+    }
+    udp[6..8].copy_from_slice(&c.to_be_bytes());
+    ipv6_frame(src, dst, 17, &udp)
 }
 
 /// An Ethernet/IPv4 frame carrying `payload` as protocol `proto` (ICMP, GRE, ...), unchanged.
