@@ -41,6 +41,15 @@ pub enum Counter {
     /// An encapsulation would have exceeded the MTU: an ICMP "fragmentation needed" / ICMPv6
     /// "packet too big" was sent back to the sender instead.
     MtuExceeded = 12,
+    /// A VXLAN packet from a peer node was decapsulated; its inner packet went on through the
+    /// pipeline.
+    TunnelDecapsulated = 13,
+    /// A packet was VXLAN-encapsulated to another node (tunnel mode, both directions).
+    TunnelEncapsulated = 14,
+    /// A DSR carrier (IPv4 option, IPv6 destination option) was added for the backend's node.
+    DsrCarrierAdded = 15,
+    /// A flow another node translated (DSR or tunnel) was recorded on its backend's node.
+    BackendSideNewFlow = 16,
 }
 
 /// Why the datapath dropped a packet. Every drop is counted under exactly one reason.
@@ -73,11 +82,22 @@ pub enum DropReason {
     BadUdpLength = 10,
     /// IPv6 hop-by-hop options header anywhere but first.
     BadIpv6ExtHeader = 11,
+    /// A packet to this node's tunnel port from an address that is not a configured peer node.
+    TunnelFromUnknownNode = 12,
+    /// A tunnel packet from a peer whose VXLAN header is invalid (no I flag, another VNI, an IPv6
+    /// outer UDP checksum of zero) or whose inner frame is too short.
+    BadTunnelHeader = 13,
+    /// The service's forwarding mode needs this node's address (SNAT source, tunnel endpoint)
+    /// and none of the flow's family is configured.
+    NodeAddressMissing = 14,
+    /// A tunnel header or DSR carrier could not be added (no headroom, or no room in the IP
+    /// header for the option).
+    EncapFailed = 15,
 }
 
 impl Counter {
     /// All counters, in slot order.
-    pub const ALL: [Counter; 13] = [
+    pub const ALL: [Counter; 17] = [
         Self::RxPackets,
         Self::ServiceNewFlow,
         Self::ServiceEstablished,
@@ -91,6 +111,10 @@ impl Counter {
         Self::SourcePortRewritten,
         Self::PassHeadersTooDeep,
         Self::MtuExceeded,
+        Self::TunnelDecapsulated,
+        Self::TunnelEncapsulated,
+        Self::DsrCarrierAdded,
+        Self::BackendSideNewFlow,
     ];
 
     /// Slot in the counter array.
@@ -117,13 +141,17 @@ impl Counter {
             Self::SourcePortRewritten => "source_port_rewritten",
             Self::PassHeadersTooDeep => "pass_headers_too_deep",
             Self::MtuExceeded => "mtu_exceeded",
+            Self::TunnelDecapsulated => "tunnel_decapsulated",
+            Self::TunnelEncapsulated => "tunnel_encapsulated",
+            Self::DsrCarrierAdded => "dsr_carrier_added",
+            Self::BackendSideNewFlow => "backend_side_new_flow",
         }
     }
 }
 
 impl DropReason {
     /// All drop reasons, in slot order.
-    pub const ALL: [DropReason; 12] = [
+    pub const ALL: [DropReason; 16] = [
         Self::Truncated,
         Self::BadIpVersion,
         Self::BadIpHeaderLength,
@@ -136,6 +164,10 @@ impl DropReason {
         Self::SourcePortCollision,
         Self::BadUdpLength,
         Self::BadIpv6ExtHeader,
+        Self::TunnelFromUnknownNode,
+        Self::BadTunnelHeader,
+        Self::NodeAddressMissing,
+        Self::EncapFailed,
     ];
 
     /// Slot in the counter array.
@@ -161,6 +193,10 @@ impl DropReason {
             Self::SourcePortCollision => "source_port_collision",
             Self::BadUdpLength => "bad_udp_length",
             Self::BadIpv6ExtHeader => "bad_ipv6_ext_header",
+            Self::TunnelFromUnknownNode => "tunnel_from_unknown_node",
+            Self::BadTunnelHeader => "bad_tunnel_header",
+            Self::NodeAddressMissing => "node_address_missing",
+            Self::EncapFailed => "encap_failed",
         }
     }
 }

@@ -3,18 +3,22 @@
 //! It is the reference the kernel programs are compared to (differential tests), a simulator for
 //! CNI authors, and a datapath for hosts without eBPF.
 
+use std::vec::Vec;
+
 use lb_api::abi::{
-    BackendKey, BackendValue, CtEntry, CtKey, DatapathConfig, ServiceKey, ServiceValue,
+    BackendKey, BackendValue, CtEntry, CtKey, DatapathConfig, NodeKey, ServiceKey, ServiceValue,
 };
 use lb_api::counters::{CounterSnapshot, Counters};
-use lb_api::wire::SlicePacket;
+use lb_encap::HeadroomPacket;
 use lb_api::Verdict;
 use lb_conntrack::{
     Clock, ConntrackGc, ConntrackMetrics, ConntrackTable, GcReport, HashConntrackTable,
     InsertError, InsertMode, MonotonicClock, TimeoutPolicy,
 };
 use lb_nat::collision::XorShift32;
-use lb_nat::control::{remove_service, upsert_service, ConfigError, ServiceSpec, ServiceStore};
+use lb_nat::control::{
+    remove_service, set_node, upsert_service, ConfigError, NodeSpec, ServiceSpec, ServiceStore,
+};
 use lb_nat::{HashServiceTable, RandomSource, ServiceTable};
 
 /// A datapath configuration with netfilter's timeouts and the given hash seed.
@@ -28,8 +32,23 @@ pub fn default_config(hash_seed: u32) -> DatapathConfig {
         src_port_min: 0,
         src_port_max: 0,
         src_port_tries: 0,
+        node_v4: [0; 4],
+        vni: 0,
+        node_v6: [0; 16],
+        tunnel_port: 0,
+        mtu: 0,
+        snat_port_min: 0,
+        snat_port_max: 0,
     }
 }
+
+/// Bytes of room the engine keeps in front of a frame, as XDP does (`XDP_PACKET_HEADROOM`), for
+/// encapsulation and DSR carriers.
+pub const HEADROOM: usize = 256;
+
+/// Bytes of room the engine keeps after a frame (the ICMP errors it builds can grow a short
+/// frame).
+const TAILROOM: usize = 1024;
 
 /// The engine's tables: conntrack, services and counters.
 #[derive(Debug, Clone)]
@@ -74,6 +93,9 @@ impl ServiceTable for UserTables {
     fn backend(&self, key: &BackendKey) -> Option<BackendValue> {
         self.services.backend(key)
     }
+    fn is_peer_node(&self, key: &NodeKey) -> bool {
+        self.services.is_peer_node(key)
+    }
 }
 
 impl Counters for UserTables {
@@ -89,6 +111,9 @@ pub struct Engine<C: Clock = MonotonicClock> {
     tables: UserTables,
     clock: C,
     scratch: crate::Scratch,
+    /// The frame being processed, with headroom and tailroom (kept to avoid an allocation per
+    /// packet).
+    buf: Vec<u8>,
 }
 
 impl Engine<MonotonicClock> {
@@ -115,20 +140,39 @@ impl<C: Clock> Engine<C> {
             tables,
             clock,
             scratch: crate::Scratch::default(),
+            buf: Vec::new(),
         }
     }
 
-    /// Runs one Ethernet frame through the pipeline, rewriting it in place.
-    pub fn process(&mut self, frame: &mut [u8]) -> Verdict {
-        let mut pkt = SlicePacket::new(frame);
+    /// Runs one Ethernet frame through the pipeline, rewriting it in place: translations keep
+    /// its length, encapsulation, DSR carriers and ICMP errors change it.
+    pub fn process(&mut self, frame: &mut Vec<u8>) -> Verdict {
+        self.buf.clear();
+        self.buf.resize(HEADROOM, 0);
+        self.buf.extend_from_slice(frame);
+        self.buf.resize(HEADROOM + frame.len() + TAILROOM, 0);
+        let Some(mut pkt) = HeadroomPacket::new(&mut self.buf, HEADROOM, frame.len()) else {
+            return Verdict::Drop;
+        };
         let clock = || self.clock.now_ns();
-        crate::process(
+        let verdict = crate::process(
             &mut pkt,
             &self.cfg,
             &clock,
             &mut self.tables,
             &mut self.scratch,
-        )
+        );
+        frame.clear();
+        frame.extend_from_slice(pkt.bytes());
+        verdict
+    }
+
+    /// Sets this node's identity (addresses, peers, tunnel parameters).
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the invalid field; nothing changes then.
+    pub fn set_node(&mut self, node: &NodeSpec) -> Result<(), ConfigError> {
+        set_node(&mut self.tables.services, &mut self.cfg, node)
     }
 
     /// Adds or replaces a service.
@@ -202,6 +246,9 @@ impl<C: Clock> Engine<C> {
 }
 
 impl<C: Clock> ServiceStore for Engine<C> {
+    fn put_node(&mut self, key: NodeKey) -> Result<(), ConfigError> {
+        self.tables.services.put_node(key)
+    }
     fn put_service(&mut self, key: ServiceKey, value: ServiceValue) -> Result<(), ConfigError> {
         self.tables.services.put_service(key, value)
     }
