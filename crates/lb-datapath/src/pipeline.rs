@@ -86,17 +86,20 @@ where
         return pass(tables, Counter::PassFragment);
     }
     let t = &parsed.tuple;
-    let ctx = Ctx { parsed, cfg, clock };
-    // ICMP errors about a translated flow are translated too; other ICMP and other protocols
-    // parse (VLAN tags too: the offsets move) and pass. TCP and UDP over IPv4 and IPv6 are
-    // translated.
-    if parsed.icmp.quote_offset != 0 {
-        return icmp_error(pkt, &ctx, tables);
+    // ICMP errors about a translated flow are translated too; other ICMP messages and other
+    // protocols parse (VLAN tags too: the offsets move) and pass. TCP and UDP over IPv4 and
+    // IPv6 are translated.
+    if matches!(
+        L4Proto::from_u8(t.proto),
+        Some(L4Proto::Icmp | L4Proto::Icmpv6)
+    ) {
+        return icmp_error(pkt, parsed, tables);
     }
     if !matches!(L4Proto::from_u8(t.proto), Some(L4Proto::Tcp | L4Proto::Udp)) {
         return pass(tables, Counter::PassOtherProto);
     }
 
+    let ctx = Ctx { parsed, cfg, clock };
     let rkey = CtKey::new(t, CtKind::ReverseNat);
     if let Some(rev) = tables.get_mut(&rkey) {
         let back = ReplyTarget {
@@ -437,9 +440,10 @@ where
     pass(tables, Counter::ServiceNewFlow)
 }
 
-/// An ICMP/ICMPv6 error (port unreachable, fragmentation needed / packet too big, time exceeded,
-/// ...): if it is about a tracked flow, its outer and quoted headers are translated back so that
-/// the receiver recognises its own packet in the quote (RFC 5508); otherwise it passes.
+/// An ICMP/ICMPv6 message. Not an error (echo, ...): passes. An error (port unreachable,
+/// fragmentation needed / packet too big, time exceeded, ...) about a tracked flow: its outer
+/// and quoted headers are translated back so that the receiver recognises its own packet in the
+/// quote (RFC 5508); about anything else: passes.
 ///
 /// The error travels back to the quoted packet's sender, so the quote reversed is the tuple of a
 /// packet towards that sender:
@@ -450,15 +454,22 @@ where
 ///   tuple, the key of the flow's service entry. The quote gets the backend as source and the
 ///   client port as the backend saw it; the outer destination becomes the backend.
 ///
-/// Conntrack is only read: an error does not keep a flow alive.
+/// Conntrack is only read (an error does not keep a flow alive), so the path needs neither the
+/// clock nor the config: it takes `parsed` alone.
 #[inline(never)]
-fn icmp_error<P, T, C>(pkt: &mut P, ctx: &Ctx<'_, C>, tables: &mut T) -> Verdict
+fn icmp_error<P, T>(pkt: &mut P, parsed: &Parsed, tables: &mut T) -> Verdict
 where
     P: PacketAccess + ?Sized,
-    T: ConntrackTable + ServiceTable + Counters + RandomSource + ?Sized,
-    C: Fn() -> u64,
+    T: ConntrackTable + Counters + ?Sized,
 {
-    let parsed = ctx.parsed;
+    // Opaque to the optimizer: otherwise it passes the packet's bounds to this BPF subprogram
+    // in two registers instead of one pointer, which `process` must keep alive across its map
+    // lookups: 16 more bytes on its frame, where the new-flow chain is at the 512-byte limit.
+    let pkt = core::hint::black_box(pkt);
+    // Echo and other informational messages: nothing quoted, nothing to translate.
+    if parsed.icmp.quote_offset == 0 {
+        return pass(tables, Counter::PassOtherProto);
+    }
     let mut quote = QuotedDatagram::EMPTY;
     if let Err(e) = quoted_into(pkt, parsed, &mut quote) {
         return match e.disposition() {

@@ -20,7 +20,7 @@
 //! words are read and written: the kernel stack is small, and a quote may be cut anywhere after
 //! its ports.
 
-use lb_api::checksum::{udp_v4_fixup, udp_v6_fixup, update_u128, update_u16, update_u32};
+use lb_api::checksum::{finish, udp_v4_fixup, udp_v6_fixup, update_u16};
 use lb_api::flow::{v4_of, FlowTuple, IpFamily, L4Proto};
 use lb_api::wire::{PacketAccess, Parsed, QuotedDatagram};
 use zerocopy::network_endian::U16;
@@ -55,10 +55,141 @@ pub fn translate_icmp_error<P: PacketAccess + ?Sized>(
     quote: &QuotedDatagram,
     to: &FlowTuple,
 ) -> Option<()> {
-    if parsed.family() == IpFamily::V6 {
-        translate_v6(pkt, parsed, quote, to)
+    let v6 = parsed.family() == IpFamily::V6;
+    let (old, l3) = (&quote.tuple, parsed.l3_offset);
+    let (alen, src_at, dst_at) = if v6 {
+        (16, IPV6_SRC, IPV6_DST)
     } else {
-        translate_v4(pkt, parsed, quote, to)
+        (4, IPV4_SRC, IPV4_DST)
+    };
+    // What each address change adds to a checksum that covers it (RFC 1624): the same for the
+    // quoted IP header, the quoted transport pseudo-header, the outer header and ICMPv6's
+    // pseudo-header, since an outer address is only rewritten when it is the quoted one.
+    let d_src = addr_delta(&old.src, &to.src, alen);
+    let d_dst = addr_delta(&old.dst, &to.dst, alen);
+    // The outer addresses are compared as two words each, without copying them to the stack.
+    let outer_dst_changes = d_src != 0 && same_addr(pkt, l3 + dst_at, &old.src, v6)?;
+    let outer_src_changes = d_dst != 0 && same_addr(pkt, l3 + src_at, &old.dst, v6)?;
+    let q = parsed.icmp.quote_offset as usize;
+    let icmp_at = parsed.l4_offset + ICMP_CHECK;
+    let icmp_check: U16 = pkt.load(icmp_at)?;
+    let mut icmp = apply(apply(icmp_check.get(), d_src), d_dst);
+    // IPv4 header checksums; ICMPv6's pseudo-header holds the outer addresses instead.
+    let mut v4_checks = [0u16; 2];
+    if v6 {
+        if outer_dst_changes {
+            icmp = apply(icmp, d_src);
+        }
+        if outer_src_changes {
+            icmp = apply(icmp, d_dst);
+        }
+    } else {
+        let outer: U16 = pkt.load(l3 + IPV4_CHECK)?;
+        let quoted: U16 = pkt.load(q + IPV4_CHECK)?;
+        let mut oc = outer.get();
+        if outer_dst_changes {
+            oc = apply(oc, d_src);
+        }
+        if outer_src_changes {
+            oc = apply(oc, d_dst);
+        }
+        let qc = apply(apply(quoted.get(), d_src), d_dst);
+        // The quoted header's checksum is a word of the ICMP message too.
+        if qc != quoted.get() {
+            icmp = update_u16(icmp, quoted.get(), qc);
+        }
+        v4_checks = [oc, qc];
+    }
+    let l4 = quoted_l4(pkt, parsed, quote, to, &mut icmp, apply_both(d_src, d_dst))?;
+
+    // Every field was read: from here on the stores cannot fail.
+    store_quoted_l4(pkt, quote, to, &l4)?;
+    if d_src != 0 {
+        store_addr(pkt, q + src_at, &to.src, v6)?;
+    }
+    if d_dst != 0 {
+        store_addr(pkt, q + dst_at, &to.dst, v6)?;
+    }
+    if outer_dst_changes {
+        store_addr(pkt, l3 + dst_at, &to.src, v6)?;
+    }
+    if outer_src_changes {
+        store_addr(pkt, l3 + src_at, &to.dst, v6)?;
+    }
+    if !v6 {
+        let [oc, qc] = v4_checks;
+        pkt.store(l3 + IPV4_CHECK, &U16::new(oc))?;
+        pkt.store(q + IPV4_CHECK, &U16::new(qc))?;
+    }
+    pkt.store(icmp_at, &U16::new(icmp))
+}
+
+/// The one's-complement sum that changing the first `len` bytes (4 or 16) of `old` into `new`
+/// adds to a checksum covering them (RFC 1624: `~m + m'` per 16-bit word); zero when they are
+/// equal, so that an unchanged address leaves every checksum as it was.
+#[inline(always)]
+fn addr_delta(old: &[u8; 16], new: &[u8; 16], len: usize) -> u32 {
+    let mut sum = 0u32;
+    let mut changed = false;
+    // Bounded: 8 words at most.
+    for (i, (o, n)) in old.chunks_exact(2).zip(new.chunks_exact(2)).enumerate() {
+        if i * 2 >= len {
+            break;
+        }
+        if let ([a, b], [c, d]) = (o, n) {
+            let (o, n) = (u16::from_be_bytes([*a, *b]), u16::from_be_bytes([*c, *d]));
+            changed |= o != n;
+            sum += u32::from(!o) + u32::from(n);
+        }
+    }
+    if changed {
+        sum
+    } else {
+        0
+    }
+}
+
+/// `check` updated by a [`addr_delta`] (identity for zero).
+#[inline(always)]
+fn apply(check: u16, delta: u32) -> u16 {
+    finish(u32::from(!check) + delta)
+}
+
+/// Both address changes, as one function of a transport checksum.
+#[inline(always)]
+fn apply_both(d_src: u32, d_dst: u32) -> impl FnOnce(u16) -> u16 {
+    move |c| apply(apply(c, d_src), d_dst)
+}
+
+/// Whether the address at `at` (4 or 16 bytes) is `addr`; `None` if the packet ends before it.
+#[inline(always)]
+fn same_addr<P: PacketAccess + ?Sized>(
+    pkt: &P,
+    at: usize,
+    addr: &[u8; 16],
+    v6: bool,
+) -> Option<bool> {
+    if v6 {
+        let here: u128 = pkt.load(at)?;
+        Some(here == u128::from_ne_bytes(*addr))
+    } else {
+        let here: [u8; 4] = pkt.load(at)?;
+        Some(u32::from_ne_bytes(here) == u32::from_ne_bytes(v4_of(addr)))
+    }
+}
+
+/// Writes `addr` (4 or 16 bytes of it) at `at`.
+#[inline(always)]
+fn store_addr<P: PacketAccess + ?Sized>(
+    pkt: &mut P,
+    at: usize,
+    addr: &[u8; 16],
+    v6: bool,
+) -> Option<()> {
+    if v6 {
+        pkt.store(at, addr)
+    } else {
+        pkt.store(at, &v4_of(addr))
     }
 }
 
@@ -153,152 +284,6 @@ fn store_quoted_l4<P: PacketAccess + ?Sized>(
         pkt.store(check.at, &U16::new(check.value))?;
     }
     Some(())
-}
-
-#[inline(always)]
-fn translate_v4<P: PacketAccess + ?Sized>(
-    pkt: &mut P,
-    parsed: &Parsed,
-    quote: &QuotedDatagram,
-    to: &FlowTuple,
-) -> Option<()> {
-    let (l3, q) = (parsed.l3_offset, parsed.icmp.quote_offset as usize);
-    let icmp_at = parsed.l4_offset + ICMP_CHECK;
-    let (old_src, old_dst) = (v4_of(&quote.tuple.src), v4_of(&quote.tuple.dst));
-    let (new_src, new_dst) = (v4_of(&to.src), v4_of(&to.dst));
-    let outer_src: [u8; 4] = pkt.load(l3 + IPV4_SRC)?;
-    let outer_dst: [u8; 4] = pkt.load(l3 + IPV4_DST)?;
-    let outer_check: U16 = pkt.load(l3 + IPV4_CHECK)?;
-    let quote_check: U16 = pkt.load(q + IPV4_CHECK)?;
-    let icmp_check: U16 = pkt.load(icmp_at)?;
-
-    let mut icmp = icmp_check.get();
-    // The quoted IP header: addresses and its checksum are words of the ICMP message.
-    let mut qc = quote_check.get();
-    if new_src != old_src {
-        qc = update_u32(qc, old_src, new_src);
-        icmp = update_u32(icmp, old_src, new_src);
-    }
-    if new_dst != old_dst {
-        qc = update_u32(qc, old_dst, new_dst);
-        icmp = update_u32(icmp, old_dst, new_dst);
-    }
-    if qc != quote_check.get() {
-        icmp = update_u16(icmp, quote_check.get(), qc);
-    }
-    let l4 = quoted_l4(pkt, parsed, quote, to, &mut icmp, |c| {
-        let c = if new_src != old_src {
-            update_u32(c, old_src, new_src)
-        } else {
-            c
-        };
-        if new_dst != old_dst {
-            update_u32(c, old_dst, new_dst)
-        } else {
-            c
-        }
-    })?;
-    // The outer header: ICMPv4's checksum does not cover it.
-    let dst_changes = outer_dst == old_src && new_src != old_src;
-    let src_changes = outer_src == old_dst && new_dst != old_dst;
-    let mut oc = outer_check.get();
-    if dst_changes {
-        oc = update_u32(oc, outer_dst, new_src);
-    }
-    if src_changes {
-        oc = update_u32(oc, outer_src, new_dst);
-    }
-
-    // Every field was read: from here on the stores cannot fail.
-    store_quoted_l4(pkt, quote, to, &l4)?;
-    if new_src != old_src {
-        pkt.store(q + IPV4_SRC, &new_src)?;
-    }
-    if new_dst != old_dst {
-        pkt.store(q + IPV4_DST, &new_dst)?;
-    }
-    if qc != quote_check.get() {
-        pkt.store(q + IPV4_CHECK, &U16::new(qc))?;
-    }
-    if dst_changes {
-        pkt.store(l3 + IPV4_DST, &new_src)?;
-    }
-    if src_changes {
-        pkt.store(l3 + IPV4_SRC, &new_dst)?;
-    }
-    if oc != outer_check.get() {
-        pkt.store(l3 + IPV4_CHECK, &U16::new(oc))?;
-    }
-    pkt.store(icmp_at, &U16::new(icmp))
-}
-
-/// Whether two IPv6 addresses are equal, as two 64-bit compares (no `memcmp` call in BPF).
-#[inline(always)]
-fn same_v6(a: &[u8; 16], b: &[u8; 16]) -> bool {
-    u128::from_ne_bytes(*a) == u128::from_ne_bytes(*b)
-}
-
-#[inline(always)]
-fn translate_v6<P: PacketAccess + ?Sized>(
-    pkt: &mut P,
-    parsed: &Parsed,
-    quote: &QuotedDatagram,
-    to: &FlowTuple,
-) -> Option<()> {
-    let (l3, q) = (parsed.l3_offset, parsed.icmp.quote_offset as usize);
-    let icmp_at = parsed.l4_offset + ICMP_CHECK;
-    let (old, new) = (&quote.tuple, to);
-    let src_changes = !same_v6(&new.src, &old.src);
-    let dst_changes = !same_v6(&new.dst, &old.dst);
-    let outer_src: [u8; 16] = pkt.load(l3 + IPV6_SRC)?;
-    let outer_dst: [u8; 16] = pkt.load(l3 + IPV6_DST)?;
-    let icmp_check: U16 = pkt.load(icmp_at)?;
-
-    let mut icmp = icmp_check.get();
-    // The quoted addresses are words of the ICMPv6 message.
-    if src_changes {
-        icmp = update_u128(icmp, old.src, new.src);
-    }
-    if dst_changes {
-        icmp = update_u128(icmp, old.dst, new.dst);
-    }
-    let l4 = quoted_l4(pkt, parsed, quote, to, &mut icmp, |c| {
-        let c = if src_changes {
-            update_u128(c, old.src, new.src)
-        } else {
-            c
-        };
-        if dst_changes {
-            update_u128(c, old.dst, new.dst)
-        } else {
-            c
-        }
-    })?;
-    // The outer addresses are in ICMPv6's pseudo-header.
-    let outer_dst_changes = src_changes && same_v6(&outer_dst, &old.src);
-    let outer_src_changes = dst_changes && same_v6(&outer_src, &old.dst);
-    if outer_dst_changes {
-        icmp = update_u128(icmp, outer_dst, new.src);
-    }
-    if outer_src_changes {
-        icmp = update_u128(icmp, outer_src, new.dst);
-    }
-
-    // Every field was read: from here on the stores cannot fail.
-    store_quoted_l4(pkt, quote, to, &l4)?;
-    if src_changes {
-        pkt.store(q + IPV6_SRC, &new.src)?;
-    }
-    if dst_changes {
-        pkt.store(q + IPV6_DST, &new.dst)?;
-    }
-    if outer_dst_changes {
-        pkt.store(l3 + IPV6_DST, &new.src)?;
-    }
-    if outer_src_changes {
-        pkt.store(l3 + IPV6_SRC, &new.dst)?;
-    }
-    pkt.store(icmp_at, &U16::new(icmp))
 }
 
 #[cfg(test)]
