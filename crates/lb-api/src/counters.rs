@@ -1,6 +1,10 @@
 //! Counters and drop reasons: one flat index space shared by the kernel's per-CPU counter array
 //! and the userspace engine's counters, so both worlds report the same numbers under the same names.
 
+use zerocopy::{Immutable, IntoBytes, KnownLayout, TryFromBytes};
+
+use crate::flow::FlowTuple;
+
 /// Number of counter slots (the size of the kernel's per-CPU counter array).
 pub const COUNTER_SLOTS: u32 = 64;
 
@@ -41,10 +45,19 @@ pub enum Counter {
     /// An encapsulation would have exceeded the MTU: an ICMP "fragmentation needed" / ICMPv6
     /// "packet too big" was sent back to the sender instead.
     MtuExceeded = 12,
+    /// A drop event could not be recorded: the kernel's ring buffer was full (the newest event
+    /// is lost), or the engine's bounded queue was (the oldest is). The drop itself is counted.
+    DropEventsLost = 13,
 }
 
 /// Why the datapath dropped a packet. Every drop is counted under exactly one reason.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+///
+/// It is also the `reason` field of a [`DropEvent`](crate::events::DropEvent), hence the
+/// zerocopy derives: a record read from the kernel's ring buffer only decodes if its code is one
+/// of these.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, TryFromBytes, IntoBytes, KnownLayout, Immutable,
+)]
 #[repr(u32)]
 pub enum DropReason {
     /// A header ends past the end of the packet.
@@ -77,7 +90,7 @@ pub enum DropReason {
 
 impl Counter {
     /// All counters, in slot order.
-    pub const ALL: [Counter; 13] = [
+    pub const ALL: [Counter; 14] = [
         Self::RxPackets,
         Self::ServiceNewFlow,
         Self::ServiceEstablished,
@@ -91,6 +104,7 @@ impl Counter {
         Self::SourcePortRewritten,
         Self::PassHeadersTooDeep,
         Self::MtuExceeded,
+        Self::DropEventsLost,
     ];
 
     /// Slot in the counter array.
@@ -117,6 +131,7 @@ impl Counter {
             Self::SourcePortRewritten => "source_port_rewritten",
             Self::PassHeadersTooDeep => "pass_headers_too_deep",
             Self::MtuExceeded => "mtu_exceeded",
+            Self::DropEventsLost => "drop_events_lost",
         }
     }
 }
@@ -169,6 +184,14 @@ impl DropReason {
 pub trait Counters {
     /// Adds one to the counter at `slot` (a [`Counter::slot`] or [`DropReason::slot`]).
     fn bump(&mut self, slot: u32);
+
+    /// Records a [`DropEvent`](crate::events::DropEvent) for a dropped packet: `tuple` is the
+    /// packet's flow as far as it was parsed (zeros past the point where parsing stopped). The
+    /// pipeline calls it once per drop, after counting the reason. The sink adds the time and
+    /// the interface: the kernel writes the event to its ring buffer, the engine to its bounded
+    /// queue. Sinks that keep only numbers (a [`CounterSnapshot`]) ignore it.
+    #[inline(always)]
+    fn drop_event(&mut self, _reason: DropReason, _tuple: &FlowTuple) {}
 }
 
 /// A snapshot of all counter slots, summed over CPUs where the source is per-CPU.

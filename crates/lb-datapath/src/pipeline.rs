@@ -24,10 +24,12 @@ pub fn now_ns(cfg: &DatapathConfig, clock: impl FnOnce() -> u64) -> u64 {
     }
 }
 
+/// Counts a drop under its reason and records its event (`tuple`: the flow as far as parsed).
 #[inline(always)]
-fn drop<T: Counters + ?Sized>(tables: &mut T, reason: DropReason) -> Verdict {
+fn drop<T: Counters + ?Sized>(tables: &mut T, reason: DropReason, tuple: &FlowTuple) -> Verdict {
     tables.bump(reason.slot());
     tables.bump(Counter::Dropped.slot());
+    tables.drop_event(reason, tuple);
     Verdict::Drop
 }
 
@@ -75,7 +77,7 @@ where
     if let Err(e) = parse_into(pkt, parsed) {
         return match e.disposition() {
             Disposition::Pass(c) => pass(tables, c),
-            Disposition::Drop(r) => drop(tables, r),
+            Disposition::Drop(r) => drop(tables, r, &parsed.tuple),
         };
     }
     // The datapath does not reassemble: fragments (first or later) go to the stack.
@@ -205,12 +207,12 @@ where
         }
     }
     if rewrite(pkt, parsed, Field::Destination, &be_addr, be_port).is_none() {
-        return Some(drop(tables, DropReason::Truncated));
+        return Some(drop(tables, DropReason::Truncated, t));
     }
     if client_port != t.src_port
         && rewrite(pkt, parsed, Field::Source, &t.src, client_port).is_none()
     {
-        return Some(drop(tables, DropReason::Truncated));
+        return Some(drop(tables, DropReason::Truncated, t));
     }
     Some(pass(tables, Counter::ServiceEstablished))
 }
@@ -287,12 +289,12 @@ where
         rev.packets_reply = rev.packets_reply.wrapping_add(1);
     }
     if rewrite(pkt, parsed, Field::Source, &svc_addr, svc_port).is_none() {
-        return drop(tables, DropReason::Truncated);
+        return drop(tables, DropReason::Truncated, t);
     }
     if client_port != t.dst_port
         && rewrite(pkt, parsed, Field::Destination, &t.dst, client_port).is_none()
     {
-        return drop(tables, DropReason::Truncated);
+        return drop(tables, DropReason::Truncated, t);
     }
     pass(tables, Counter::ReplyTranslated)
 }
@@ -341,13 +343,13 @@ where
         return pass(tables, Counter::PassNotService);
     };
     let Some(slot) = select_slot(t, cfg.hash_seed, svc.backend_count) else {
-        return drop(tables, DropReason::NoBackend);
+        return drop(tables, DropReason::NoBackend, t);
     };
     let Some(be) = tables.backend(&BackendKey {
         service_id: svc.id,
         slot,
     }) else {
-        return drop(tables, DropReason::BackendMissing);
+        return drop(tables, DropReason::BackendMissing, t);
     };
 
     let now = ctx.now();
@@ -401,12 +403,12 @@ where
                 }
             });
             let Some(port) = got else {
-                return drop(tables, DropReason::SourcePortCollision);
+                return drop(tables, DropReason::SourcePortCollision, t);
             };
             client_port = port;
             tables.bump(Counter::SourcePortRewritten.slot());
         }
-        Err(_) => return drop(tables, DropReason::ConntrackFull),
+        Err(_) => return drop(tables, DropReason::ConntrackFull, t),
     }
     e.nat_addr = be.addr;
     e.nat_port = be.port;
@@ -417,15 +419,15 @@ where
     if tables.insert(fkey, e, InsertMode::NoExist).is_err() {
         // Never leave half a pair behind.
         tables.remove(&rk);
-        return drop(tables, DropReason::ConntrackFull);
+        return drop(tables, DropReason::ConntrackFull, t);
     }
     if client_port != t.src_port
         && rewrite(pkt, parsed, Field::Source, &t.src, client_port).is_none()
     {
-        return drop(tables, DropReason::Truncated);
+        return drop(tables, DropReason::Truncated, t);
     }
     if rewrite(pkt, parsed, Field::Destination, &be.addr, be.port).is_none() {
-        return drop(tables, DropReason::Truncated);
+        return drop(tables, DropReason::Truncated, t);
     }
     pass(tables, Counter::ServiceNewFlow)
 }
