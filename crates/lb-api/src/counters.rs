@@ -3,8 +3,6 @@
 
 use zerocopy::{Immutable, IntoBytes, KnownLayout, TryFromBytes};
 
-use crate::flow::FlowTuple;
-
 /// Number of counter slots (the size of the kernel's per-CPU counter array).
 pub const COUNTER_SLOTS: u32 = 64;
 
@@ -185,13 +183,15 @@ pub trait Counters {
     /// Adds one to the counter at `slot` (a [`Counter::slot`] or [`DropReason::slot`]).
     fn bump(&mut self, slot: u32);
 
-    /// Records a [`DropEvent`](crate::events::DropEvent) for a dropped packet: `tuple` is the
-    /// packet's flow as far as it was parsed (zeros past the point where parsing stopped). The
-    /// pipeline calls it once per drop, after counting the reason. The sink adds the time and
-    /// the interface: the kernel writes the event to its ring buffer, the engine to its bounded
-    /// queue. Sinks that keep only numbers (a [`CounterSnapshot`]) ignore it.
+    /// Notes that the packet being processed is dropped for `reason` (the pipeline calls it once
+    /// per drop, after counting the reason). The caller of the pipeline turns it into a
+    /// [`DropEvent`](crate::events::DropEvent) once the packet is done, with the packet's flow as
+    /// far as it was parsed (the parse result it passed in its scratch area), the time and the
+    /// interface: the kernel programs into their ring buffer, the engine into its bounded queue.
+    /// Building the event there keeps it off the pipeline paths' stack frames. Sinks that keep
+    /// only numbers (a [`CounterSnapshot`]) ignore it.
     #[inline(always)]
-    fn drop_event(&mut self, _reason: DropReason, _tuple: &FlowTuple) {}
+    fn drop_event(&mut self, _reason: DropReason) {}
 }
 
 /// A snapshot of all counter slots, summed over CPUs where the source is per-CPU.

@@ -8,7 +8,6 @@ use lb_api::abi::{
 };
 use lb_api::counters::{Counter, CounterSnapshot, Counters, DropReason};
 use lb_api::events::DropEvent;
-use lb_api::flow::FlowTuple;
 use lb_api::wire::SlicePacket;
 use lb_api::Verdict;
 use lb_conntrack::{
@@ -50,9 +49,9 @@ pub struct UserTables {
     pub counters: CounterSnapshot,
     /// The pipeline's random source (seeded: runs are reproducible).
     pub rng: XorShift32,
-    /// The drop the pipeline reported for the packet being processed; the engine stamps it with
-    /// the time and queues it (the pipeline does not read the clock on drop paths).
-    pub pending_drop: Option<(DropReason, FlowTuple)>,
+    /// The reason the packet being processed was dropped for, if it was; the engine turns it
+    /// into a [`DropEvent`] after the packet (the pipeline does not read the clock on drop paths).
+    pub pending_drop: Option<DropReason>,
 }
 
 impl RandomSource for UserTables {
@@ -91,8 +90,8 @@ impl Counters for UserTables {
     fn bump(&mut self, slot: u32) {
         self.counters.bump(slot);
     }
-    fn drop_event(&mut self, reason: DropReason, tuple: &FlowTuple) {
-        self.pending_drop = Some((reason, *tuple));
+    fn drop_event(&mut self, reason: DropReason) {
+        self.pending_drop = Some(reason);
     }
 }
 
@@ -146,8 +145,9 @@ impl<C: Clock> Engine<C> {
             &mut self.tables,
             &mut self.scratch,
         );
-        if let Some((reason, tuple)) = self.tables.pending_drop.take() {
+        if let Some(reason) = self.tables.pending_drop.take() {
             let now = crate::now_ns(&self.cfg, || self.clock.now_ns());
+            let tuple = self.scratch.parsed.tuple;
             self.queue_drop_event(DropEvent::new(reason, &tuple, now, 0));
         }
         verdict

@@ -24,12 +24,11 @@ pub fn now_ns(cfg: &DatapathConfig, clock: impl FnOnce() -> u64) -> u64 {
     }
 }
 
-/// Counts a drop under its reason and records its event (`tuple`: the flow as far as parsed).
 #[inline(always)]
-fn drop<T: Counters + ?Sized>(tables: &mut T, reason: DropReason, tuple: &FlowTuple) -> Verdict {
+fn drop<T: Counters + ?Sized>(tables: &mut T, reason: DropReason) -> Verdict {
     tables.bump(reason.slot());
     tables.bump(Counter::Dropped.slot());
-    tables.drop_event(reason, tuple);
+    tables.drop_event(reason);
     Verdict::Drop
 }
 
@@ -77,7 +76,7 @@ where
     if let Err(e) = parse_into(pkt, parsed) {
         return match e.disposition() {
             Disposition::Pass(c) => pass(tables, c),
-            Disposition::Drop(r) => drop(tables, r, &parsed.tuple),
+            Disposition::Drop(r) => drop(tables, r),
         };
     }
     // The datapath does not reassemble: fragments (first or later) go to the stack.
@@ -117,7 +116,8 @@ where
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(C)]
 pub struct Scratch {
-    /// The packet's parse result.
+    /// The packet's parse result; after [`process`] it still holds the flow as far as it was
+    /// parsed, which the callers put into drop events.
     pub parsed: Parsed,
     /// The conntrack entry a new flow is building.
     pub entry: CtEntry,
@@ -207,12 +207,12 @@ where
         }
     }
     if rewrite(pkt, parsed, Field::Destination, &be_addr, be_port).is_none() {
-        return Some(drop(tables, DropReason::Truncated, t));
+        return Some(drop(tables, DropReason::Truncated));
     }
     if client_port != t.src_port
         && rewrite(pkt, parsed, Field::Source, &t.src, client_port).is_none()
     {
-        return Some(drop(tables, DropReason::Truncated, t));
+        return Some(drop(tables, DropReason::Truncated));
     }
     Some(pass(tables, Counter::ServiceEstablished))
 }
@@ -289,12 +289,12 @@ where
         rev.packets_reply = rev.packets_reply.wrapping_add(1);
     }
     if rewrite(pkt, parsed, Field::Source, &svc_addr, svc_port).is_none() {
-        return drop(tables, DropReason::Truncated, t);
+        return drop(tables, DropReason::Truncated);
     }
     if client_port != t.dst_port
         && rewrite(pkt, parsed, Field::Destination, &t.dst, client_port).is_none()
     {
-        return drop(tables, DropReason::Truncated, t);
+        return drop(tables, DropReason::Truncated);
     }
     pass(tables, Counter::ReplyTranslated)
 }
@@ -343,13 +343,13 @@ where
         return pass(tables, Counter::PassNotService);
     };
     let Some(slot) = select_slot(t, cfg.hash_seed, svc.backend_count) else {
-        return drop(tables, DropReason::NoBackend, t);
+        return drop(tables, DropReason::NoBackend);
     };
     let Some(be) = tables.backend(&BackendKey {
         service_id: svc.id,
         slot,
     }) else {
-        return drop(tables, DropReason::BackendMissing, t);
+        return drop(tables, DropReason::BackendMissing);
     };
 
     let now = ctx.now();
@@ -403,12 +403,12 @@ where
                 }
             });
             let Some(port) = got else {
-                return drop(tables, DropReason::SourcePortCollision, t);
+                return drop(tables, DropReason::SourcePortCollision);
             };
             client_port = port;
             tables.bump(Counter::SourcePortRewritten.slot());
         }
-        Err(_) => return drop(tables, DropReason::ConntrackFull, t),
+        Err(_) => return drop(tables, DropReason::ConntrackFull),
     }
     e.nat_addr = be.addr;
     e.nat_port = be.port;
@@ -419,15 +419,15 @@ where
     if tables.insert(fkey, e, InsertMode::NoExist).is_err() {
         // Never leave half a pair behind.
         tables.remove(&rk);
-        return drop(tables, DropReason::ConntrackFull, t);
+        return drop(tables, DropReason::ConntrackFull);
     }
     if client_port != t.src_port
         && rewrite(pkt, parsed, Field::Source, &t.src, client_port).is_none()
     {
-        return drop(tables, DropReason::Truncated, t);
+        return drop(tables, DropReason::Truncated);
     }
     if rewrite(pkt, parsed, Field::Destination, &be.addr, be.port).is_none() {
-        return drop(tables, DropReason::Truncated, t);
+        return drop(tables, DropReason::Truncated);
     }
     pass(tables, Counter::ServiceNewFlow)
 }
