@@ -178,6 +178,14 @@ pub enum Error {
         /// What failed.
         reason: String,
     },
+    /// A background task's thread could not be started.
+    #[error("starting the {task} task failed: {reason} (the process is out of threads or memory)")]
+    Task {
+        /// Which task.
+        task: &'static str,
+        /// The OS error.
+        reason: String,
+    },
     /// A drop-event record in the ring does not decode as this build's [`DropEvent`].
     #[error(
         "drop event of {len} B with reason code {reason_code} does not decode as this build's \
@@ -466,7 +474,7 @@ impl KernelDatapath {
     /// clock) and the interface. The same call exists on the userspace engine
     /// (`lb_datapath::engine::Engine::drain_drop_events`).
     ///
-    /// The ring holds 4096 events; when it is full the programs lose new events, counted as
+    /// The ring holds 4095 events; when it is full the programs lose new events, counted as
     /// `Counter::DropEventsLost` (drops are always counted). Drain at least as often as that many
     /// drops can happen. The ring is not pinned: across a loader restart, events recorded by the
     /// old programs before the swap are lost with the old ring.

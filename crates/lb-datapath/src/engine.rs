@@ -20,8 +20,8 @@ use lb_nat::{HashServiceTable, RandomSource, ServiceTable};
 use std::collections::VecDeque;
 use std::vec::Vec;
 
-/// How many drop events the engine keeps until they are drained: as many as the kernel's
-/// 256 KiB ring buffer holds (56-byte records in 64-byte slots).
+/// How many drop events the engine keeps until they are drained: about what the kernel's
+/// 256 KiB ring buffer holds (4095 56-byte records in 64-byte slots).
 pub const DROP_EVENT_QUEUE_LEN: usize = 4096;
 
 /// A datapath configuration with netfilter's timeouts and the given hash seed.

@@ -50,7 +50,7 @@ static LB_CONFIG: Array<DatapathConfig> = Array::with_max_entries(1, 0);
 #[map]
 static LB_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
 
-/// Drop events for userspace (`KernelDatapath::drain_drop_events`): 256 KiB, 4096 records.
+/// Drop events for userspace (`KernelDatapath::drain_drop_events`): 256 KiB, 4095 records.
 /// Not pinned: its records are transient, and a restarted loader reads its own program's.
 #[map]
 static LB_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
