@@ -17,18 +17,22 @@
 //!   flow, which the datapath then re-creates as a mid-stream pickup. A flow's reverse-NAT entry is
 //!   deleted right after its service entry; a reply in between finds the orphan and removes it.
 //!
+//! A CNI runs it as a task ([`KernelDatapath::spawn_conntrack_gc`], [`ConntrackGcTask`]); the
+//! single sweep ([`KernelDatapath::conntrack_gc`]) is there for agents that schedule it
+//! themselves.
+//!
 //! ```no_run
 //! use lb_bpf::KernelDatapath;
-//! use lb_conntrack::{Clock, ConntrackGc, GcConfig, MonotonicClock};
+//! use lb_conntrack::{Clock, GcConfig, MonotonicClock};
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let mut dp = KernelDatapath::load()?;
-//! let mut gc = ConntrackGc::new(GcConfig::default());
+//! let dp = KernelDatapath::load()?;
+//! let gc = dp.spawn_conntrack_gc(GcConfig::default())?;
 //! loop {
-//!     let report = dp.conntrack_gc(&mut gc, MonotonicClock.now_ns())?;
-//!     let m = dp.conntrack_metrics(MonotonicClock.now_ns(), Some(&gc))?;
-//!     println!("{} entries, {}‰ full, {} deleted", m.entries, m.utilization_permille(), report.deleted);
-//!     std::thread::sleep(report.next_interval);
+//!     std::thread::sleep(std::time::Duration::from_secs(60));
+//!     let mut m = dp.conntrack_metrics(MonotonicClock.now_ns(), None)?;
+//!     m.gc = gc.status().stats;
+//!     println!("{} entries, {}‰ full, {} deleted", m.entries, m.utilization_permille(), m.gc.total_deleted);
 //! }
 //! # }
 //! ```

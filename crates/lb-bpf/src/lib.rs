@@ -2,6 +2,12 @@
 //! attaches them, programs their maps with the same control-plane API as the userspace engine,
 //! reads conntrack and counters, and runs packets through them with `BPF_PROG_TEST_RUN`.
 //!
+//! Running it, a CNI also starts conntrack GC as a task
+//! ([`KernelDatapath::spawn_conntrack_gc`], a thread sweeping at the adaptive interval; see
+//! [`conntrack_gc`]) and reads drop events ([`KernelDatapath::drain_drop_events`]: one
+//! [`DropEvent`] per dropped packet with its reason and flow, from the programs' ring buffer; the
+//! userspace engine has the same call).
+//!
 //! ```no_run
 //! use lb_bpf::{KernelDatapath, Program};
 //! use lb_api::flow::L4Proto;
@@ -19,7 +25,12 @@
 //!     ..Default::default()
 //! })?;
 //! dp.attach_xdp("eth0", aya::programs::XdpMode::Skb)?;
+//! let gc = dp.spawn_conntrack_gc(lb_conntrack::GcConfig::default())?;
 //! println!("{} conntrack entries", dp.conntrack_entries()?.len());
+//! for ev in dp.drain_drop_events()? {
+//!     println!("dropped ({}): {:?}", ev.reason.name(), ev.tuple());
+//! }
+//! println!("GC: {:?}", gc.status().last_report);
 //! # Ok(()) }
 //! ```
 
