@@ -57,12 +57,12 @@ pub use state::{
     icmp_echo_direction, icmp_echo_tuple, initial_state, tcp_next_state, tcp_transition, track,
     Direction, TcpPacketClass, TcpTransition, TrackOutcome,
 };
-#[cfg(feature = "std")]
-pub use table::HashConntrackTable;
 pub use table::{
     ConntrackTable, EvictionReason, InsertError, InsertMode, TableStats, EVICTION_CANDIDATES,
     EXPIRED_WINDOW,
 };
+#[cfg(feature = "std")]
+pub use table::{HashConntrackTable, SweepCounts, MAX_CAPACITY};
 #[cfg(feature = "std")]
 pub use timeout::ProcSysctl;
 pub use timeout::{
