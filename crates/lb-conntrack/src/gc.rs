@@ -36,7 +36,7 @@ use lb_api::abi::{CtEntry, CtKey, CtKind, CtState};
 
 use crate::metrics::GcStats;
 use crate::pair::partner_key;
-use crate::table::{HashConntrackTable, SweepCounts, EVICTION_CANDIDATES};
+use crate::table::{is_expired, HashConntrackTable, SweepCounts, EVICTION_CANDIDATES};
 
 /// An eviction candidate, ordered by deadline only.
 #[derive(Debug, Clone, Copy)]
@@ -266,7 +266,7 @@ impl ConntrackGc {
             Some(c) => (c.scanned, c.deleted, 0),
             None => {
                 let scanned = table.for_each_entry(&mut |k, e| {
-                    if e.expires_ns <= now_ns {
+                    if is_expired(e, now_ns) {
                         expired.push(*k);
                     } else {
                         offer(k, e);
@@ -344,7 +344,7 @@ fn delete_still_expired<T: GcTable + ?Sized>(
         let Some(e) = table.read(k)? else {
             continue; // gone with its partner already
         };
-        if e.expires_ns > now_ns {
+        if !is_expired(&e, now_ns) {
             refreshed += 1;
             continue;
         }
@@ -353,7 +353,7 @@ fn delete_still_expired<T: GcTable + ?Sized>(
             if let Some(sk) = partner {
                 match table.read(&sk)? {
                     // The flow is alive: its service entry owns the pair's fate.
-                    Some(se) if se.expires_ns > now_ns => continue,
+                    Some(se) if !is_expired(&se, now_ns) => continue,
                     Some(_) => deleted += u64::from(table.delete(&sk)?),
                     None => {}
                 }

@@ -54,12 +54,12 @@ pub use metrics::{ConntrackMetrics, GcStats, ProtoCounts};
 pub use pair::partner_key;
 pub use reuse::{tuple_reuse, TupleReuse};
 pub use state::{
-    icmp_echo_direction, icmp_echo_tuple, initial_state, tcp_next_state, tcp_transition, track,
-    Direction, TcpPacketClass, TcpTransition, TrackOutcome,
+    icmp_echo_direction, icmp_echo_tuple, initial_state, tcp_edges, tcp_next_state, tcp_transition,
+    track, Direction, TcpEdge, TcpPacketClass, TcpTransition, TrackOutcome, TCP_STATES,
 };
 pub use table::{
-    ConntrackTable, EvictionReason, InsertError, InsertMode, TableStats, EVICTION_CANDIDATES,
-    EXPIRED_WINDOW,
+    is_expired, ConntrackTable, EvictionReason, InsertError, InsertMode, TableStats,
+    EVICTION_CANDIDATES, EXPIRED_WINDOW,
 };
 #[cfg(feature = "std")]
 pub use table::{HashConntrackTable, SweepCounts, MAX_CAPACITY};

@@ -18,6 +18,15 @@
 
 use lb_api::abi::{CtEntry, CtKey};
 
+/// Whether `entry` is past its deadline at `now_ns`. An expired entry counts as absent
+/// everywhere: the GC deletes it, a full table evicts it first, and the pipeline treats a lookup
+/// that finds one as a miss (a packet must not bring a dead flow back).
+#[inline(always)]
+#[must_use]
+pub const fn is_expired(entry: &CtEntry, now_ns: u64) -> bool {
+    entry.expires_ns <= now_ns
+}
+
 /// How an insert treats an existing entry under the same key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InsertMode {
@@ -410,7 +419,7 @@ mod hash {
                 ) else {
                     continue;
                 };
-                if e.expires_ns > now_ns {
+                if !super::is_expired(&e, now_ns) {
                     keep(&k, &e);
                     continue;
                 }
@@ -419,7 +428,7 @@ mod hash {
                 if k.kind == CtKind::ReverseNat as u8 {
                     let service_alive = found
                         .and_then(|(_, s)| self.entries.get(s))
-                        .is_some_and(|se| se.expires_ns > now_ns);
+                        .is_some_and(|se| !super::is_expired(se, now_ns));
                     if service_alive {
                         keep(&k, &e);
                         continue;
@@ -469,7 +478,7 @@ mod hash {
         /// Removes the entry under `key` if it has expired at `now_ns` (re-checked here, so a
         /// packet that refreshed it wins), and with it its partner; the removed entry.
         pub fn remove_pair_if_expired(&mut self, key: &CtKey, now_ns: u64) -> Option<CtEntry> {
-            if self.get(key)?.expires_ns > now_ns {
+            if !super::is_expired(self.get(key)?, now_ns) {
                 return None;
             }
             self.remove_pair(key)
@@ -490,7 +499,7 @@ mod hash {
                     break;
                 };
                 if let Some(e) = self.get(&k) {
-                    if e.expires_ns <= now_ns {
+                    if super::is_expired(e, now_ns) {
                         return Some(self.evict_at(i, EvictionReason::Expired));
                     }
                     if closing_at.is_none()
