@@ -168,6 +168,20 @@ fn table_ops(c: &mut Criterion<ThreadCpuTime>) {
                 });
             });
         });
+        // Hits on 1024 flows of the table (traffic where few flows carry most packets): the
+        // table's own cost once the entries are cached.
+        g.bench_function(BenchmarkId::new("lookup_hit_hot1024", label), |b| {
+            with_table(&mut |t| {
+                let mut i = 0u64;
+                b.iter(|| {
+                    i += 1;
+                    black_box(
+                        t.get_mut(&service_key(scramble(flows.min(1024), i)))
+                            .map(|e| e.expires_ns),
+                    )
+                });
+            });
+        });
         g.bench_function(BenchmarkId::new("lookup_miss", label), |b| {
             with_table(&mut |t| {
                 let mut i = 0u64;
@@ -249,9 +263,46 @@ fn gc_sweep(c: &mut Criterion<ThreadCpuTime>) {
     g.finish();
 }
 
+/// The machine's floor for a lookup that must touch memory at random: one dependent load per
+/// iteration (a pointer chase through a random cycle of cache lines) over buffers the size of
+/// a table's slots. A hit costs at least one such load once its table outgrows the caches.
+fn random_access_floor(c: &mut Criterion<ThreadCpuTime>) {
+    let mut g = c.benchmark_group("memory_floor");
+    g.sample_size(20)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(1));
+    for mib in [4usize, 16, 64] {
+        let lines = mib << 20 >> 6;
+        // A random cyclic permutation (Sattolo's algorithm), one u64 per 64-byte line.
+        let mut next: Vec<[u64; 8]> = vec![[0; 8]; lines];
+        let mut order: Vec<usize> = (0..lines).collect();
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        for i in (1..lines).rev() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            order.swap(i, (x % i as u64) as usize);
+        }
+        for w in 0..lines {
+            next[order[w]][0] = order[(w + 1) % lines] as u64;
+        }
+        g.bench_function(
+            BenchmarkId::new("pointer_chase", format!("{mib}MiB")),
+            |b| {
+                let mut p = 0usize;
+                b.iter(|| {
+                    p = next[p][0] as usize;
+                    black_box(p)
+                });
+            },
+        );
+    }
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().with_measurement(ThreadCpuTime);
-    targets = table_ops, gc_sweep
+    targets = table_ops, gc_sweep, random_access_floor
 }
 criterion_main!(benches);

@@ -137,6 +137,18 @@ mod hash {
         }
     }
 
+    /// A key and its entry, side by side so that a hit reads them in one memory access (two
+    /// arrays made the entry's load wait on the key comparison: two cache misses in a row).
+    /// Aligned to a cache line, so the key and the entry's first 24 bytes (the timestamps a
+    /// lookup reads) share the first line of the slot and no slot straddles more lines than it
+    /// must; the size follows `CtEntry`'s (rounded up to a multiple of 64).
+    #[derive(Debug, Clone, Copy)]
+    #[repr(C, align(64))]
+    struct Slot {
+        key: CtKey,
+        entry: CtEntry,
+    }
+
     /// An index word that holds no entry.
     const EMPTY: u64 = 0;
 
@@ -159,14 +171,14 @@ mod hash {
     /// # Layout, and why
     /// A key is 40 bytes and an entry 80 (more if `CtEntry` grows), so a hash map holding them
     /// in its buckets spreads 120-byte slots over a bucket array kept at least half empty: a
-    /// 100k-entry table spans tens of MB and every hit is a cache and TLB miss. Here the keys
-    /// and entries sit densely in two slabs (exactly `capacity` long; a removed entry's slot
-    /// goes on a free list), and a separate open-addressed index of 8-byte words (32 hash bits
-    /// as a tag, the slot number) is sized at twice the capacity. A lookup hashes the key once,
-    /// reads one index cache line in the common case (linear probing, load ≤ ½), then the key
-    /// it tags. Removal shifts the following words of the probe run back (no tombstones), so
-    /// the index never needs a rehash and never allocates. A GC scan walks the entry slab
-    /// sequentially.
+    /// 100k-entry table spans tens of MB and every hit is a cache and TLB miss. Here each key
+    /// and its entry sit in one cache-line-aligned slot of a dense slab (exactly `capacity`
+    /// slots; a removed entry's slot goes on a free list), and a separate open-addressed index
+    /// of 8-byte words (32 hash bits as a tag, the slot number) is sized at twice the capacity.
+    /// A lookup hashes the key once, reads one index cache line in the common case (linear
+    /// probing, load ≤ ½), then the slot it tags. Removal shifts the following words of the
+    /// probe run back (no tombstones), so the index never needs a rehash and never allocates.
+    /// A GC scan walks the slab sequentially.
     ///
     /// The hasher is hashbrown's default (foldhash), seeded per table, fed the key as two
     /// 128-bit and one 64-bit word instead of field by field.
@@ -177,8 +189,7 @@ mod hash {
         /// home position is its tag masked, so a removal can shift words without rehashing.
         index: Vec<u64>,
         mask: usize,
-        keys: Vec<CtKey>,
-        entries: Vec<CtEntry>,
+        slots: Vec<Slot>,
         live: Vec<bool>,
         free: Vec<u32>,
         len: usize,
@@ -201,8 +212,7 @@ mod hash {
                 hasher: DefaultHashBuilder::default(),
                 index: std::vec![EMPTY; words],
                 mask: words - 1,
-                keys: Vec::with_capacity(capacity),
-                entries: Vec::with_capacity(capacity),
+                slots: Vec::with_capacity(capacity),
                 live: Vec::with_capacity(capacity),
                 free: Vec::with_capacity(capacity),
                 len: 0,
@@ -212,8 +222,7 @@ mod hash {
                 stats: TableStats::default(),
             };
             advise_huge_pages(&t.index);
-            advise_huge_pages(&t.keys);
-            advise_huge_pages(&t.entries);
+            advise_huge_pages(&t.slots);
             t
         }
 
@@ -237,18 +246,17 @@ mod hash {
 
         /// All entries, in no particular order.
         pub fn iter(&self) -> impl Iterator<Item = (&CtKey, &CtEntry)> {
-            self.keys
+            self.slots
                 .iter()
-                .zip(self.entries.iter())
                 .zip(self.live.iter())
-                .filter_map(|(ke, live)| live.then_some(ke))
+                .filter_map(|(s, live)| live.then_some((&s.key, &s.entry)))
         }
 
         /// The entry under `key`.
         #[must_use]
         pub fn get(&self, key: &CtKey) -> Option<&CtEntry> {
             let (_, slot) = self.find(key, self.hash(key))?;
-            self.entries.get(slot)
+            self.slots.get(slot).map(|s| &s.entry)
         }
 
         #[inline]
@@ -290,7 +298,7 @@ mod hash {
                 }
                 if w >> 32 == tag {
                     let slot = ((w & 0xffff_ffff) - 1) as usize;
-                    if self.keys.get(slot) == Some(key) {
+                    if self.slots.get(slot).is_some_and(|s| s.key == *key) {
                         return Some((pos, slot));
                     }
                 }
@@ -354,20 +362,18 @@ mod hash {
             let slot = match self.free.pop() {
                 Some(s) => {
                     let s = s as usize;
-                    if let (Some(k), Some(e), Some(l)) = (
-                        self.keys.get_mut(s),
-                        self.entries.get_mut(s),
-                        self.live.get_mut(s),
-                    ) {
-                        (*k, *e, *l) = (*key, *entry, true);
+                    if let (Some(slot), Some(l)) = (self.slots.get_mut(s), self.live.get_mut(s)) {
+                        (slot.key, slot.entry, *l) = (*key, *entry, true);
                     }
                     s
                 }
                 None => {
-                    self.keys.push(*key);
-                    self.entries.push(*entry);
+                    self.slots.push(Slot {
+                        key: *key,
+                        entry: *entry,
+                    });
                     self.live.push(true);
-                    self.keys.len() - 1
+                    self.slots.len() - 1
                 }
             };
             let mut pos = self.home(hash);
@@ -386,7 +392,7 @@ mod hash {
         /// Removes the entry under `key` and its partner's.
         fn remove_pair(&mut self, key: &CtKey) -> Option<CtEntry> {
             let (pos, slot) = self.find(key, self.hash(key))?;
-            let e = self.entries.get(slot).copied()?;
+            let e = self.slots.get(slot)?.entry;
             self.remove_at(pos, slot);
             if let Some(p) = partner_key(key, &e) {
                 ConntrackTable::remove(self, &p);
@@ -411,12 +417,10 @@ mod hash {
                 scanned: self.len as u64,
                 deleted: 0,
             };
-            for slot in 0..self.keys.len() {
-                let (Some(true), Some(k), Some(e)) = (
-                    self.live.get(slot).copied(),
-                    self.keys.get(slot).copied(),
-                    self.entries.get(slot).copied(),
-                ) else {
+            for slot in 0..self.slots.len() {
+                let (Some(true), Some(&Slot { key: k, entry: e })) =
+                    (self.live.get(slot).copied(), self.slots.get(slot))
+                else {
                     continue;
                 };
                 if !super::is_expired(&e, now_ns) {
@@ -427,7 +431,8 @@ mod hash {
                 let found = partner.and_then(|(p, h)| self.find(&p, h));
                 if k.kind == CtKind::ReverseNat as u8 {
                     let service_alive = found
-                        .and_then(|(_, s)| self.entries.get(s))
+                        .and_then(|(_, s)| self.slots.get(s))
+                        .map(|s| &s.entry)
                         .is_some_and(|se| !super::is_expired(se, now_ns));
                     if service_alive {
                         keep(&k, &e);
@@ -544,7 +549,7 @@ mod hash {
         #[inline]
         fn get_mut(&mut self, key: &CtKey) -> Option<&mut CtEntry> {
             let (_, slot) = self.find(key, self.hash(key))?;
-            self.entries.get_mut(slot)
+            self.slots.get_mut(slot).map(|s| &mut s.entry)
         }
 
         fn insert(
@@ -561,8 +566,8 @@ mod hash {
                         Err(InsertError::Exists)
                     }
                     InsertMode::Any => {
-                        if let Some(e) = self.entries.get_mut(slot) {
-                            *e = *entry;
+                        if let Some(s) = self.slots.get_mut(slot) {
+                            s.entry = *entry;
                         }
                         Ok(())
                     }
