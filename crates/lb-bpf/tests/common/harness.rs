@@ -1,10 +1,11 @@
 //! Engine against kernel, one packet at a time: the same frame, configuration and time go
 //! through the userspace engine and through a kernel program with `BPF_PROG_TEST_RUN`; output
-//! bytes, verdicts, conntrack contents (timestamps included, via `fixed_now_ns`) and counters
-//! must be identical after every packet.
+//! bytes, verdicts, conntrack contents (timestamps included, via `fixed_now_ns`), counters and
+//! drop events must be identical after every packet.
 
 use lb_api::abi::{CtEntry, CtKey, DatapathConfig};
 use lb_api::counters::CounterSnapshot;
+use lb_api::events::DropEvent;
 use lb_api::Verdict;
 use lb_bpf::{KernelDatapath, Program};
 use lb_conntrack::ManualClock;
@@ -76,6 +77,8 @@ impl EngineAndKernel {
     /// Sends `frame` at `now_ns` through both worlds and asserts that they agree; `what` names
     /// the packet in failure messages.
     pub fn send(&mut self, what: &str, frame: &[u8], now_ns: u64) -> Outcome {
+        // Events of earlier activity (none expected) must not be blamed on this packet.
+        let _ = (self.engine.drain_drop_events(), self.dp.drain_drop_events());
         let cfg = DatapathConfig {
             fixed_now_ns: now_ns,
             ..self.cfg
@@ -105,6 +108,22 @@ impl EngineAndKernel {
             after,
             "{what} ({name}): counters"
         );
+        // One drop event per dropped packet; the interface differs (the test runner's loopback
+        // in the kernel, none in the engine).
+        let user_events = self.engine.drain_drop_events();
+        assert_eq!(
+            user_events.len(),
+            usize::from(verdict == Verdict::Drop),
+            "{what}: engine drop events {user_events:?}"
+        );
+        let kernel_events: Vec<DropEvent> = self
+            .dp
+            .drain_drop_events()
+            .unwrap()
+            .into_iter()
+            .map(|e| DropEvent { ifindex: 0, ..e })
+            .collect();
+        assert_eq!(kernel_events, user_events, "{what} ({name}): drop events");
         self.compared += 1;
         Outcome {
             verdict,
