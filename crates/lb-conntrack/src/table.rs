@@ -182,7 +182,7 @@ mod hash {
     ///
     /// The hasher is hashbrown's default (foldhash), seeded per table, fed the key as two
     /// 128-bit and one 64-bit word instead of field by field.
-    #[derive(Debug, Clone)]
+    #[derive(Debug)]
     pub struct HashConntrackTable {
         hasher: DefaultHashBuilder,
         /// `EMPTY`, or the upper 32 bits of the key's hash above the slot number + 1. A word's
@@ -197,6 +197,25 @@ mod hash {
         candidates: Vec<CtKey>,
         head: usize,
         stats: TableStats,
+    }
+
+    /// A clone is allocated at the full capacity like the original (a derived clone would
+    /// allocate only what is in use, and its inserts would then allocate).
+    impl Clone for HashConntrackTable {
+        fn clone(&self) -> Self {
+            let mut t = Self::with_capacity(self.capacity);
+            t.hasher = self.hasher;
+            t.index.clone_from(&self.index);
+            t.mask = self.mask;
+            t.slots.extend_from_slice(&self.slots);
+            t.live.extend_from_slice(&self.live);
+            t.free.extend_from_slice(&self.free);
+            t.len = self.len;
+            t.candidates.extend_from_slice(&self.candidates);
+            t.head = self.head;
+            t.stats = self.stats;
+            t
+        }
     }
 
     impl HashConntrackTable {
@@ -770,6 +789,25 @@ mod hash {
                 want.sort_by_key(|(k, _)| k.src_port);
                 assert_eq!(all, want);
             }
+        }
+
+        #[test]
+        fn a_clone_keeps_the_capacity_and_the_entries() {
+            let mut t = HashConntrackTable::with_capacity(100);
+            for p in 0..10 {
+                t.insert(&key(p), &CtEntry::default(), InsertMode::NoExist)
+                    .unwrap();
+            }
+            t.remove(&key(3));
+            let mut c = t.clone();
+            assert_eq!((c.len(), c.capacity()), (9, 100));
+            assert!(c.slots.capacity() >= 100 && c.free.capacity() >= 100);
+            for p in 0..10 {
+                assert_eq!(c.get(&key(p)).is_some(), p != 3, "port {p}");
+            }
+            c.insert(&key(50), &CtEntry::default(), InsertMode::NoExist)
+                .unwrap();
+            assert!(t.get(&key(50)).is_none(), "the original is untouched");
         }
 
         #[test]
