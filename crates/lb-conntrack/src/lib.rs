@@ -16,7 +16,8 @@
 //! ```
 //!
 //! Layout:
-//! * [`state`](crate::track): netfilter's TCP table, UDP unreplied/assured, ICMP echo, generic.
+//! * [`state`](crate::track): netfilter's TCP table ([`tcp_edges`] lists its edges, for
+//!   fixtures), UDP unreplied/assured, ICMP echo, generic; [`is_expired`]: past its deadline.
 //! * [`TimeoutPolicy`]: seven knobs (duration or `auto`), presets, parsing, validation.
 //! * [`ConntrackTable`] and [`HashConntrackTable`]: full-table behaviour is documented on the
 //!   table module; the kernel map refuses (counted), the userspace table evicts expired, then
