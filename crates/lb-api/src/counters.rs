@@ -1,6 +1,8 @@
 //! Counters and drop reasons: one flat index space shared by the kernel's per-CPU counter array
 //! and the userspace engine's counters, so both worlds report the same numbers under the same names.
 
+use zerocopy::{Immutable, IntoBytes, KnownLayout, TryFromBytes};
+
 /// Number of counter slots (the size of the kernel's per-CPU counter array).
 pub const COUNTER_SLOTS: u32 = 64;
 
@@ -41,19 +43,38 @@ pub enum Counter {
     /// An encapsulation would have exceeded the MTU: an ICMP "fragmentation needed" / ICMPv6
     /// "packet too big" was sent back to the sender instead.
     MtuExceeded = 12,
+    /// An ICMP/ICMPv6 error about a tracked flow: its outer and quoted headers were translated
+    /// back (RFC 5508), toward the client or toward the backend.
+    IcmpErrorTranslated = 13,
+    /// Passed: an ICMP/ICMPv6 error whose quoted datagram belongs to no tracked flow (or that is
+    /// not addressed to the quoted datagram's sender).
+    PassIcmpErrorNoFlow = 14,
+    /// A drop event could not be recorded: the kernel's ring buffer was full (the newest event
+    /// is lost), or the engine's bounded queue was (the oldest is). The drop itself is counted.
+    DropEventsLost = 15,
     /// A VXLAN packet from a peer node was decapsulated; its inner packet went on through the
     /// pipeline.
-    TunnelDecapsulated = 13,
+    TunnelDecapsulated = 16,
     /// A packet was VXLAN-encapsulated to another node (tunnel mode, both directions).
-    TunnelEncapsulated = 14,
+    TunnelEncapsulated = 17,
     /// A DSR carrier (IPv4 option, IPv6 destination option) was added for the backend's node.
-    DsrCarrierAdded = 15,
+    DsrCarrierAdded = 18,
     /// A flow another node translated (DSR or tunnel) was recorded on its backend's node.
-    BackendSideNewFlow = 16,
+    BackendSideNewFlow = 19,
+    /// A lookup found a conntrack entry past its deadline that GC had not yet collected: the
+    /// flow was removed (both halves) and the packet treated as having no entry (a new flow, or
+    /// an untranslated reply).
+    ConntrackExpiredAtLookup = 31,
 }
 
 /// Why the datapath dropped a packet. Every drop is counted under exactly one reason.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+///
+/// It is also the `reason` field of a [`DropEvent`](crate::events::DropEvent), hence the
+/// zerocopy derives: a record read from the kernel's ring buffer only decodes if its code is one
+/// of these.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, TryFromBytes, IntoBytes, KnownLayout, Immutable,
+)]
 #[repr(u32)]
 pub enum DropReason {
     /// A header ends past the end of the packet.
@@ -97,7 +118,7 @@ pub enum DropReason {
 
 impl Counter {
     /// All counters, in slot order.
-    pub const ALL: [Counter; 17] = [
+    pub const ALL: [Counter; 21] = [
         Self::RxPackets,
         Self::ServiceNewFlow,
         Self::ServiceEstablished,
@@ -111,10 +132,14 @@ impl Counter {
         Self::SourcePortRewritten,
         Self::PassHeadersTooDeep,
         Self::MtuExceeded,
+        Self::IcmpErrorTranslated,
+        Self::PassIcmpErrorNoFlow,
+        Self::DropEventsLost,
         Self::TunnelDecapsulated,
         Self::TunnelEncapsulated,
         Self::DsrCarrierAdded,
         Self::BackendSideNewFlow,
+        Self::ConntrackExpiredAtLookup,
     ];
 
     /// Slot in the counter array.
@@ -141,6 +166,10 @@ impl Counter {
             Self::SourcePortRewritten => "source_port_rewritten",
             Self::PassHeadersTooDeep => "pass_headers_too_deep",
             Self::MtuExceeded => "mtu_exceeded",
+            Self::IcmpErrorTranslated => "icmp_error_translated",
+            Self::PassIcmpErrorNoFlow => "pass_icmp_error_no_flow",
+            Self::DropEventsLost => "drop_events_lost",
+            Self::ConntrackExpiredAtLookup => "conntrack_expired_at_lookup",
             Self::TunnelDecapsulated => "tunnel_decapsulated",
             Self::TunnelEncapsulated => "tunnel_encapsulated",
             Self::DsrCarrierAdded => "dsr_carrier_added",
@@ -205,6 +234,16 @@ impl DropReason {
 pub trait Counters {
     /// Adds one to the counter at `slot` (a [`Counter::slot`] or [`DropReason::slot`]).
     fn bump(&mut self, slot: u32);
+
+    /// Notes that the packet being processed is dropped for `reason` (the pipeline calls it once
+    /// per drop, after counting the reason). The caller of the pipeline turns it into a
+    /// [`DropEvent`](crate::events::DropEvent) once the packet is done, with the packet's flow as
+    /// far as it was parsed (the parse result it passed in its scratch area), the time and the
+    /// interface: the kernel programs into their ring buffer, the engine into its bounded queue.
+    /// Building the event there keeps it off the pipeline paths' stack frames. Sinks that keep
+    /// only numbers (a [`CounterSnapshot`]) ignore it.
+    #[inline(always)]
+    fn drop_event(&mut self, _reason: DropReason) {}
 }
 
 /// A snapshot of all counter slots, summed over CPUs where the source is per-CPU.

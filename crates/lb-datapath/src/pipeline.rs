@@ -6,15 +6,22 @@ use lb_api::abi::{
 };
 use lb_api::counters::{Counter, Counters, DropReason};
 use lb_api::flow::{v4_of, FlowTuple, IpFamily, L4Proto};
-use lb_api::wire::{parse_into, Disposition, EthernetHeader, Fragment, Parsed};
+use lb_api::wire::{
+    parse_into, quoted_into, Disposition, EthernetHeader, Fragment, PacketAccess, Parsed,
+    QuotedDatagram,
+};
+use lb_api::Verdict;
+use lb_conntrack::{
+    initial_state, is_expired, partner_key, track, ConntrackTable, Direction, InsertError,
+    InsertMode,
+};
 use lb_encap::dsr::{dsr_extract, dsr_v4_insert, dsr_v6_insert, DsrTarget};
 use lb_encap::mtu::icmp_too_big_parsed;
 use lb_encap::{vxlan_decap_parsed, vxlan_encap, AdjustHead, OuterAddrs, TunnelConfig};
-use lb_api::Verdict;
-use lb_conntrack::{initial_state, track, ConntrackTable, Direction, InsertError, InsertMode};
 use lb_nat::collision::{Reserve, MAX_SOURCE_PORT_TRIES};
 use lb_nat::{
-    resolve_source_port, rewrite, select_slot, Field, RandomSource, ServiceTable, SourcePortRange,
+    resolve_source_port, rewrite, select_slot, translate_icmp_error, Field, RandomSource,
+    ServiceTable, SourcePortRange,
 };
 
 /// The time the pipeline stamps entries with: the config's fixed time when set (deterministic
@@ -32,6 +39,7 @@ pub fn now_ns(cfg: &DatapathConfig, clock: impl FnOnce() -> u64) -> u64 {
 fn drop<T: Counters + ?Sized>(tables: &mut T, reason: DropReason) -> Verdict {
     tables.bump(reason.slot());
     tables.bump(Counter::Dropped.slot());
+    tables.drop_event(reason);
     Verdict::Drop
 }
 
@@ -86,6 +94,7 @@ where
     let Scratch {
         parsed,
         entry,
+        key,
         peer,
     } = scratch;
     *parsed = Parsed::EMPTY;
@@ -94,6 +103,15 @@ where
             Disposition::Pass(c) => pass(tables, c),
             Disposition::Drop(r) => drop(tables, r),
         };
+    }
+    // ICMP errors about a translated flow are translated too; other ICMP messages and other
+    // protocols parse (VLAN tags too: the offsets move) and pass.
+    if matches!(
+        L4Proto::from_u8(parsed.tuple.proto),
+        Some(L4Proto::Icmp | L4Proto::Icmpv6)
+    ) && parsed.fragment == Fragment::None
+    {
+        return icmp_error(pkt, parsed, tables);
     }
     if let Some(v) = untranslated(tables, parsed) {
         return v;
@@ -118,7 +136,10 @@ where
     if let Some(v) = established(pkt, &ctx, tables, entry) {
         return v;
     }
-    new_flow(pkt, &ctx, tables, entry)
+    if let Some(v) = new_flow(pkt, &ctx, tables, entry, key) {
+        return v;
+    }
+    backend_side(pkt, &ctx, tables, entry, key)
 }
 
 /// The verdict for a parsed packet the datapath does not translate: fragments (the datapath
@@ -138,23 +159,34 @@ fn untranslated<T: Counters + ?Sized>(tables: &mut T, parsed: &Parsed) -> Option
     None
 }
 
-/// Whether `t` is UDP to this node's tunnel endpoint.
-#[inline(always)]
+/// Whether `t` is UDP to this node's tunnel endpoint. A subprogram of its own in the kernel,
+/// comparing addresses as integers: inlined, its byte-wise compares spilled some 130 bytes onto
+/// the program's frame, which every path's frame adds to.
+#[inline(never)]
 fn is_tunnel(t: &FlowTuple, cfg: &DatapathConfig) -> bool {
-    t.proto == L4Proto::Udp as u8
-        && t.dst_port == cfg.tunnel_port()
-        && t.dst == cfg.node_addr(t.family)
-        && t.dst != [0; 16]
+    if t.proto != L4Proto::Udp as u8 || t.dst_port != cfg.tunnel_port() {
+        return false;
+    }
+    if t.family == IpFamily::V6 as u8 {
+        let node = u128::from_ne_bytes(cfg.node_v6);
+        node != 0 && u128::from_ne_bytes(t.dst) == node
+    } else {
+        let node = u32::from_ne_bytes(cfg.node_v4);
+        node != 0 && u32::from_ne_bytes(v4_of(&t.dst)) == node
+    }
 }
 
 /// Per-packet working state too large for the kernel stack; see [`process`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(C)]
 pub struct Scratch {
-    /// The packet's parse result.
+    /// The packet's parse result; after [`process`] it still holds the flow as far as it was
+    /// parsed, which the callers put into drop events.
     pub parsed: Parsed,
     /// The conntrack entry a path is building or working from.
     pub entry: CtEntry,
+    /// A conntrack key a path is building (the reverse-NAT key of a new flow).
+    pub key: CtKey,
     /// The peer node a tunnelled packet came from.
     pub peer: [u8; 16],
 }
@@ -164,6 +196,7 @@ impl Default for Scratch {
         Self {
             parsed: Parsed::EMPTY,
             entry: CtEntry::default(),
+            key: CtKey::default(),
             peer: [0; 16],
         }
     }
@@ -256,6 +289,10 @@ where
     let fkey = &CtKey::new(t, CtKind::Service);
     let fwd = tables.get_mut(fkey)?;
     let now = ctx.now();
+    if is_expired(fwd, now) {
+        forget_expired_flow(tables, fkey);
+        return None; // a new flow replaces it
+    }
     track(
         fwd,
         Direction::Original,
@@ -304,6 +341,25 @@ where
     Some(pass(tables, Counter::ServiceEstablished))
 }
 
+/// Removes the flow whose entry under `key` a lookup found past its deadline
+/// ([`is_expired`]), both halves, as GC would have, and counts it. The caller then goes on as if
+/// the lookup had missed: GC may run long after a deadline, and until then a packet must not
+/// revive a dead flow (its backend may be gone, its server's TIME_WAIT over).
+///
+/// Its own subprogram in the kernel (`inline(never)`), so the partner key it builds never
+/// weighs on the caller's stack frame; it runs once per expired flow, not per packet.
+#[inline(never)]
+fn forget_expired_flow<T: ConntrackTable + Counters + ?Sized>(tables: &mut T, key: &CtKey) {
+    if let Some(e) = tables.get_mut(key) {
+        let partner = partner_key(key, e);
+        tables.remove(key);
+        if let Some(p) = partner {
+            tables.remove(&p);
+        }
+    }
+    tables.bump(Counter::ConntrackExpiredAtLookup.slot());
+}
+
 /// The source address a flow's packets leave with: this node's under SNAT, the client's
 /// otherwise.
 #[inline(always)]
@@ -349,12 +405,7 @@ fn dst_port_after(e: &CtEntry, t: &FlowTuple) -> u16 {
 /// Rewrites a packet of the flow of service entry `e` (destination to the backend, source per
 /// SNAT or the collision resolver), leaving fields that do not change alone.
 #[inline(always)]
-fn translate<P, T>(
-    pkt: &mut P,
-    parsed: &Parsed,
-    tables: &mut T,
-    e: &CtEntry,
-) -> Result<(), Verdict>
+fn translate<P, T>(pkt: &mut P, parsed: &Parsed, tables: &mut T, e: &CtEntry) -> Result<(), Verdict>
 where
     P: AdjustHead + ?Sized,
     T: Counters + ?Sized,
@@ -474,6 +525,11 @@ where
     let fkey = CtKey::new(&client, CtKind::Service);
     let now = ctx.now();
     let expires = match tables.get_mut(&fkey) {
+        // The service entry owns the flow's deadline (the reverse half carries a copy).
+        Some(fwd) if is_expired(fwd, now) => {
+            forget_expired_flow(tables, &fkey);
+            return pass(tables, Counter::PassNotService);
+        }
         Some(fwd) => {
             track(fwd, Direction::Reply, parsed.tcp_flags, now, &cfg.timeouts);
             fwd.expires_ns
@@ -563,7 +619,10 @@ where
     C: Fn() -> u64,
 {
     let (done, c) = if e.flags & CT_F_DSR != 0 {
-        (dsr_carry(pkt, ctx.parsed, ctx.cfg), Counter::DsrCarrierAdded)
+        (
+            dsr_carry(pkt, ctx.parsed, ctx.cfg),
+            Counter::DsrCarrierAdded,
+        )
     } else {
         let peer = &e.tunnel_peer;
         (
@@ -722,9 +781,15 @@ fn start_entry<C: Fn() -> u64>(e: &mut CtEntry, ctx: &Ctx<'_, C>, now: u64) {
 }
 
 /// The first packet of a flow: a service? pick a backend, create both conntrack entries, rewrite,
-/// carry to the backend's node.
+/// carry to the backend's node. `None`: not to a service. `e` and `rk` are scratch space.
 #[inline(never)]
-fn new_flow<P, T, C>(pkt: &mut P, ctx: &Ctx<'_, C>, tables: &mut T, e: &mut CtEntry) -> Verdict
+fn new_flow<P, T, C>(
+    pkt: &mut P,
+    ctx: &Ctx<'_, C>,
+    tables: &mut T,
+    e: &mut CtEntry,
+    rk: &mut CtKey,
+) -> Option<Verdict>
 where
     P: AdjustHead + ?Sized,
     T: ConntrackTable + ServiceTable + Counters + RandomSource + ?Sized,
@@ -738,17 +803,15 @@ where
         proto: t.proto,
         family: t.family,
     };
-    let Some(svc) = tables.service(&skey) else {
-        return backend_side(pkt, ctx, tables, e);
-    };
+    let svc = tables.service(&skey)?;
     let Some(slot) = select_slot(t, cfg.hash_seed, svc.backend_count) else {
-        return drop(tables, DropReason::NoBackend);
+        return Some(drop(tables, DropReason::NoBackend));
     };
     let Some(be) = tables.backend(&BackendKey {
         service_id: svc.id,
         slot,
     }) else {
-        return drop(tables, DropReason::BackendMissing);
+        return Some(drop(tables, DropReason::BackendMissing));
     };
 
     // How the packet reaches the backend: a backend on another node per the service's mode.
@@ -763,11 +826,11 @@ where
         }
     };
     if flags & (CT_F_SNAT | CT_F_TUNNEL) != 0 && node == [0; 16] {
-        return drop(tables, DropReason::NodeAddressMissing);
+        return Some(drop(tables, DropReason::NodeAddressMissing));
     }
     if flags & (CT_F_DSR | CT_F_TUNNEL) != 0 {
         if let Some(v) = mtu_check(pkt, ctx, tables, flags) {
-            return v;
+            return Some(v);
         }
     }
 
@@ -786,15 +849,19 @@ where
     let mut client_port = t.src_port;
     // One reverse key, whose client port the resolver changes per try: a key per (unrolled) try
     // would cost 40 bytes of the 512-byte kernel stack each.
-    let mut rk = CtKey::default();
+    *rk = CtKey::default();
     // Under DSR the replies never come back here: no reverse half.
     if flags & CT_F_DSR == 0 {
         make_reverse(e, t);
-        let client = if flags & CT_F_SNAT != 0 { &node } else { &t.src };
-        rk = reverse_key(t, client, t.src_port, &be.addr, be.port);
-        client_port = match reserve_reply(ctx, tables, e, &mut rk) {
+        let client = if flags & CT_F_SNAT != 0 {
+            &node
+        } else {
+            &t.src
+        };
+        *rk = reverse_key(t, client, t.src_port, &be.addr, be.port);
+        client_port = match reserve_reply(ctx, tables, e, rk) {
             Ok(p) => p,
-            Err(v) => return v,
+            Err(v) => return Some(v),
         };
     }
     e.nat_addr = be.addr;
@@ -810,19 +877,19 @@ where
     if tables.insert(fkey, e, InsertMode::NoExist).is_err() {
         // Never leave half a pair behind.
         if flags & CT_F_DSR == 0 {
-            tables.remove(&rk);
+            tables.remove(rk);
         }
-        return drop(tables, DropReason::ConntrackFull);
+        return Some(drop(tables, DropReason::ConntrackFull));
     }
     if let Err(v) = translate(pkt, parsed, tables, e) {
-        return v;
+        return Some(v);
     }
     if flags & (CT_F_DSR | CT_F_TUNNEL) != 0 {
         if let Err(v) = to_peer(pkt, ctx, tables, e) {
-            return v;
+            return Some(v);
         }
     }
-    pass(tables, Counter::ServiceNewFlow)
+    Some(pass(tables, Counter::ServiceNewFlow))
 }
 
 /// On the backend's node: the first packet of a flow another node translated, recognised by how
@@ -831,7 +898,13 @@ where
 /// client from the service address), resolving a collision with another flow of the same client
 /// address and port to the same backend by rewriting the source port. Anything else is not ours.
 #[inline(never)]
-fn backend_side<P, T, C>(pkt: &mut P, ctx: &Ctx<'_, C>, tables: &mut T, e: &mut CtEntry) -> Verdict
+fn backend_side<P, T, C>(
+    pkt: &mut P,
+    ctx: &Ctx<'_, C>,
+    tables: &mut T,
+    e: &mut CtEntry,
+    rk: &mut CtKey,
+) -> Verdict
 where
     P: AdjustHead + ?Sized,
     T: ConntrackTable + ServiceTable + Counters + RandomSource + ?Sized,
@@ -852,8 +925,8 @@ where
     }
     start_entry(e, ctx, ctx.now());
     make_reverse(e, t);
-    let mut rk = reverse_key(t, &t.src, t.src_port, &t.dst, t.dst_port);
-    let client_port = match reserve_reply(ctx, tables, e, &mut rk) {
+    *rk = reverse_key(t, &t.src, t.src_port, &t.dst, t.dst_port);
+    let client_port = match reserve_reply(ctx, tables, e, rk) {
         Ok(p) => p,
         Err(v) => return v,
     };
@@ -865,7 +938,7 @@ where
         .insert(&CtKey::new(t, CtKind::Service), e, InsertMode::NoExist)
         .is_err()
     {
-        tables.remove(&rk);
+        tables.remove(rk);
         return drop(tables, DropReason::ConntrackFull);
     }
     if client_port != t.src_port
@@ -874,4 +947,76 @@ where
         return drop(tables, DropReason::Truncated);
     }
     pass(tables, Counter::BackendSideNewFlow)
+}
+
+/// An ICMP/ICMPv6 message. Not an error (echo, ...): passes. An error (port unreachable,
+/// fragmentation needed / packet too big, time exceeded, ...) about a tracked flow: its outer
+/// and quoted headers are translated back so that the receiver recognises its own packet in the
+/// quote (RFC 5508); about anything else: passes.
+///
+/// The error travels back to the quoted packet's sender, so the quote reversed is the tuple of a
+/// packet towards that sender:
+/// * towards a client, about a packet client → backend: the quote reversed is a reply tuple, the
+///   key of the flow's reverse-NAT entry. The quote gets the service address as destination and
+///   the client's original port back; the outer source, if the backend itself answered, too.
+/// * towards a backend, about a reply service → client: the quote reversed is the client's
+///   tuple, the key of the flow's service entry. The quote gets the backend as source and the
+///   client port as the backend saw it; the outer destination becomes the backend.
+///
+/// Conntrack is only read (an error does not keep a flow alive), so the path needs neither the
+/// clock nor the config: it takes `parsed` alone.
+#[inline(never)]
+fn icmp_error<P, T>(pkt: &mut P, parsed: &Parsed, tables: &mut T) -> Verdict
+where
+    P: PacketAccess + ?Sized,
+    T: ConntrackTable + Counters + ?Sized,
+{
+    // Opaque to the optimizer: otherwise it passes the packet's bounds to this BPF subprogram
+    // in two registers instead of one pointer, which `process` must keep alive across its map
+    // lookups: 16 more bytes on its frame, where the new-flow chain is at the 512-byte limit.
+    let pkt = core::hint::black_box(pkt);
+    // Echo and other informational messages: nothing quoted, nothing to translate.
+    if parsed.icmp.quote_offset == 0 {
+        return pass(tables, Counter::PassOtherProto);
+    }
+    let mut quote = QuotedDatagram::EMPTY;
+    if let Err(e) = quoted_into(pkt, parsed, &mut quote) {
+        return match e.disposition() {
+            Disposition::Pass(c) => pass(tables, c),
+            Disposition::Drop(r) => drop(tables, r),
+        };
+    }
+    let q = &quote.tuple;
+    // An error goes back to the sender of the packet it quotes; anything else is not about a
+    // packet this datapath translated.
+    // (Compared as integers: an array compare can become a `memcmp` call, which BPF lacks.)
+    if u128::from_ne_bytes(parsed.tuple.dst) != u128::from_ne_bytes(q.src) {
+        return pass(tables, Counter::PassIcmpErrorNoFlow);
+    }
+    // What the quote becomes: `to`, starting from the quote itself.
+    let mut to = *q;
+    let mut key = CtKey::new(&q.reversed(), CtKind::ReverseNat);
+    if let Some(rev) = tables.get_mut(&key) {
+        to.dst = rev.nat_addr;
+        to.dst_port = rev.nat_port;
+        if rev.flags & CT_F_SRC_PORT_REWRITTEN != 0 {
+            to.src_port = rev.rewritten_src_port;
+        }
+        // (A reverse entry that also restores the client's address, SNAT, sets `to.src` here.)
+    } else {
+        key.kind = CtKind::Service as u8;
+        let Some(fwd) = tables.get_mut(&key) else {
+            return pass(tables, Counter::PassIcmpErrorNoFlow);
+        };
+        to.src = fwd.nat_addr;
+        to.src_port = fwd.nat_port;
+        if fwd.flags & CT_F_SRC_PORT_REWRITTEN != 0 {
+            to.dst_port = fwd.rewritten_src_port;
+        }
+        // (A service entry with a SNAT address sets `to.dst` here.)
+    }
+    if translate_icmp_error(pkt, parsed, &quote, &to).is_none() {
+        return drop(tables, DropReason::Truncated);
+    }
+    pass(tables, Counter::IcmpErrorTranslated)
 }

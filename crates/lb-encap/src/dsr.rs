@@ -238,7 +238,10 @@ pub fn dsr_extract<P: PacketAccess + ?Sized>(pkt: &P, parsed: &Parsed) -> Option
         None
     } else {
         let d = usize::from(parsed.ipv6_dest_opts);
-        if d == 0 {
+        // Zero means none; a header starts after the fixed IPv6 header. (Compared with a
+        // variable, not with 0: LLVM would merge `d == 0` and `load`'s `d > 512` into one range
+        // check on a copy of `d`, from which the verifier learns nothing about `d` itself.)
+        if d < parsed.l3_offset + 40 {
             return None;
         }
         let h: [u8; 2] = pkt.load(d)?;

@@ -32,8 +32,8 @@ pub mod geneve;
 pub mod mtu;
 mod tunnel;
 pub use tunnel::{
-    vxlan_decap, vxlan_decap_parsed, vxlan_encap, AdjustHead, DecapError, EncapError, HeadroomPacket, OuterAddrs,
-    TunnelConfig, VxlanConfig,
+    vxlan_decap, vxlan_decap_parsed, vxlan_encap, AdjustHead, DecapError, EncapError,
+    HeadroomPacket, OuterAddrs, TunnelConfig, VxlanConfig,
 };
 
 /// An offset the optimizer cannot reason about. A checksum is stored after a loop over the
