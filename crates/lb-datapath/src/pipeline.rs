@@ -4,7 +4,7 @@ use core::cell::Cell;
 
 use lb_api::abi::{
     BackendKey, CtEntry, CtKey, CtKind, DatapathConfig, ForwardingMode, NodeKey, ServiceKey,
-    CT_F_BACKEND_SIDE, CT_F_DSR, CT_F_SNAT, CT_F_SRC_PORT_REWRITTEN, CT_F_TUNNEL,
+    ServiceValue, CT_F_BACKEND_SIDE, CT_F_DSR, CT_F_SNAT, CT_F_SRC_PORT_REWRITTEN, CT_F_TUNNEL,
 };
 use lb_api::checksum;
 use lb_api::counters::{Counter, Counters, DropReason};
@@ -369,10 +369,8 @@ where
             }
         }
     }
-    if e.flags & (CT_F_DSR | CT_F_TUNNEL) != 0 && !backend_side {
-        if exceeds_mtu(ctx, e.flags) {
-            return Some(TOO_BIG);
-        }
+    if e.flags & (CT_F_DSR | CT_F_TUNNEL) != 0 && !backend_side && exceeds_mtu(ctx, e.flags) {
+        return Some(TOO_BIG);
     }
     if let Err(v) = translate(pkt, parsed, tables, e) {
         return Some(v);
@@ -856,6 +854,18 @@ fn start_entry<C: Fn() -> u64>(e: &mut CtEntry, ctx: &Ctx<'_, C>, now: u64) {
     e.family = t.family;
 }
 
+/// The service `t` is addressed to. Its own subprogram in the kernel: the key then lives in its
+/// frame, not in the new-flow path's, which is the deepest.
+#[inline(never)]
+fn service_of<T: ServiceTable + ?Sized>(tables: &T, t: &FlowTuple) -> Option<ServiceValue> {
+    tables.service(&ServiceKey {
+        addr: t.dst,
+        port: t.dst_port,
+        proto: t.proto,
+        family: t.family,
+    })
+}
+
 /// The first packet of a flow: a service? pick a backend, create both conntrack entries, rewrite,
 /// carry to the backend's node. `None`: not to a service. `e` and `rk` are scratch space.
 #[inline(never)]
@@ -873,13 +883,7 @@ where
 {
     let (parsed, cfg) = (ctx.parsed, ctx.cfg);
     let t = &parsed.tuple;
-    let skey = ServiceKey {
-        addr: t.dst,
-        port: t.dst_port,
-        proto: t.proto,
-        family: t.family,
-    };
-    let svc = tables.service(&skey)?;
+    let svc = service_of(tables, t)?;
     let Some(slot) = select_slot(t, cfg.hash_seed, svc.backend_count) else {
         return Some(drop(tables, DropReason::NoBackend));
     };
@@ -904,11 +908,9 @@ where
     if flags & (CT_F_SNAT | CT_F_TUNNEL) != 0 && node == [0; 16] {
         return Some(drop(tables, DropReason::NodeAddressMissing));
     }
-    if flags & (CT_F_DSR | CT_F_TUNNEL) != 0 {
-        if exceeds_mtu(ctx, flags) {
-            e.flags = flags;
-            return Some(TOO_BIG);
-        }
+    if flags & (CT_F_DSR | CT_F_TUNNEL) != 0 && exceeds_mtu(ctx, flags) {
+        e.flags = flags;
+        return Some(TOO_BIG);
     }
 
     let now = ctx.now();
