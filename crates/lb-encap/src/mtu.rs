@@ -11,10 +11,17 @@ use zerocopy::network_endian::U16;
 
 use crate::tunnel::{vxlan_encap, AdjustHead, EncapError, TunnelConfig};
 
-/// Longest IPv4 quote: the error stays within 576 bytes (RFC 1812 4.3.2.3).
-pub const QUOTE_MAX_V4: usize = 576 - 28;
-/// Longest IPv6 quote: the error stays within the minimum MTU 1280 (RFC 4443 3.2).
-pub const QUOTE_MAX_V6: usize = 1280 - 48;
+/// Longest quote of the offending packet, IPv4 and IPv6: 128 bytes. A receiver needs the IP
+/// header (with options or extension headers) and the first 8 bytes of the transport header to
+/// find the socket whose path MTU to lower (RFC 792; Linux reads no more). RFC 1812 and RFC 4443
+/// allow up to 548 and 1232 bytes; the bound keeps the checksum loop over the quote short enough
+/// for the kernel verifier at every call site, and within the bytes the kernel programs may read
+/// (`MAX_HEADER_OFFSET`).
+pub const QUOTE_MAX: usize = 128;
+/// Longest IPv4 quote (see [`QUOTE_MAX`]).
+pub const QUOTE_MAX_V4: usize = QUOTE_MAX;
+/// Longest IPv6 quote (see [`QUOTE_MAX`]).
+pub const QUOTE_MAX_V6: usize = QUOTE_MAX;
 
 /// Rewrites the IP packet in `pkt` (after its L2 header, which is kept with the MACs swapped)
 /// into an ICMP "fragmentation needed" / ICMPv6 "packet too big" with next-hop MTU `mtu`, from
@@ -24,6 +31,17 @@ pub const QUOTE_MAX_V6: usize = 1280 - 48;
 /// may then be partly rewritten and must be dropped.
 pub fn icmp_too_big<P: AdjustHead + ?Sized>(pkt: &mut P, mtu: u16, from: [u8; 16]) -> Option<()> {
     let p = parse(pkt).ok()?;
+    icmp_too_big_parsed(pkt, &p, mtu, &from)
+}
+
+/// [`icmp_too_big`] of a packet already parsed into `p` (the datapath's parse result, which
+/// lives off the kernel stack).
+pub fn icmp_too_big_parsed<P: AdjustHead + ?Sized>(
+    pkt: &mut P,
+    p: &lb_api::wire::Parsed,
+    mtu: u16,
+    from: &[u8; 16],
+) -> Option<()> {
     let l3 = p.l3_offset;
     let v6 = p.family() == IpFamily::V6;
     let (ip_len, quote_max) = if v6 {
@@ -64,7 +82,7 @@ pub fn icmp_too_big<P: AdjustHead + ?Sized>(pkt: &mut P, mtu: u16, from: [u8; 16
                 payload_len: U16::new(icmp_len as u16),
                 next_header: 58,
                 hop_limit: 64,
-                src: from,
+                src: *from,
                 dst: to,
             },
         )?;
@@ -77,9 +95,9 @@ pub fn icmp_too_big<P: AdjustHead + ?Sized>(pkt: &mut P, mtu: u16, from: [u8; 16
                 rest: u32::from(mtu).to_be_bytes(),
             },
         )?;
-        let pseudo = checksum::pseudo_sum_v6(&from, &to, 58, icmp_len as u32);
+        let pseudo = checksum::pseudo_sum_v6(from, &to, 58, icmp_len as u32);
         let c = checksum::finish(checksum::sum_packet(pkt, l4, icmp_len, pseudo)?);
-        pkt.store(l4 + IcmpHeader::CHECK_OFFSET, &U16::new(c))?;
+        pkt.store(crate::opaque(l4 + IcmpHeader::CHECK_OFFSET), &U16::new(c))?;
     } else {
         let mut ip = Ipv4Header {
             version_ihl: 0x45,
@@ -108,7 +126,7 @@ pub fn icmp_too_big<P: AdjustHead + ?Sized>(pkt: &mut P, mtu: u16, from: [u8; 16
             },
         )?;
         let c = checksum::finish(checksum::sum_packet(pkt, l4, icmp_len, 0)?);
-        pkt.store(l4 + IcmpHeader::CHECK_OFFSET, &U16::new(c))?;
+        pkt.store(crate::opaque(l4 + IcmpHeader::CHECK_OFFSET), &U16::new(c))?;
     }
     Some(())
 }
