@@ -168,6 +168,29 @@ fn table_ops(c: &mut Criterion<ThreadCpuTime>) {
                 });
             });
         });
+        // The same random hits, looked up 16 at a time (`get_batch`, a burst of packets as a
+        // vector datapath handles them); the time is per key.
+        g.bench_function(BenchmarkId::new("lookup_hit_batch16", label), |b| {
+            with_table(&mut |t| {
+                let mut i = 0u64;
+                b.iter_custom(|iters| {
+                    // Whole bursts; the time is scaled back to `iters` keys.
+                    let batches = iters.div_ceil(16).max(1);
+                    let mut out = [None; 16];
+                    let start = thread_cpu();
+                    for _ in 0..batches {
+                        let keys: [lb_api::abi::CtKey; 16] = core::array::from_fn(|_| {
+                            i += 1;
+                            service_key(scramble(flows, i))
+                        });
+                        t.get_batch(&keys, &mut out);
+                        black_box(out.map(|e| e.map(|e| e.expires_ns)));
+                    }
+                    let spent = thread_cpu() - start;
+                    spent.mul_f64(iters as f64 / (16 * batches) as f64)
+                });
+            });
+        });
         // Hits on 1024 flows of the table (traffic where few flows carry most packets): the
         // table's own cost once the entries are cached.
         g.bench_function(BenchmarkId::new("lookup_hit_hot1024", label), |b| {
