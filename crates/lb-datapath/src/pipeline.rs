@@ -116,7 +116,7 @@ where
         Some(L4Proto::Icmp | L4Proto::Icmpv6)
     ) && parsed.fragment == Fragment::None
     {
-        return icmp_error(pkt, parsed, tables);
+        return icmp_error(pkt, parsed, tables, now_ns(cfg, clock));
     }
     if let Some(v) = untranslated(tables, parsed) {
         return v;
@@ -1040,10 +1040,13 @@ where
 ///   tuple, the key of the flow's service entry. The quote gets the backend as source and the
 ///   client port as the backend saw it; the outer destination becomes the backend.
 ///
-/// Conntrack is only read (an error does not keep a flow alive), so the path needs neither the
-/// clock nor the config: it takes `parsed` alone.
+/// Under SNAT the quote's source (towards the client) or destination (towards the backend) is
+/// this node's address and port: they become the client's, or this node's, again.
+///
+/// Conntrack is only read (an error does not keep a flow alive); an entry past its deadline
+/// (`now`) counts as absent, as for every lookup.
 #[inline(never)]
-fn icmp_error<P, T>(pkt: &mut P, parsed: &Parsed, tables: &mut T) -> Verdict
+fn icmp_error<P, T>(pkt: &mut P, parsed: &Parsed, tables: &mut T, now: u64) -> Verdict
 where
     P: PacketAccess + ?Sized,
     T: ConntrackTable + Counters + ?Sized,
@@ -1073,24 +1076,36 @@ where
     // What the quote becomes: `to`, starting from the quote itself.
     let mut to = *q;
     let mut key = CtKey::new(&q.reversed(), CtKind::ReverseNat);
-    if let Some(rev) = tables.get_mut(&key) {
-        to.dst = rev.nat_addr;
-        to.dst_port = rev.nat_port;
-        if rev.flags & CT_F_SRC_PORT_REWRITTEN != 0 {
-            to.src_port = rev.rewritten_src_port;
+    match tables.get_mut(&key) {
+        Some(rev) if !is_expired(rev, now) => {
+            to.dst = rev.nat_addr;
+            to.dst_port = rev.nat_port;
+            if rev.flags & CT_F_SRC_PORT_REWRITTEN != 0 {
+                to.src_port = rev.rewritten_src_port;
+            }
+            // SNAT: the reverse entry holds the client's address.
+            if rev.flags & CT_F_SNAT != 0 {
+                to.src = rev.snat_addr;
+            }
         }
-        // (A reverse entry that also restores the client's address, SNAT, sets `to.src` here.)
-    } else {
-        key.kind = CtKind::Service as u8;
-        let Some(fwd) = tables.get_mut(&key) else {
-            return pass(tables, Counter::PassIcmpErrorNoFlow);
-        };
-        to.src = fwd.nat_addr;
-        to.src_port = fwd.nat_port;
-        if fwd.flags & CT_F_SRC_PORT_REWRITTEN != 0 {
-            to.dst_port = fwd.rewritten_src_port;
+        _ => {
+            key.kind = CtKind::Service as u8;
+            let Some(fwd) = tables.get_mut(&key) else {
+                return pass(tables, Counter::PassIcmpErrorNoFlow);
+            };
+            if is_expired(fwd, now) {
+                return pass(tables, Counter::PassIcmpErrorNoFlow);
+            }
+            to.src = fwd.nat_addr;
+            to.src_port = fwd.nat_port;
+            if fwd.flags & CT_F_SRC_PORT_REWRITTEN != 0 {
+                to.dst_port = fwd.rewritten_src_port;
+            }
+            // SNAT: the service entry holds the address the backend saw, this node's.
+            if fwd.flags & CT_F_SNAT != 0 {
+                to.dst = fwd.snat_addr;
+            }
         }
-        // (A service entry with a SNAT address sets `to.dst` here.)
     }
     if translate_icmp_error(pkt, parsed, &quote, &to).is_none() {
         return drop(tables, DropReason::Truncated);

@@ -387,3 +387,106 @@ fn icmp_errors_about_ipv4_flows_are_translated_both_ways() {
 fn icmpv6_errors_about_ipv6_flows_are_translated_both_ways() {
     scenario(true);
 }
+
+/// A SNAT flow (the backend on another node, so this node masquerades): errors towards the
+/// client get the client's address and port back in the quote and as outer destination;
+/// errors towards the backend get this node's address and SNAT port, and the outer source
+/// becomes this node when the client itself answered. An expired flow is not translated.
+fn snat_scenario(v6: bool) {
+    use lb_api::abi::ForwardingMode;
+    use lb_nat::control::{BackendSpec, NodeSpec};
+    let n = &net(v6);
+    let a = |s: &str| match s.parse::<IpAddr>().unwrap() {
+        IpAddr::V4(a) => v4_addr(a.octets()),
+        IpAddr::V6(a) => a.octets(),
+    };
+    let (node, peer) = if v6 {
+        (a("fd00::fe"), a("fd02::1"))
+    } else {
+        (a("10.0.0.254"), a("10.2.0.1"))
+    };
+    let mut e = engine(n);
+    e.set_node(&NodeSpec {
+        address_v4: (!v6).then(|| std::net::Ipv4Addr::from(v4_of(&node))),
+        address_v6: v6.then(|| std::net::Ipv6Addr::from(node)),
+        peers: vec![n.sock(peer, 0).ip()],
+        ..Default::default()
+    })
+    .unwrap();
+    e.upsert_service(&ServiceSpec {
+        id: 40 + u32::from(v6),
+        frontend: n.sock(n.vip, 8443),
+        proto: L4Proto::Tcp,
+        mode: ForwardingMode::Snat,
+        backends: vec![BackendSpec {
+            node: Some(n.sock(peer, 0).ip()),
+            ..n.sock(n.backend, 8443).into()
+        }],
+        ..Default::default()
+    })
+    .unwrap();
+    let (tcp, c, cp, be, r) = (L4Proto::Tcp, n.client, CLIENT_PORT, n.backend, n.router);
+    let mut first = n.frame(tcp, c, cp, n.vip, 8443);
+    assert_eq!(e.process(&mut first), Verdict::Pass);
+    // The packet as the backend got it: from this node, from the SNAT port.
+    let l4 = if v6 { 54 } else { 34 };
+    let sp = u16::from_be_bytes([first[l4], first[l4 + 1]]);
+    assert_eq!(first, n.frame(tcp, node, sp, be, 8443), "masqueraded");
+
+    let ok = Counter::IcmpErrorTranslated;
+    let to_node = n.frame(tcp, node, sp, be, 8443);
+    let as_sent = n.frame(tcp, c, cp, n.vip, 8443);
+    check(
+        &mut e,
+        "snat: port unreachable from the backend to this node",
+        n.error(Kind::PortUnreachable, be, node, &to_node, false),
+        &n.error(Kind::PortUnreachable, n.vip, c, &as_sent, false),
+        Verdict::Pass,
+        ok,
+    );
+    check(
+        &mut e,
+        "snat: too big from a router to this node",
+        n.error(Kind::TooBig, r, node, &to_node, true),
+        &n.error(Kind::TooBig, r, c, &as_sent, true),
+        Verdict::Pass,
+        ok,
+    );
+    let reply = n.frame(tcp, n.vip, 8443, c, cp);
+    let from_backend = n.frame(tcp, be, 8443, node, sp);
+    check(
+        &mut e,
+        "snat: port unreachable from the client about a reply",
+        n.error(Kind::PortUnreachable, c, n.vip, &reply, false),
+        &n.error(Kind::PortUnreachable, node, be, &from_backend, false),
+        Verdict::Pass,
+        ok,
+    );
+    check(
+        &mut e,
+        "snat: time exceeded from a router about a reply",
+        n.error(Kind::TimeExceeded, r, n.vip, &reply, true),
+        &n.error(Kind::TimeExceeded, r, be, &from_backend, true),
+        Verdict::Pass,
+        ok,
+    );
+    // Past the flow's deadline the entries count as absent, before GC collects them.
+    let mut late = *e.config();
+    late.fixed_now_ns = 5_000 + 10 * 24 * 3600 * 1_000_000_000;
+    e.set_config(late);
+    let stale = n.error(Kind::PortUnreachable, be, node, &to_node, false);
+    check(
+        &mut e,
+        "snat: error about an expired flow",
+        stale.clone(),
+        &stale,
+        Verdict::Pass,
+        Counter::PassIcmpErrorNoFlow,
+    );
+}
+
+#[test]
+fn icmp_errors_about_snat_flows_are_translated_both_ways() {
+    snat_scenario(false);
+    snat_scenario(true);
+}
