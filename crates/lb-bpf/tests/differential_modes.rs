@@ -809,7 +809,8 @@ impl Cluster {
         o
     }
 
-    /// The service entry (on node `n`) of the flow whose first packet is `t` (client tuple).
+    /// The engine's conntrack entry under `key` on node `n` (the kernel holds the same: the harness
+    /// compared them after the last packet).
     fn entry(&self, n: Node, key: CtKey) -> CtEntry {
         self.node(n)
             .engine
