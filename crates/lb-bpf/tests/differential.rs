@@ -6,6 +6,8 @@
 
 mod common;
 
+use common::tagged;
+
 use lb_api::abi::{CtEntry, CtKey, CtKind, CtState, DatapathConfig};
 use lb_api::counters::{Counter, DropReason};
 use lb_api::events::DropEvent;
@@ -76,15 +78,6 @@ fn services() -> Vec<ServiceSpec> {
             ..Default::default()
         },
     ]
-}
-
-/// `frame` with an 802.1Q (or, outermost, 802.1ad) tag inserted after the MACs.
-fn tagged(frame: &[u8], tpid: u16, vid: u16) -> Vec<u8> {
-    let mut f = frame[..12].to_vec();
-    f.extend_from_slice(&tpid.to_be_bytes());
-    f.extend_from_slice(&vid.to_be_bytes());
-    f.extend_from_slice(&frame[12..]);
-    f
 }
 
 /// An IPv6 TCP SYN with a hop-by-hop and a destination-options header (or, with `fragment`, a

@@ -5,17 +5,19 @@
 
 use std::vec::Vec;
 
+use lb_api::__zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 use lb_api::abi::{
     BackendKey, BackendValue, CtEntry, CtKey, DatapathConfig, NodeKey, ServiceKey, ServiceValue,
 };
 use lb_api::counters::{Counter, CounterSnapshot, Counters, DropReason};
 use lb_api::events::DropEvent;
+use lb_api::wire::{PacketAccess, SlicePacket};
 use lb_api::Verdict;
 use lb_conntrack::{
     Clock, ConntrackGc, ConntrackMetrics, ConntrackTable, GcReport, HashConntrackTable,
     InsertError, InsertMode, MonotonicClock, TimeoutPolicy,
 };
-use lb_encap::HeadroomPacket;
+use lb_encap::{AdjustHead, HeadroomPacket};
 use lb_nat::collision::XorShift32;
 use lb_nat::control::{
     remove_service, set_node, upsert_service, ConfigError, NodeSpec, ServiceSpec, ServiceStore,
@@ -55,6 +57,34 @@ pub const HEADROOM: usize = 256;
 /// Bytes of room the engine keeps after a frame (the ICMP errors it builds can grow a short
 /// frame).
 const TAILROOM: usize = 1024;
+
+/// A packet whose bytes can be rewritten but whose length cannot change: the TC hook's packet
+/// as the eBPF program sees it (its `adjust_head`/`adjust_tail` always fail).
+struct FixedLenPacket<'a>(SlicePacket<'a>);
+
+impl PacketAccess for FixedLenPacket<'_> {
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn load<T: FromBytes + KnownLayout + Immutable + Copy>(&self, offset: usize) -> Option<T> {
+        self.0.load(offset)
+    }
+
+    fn store<T: IntoBytes + Immutable>(&mut self, offset: usize, value: &T) -> Option<()> {
+        self.0.store(offset, value)
+    }
+}
+
+impl AdjustHead for FixedLenPacket<'_> {
+    fn adjust_head(&mut self, _delta: i32) -> Option<()> {
+        None
+    }
+
+    fn adjust_tail(&mut self, _delta: i32) -> Option<()> {
+        None
+    }
+}
 
 /// The engine's tables: conntrack, services and counters.
 #[derive(Debug, Clone)]
@@ -179,12 +209,37 @@ impl<C: Clock> Engine<C> {
         );
         frame.clear();
         frame.extend_from_slice(pkt.bytes());
+        self.record_drop_event();
+        verdict
+    }
+
+    /// Runs one frame through the pipeline as a hook that cannot resize packets runs it (TC,
+    /// where the eBPF program has no `bpf_xdp_adjust_head`): translations as in
+    /// [`process`](Self::process), but whatever would grow or shrink the packet (tunnel
+    /// encapsulation and decapsulation, DSR carriers, ICMP "too big" errors) fails, and the
+    /// packet gets the verdict the pipeline gives such a failure. The reference for the TC
+    /// program in differential tests.
+    pub fn process_fixed_len(&mut self, frame: &mut [u8]) -> Verdict {
+        let mut pkt = FixedLenPacket(SlicePacket::new(frame));
+        let clock = || self.clock.now_ns();
+        let verdict = crate::process(
+            &mut pkt,
+            &self.cfg,
+            &clock,
+            &mut self.tables,
+            &mut self.scratch,
+        );
+        self.record_drop_event();
+        verdict
+    }
+
+    /// Turns the drop the pipeline just noted, if any, into a drop event.
+    fn record_drop_event(&mut self) {
         if let Some(reason) = self.tables.pending_drop.take() {
             let now = crate::now_ns(&self.cfg, || self.clock.now_ns());
             let tuple = self.scratch.parsed.tuple;
             self.queue_drop_event(DropEvent::new(reason, &tuple, now, 0));
         }
-        verdict
     }
 
     /// Sets this node's identity (addresses, peers, tunnel parameters).
@@ -311,6 +366,65 @@ mod tests {
     use lb_api::wire::{testing::tcp_v4_frame, TcpFlags};
     use lb_conntrack::{GcConfig, ManualClock};
     use std::vec;
+
+    #[test]
+    fn fixed_len_translates_like_process_and_cannot_add_a_carrier() {
+        let dsr = |e: &mut Engine<ManualClock>| {
+            let mut node = NodeSpec {
+                address_v4: Some([192, 168, 1, 10].into()),
+                ..NodeSpec::default()
+            };
+            node.peers.push([192, 168, 1, 11].into());
+            e.set_node(&node).unwrap();
+            e.upsert_service(&ServiceSpec {
+                id: 1,
+                frontend: "10.96.0.10:80".parse().unwrap(),
+                proto: L4Proto::Tcp,
+                backends: vec![remote("10.1.0.2:8080")],
+                mode: lb_nat::control::ForwardingMode::Dsr,
+                ..Default::default()
+            })
+            .unwrap();
+            e.upsert_service(&ServiceSpec {
+                id: 2,
+                frontend: "10.96.0.11:80".parse().unwrap(),
+                proto: L4Proto::Tcp,
+                backends: vec!["10.1.0.3:8080".parse().unwrap()],
+                ..Default::default()
+            })
+            .unwrap();
+        };
+        let mut cfg = default_config(0);
+        cfg.fixed_now_ns = 1_000;
+        let (mut grows, mut fixed) = (
+            Engine::with_clock(64, cfg, ManualClock::new(0)),
+            Engine::with_clock(64, cfg, ManualClock::new(0)),
+        );
+        dsr(&mut grows);
+        dsr(&mut fixed);
+        let syn = |vip: [u8; 4]| tcp_v4_frame([10, 0, 0, 1], 40000, vip, 80, TcpFlags::SYN, b"");
+        // Plain DNAT keeps the length: the same in both models.
+        let (mut a, mut b) = (syn([10, 96, 0, 11]), syn([10, 96, 0, 11]));
+        assert_eq!(grows.process(&mut a), Verdict::Pass);
+        assert_eq!(fixed.process_fixed_len(&mut b), Verdict::Pass);
+        assert_eq!(a, b);
+        // The DSR option needs 8 more bytes: only the growing model adds it.
+        let (mut a, mut b) = (syn([10, 96, 0, 10]), syn([10, 96, 0, 10]));
+        assert_eq!(grows.process(&mut a), Verdict::Pass);
+        assert_eq!(a.len(), b.len() + 8);
+        assert_eq!(fixed.process_fixed_len(&mut b), Verdict::Drop);
+        assert_eq!(fixed.counters().drops(DropReason::EncapFailed), 1);
+        let ev = fixed.drain_drop_events();
+        assert_eq!(ev.len(), 1);
+        assert_eq!(ev[0].reason, DropReason::EncapFailed);
+    }
+
+    fn remote(addr: &str) -> lb_nat::control::BackendSpec {
+        lb_nat::control::BackendSpec {
+            node: Some("192.168.1.11".parse().unwrap()),
+            ..addr.parse().unwrap()
+        }
+    }
 
     #[test]
     fn drops_are_queued_as_events_with_reason_tuple_and_time() {
