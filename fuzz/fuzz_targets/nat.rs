@@ -55,7 +55,7 @@ fuzz_target!(|data: &[u8]| {
                             } else {
                                 BackendState::Active
                             },
-                            node_local: bits & 8 == 0,
+                            node: (bits & 8 != 0).then(|| std::net::IpAddr::from([10, 0, 9, 2])),
                         }
                     })
                     .collect();

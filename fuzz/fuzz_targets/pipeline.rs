@@ -1,27 +1,69 @@
 //! Arbitrary frames through the userspace engine (the same pipeline the kernel runs): no panic,
-//! every packet is counted exactly once as passed, translated or dropped, and the conntrack table
-//! only ever holds complete pairs.
+//! every packet is counted exactly once as passed, translated, answered or dropped. The node has
+//! peers and services in every forwarding mode, with backends here and on another node, so
+//! tunnel ingress, DSR carriers, SNAT and the ICMP too-big path are reachable.
 #![no_main]
 
+use lb_api::abi::ForwardingMode;
 use lb_api::counters::Counter;
 use lb_api::flow::L4Proto;
 use lb_conntrack::ManualClock;
 use lb_datapath::engine::{default_config, Engine};
-use lb_nat::control::ServiceSpec;
+use lb_nat::control::{BackendSpec, NodeSpec, ServiceSpec};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let mut engine = Engine::with_clock(64, default_config(1), ManualClock::new(1));
-    for (id, proto) in [(1, L4Proto::Tcp), (2, L4Proto::Udp)] {
-        engine
-            .upsert_service(&ServiceSpec {
-                id,
-                frontend: "10.96.0.10:80".parse().unwrap(),
-                proto,
-                backends: vec!["10.1.0.2:8080".parse().unwrap(), "10.1.0.3:8080".parse().unwrap()],
-                ..Default::default()
-            })
-            .unwrap();
+    engine
+        .set_node(&NodeSpec {
+            address_v4: Some([10, 0, 0, 1].into()),
+            address_v6: Some("fd00::1".parse().unwrap()),
+            peers: vec!["10.0.0.2".parse().unwrap(), "fd00::2".parse().unwrap()],
+            underlay_mtu: 600,
+            ..Default::default()
+        })
+        .unwrap();
+    let remote = |addr: &str, node: &str| BackendSpec {
+        node: Some(node.parse().unwrap()),
+        ..addr.parse::<std::net::SocketAddr>().unwrap().into()
+    };
+    let modes = [
+        ForwardingMode::Snat,
+        ForwardingMode::Dsr,
+        ForwardingMode::Tunnel,
+        ForwardingMode::Hybrid,
+    ];
+    for (i, mode) in modes.into_iter().enumerate() {
+        for (j, proto) in [L4Proto::Tcp, L4Proto::Udp].into_iter().enumerate() {
+            let id = 1 + 2 * i as u32 + j as u32;
+            let port = 80 + i as u16;
+            engine
+                .upsert_service(&ServiceSpec {
+                    id,
+                    frontend: ([10, 96, 0, 10], port).into(),
+                    proto,
+                    mode,
+                    backends: vec![
+                        "10.1.0.2:8080".parse().unwrap(),
+                        remote("10.2.0.3:8080", "10.0.0.2"),
+                    ],
+                    ..Default::default()
+                })
+                .unwrap();
+            engine
+                .upsert_service(&ServiceSpec {
+                    id: id + 100,
+                    frontend: format!("[fd96::10]:{port}").parse().unwrap(),
+                    proto,
+                    mode,
+                    backends: vec![
+                        "[fd01::2]:8080".parse().unwrap(),
+                        remote("[fd02::3]:8080", "fd00::2"),
+                    ],
+                    ..Default::default()
+                })
+                .unwrap();
+        }
     }
     // The input is a sequence of frames, each prefixed by a one-byte length.
     let mut rest = data;
@@ -46,6 +88,8 @@ fuzz_target!(|data: &[u8]| {
         Counter::PassHeadersTooDeep,
         Counter::IcmpErrorTranslated,
         Counter::PassIcmpErrorNoFlow,
+        Counter::BackendSideNewFlow,
+        Counter::MtuExceeded,
         Counter::Dropped,
     ]
     .iter()

@@ -84,6 +84,10 @@ impl AdjustHead for FixedLenPacket<'_> {
     fn adjust_tail(&mut self, _delta: i32) -> Option<()> {
         None
     }
+
+    fn resizable(&self) -> bool {
+        false
+    }
 }
 
 /// The engine's tables: conntrack, services and counters.

@@ -21,7 +21,8 @@ use lb_conntrack::{
 use lb_encap::dsr::{dsr_extract, dsr_v4_insert, dsr_v6_insert, DsrTarget};
 use lb_encap::mtu::icmp_too_big_parsed;
 use lb_encap::{
-    vxlan_decap_parsed, vxlan_encap_offloaded, AdjustHead, InnerChecksum, OuterAddrs, TunnelConfig,
+    vxlan_decap_parsed, vxlan_encap_offloaded, AdjustHead, DecapError, InnerChecksum, OuterAddrs,
+    TunnelConfig,
 };
 use lb_nat::collision::{Reserve, MAX_SOURCE_PORT_TRIES};
 use lb_nat::{
@@ -101,6 +102,7 @@ where
         entry,
         key,
         peer,
+        outcome,
     } = scratch;
     *parsed = Parsed::EMPTY;
     if let Err(e) = parse_into(pkt, parsed) {
@@ -134,14 +136,19 @@ where
         peer,
         tunnelled,
         carry: Cell::new(false),
+        outcome: Cell::from_mut(outcome),
+        resizable: pkt.resizable(),
     };
     let v = paths(pkt, &ctx, tables, entry, key);
     if ctx.carry.get() {
         // The path translated the packet and recorded the flow; now the carrier. Added here,
-        // not in the paths, so that its frame (and the tunnel's) does not stack on theirs.
+        // not in the paths, so that its frame (and the tunnel's) does not stack on theirs. The
+        // path's outcome is counted once the carrier is there: a packet gets one outcome.
         if let Err(d) = to_peer(pkt, &ctx, tables, entry) {
             return d;
         }
+        tables.bump(u32::from(ctx.outcome.get()));
+        return Verdict::Pass;
     }
     if v != TOO_BIG {
         return v;
@@ -230,6 +237,10 @@ pub struct Scratch {
     pub key: CtKey,
     /// The peer node a tunnelled packet came from.
     pub peer: [u8; 16],
+    /// The outcome counter of a path whose packet is still to be carried to its peer node.
+    /// Kept here, in map memory in the kernel, rather than on the stack: the verifier does not
+    /// track it, so the carrier's code is verified once, not once per path.
+    pub outcome: u8,
 }
 
 impl Default for Scratch {
@@ -239,6 +250,7 @@ impl Default for Scratch {
             entry: CtEntry::default(),
             key: CtKey::default(),
             peer: [0; 16],
+            outcome: 0,
         }
     }
 }
@@ -256,8 +268,13 @@ struct Ctx<'a, C> {
     /// The packet came out of the node-to-node tunnel.
     tunnelled: bool,
     /// Set by a path that translated the packet of a flow in the scratch entry which must now
-    /// be carried to its peer node (DSR carrier or tunnel); [`process`] adds the carrier.
+    /// be carried to its peer node (DSR carrier or tunnel); [`process`] adds the carrier and
+    /// then bumps the path's outcome counter, `outcome`.
     carry: Cell<bool>,
+    /// See [`Scratch::outcome`].
+    outcome: &'a Cell<u8>,
+    /// The packet can grow (XDP; not at TC): carriers can be added.
+    resizable: bool,
 }
 
 impl<C: Fn() -> u64> Ctx<'_, C> {
@@ -288,11 +305,15 @@ where
     if !tables.is_peer_node(&NodeKey { addr: *peer }) {
         return Some(drop(tables, DropReason::TunnelFromUnknownNode));
     }
+
     let Some(outer) = pkt.load::<EthernetHeader>(0) else {
         return Some(drop(tables, DropReason::Truncated));
     };
-    if vxlan_decap_parsed(pkt, parsed, cfg.tunnel_port(), Some(cfg.vni)).is_err() {
-        return Some(drop(tables, DropReason::BadTunnelHeader));
+    match vxlan_decap_parsed(pkt, parsed, cfg.tunnel_port(), Some(cfg.vni)) {
+        Ok(_) => {}
+        // A valid tunnel packet where the packet cannot shrink (TC): decapsulation is XDP's job.
+        Err(DecapError::CannotShrink) => return Some(drop(tables, DropReason::EncapFailed)),
+        Err(_) => return Some(drop(tables, DropReason::BadTunnelHeader)),
     }
     // The inner frame carries the MACs of the far side; the stack takes it only when it is
     // addressed to this node, as the outer frame was.
@@ -375,10 +396,8 @@ where
     if let Err(v) = translate(pkt, parsed, tables, e) {
         return Some(v);
     }
-    if e.flags & (CT_F_DSR | CT_F_TUNNEL) != 0 && !backend_side {
-        ctx.carry.set(true);
-    }
-    Some(pass(tables, Counter::ServiceEstablished))
+    let carry = e.flags & (CT_F_DSR | CT_F_TUNNEL) != 0 && !backend_side;
+    Some(done(ctx, tables, carry, Counter::ServiceEstablished))
 }
 
 /// Removes the flow whose entry under `key` a lookup found past its deadline
@@ -602,10 +621,26 @@ where
     {
         return drop(tables, DropReason::Truncated);
     }
-    if tunnel_back {
+    done(ctx, tables, tunnel_back, Counter::ReplyTranslated)
+}
+
+/// A path's success: counted now, or, when the packet must still be carried to its peer node,
+/// by [`process`] once the carrier is added (a packet whose carrier fails counts as dropped
+/// only).
+#[inline(always)]
+fn done<T: Counters + ?Sized, C>(
+    ctx: &Ctx<'_, C>,
+    tables: &mut T,
+    carry: bool,
+    c: Counter,
+) -> Verdict {
+    if carry {
         ctx.carry.set(true);
+        ctx.outcome.set(c.slot() as u8);
+        Verdict::Pass
+    } else {
+        pass(tables, c)
     }
-    pass(tables, Counter::ReplyTranslated)
 }
 
 /// Bytes a packet grows by on its way to the peer node: the DSR carrier, or the VXLAN outer
@@ -640,7 +675,6 @@ where
     T: Counters + ?Sized,
 {
     let t = &ctx.parsed.tuple;
-    tables.bump(Counter::MtuExceeded.slot());
     let from = ctx.cfg.node_addr(t.family);
     if from == [0; 16] {
         return drop(tables, DropReason::NodeAddressMissing);
@@ -650,6 +684,8 @@ where
     if icmp_too_big_parsed(pkt, ctx.parsed, inner_mtu, &from).is_none() {
         return drop(tables, DropReason::EncapFailed);
     }
+    // The outcome: the error is on its way (when it could not be built, the drop is).
+    tables.bump(Counter::MtuExceeded.slot());
     Verdict::Tx
 }
 
@@ -912,6 +948,11 @@ where
         e.flags = flags;
         return Some(TOO_BIG);
     }
+    // Where the packet cannot grow (TC), no carrier can be added: refused before the flow is
+    // recorded, so that no entry (nor a collision port) is left for a packet that is dropped.
+    if flags & (CT_F_DSR | CT_F_TUNNEL) != 0 && !ctx.resizable {
+        return Some(drop(tables, DropReason::EncapFailed));
+    }
 
     let now = ctx.now();
     // One entry (in the scratch area, off the kernel stack), turned from the reverse half into
@@ -963,10 +1004,8 @@ where
     if let Err(v) = translate(pkt, parsed, tables, e) {
         return Some(v);
     }
-    if flags & (CT_F_DSR | CT_F_TUNNEL) != 0 {
-        ctx.carry.set(true);
-    }
-    Some(pass(tables, Counter::ServiceNewFlow))
+    let carry = flags & (CT_F_DSR | CT_F_TUNNEL) != 0;
+    Some(done(ctx, tables, carry, Counter::ServiceNewFlow))
 }
 
 /// On the backend's node: the first packet of a flow another node translated, recognised by how

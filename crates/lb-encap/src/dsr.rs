@@ -110,7 +110,8 @@ fn move_front<P: PacketAccess + ?Sized>(pkt: &mut P, from: usize, n: usize) -> O
     Some(())
 }
 
-/// Adds the IPv4 DSR option to the packet `parsed` describes (client → backend, after DNAT).
+/// Adds the IPv4 DSR option to the packet `parsed` describes (client → backend, after DNAT), as
+/// the first option.
 ///
 /// # Errors
 /// [`EncapError::MtuExceeded`] if 8 more bytes do not fit `mtu`; [`EncapError::Malformed`] if the
@@ -133,11 +134,13 @@ pub fn dsr_v4_insert<P: AdjustHead + ?Sized>(
     pkt.adjust_head(-(DSR_IPV4_OPT_LEN as i32))
         .ok_or(EncapError::NoHeadroom)?;
     let write = |pkt: &mut P| -> Option<()> {
-        move_front(pkt, DSR_IPV4_OPT_LEN, l4)?;
+        // The option goes first, right after the fixed header: after the existing options it
+        // could follow an End-of-Option-List, past which readers (Linux, dsr_extract) stop.
+        move_front(pkt, DSR_IPV4_OPT_LEN, l3 + 20)?;
         let p = target.port.to_be_bytes();
         let a = target.addr;
         pkt.store(
-            l4,
+            l3 + 20,
             &[DSR_IPV4_OPT_TYPE, 8, p[0], p[1], a[0], a[1], a[2], a[3]],
         )?;
         let mut ip: Ipv4Header = pkt.load(l3)?;

@@ -170,6 +170,6 @@ pub fn geneve_decap<P: AdjustHead + ?Sized>(
         return Err(DecapError::NotTunnel);
     }
     pkt.adjust_head(opts_end as i32)
-        .ok_or(DecapError::NotTunnel)?;
+        .ok_or(DecapError::CannotShrink)?;
     Ok(GeneveInfo { vni: h.vni(), dsr })
 }

@@ -21,6 +21,12 @@ pub trait AdjustHead: PacketAccess {
     /// Moves the end of the packet by `delta` bytes (positive grows, negative truncates), like
     /// `bpf_xdp_adjust_tail`. `None` (nothing changed) if the buffer does not allow it.
     fn adjust_tail(&mut self, delta: i32) -> Option<()>;
+
+    /// Whether the packet can change length at all (XDP: yes; the TC hook: no). Paths that
+    /// would have to add or remove a carrier refuse such a packet before changing any state.
+    fn resizable(&self) -> bool {
+        true
+    }
 }
 
 /// [`PacketAccess`] + [`AdjustHead`] over a caller's buffer with headroom before the frame.
@@ -210,6 +216,8 @@ pub enum DecapError {
     BadFlags,
     /// An IPv6 outer UDP checksum of zero (invalid in IPv6).
     ZeroUdpChecksumV6,
+    /// A valid tunnel packet, but the packet cannot shrink (the TC hook): decapsulate at XDP.
+    CannotShrink,
     /// The VNI is not the one expected (`found` holds it).
     VniMismatch {
         /// VNI carried by the packet.
@@ -498,6 +506,7 @@ pub fn vxlan_decap_parsed<P: AdjustHead + ?Sized>(
     if pkt.len() < strip + EthernetHeader::LEN {
         return Err(DecapError::NotTunnel);
     }
-    pkt.adjust_head(strip as i32).ok_or(DecapError::NotTunnel)?;
+    pkt.adjust_head(strip as i32)
+        .ok_or(DecapError::CannotShrink)?;
     Ok(vni)
 }

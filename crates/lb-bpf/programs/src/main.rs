@@ -246,6 +246,11 @@ impl AdjustHead for DirectPacket {
         self.reload();
         Some(())
     }
+
+    #[inline(always)]
+    fn resizable(&self) -> bool {
+        !self.xdp.is_null()
+    }
 }
 
 impl PacketAccess for DirectPacket {
