@@ -42,7 +42,8 @@ enum Task {
         #[arg(long)]
         userspace: bool,
     },
-    /// Benchmarks: criterion (userspace) and BPF_PROG_TEST_RUN ns/packet (kernel).
+    /// Benchmarks: criterion (userspace) and BPF_PROG_TEST_RUN ns/packet (kernel: the default
+    /// table, then the forwarding modes' table of `lb-kernel-bench --modes`).
     Bench {
         /// Only the kernel (BPF_PROG_TEST_RUN) figures.
         #[arg(long)]
@@ -317,15 +318,20 @@ fn bench(kernel_only: bool) -> Result<()> {
         ]))?;
     }
     if is_root() {
-        run(cargo().args([
-            "run",
-            "--quiet",
-            "--release",
-            "-p",
-            "lb-examples",
-            "--bin",
-            "lb-kernel-bench",
-        ]))?;
+        // The default table, then every forwarding mode's paths (single checked runs).
+        for extra in [&[][..], &["--", "--modes"][..]] {
+            run(cargo()
+                .args([
+                    "run",
+                    "--quiet",
+                    "--release",
+                    "-p",
+                    "lb-examples",
+                    "--bin",
+                    "lb-kernel-bench",
+                ])
+                .args(extra))?;
+        }
     } else {
         say("not root: skipping the BPF_PROG_TEST_RUN figures (sudo -E cargo xtask bench --kernel-only)");
     }

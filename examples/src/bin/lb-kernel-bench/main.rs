@@ -2,7 +2,10 @@
 //! times the program over `repeat` runs), set against the parse-only program.
 //!
 //! Run with `sudo -E cargo xtask bench --kernel-only` (or `cargo run --release -p lb-examples
-//! --bin lb-kernel-bench` as root).
+//! --bin lb-kernel-bench` as root). `--modes` measures the forwarding modes instead (see
+//! [`modes`]).
+
+mod modes;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
@@ -26,6 +29,16 @@ struct Args {
     /// Use the config's fixed clock instead of `bpf_ktime_get_ns` (shows the clock's cost).
     #[arg(long)]
     fixed_clock: bool,
+    /// Measure each forwarding mode's paths (SNAT, DSR, VXLAN tunnel; both nodes) in single
+    /// checked runs, instead of the default table.
+    #[arg(long)]
+    modes: bool,
+    /// With `--modes`: timed single runs per row.
+    #[arg(long, default_value_t = 20_000)]
+    runs: u32,
+    /// With `--modes`: IPv4 only.
+    #[arg(long)]
+    no_v6: bool,
 }
 
 const CLIENT: [u8; 4] = [10, 0, 0, 1];
@@ -36,11 +49,21 @@ fn main() -> Result<()> {
     if !lb_bpf::is_privileged() {
         bail!("needs root (BPF_PROG_TEST_RUN): sudo -E cargo xtask bench --kernel-only");
     }
-    let mut dp = KernelDatapath::load().context("loading the programs")?;
     let mut cfg = default_config(7);
     if args.fixed_clock {
         cfg.fixed_now_ns = 1_000_000_000;
     }
+    if args.modes {
+        return modes::run(
+            cfg,
+            &modes::Opts {
+                runs: args.runs,
+                repeat: args.repeat,
+                v6: !args.no_v6,
+            },
+        );
+    }
+    let mut dp = KernelDatapath::load().context("loading the programs")?;
     dp.set_config(&cfg)?;
     dp.upsert_service(&ServiceSpec {
         id: 1,

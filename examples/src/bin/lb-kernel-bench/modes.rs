@@ -1,0 +1,962 @@
+//! `lb-kernel-bench --modes`: ns per packet of each forwarding mode's hot path at XDP.
+//!
+//! Two datapaths are loaded side by side, each with its own maps: node A, which receives the
+//! client's packets to a service, and node B, the node the backends run on. Every service is
+//! configured on both, as a CNI would. The frames node B is measured with are the ones node A's
+//! program produced (the DSR carrier, the VXLAN packet), and the tunnel reply node A is measured
+//! with is the one node B's program encapsulated.
+//!
+//! Why single runs: `BPF_PROG_TEST_RUN` with `repeat` n runs the program n times on one buffer
+//! without restoring it, so run k sees what run k-1 wrote (a translated, grown or decapsulated
+//! packet). Only the first of the n runs takes the path under test; for an established flow the
+//! other n-1 are "not a service" (the counters show it). Each measured packet is therefore one
+//! `BPF_PROG_TEST_RUN` call with `repeat` 1 (the kernel copies the input anew per call), and the
+//! table gives the median of the kernel's per-call times. The parse-only baseline is measured
+//! the same way; its figure at a large `repeat` (valid: it does not change the packet) shows the
+//! cost of measuring single runs.
+//!
+//! Before a time counts, its run is checked: the verdict; the output bytes equal to those of the
+//! userspace engine (the reference, fed the same packets in the same order); the output decoded
+//! by etherparse (an independent decoder) with valid checksums and the expected addresses,
+//! ports, DSR carrier and VXLAN header; and, per row, the counters of both worlds grew by
+//! exactly the row's counters, once per run, and by nothing else (no drop, no other path). The
+//! first run of each row is a check-only preflight, not timed.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use anyhow::{anyhow, bail, ensure, Context, Result};
+use etherparse::{Ipv6ExtensionSlice, NetSlice, SlicedPacket, TransportSlice};
+use lb_api::abi::DatapathConfig;
+use lb_api::counters::{Counter, CounterSnapshot, DropReason, COUNTER_SLOTS};
+use lb_api::flow::L4Proto;
+use lb_api::wire::testing::{tcp_v4_frame, tcp_v6_frame};
+use lb_api::wire::TcpFlags;
+use lb_api::Verdict;
+use lb_bpf::{KernelDatapath, Program};
+use lb_datapath::engine::Engine;
+use lb_nat::control::{BackendSpec, ForwardingMode, NodeSpec, ServiceSpec};
+
+/// Options of the modes table.
+pub struct Opts {
+    /// Timed single runs per row.
+    pub runs: u32,
+    /// Runs of the parse-only reference at a large `repeat`.
+    pub repeat: u32,
+    /// Also measure IPv6 (SNAT, DSR, tunnel).
+    pub v6: bool,
+}
+
+/// Conntrack capacity of the engine, as the kernel map's.
+const CT_CAPACITY: usize = 65_536;
+/// Client port of the flow the established and reply rows use.
+const FLOW_PORT: u16 = 50_000;
+/// First client port of the new-flow rows (one port per run).
+const NEW_FLOW_PORT: u16 = 10_000;
+/// Most timed runs per row: the new-flow ports stay below [`FLOW_PORT`], and a row's flows
+/// (two entries each) fit the 65 536-entry conntrack map.
+pub const MAX_RUNS: u32 = 30_000;
+const VXLAN_PORT: u16 = 4789;
+const VNI: u32 = 1;
+const BACKENDS: u8 = 8;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Family {
+    V4,
+    V6,
+}
+
+/// How a service reaches its backends: `Local` is a backend on node A itself (plain DNAT), the
+/// others a backend on node B in that forwarding mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Local,
+    Snat,
+    Dsr,
+    Tunnel,
+}
+
+impl Mode {
+    const ALL: [Mode; 4] = [Mode::Local, Mode::Snat, Mode::Dsr, Mode::Tunnel];
+
+    const fn index(self) -> u8 {
+        self as u8
+    }
+
+    const fn name(self) -> &'static str {
+        match self {
+            Mode::Local => "local backend (DNAT)",
+            Mode::Snat => "SNAT",
+            Mode::Dsr => "DSR",
+            Mode::Tunnel => "VXLAN tunnel",
+        }
+    }
+
+    /// Whether the backend's node receives the flow with a carrier and creates its own entries.
+    const fn carried(self) -> bool {
+        matches!(self, Mode::Dsr | Mode::Tunnel)
+    }
+}
+
+impl Family {
+    const fn name(self) -> &'static str {
+        match self {
+            Family::V4 => "IPv4",
+            Family::V6 => "IPv6",
+        }
+    }
+
+    fn client(self) -> IpAddr {
+        match self {
+            Family::V4 => Ipv4Addr::new(10, 0, 0, 1).into(),
+            Family::V6 => Ipv6Addr::new(0xfd00, 0xc, 0, 0, 0, 0, 0, 1).into(),
+        }
+    }
+
+    /// Node A (`b` false) or node B.
+    fn node(self, b: bool) -> IpAddr {
+        let last = if b { 2 } else { 1 };
+        match self {
+            Family::V4 => Ipv4Addr::new(10, 250, 0, last).into(),
+            Family::V6 => Ipv6Addr::new(0xfd00, 0x250, 0, 0, 0, 0, 0, u16::from(last)).into(),
+        }
+    }
+
+    fn vip(self, m: Mode) -> SocketAddr {
+        let ip: IpAddr = match self {
+            Family::V4 => Ipv4Addr::new(10, 96, 0, 10 + m.index()).into(),
+            Family::V6 => {
+                Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0x10 + u16::from(m.index())).into()
+            }
+        };
+        SocketAddr::new(ip, 80)
+    }
+
+    fn backends(self, m: Mode) -> Vec<SocketAddr> {
+        (0..BACKENDS)
+            .map(|i| {
+                let ip: IpAddr = match self {
+                    Family::V4 => Ipv4Addr::new(10, 1, m.index(), 2 + i).into(),
+                    Family::V6 => Ipv6Addr::new(
+                        0xfd00,
+                        1,
+                        u16::from(m.index()),
+                        0,
+                        0,
+                        0,
+                        0,
+                        2 + u16::from(i),
+                    )
+                    .into(),
+                };
+                SocketAddr::new(ip, 8080)
+            })
+            .collect()
+    }
+
+    fn service(self, m: Mode) -> ServiceSpec {
+        let node = (m != Mode::Local).then(|| self.node(true));
+        ServiceSpec {
+            id: 1 + u32::from(m.index()) + if self == Family::V6 { 10 } else { 0 },
+            frontend: self.vip(m),
+            proto: L4Proto::Tcp,
+            backends: self
+                .backends(m)
+                .into_iter()
+                .map(|addr| BackendSpec {
+                    node,
+                    ..BackendSpec::from(addr)
+                })
+                .collect(),
+            mode: match m {
+                Mode::Local | Mode::Snat => ForwardingMode::Snat,
+                Mode::Dsr => ForwardingMode::Dsr,
+                Mode::Tunnel => ForwardingMode::Tunnel,
+            },
+            ..Default::default()
+        }
+    }
+}
+
+/// A TCP frame without payload from `src` to `dst`.
+fn frame(src: SocketAddr, dst: SocketAddr, flags: u8) -> Result<Vec<u8>> {
+    Ok(match (src.ip(), dst.ip()) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            tcp_v4_frame(s.octets(), src.port(), d.octets(), dst.port(), flags, b"")
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            tcp_v6_frame(s.octets(), src.port(), d.octets(), dst.port(), flags, b"")
+        }
+        _ => bail!("{src} and {dst} are of different families"),
+    })
+}
+
+/// A packet as etherparse decodes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct View {
+    src: SocketAddr,
+    dst: SocketAddr,
+    /// The service address of a DSR carrier (IPv4 option 0x9a, IPv6 destination option 0x1b).
+    dsr: Option<SocketAddr>,
+    /// The VXLAN outer headers, when the TCP packet is encapsulated.
+    outer: Option<Outer>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Outer {
+    src: IpAddr,
+    dst: IpAddr,
+    dst_port: u16,
+    vni: u32,
+}
+
+/// Decodes an Ethernet frame carrying TCP, possibly VXLAN-encapsulated, checking the IPv4
+/// header and TCP checksums.
+fn decode(frame: &[u8]) -> Result<View> {
+    let p = SlicedPacket::from_ethernet(frame).map_err(|e| anyhow!("etherparse: {e}"))?;
+    let (src, dst, dsr) = match &p.net {
+        Some(NetSlice::Ipv4(ip)) => {
+            let h = ip.header();
+            ensure!(
+                h.to_header().calc_header_checksum() == h.header_checksum(),
+                "IPv4 header checksum is wrong"
+            );
+            (
+                IpAddr::V4(h.source_addr()),
+                IpAddr::V4(h.destination_addr()),
+                dsr_v4(h.options())?,
+            )
+        }
+        Some(NetSlice::Ipv6(ip)) => {
+            let h = ip.header();
+            let mut dsr = None;
+            for ext in ip.extensions().clone() {
+                if let Ipv6ExtensionSlice::DestinationOptions(d) = ext {
+                    dsr = dsr.or(dsr_v6(d.payload())?);
+                }
+            }
+            (
+                IpAddr::V6(h.source_addr()),
+                IpAddr::V6(h.destination_addr()),
+                dsr,
+            )
+        }
+        None => bail!("no IP header"),
+    };
+    match &p.transport {
+        Some(TransportSlice::Tcp(tcp)) => {
+            let want = match (src, dst) {
+                (IpAddr::V4(s), IpAddr::V4(d)) => tcp.calc_checksum_ipv4(s.octets(), d.octets()),
+                (IpAddr::V6(s), IpAddr::V6(d)) => tcp.calc_checksum_ipv6(s.octets(), d.octets()),
+                _ => bail!("mixed address families"),
+            }
+            .map_err(|e| anyhow!("TCP checksum: {e}"))?;
+            ensure!(want == tcp.checksum(), "TCP checksum is wrong");
+            Ok(View {
+                src: SocketAddr::new(src, tcp.source_port()),
+                dst: SocketAddr::new(dst, tcp.destination_port()),
+                dsr,
+                outer: None,
+            })
+        }
+        Some(TransportSlice::Udp(udp)) if udp.destination_port() == VXLAN_PORT => {
+            ensure!(dsr.is_none(), "a DSR carrier on a VXLAN packet");
+            let vx = udp.payload();
+            // IPv4: zero (none, RFC 7348) or right; IPv6: right, and zero is invalid.
+            let sum = match (src, dst) {
+                (IpAddr::V4(s), IpAddr::V4(d)) => {
+                    udp.to_header()
+                        .calc_checksum_ipv4_raw(s.octets(), d.octets(), vx)
+                }
+                (IpAddr::V6(s), IpAddr::V6(d)) => {
+                    udp.to_header()
+                        .calc_checksum_ipv6_raw(s.octets(), d.octets(), vx)
+                }
+                _ => bail!("mixed address families"),
+            }
+            .map_err(|e| anyhow!("outer UDP checksum: {e}"))?;
+            ensure!(
+                udp.checksum() == sum || (udp.checksum() == 0 && src.is_ipv4()),
+                "outer UDP checksum {:#06x}, expected {sum:#06x}",
+                udp.checksum()
+            );
+            ensure!(
+                vx.len() >= 8 && vx[0] == 0x08,
+                "VXLAN header without the I flag"
+            );
+            let mut inner = decode(&vx[8..]).context("inner frame")?;
+            ensure!(inner.outer.is_none(), "VXLAN in VXLAN");
+            inner.outer = Some(Outer {
+                src,
+                dst,
+                dst_port: udp.destination_port(),
+                vni: u32::from_be_bytes([0, vx[4], vx[5], vx[6]]),
+            });
+            Ok(inner)
+        }
+        other => bail!("neither TCP nor VXLAN: {other:?}"),
+    }
+}
+
+/// The DSR target in IPv4 options: type 0x9a, length 8, port, address.
+fn dsr_v4(opts: &[u8]) -> Result<Option<SocketAddr>> {
+    let mut i = 0;
+    while i < opts.len() {
+        match opts[i] {
+            0 => break,
+            1 => i += 1,
+            t => {
+                let len = usize::from(*opts.get(i + 1).context("truncated IPv4 option")?);
+                let o = opts
+                    .get(i..i + len)
+                    .context("IPv4 option past the header")?;
+                ensure!(len >= 2, "IPv4 option of length {len}");
+                if t == 0x9a {
+                    ensure!(len == 8, "DSR option of length {len}");
+                    let ip = Ipv4Addr::new(o[4], o[5], o[6], o[7]);
+                    return Ok(Some(SocketAddr::new(
+                        ip.into(),
+                        u16::from_be_bytes([o[2], o[3]]),
+                    )));
+                }
+                i += len;
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// The DSR target in an IPv6 destination options header's options: type 0x1b, length 20,
+/// address, port.
+fn dsr_v6(opts: &[u8]) -> Result<Option<SocketAddr>> {
+    let mut i = 0;
+    while i < opts.len() {
+        if opts[i] == 0 {
+            i += 1;
+            continue;
+        }
+        let len = usize::from(*opts.get(i + 1).context("truncated IPv6 option")?);
+        let o = opts
+            .get(i + 2..i + 2 + len)
+            .context("IPv6 option past its header")?;
+        if opts[i] == 0x1b {
+            ensure!(len == 20, "DSR option of length {len}");
+            let mut a = [0u8; 16];
+            a.copy_from_slice(&o[..16]);
+            return Ok(Some(SocketAddr::new(
+                Ipv6Addr::from(a).into(),
+                u16::from_be_bytes([o[16], o[17]]),
+            )));
+        }
+        i += 2 + len;
+    }
+    Ok(None)
+}
+
+/// What a row's output must decode to.
+struct Want {
+    src: SocketAddr,
+    /// The destination: one of these (a new flow's backend is picked by hash).
+    dst: Vec<SocketAddr>,
+    dsr: Option<SocketAddr>,
+    outer: Option<Outer>,
+}
+
+impl Want {
+    fn check(&self, v: &View) -> Result<()> {
+        ensure!(
+            v.src == self.src
+                && self.dst.contains(&v.dst)
+                && v.dsr == self.dsr
+                && v.outer == self.outer,
+            "output {v:?}, expected src {}, dst one of {:?}, DSR carrier {:?}, outer {:?}",
+            self.src,
+            self.dst,
+            self.dsr,
+            self.outer
+        );
+        Ok(())
+    }
+}
+
+/// One node: its kernel datapath and the userspace engine with the same configuration.
+struct Node {
+    name: &'static str,
+    dp: KernelDatapath,
+    engine: Engine,
+    cfg: DatapathConfig,
+    spec: NodeSpec,
+    services: Vec<ServiceSpec>,
+}
+
+impl Node {
+    fn load(
+        name: &'static str,
+        cfg: DatapathConfig,
+        spec: NodeSpec,
+        services: Vec<ServiceSpec>,
+    ) -> Result<Self> {
+        let mut dp = KernelDatapath::load().context("loading the programs")?;
+        dp.set_config(&cfg)?;
+        dp.set_node(&spec)?;
+        for s in &services {
+            dp.upsert_service(s)?;
+        }
+        let engine = Self::engine(cfg, &spec, &services)?;
+        Ok(Self {
+            name,
+            dp,
+            engine,
+            cfg,
+            spec,
+            services,
+        })
+    }
+
+    fn engine(cfg: DatapathConfig, spec: &NodeSpec, services: &[ServiceSpec]) -> Result<Engine> {
+        let mut e = Engine::new(CT_CAPACITY);
+        e.set_config(cfg);
+        e.set_node(spec)?;
+        for s in services {
+            e.upsert_service(s)?;
+        }
+        Ok(e)
+    }
+
+    /// Empties conntrack in both worlds.
+    fn reset(&mut self) -> Result<()> {
+        self.dp.flush_conntrack()?;
+        ensure!(self.dp.conntrack_entries()?.is_empty(), "conntrack flush");
+        self.engine = Self::engine(self.cfg, &self.spec, &self.services)?;
+        Ok(())
+    }
+
+    /// One run of `frame` through the XDP program and through the engine: the verdict must be
+    /// Pass and both outputs byte-identical. Returns the output and the kernel's time.
+    fn once(&mut self, frame: &[u8]) -> Result<(Vec<u8>, u64)> {
+        let k = self.dp.test_run(Program::Xdp, frame, 1)?;
+        let mut u = frame.to_vec();
+        let uv = self.engine.process(&mut u);
+        ensure!(
+            k.verdict == Verdict::Pass,
+            "node {}: verdict {:?}, expected Pass (drop events: {:?})",
+            self.name,
+            k.verdict,
+            self.dp.drain_drop_events()?
+        );
+        ensure!(
+            uv == k.verdict,
+            "node {}: the engine says {uv:?}, the kernel {:?}",
+            self.name,
+            k.verdict
+        );
+        if k.data != u {
+            let at = k.data.iter().zip(&u).position(|(a, b)| a != b);
+            bail!(
+                "node {}: kernel output ({} B) differs from the engine's ({} B), first at byte {at:?}",
+                self.name,
+                k.data.len(),
+                u.len()
+            );
+        }
+        Ok((k.data, k.duration.as_nanos() as u64))
+    }
+}
+
+/// Counter slots that grew between two snapshots.
+fn delta(before: &CounterSnapshot, after: &CounterSnapshot) -> Vec<(usize, u64)> {
+    (0..COUNTER_SLOTS as usize)
+        .filter_map(|i| {
+            let d = after.0[i].wrapping_sub(before.0[i]);
+            (d != 0).then_some((i, d))
+        })
+        .collect()
+}
+
+fn slot_name(slot: usize) -> String {
+    Counter::ALL
+        .iter()
+        .find(|c| c.slot() as usize == slot)
+        .map(|c| c.name())
+        .or_else(|| {
+            DropReason::ALL
+                .iter()
+                .find(|r| r.slot() as usize == slot)
+                .map(|r| r.name())
+        })
+        .map_or_else(|| format!("slot {slot}"), str::to_string)
+}
+
+fn show(d: &[(usize, u64)]) -> String {
+    d.iter()
+        .map(|(s, n)| format!("{}={n}", slot_name(*s)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A measured row.
+struct Row {
+    family: Family,
+    node: &'static str,
+    mode: Mode,
+    path: &'static str,
+    median: u64,
+    mean: f64,
+    len_in: usize,
+    len_out: usize,
+}
+
+/// Median and mean of single-run times.
+fn summarize(mut ns: Vec<u64>) -> (u64, f64) {
+    ns.sort_unstable();
+    let mean = ns.iter().sum::<u64>() as f64 / ns.len().max(1) as f64;
+    (ns.get(ns.len() / 2).copied().unwrap_or(0), mean)
+}
+
+/// A row to measure on one node: run `i` sends `frames(i)` (run 0 is the untimed preflight)
+/// and must come out as `want(i)`, counting `counters` (and `rx_packets`) once each.
+struct Case<'a> {
+    path: &'static str,
+    frames: &'a dyn Fn(u32) -> Result<Vec<u8>>,
+    want: &'a dyn Fn(u32) -> Want,
+    counters: &'a [Counter],
+}
+
+/// Measures `case` on `node`; returns the row and the outputs of every run.
+fn measure(
+    node: &mut Node,
+    family: Family,
+    mode: Mode,
+    runs: u32,
+    case: &Case<'_>,
+) -> Result<(Row, Vec<Vec<u8>>)> {
+    let name = node.name;
+    let ctx = || {
+        format!(
+            "{} {}, node {name}: {}",
+            family.name(),
+            mode.name(),
+            case.path
+        )
+    };
+    let (k0, e0) = (node.dp.counters()?, *node.engine.counters());
+    let mut times = Vec::with_capacity(runs as usize);
+    let mut outs = Vec::with_capacity(runs as usize + 1);
+    let (mut len_in, mut len_out) = (0, 0);
+    for i in 0..=runs {
+        let input = (case.frames)(i)?;
+        let (out, ns) = node
+            .once(&input)
+            .with_context(|| format!("{}, run {i}", ctx()))?;
+        let view = decode(&out).with_context(|| format!("{}, run {i}: output", ctx()))?;
+        (case.want)(i)
+            .check(&view)
+            .with_context(|| format!("{}, run {i}", ctx()))?;
+        if i == 0 {
+            (len_in, len_out) = (input.len(), out.len());
+        } else {
+            times.push(ns);
+        }
+        outs.push(out);
+    }
+    let n = u64::from(runs) + 1;
+    let mut want: Vec<(usize, u64)> = std::iter::once(Counter::RxPackets)
+        .chain(case.counters.iter().copied())
+        .map(|c| (c.slot() as usize, n))
+        .collect();
+    want.sort_unstable();
+    let (k1, e1) = (node.dp.counters()?, *node.engine.counters());
+    for (world, got) in [("kernel", delta(&k0, &k1)), ("engine", delta(&e0, &e1))] {
+        ensure!(
+            got == want,
+            "{}: {world} counters grew by [{}], expected [{}]",
+            ctx(),
+            show(&got),
+            show(&want)
+        );
+    }
+    let (median, mean) = summarize(times);
+    Ok((
+        Row {
+            family,
+            node: node.name,
+            mode,
+            path: case.path,
+            median,
+            mean,
+            len_in,
+            len_out,
+        },
+        outs,
+    ))
+}
+
+/// Every row of one family and mode: the flow under test is created by an untimed, checked SYN;
+/// then its established packets and replies on each node, then new flows on node A and their
+/// first packets on node B.
+fn bench_mode(a: &mut Node, b: &mut Node, fam: Family, mode: Mode, runs: u32) -> Result<Vec<Row>> {
+    a.reset()?;
+    b.reset()?;
+    let mut rows = Vec::new();
+    let client = fam.client();
+    let vip = fam.vip(mode);
+    let backends = fam.backends(mode);
+    let (node_a, node_b) = (fam.node(false), fam.node(true));
+    let client_at = |port| SocketAddr::new(client, port);
+    // What node A counts besides the translation when it carries a packet to node B.
+    let carrier = match mode {
+        Mode::Dsr => Some(Counter::DsrCarrierAdded),
+        Mode::Tunnel => Some(Counter::TunnelEncapsulated),
+        Mode::Local | Mode::Snat => None,
+    };
+    // The forward packet of client port `port` as it leaves node A, to `dst`.
+    let fwd_want = |port: u16, dst: Vec<SocketAddr>| Want {
+        src: if mode == Mode::Snat {
+            SocketAddr::new(node_a, port)
+        } else {
+            client_at(port)
+        },
+        dst,
+        dsr: (mode == Mode::Dsr).then_some(vip),
+        outer: (mode == Mode::Tunnel).then_some(Outer {
+            src: node_a,
+            dst: node_b,
+            dst_port: VXLAN_PORT,
+            vni: VNI,
+        }),
+    };
+
+    // The flow under test.
+    let syn = frame(client_at(FLOW_PORT), vip, TcpFlags::SYN)?;
+    let (syn_out, _) = a.once(&syn).context("the flow's SYN on node A")?;
+    let syn_view = decode(&syn_out)?;
+    fwd_want(FLOW_PORT, backends.clone()).check(&syn_view)?;
+    let backend = syn_view.dst;
+    let ack = frame(client_at(FLOW_PORT), vip, TcpFlags::ACK)?;
+
+    let counters: Vec<Counter> = std::iter::once(Counter::ServiceEstablished)
+        .chain(carrier)
+        .collect();
+    let (row, outs) = measure(
+        a,
+        fam,
+        mode,
+        runs,
+        &Case {
+            path: "established",
+            frames: &|_| Ok(ack.clone()),
+            want: &|_| fwd_want(FLOW_PORT, vec![backend]),
+            counters: &counters,
+        },
+    )?;
+    rows.push(row);
+    let ack_out = outs.into_iter().next().context("no output")?;
+
+    // Where the backend's replies go: the flow's source as the backend sees it.
+    let seen_src = fwd_want(FLOW_PORT, vec![]).src;
+    let reply = frame(backend, seen_src, TcpFlags::ACK)?;
+    let mut reply_to_a = reply.clone();
+    if mode.carried() {
+        // The backend's node learns the flow from its first packet, as node A sent it.
+        let (first, _) = b.once(&syn_out).context("the flow's SYN on node B")?;
+        let mut want_b = fwd_want(FLOW_PORT, vec![backend]);
+        want_b.outer = None;
+        want_b.check(&decode(&first)?)?;
+        let counters: Vec<Counter> = (mode == Mode::Tunnel)
+            .then_some(Counter::TunnelDecapsulated)
+            .into_iter()
+            .chain([Counter::ServiceEstablished])
+            .collect();
+        let (row, _) = measure(
+            b,
+            fam,
+            mode,
+            runs,
+            &Case {
+                path: "established",
+                frames: &|_| Ok(ack_out.clone()),
+                want: &|_| Want {
+                    outer: None,
+                    ..fwd_want(FLOW_PORT, vec![backend])
+                },
+                counters: &counters,
+            },
+        )?;
+        rows.push(row);
+
+        // DSR: straight to the client from the service address; tunnel: back to node A.
+        let counters: Vec<Counter> = std::iter::once(Counter::ReplyTranslated)
+            .chain((mode == Mode::Tunnel).then_some(Counter::TunnelEncapsulated))
+            .collect();
+        let reply_want = || {
+            if mode == Mode::Dsr {
+                Want {
+                    src: vip,
+                    dst: vec![client_at(FLOW_PORT)],
+                    dsr: None,
+                    outer: None,
+                }
+            } else {
+                Want {
+                    src: backend,
+                    dst: vec![client_at(FLOW_PORT)],
+                    dsr: None,
+                    outer: Some(Outer {
+                        src: node_b,
+                        dst: node_a,
+                        dst_port: VXLAN_PORT,
+                        vni: VNI,
+                    }),
+                }
+            }
+        };
+        let (row, outs) = measure(
+            b,
+            fam,
+            mode,
+            runs,
+            &Case {
+                path: "reply",
+                frames: &|_| Ok(reply.clone()),
+                want: &|_| reply_want(),
+                counters: &counters,
+            },
+        )?;
+        rows.push(row);
+        reply_to_a = outs.into_iter().next().context("no output")?;
+    }
+
+    // Under DSR the replies do not come back through node A.
+    if mode != Mode::Dsr {
+        let counters: Vec<Counter> = (mode == Mode::Tunnel)
+            .then_some(Counter::TunnelDecapsulated)
+            .into_iter()
+            .chain([Counter::ReplyTranslated])
+            .collect();
+        let (row, _) = measure(
+            a,
+            fam,
+            mode,
+            runs,
+            &Case {
+                path: "reply",
+                frames: &|_| Ok(reply_to_a.clone()),
+                want: &|_| Want {
+                    src: vip,
+                    dst: vec![client_at(FLOW_PORT)],
+                    dsr: None,
+                    outer: None,
+                },
+                counters: &counters,
+            },
+        )?;
+        rows.push(row);
+    }
+
+    // New flows: a distinct client port per run.
+    let port = |i: u32| NEW_FLOW_PORT + i as u16;
+    let counters: Vec<Counter> = std::iter::once(Counter::ServiceNewFlow)
+        .chain(carrier)
+        .collect();
+    let (row, new_outs) = measure(
+        a,
+        fam,
+        mode,
+        runs,
+        &Case {
+            path: "new flow",
+            frames: &|i| frame(client_at(port(i)), vip, TcpFlags::SYN),
+            want: &|i| fwd_want(port(i), backends.clone()),
+            counters: &counters,
+        },
+    )?;
+    rows.push(row);
+
+    if mode.carried() {
+        let counters: Vec<Counter> = (mode == Mode::Tunnel)
+            .then_some(Counter::TunnelDecapsulated)
+            .into_iter()
+            .chain([Counter::BackendSideNewFlow])
+            .collect();
+        let (row, _) = measure(
+            b,
+            fam,
+            mode,
+            runs,
+            &Case {
+                path: "first packet (backend-side flow creation)",
+                frames: &|i| {
+                    new_outs
+                        .get(i as usize)
+                        .cloned()
+                        .context("node A's output for this run")
+                },
+                want: &|i| Want {
+                    outer: None,
+                    ..fwd_want(port(i), backends.clone())
+                },
+                counters: &counters,
+            },
+        )?;
+        rows.push(row);
+    }
+    Ok(rows)
+}
+
+/// The parse-only baseline of a family: single runs (the method of every row) and the
+/// program's figure at a large `repeat`.
+fn baseline(dp: &KernelDatapath, fam: Family, opts: &Opts) -> Result<(u64, f64, u64)> {
+    let f = frame(
+        SocketAddr::new(fam.client(), FLOW_PORT),
+        fam.vip(Mode::Local),
+        TcpFlags::SYN,
+    )?;
+    let mut times = Vec::with_capacity(opts.runs as usize);
+    for i in 0..=opts.runs {
+        let out = dp.test_run(Program::XdpParseOnly, &f, 1)?;
+        ensure!(
+            out.verdict == Verdict::Pass && out.data == f,
+            "parse-only: {:?}, output {} B (expected Pass and the input unchanged)",
+            out.verdict,
+            out.data.len()
+        );
+        if i > 0 {
+            times.push(out.duration.as_nanos() as u64);
+        }
+    }
+    let (median, mean) = summarize(times);
+    let many = dp.test_run(Program::XdpParseOnly, &f, opts.repeat)?;
+    ensure!(
+        many.verdict == Verdict::Pass && many.data == f,
+        "parse-only"
+    );
+    Ok((median, mean, many.duration.as_nanos() as u64))
+}
+
+/// What a large `repeat` does to a packet-changing path: an established flow's ACK run 1000
+/// times in one call, at XDP and at TC, and the counters it moved (the reason for single runs).
+fn repeat_effect(node: &mut Node) -> Result<String> {
+    node.reset()?;
+    let (client, vip) = (
+        SocketAddr::new(Family::V4.client(), FLOW_PORT),
+        Family::V4.vip(Mode::Local),
+    );
+    let syn = node
+        .dp
+        .test_run(Program::Xdp, &frame(client, vip, TcpFlags::SYN)?, 1)?;
+    ensure!(syn.verdict == Verdict::Pass, "the SYN: {:?}", syn.verdict);
+    let ack = frame(client, vip, TcpFlags::ACK)?;
+    let mut said = Vec::new();
+    for p in [Program::Xdp, Program::Tc] {
+        let before = node.dp.counters()?;
+        node.dp.test_run(p, &ack, 1000)?;
+        let d = delta(&before, &node.dp.counters()?);
+        said.push(format!("{}: {}", p.name(), show(&d)));
+    }
+    // The engine never saw these packets: start both worlds afresh.
+    node.reset()?;
+    Ok(said.join("; "))
+}
+
+/// Measures and prints the modes table.
+///
+/// # Errors
+/// Loading or a run failing, or any run not taking the intended path (with what it did).
+pub fn run(cfg: DatapathConfig, opts: &Opts) -> Result<()> {
+    ensure!(
+        (1..=MAX_RUNS).contains(&opts.runs),
+        "--runs must be 1..={MAX_RUNS}"
+    );
+    let families: &[Family] = if opts.v6 {
+        &[Family::V4, Family::V6]
+    } else {
+        &[Family::V4]
+    };
+    let services: Vec<ServiceSpec> = families
+        .iter()
+        .flat_map(|f| Mode::ALL.map(|m| f.service(m)))
+        .collect();
+    let node_spec = |b: bool| NodeSpec {
+        address_v4: match Family::V4.node(b) {
+            IpAddr::V4(a) => Some(a),
+            IpAddr::V6(_) => None,
+        },
+        address_v6: match Family::V6.node(b) {
+            IpAddr::V6(a) => Some(a),
+            IpAddr::V4(_) => None,
+        },
+        peers: vec![Family::V4.node(!b), Family::V6.node(!b)],
+        vni: VNI,
+        tunnel_port: VXLAN_PORT,
+        ..NodeSpec::default()
+    };
+    let mut a = Node::load("A", cfg, node_spec(false), services.clone())?;
+    let mut b = Node::load("B", cfg, node_spec(true), services)?;
+
+    let repeat_note = repeat_effect(&mut a)?;
+    let mut rows = Vec::new();
+    let mut bases = Vec::new();
+    for &fam in families {
+        bases.push((fam, baseline(&a.dp, fam, opts)?));
+        for mode in Mode::ALL {
+            if fam == Family::V6 && mode == Mode::Local {
+                continue;
+            }
+            rows.extend(bench_mode(&mut a, &mut b, fam, mode, opts.runs)?);
+        }
+    }
+
+    // Per mode: node A's paths, then node B's, each in the order a flow meets them.
+    let order = |r: &Row| {
+        let path = ["new flow", "first packet", "established", "reply"]
+            .iter()
+            .position(|p| r.path.starts_with(p));
+        (r.family as u8, r.mode as u8, r.node, path)
+    };
+    rows.sort_by_key(order);
+    println!(
+        "BPF_PROG_TEST_RUN at XDP, single runs: median (and mean) of {} runs per row, each \
+         checked; node A = the node the client's packets reach, node B = the backends' node; \
+         clock: {}\n",
+        opts.runs,
+        if cfg.fixed_now_ns != 0 {
+            "fixed (config)"
+        } else {
+            "bpf_ktime_get_ns"
+        }
+    );
+    println!(
+        "Why single runs: one established ACK at repeat 1000 moved the counters by {repeat_note}"
+    );
+    for (fam, (median, mean, many)) in &bases {
+        println!(
+            "{} parse-only baseline: {median} ns median (mean {mean:.0}) in single runs; \
+             {many} ns at repeat {}",
+            fam.name(),
+            opts.repeat
+        );
+    }
+    println!();
+    println!(
+        "| family | mode | node | path | bytes in→out | ns median | vs parse-only | ns mean |"
+    );
+    println!("|---|---|---|---|---:|---:|---:|---:|");
+    for r in &rows {
+        let base = bases
+            .iter()
+            .find(|(f, _)| *f == r.family)
+            .map_or(0, |(_, (m, _, _))| *m);
+        println!(
+            "| {} | {} | {} | {} | {}→{} | {} | {:+} | {:.0} |",
+            r.family.name(),
+            r.mode.name(),
+            r.node,
+            r.path,
+            r.len_in,
+            r.len_out,
+            r.median,
+            r.median as i64 - base as i64,
+            r.mean
+        );
+    }
+    Ok(())
+}
