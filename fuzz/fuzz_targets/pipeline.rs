@@ -19,7 +19,8 @@ fuzz_target!(|data: &[u8]| {
             address_v4: Some([10, 0, 0, 1].into()),
             address_v6: Some("fd00::1".parse().unwrap()),
             peers: vec!["10.0.0.2".parse().unwrap(), "fd00::2".parse().unwrap()],
-            underlay_mtu: 600,
+            // The smallest an IPv6 underlay allows: frames past it reach the too-big path.
+            underlay_mtu: 1280,
             ..Default::default()
         })
         .unwrap();
@@ -65,11 +66,11 @@ fuzz_target!(|data: &[u8]| {
                 .unwrap();
         }
     }
-    // The input is a sequence of frames, each prefixed by a one-byte length.
+    // The input is a sequence of frames, each prefixed by a two-byte (big-endian) length.
     let mut rest = data;
     let mut n = 0u64;
-    while let Some((&len, tail)) = rest.split_first() {
-        let len = (len as usize).min(tail.len());
+    while let [hi, lo, tail @ ..] = rest {
+        let len = usize::from(u16::from_be_bytes([*hi, *lo])).min(tail.len());
         let mut frame = tail[..len].to_vec();
         rest = &tail[len..];
         engine.process(&mut frame);
