@@ -13,6 +13,7 @@
 //! # drop(servers); Ok(()) }
 //! ```
 
+pub mod cluster;
 pub mod netns;
 pub mod scenario;
 pub mod testbed;

@@ -1,0 +1,172 @@
+//! The two-node topology by plain routing, before any program is attached: the client reaches
+//! each backend pod over IPv4 and IPv6, TCP, UDP and HTTP, each backend sees the client's own
+//! address, the nodes' addresses answer (NodePort reachability), and replies of backend-2 come
+//! back from node-2 without touching node-1.
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use lb_examples::cluster::{Cluster, Family, LAN_IF};
+use lb_examples::traffic::{connect, request, saw_prefix, udp_request, BACKEND_PORT, HTTP_PORT};
+
+fn privileged(test: &str) -> bool {
+    if lb_bpf::is_privileged() {
+        return true;
+    }
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+    assert!(
+        !ci,
+        "{test}: needs root but CI=true: privileged tests must not be skipped in CI"
+    );
+    eprintln!("SKIPPED {test}: needs root");
+    false
+}
+
+const TIMEOUT: Duration = Duration::from_secs(3);
+
+#[test]
+fn plain_routing_reaches_both_pods_in_both_families() {
+    if !privileged("plain_routing_reaches_both_pods_in_both_families") {
+        return;
+    }
+    let cluster = Cluster::create("route").expect("cluster");
+    let servers = cluster
+        .start_backends(Duration::from_secs(60))
+        .expect("servers");
+    let node1_before = Cluster::link_stats(&cluster.nodes[0], LAN_IF).unwrap();
+
+    for family in Family::ALL {
+        let client = family.client();
+        for b in 0..2 {
+            let name = format!("backend-{}", b + 1);
+            let target = SocketAddr::new(family.backend(b), BACKEND_PORT);
+            let tcp = cluster
+                .in_client(|| request(target, 0, b, TIMEOUT))
+                .unwrap()
+                .unwrap_or_else(|e| panic!("{family} TCP to {target}: {e:#}"));
+            assert!(
+                tcp.starts_with(&saw_prefix(&name, client)),
+                "{family} TCP to {target}: {tcp}"
+            );
+            let udp = cluster
+                .in_client(|| udp_request(target, 0, b, TIMEOUT))
+                .unwrap()
+                .unwrap_or_else(|e| panic!("{family} UDP to {target}: {e:#}"));
+            assert!(
+                udp.starts_with(&saw_prefix(&name, client)),
+                "{family} UDP to {target}: {udp}"
+            );
+            let http = cluster
+                .in_client(|| http_get(SocketAddr::new(family.backend(b), HTTP_PORT)))
+                .unwrap();
+            assert!(
+                http.starts_with("HTTP/1.1 200 OK\r\n")
+                    && http.contains(&saw_prefix(&name, client)),
+                "{family} HTTP to backend-{}: {http:?}",
+                b + 1
+            );
+        }
+        // Nothing listens on the nodes' port 1: a refused connection proves the address answers.
+        for n in 0..2 {
+            let target = SocketAddr::new(family.node(n), 1);
+            let err = cluster
+                .in_client(|| connect(target, 0, TIMEOUT))
+                .unwrap()
+                .expect_err("nothing listens on port 1");
+            let refused = err.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|e| e.kind() == std::io::ErrorKind::ConnectionRefused)
+            });
+            assert!(
+                refused,
+                "{family} node-{}: expected a refusal, got {err:#}",
+                n + 1
+            );
+        }
+    }
+
+    // Traffic to and from backend-2 went client <-> node-2 directly: node-1 forwarded none of it.
+    // Only its own refusals and neighbour discovery can have crossed node-1's LAN port.
+    let node1_after = Cluster::link_stats(&cluster.nodes[0], LAN_IF).unwrap();
+    let tx = node1_after.tx_packets - node1_before.tx_packets;
+    assert!(
+        tx < 40,
+        "node-1 sent {tx} packets: traffic of backend-2 crossed node-1"
+    );
+    let served = servers.stop();
+    assert_eq!(
+        served,
+        vec![2, 2],
+        "each backend served one TCP request per family"
+    );
+}
+
+/// The nodes route the other node's pod CIDR via the LAN: backend-1 reaches backend-2 and sees its
+/// own pod address arrive unchanged.
+#[test]
+fn pod_to_pod_across_nodes() {
+    if !privileged("pod_to_pod_across_nodes") {
+        return;
+    }
+    let cluster = Cluster::create("p2p").expect("cluster");
+    let _servers = cluster
+        .start_backends(Duration::from_secs(60))
+        .expect("servers");
+    for family in Family::ALL {
+        let target = SocketAddr::new(family.backend(1), BACKEND_PORT);
+        let answer =
+            lb_examples::netns::within(&cluster.backends[0], || request(target, 0, 0, TIMEOUT))
+                .unwrap()
+                .unwrap_or_else(|e| panic!("{family} backend-1 -> backend-2: {e:#}"));
+        assert!(
+            answer.starts_with(&saw_prefix("backend-2", family.backend(0))),
+            "{family}: {answer}"
+        );
+    }
+}
+
+fn http_get(target: SocketAddr) -> String {
+    let mut s = connect(target, 0, TIMEOUT).unwrap();
+    let host = match target.ip() {
+        IpAddr::V4(a) => a.to_string(),
+        IpAddr::V6(a) => format!("[{a}]"),
+    };
+    s.write_all(format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes())
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+/// Dropping the cluster removes every namespace it created.
+#[test]
+fn dropping_the_cluster_removes_its_namespaces() {
+    if !privileged("dropping_the_cluster_removes_its_namespaces") {
+        return;
+    }
+    let cluster = Cluster::create("drop").expect("cluster");
+    let names = cluster.namespaces().to_vec();
+    assert_eq!(names.len(), 6);
+    let listed = || {
+        String::from_utf8(
+            std::process::Command::new("ip")
+                .args(["netns", "list"])
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .unwrap()
+    };
+    let before = listed();
+    assert!(
+        names.iter().all(|n| before.contains(n.as_str())),
+        "{before}"
+    );
+    drop(cluster);
+    let after = listed();
+    assert!(
+        names.iter().all(|n| !after.contains(n.as_str())),
+        "left behind: {after}"
+    );
+}
