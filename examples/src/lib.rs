@@ -13,7 +13,9 @@
 //! # drop(servers); Ok(()) }
 //! ```
 
+pub mod capture;
 pub mod cluster;
+pub mod modes;
 pub mod netns;
 pub mod scenario;
 pub mod testbed;

@@ -7,8 +7,11 @@ use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+use lb_examples::capture::Capture;
 use lb_examples::cluster::{Cluster, Family, LAN_IF};
-use lb_examples::traffic::{connect, request, saw_prefix, udp_request, BACKEND_PORT, HTTP_PORT};
+use lb_examples::traffic::{
+    connect, request, saw_prefix, udp_request, Conversation, BACKEND_PORT, HTTP_PORT,
+};
 
 fn privileged(test: &str) -> bool {
     if lb_bpf::is_privileged() {
@@ -137,6 +140,71 @@ fn http_get(target: SocketAddr) -> String {
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     out
+}
+
+/// The observation tools the mode tests rely on, checked where the answer is known: the client's
+/// packet socket attributes each pod's replies to the node hosting it, and one client port holds
+/// connections to both pods at once.
+#[test]
+fn replies_are_attributed_to_the_delivering_node_and_one_port_reaches_both_pods() {
+    if !privileged("replies_are_attributed_to_the_delivering_node_and_one_port_reaches_both_pods") {
+        return;
+    }
+    let cluster = Cluster::create("obs").expect("cluster");
+    let _servers = cluster
+        .start_backends(Duration::from_secs(60))
+        .expect("servers");
+    let macs = [
+        Cluster::mac(&cluster.nodes[0], LAN_IF).unwrap(),
+        Cluster::mac(&cluster.nodes[1], LAN_IF).unwrap(),
+    ];
+    assert_ne!(macs[0], macs[1]);
+    for family in Family::ALL {
+        let capture = Capture::start(&cluster.client, LAN_IF, Duration::from_secs(20)).unwrap();
+        let port = if family == Family::V4 { 42001 } else { 42002 };
+        let mut convs: Vec<Conversation> = (0..2)
+            .map(|b| {
+                let target = SocketAddr::new(family.backend(b), BACKEND_PORT);
+                Conversation::open(&cluster.client, target, port, TIMEOUT)
+                    .unwrap_or_else(|e| panic!("{family} port {port} to {target}: {e:#}"))
+            })
+            .collect();
+        for (b, conv) in convs.iter_mut().enumerate() {
+            assert_eq!(conv.local_addr().unwrap().port(), port);
+            let answer = conv.ask("hello").unwrap();
+            assert!(
+                answer.starts_with(&saw_prefix(&format!("backend-{}", b + 1), family.client())),
+                "{answer}"
+            );
+        }
+        drop(convs);
+        let frames = capture.stop();
+        for b in 0..2 {
+            let from_pod: Vec<_> = frames
+                .iter()
+                .filter(|f| {
+                    !f.outgoing && f.src == SocketAddr::new(family.backend(b), BACKEND_PORT)
+                })
+                .collect();
+            assert!(
+                !from_pod.is_empty(),
+                "{family}: no frame from backend-{}",
+                b + 1
+            );
+            assert!(
+                from_pod
+                    .iter()
+                    .all(|f| f.eth_src == macs[b] && f.dst.port() == port),
+                "{family}: backend-{}'s replies must come from node-{}: {from_pod:?}",
+                b + 1,
+                b + 1
+            );
+        }
+        assert!(
+            frames.iter().any(|f| f.outgoing && f.src.port() == port),
+            "{family}: the client's own frames are seen as outgoing"
+        );
+    }
 }
 
 /// Dropping the cluster removes every namespace it created.

@@ -1,0 +1,215 @@
+//! Which neighbour delivered each frame: a packet socket on one interface records the Ethernet
+//! source and the IP/port tuple of every TCP and UDP frame. The mode tests use it at the client to
+//! tell whether a reply came straight from the backend's node (DSR) or back through the ingress
+//! node — an observation independent of the datapath's own counters.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::netns::within;
+
+/// Most frames one capture keeps (the rest are counted, not stored).
+const MAX_FRAMES: usize = 100_000;
+
+/// One captured TCP or UDP frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Frame {
+    /// Ethernet source: the neighbour that put the frame on the link.
+    pub eth_src: [u8; 6],
+    /// IP protocol (6 TCP, 17 UDP).
+    pub proto: u8,
+    /// IP source and transport source port.
+    pub src: SocketAddr,
+    /// IP destination and transport destination port.
+    pub dst: SocketAddr,
+    /// Whether this host sent it (rather than received it).
+    pub outgoing: bool,
+}
+
+/// A running capture; [`Capture::stop`] returns what it saw.
+#[derive(Debug)]
+pub struct Capture {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<Vec<Frame>>>,
+}
+
+impl Capture {
+    /// Starts capturing on `dev` in namespace `ns`, for `lifetime` at most. Frames sent or
+    /// received after this returns are seen.
+    ///
+    /// # Errors
+    /// If the packet socket cannot be opened or bound (not root, no such interface).
+    pub fn start(ns: &str, dev: &str, lifetime: Duration) -> Result<Self> {
+        let fd =
+            within(ns, || open(dev))?.with_context(|| format!("capturing on {dev} in {ns}"))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = Arc::clone(&stop);
+        let thread = std::thread::spawn(move || read_frames(&fd, &s, lifetime));
+        Ok(Capture {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops the capture and returns the frames, in arrival order.
+    #[must_use]
+    pub fn stop(mut self) -> Vec<Frame> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread
+            .take()
+            .and_then(|t| t.join().ok())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn open(dev: &str) -> Result<OwnedFd> {
+    let proto = (libc::ETH_P_ALL as u16).to_be();
+    // SAFETY: plain socket creation; the fd is owned right below.
+    let raw = unsafe {
+        libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            i32::from(proto),
+        )
+    };
+    if raw < 0 {
+        bail!("packet socket: {}", std::io::Error::last_os_error());
+    }
+    // SAFETY: `raw` is a fresh fd nobody else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let name = std::ffi::CString::new(dev).context("interface name")?;
+    // SAFETY: a valid NUL-terminated name.
+    let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    if ifindex == 0 {
+        bail!("no interface {dev}");
+    }
+    // SAFETY: sockaddr_ll is plain data; all-zero is valid.
+    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    sll.sll_family = libc::AF_PACKET as u16;
+    sll.sll_protocol = proto;
+    sll.sll_ifindex = i32::try_from(ifindex).context("ifindex")?;
+    // SAFETY: `sll` is a sockaddr_ll of the size passed.
+    let rc = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            std::ptr::from_ref(&sll).cast(),
+            size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        bail!(
+            "binding the packet socket to {dev}: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    // Reads wake up every 50 ms to check `stop`.
+    let tv = libc::timeval {
+        tv_sec: 0,
+        tv_usec: 50_000,
+    };
+    // SAFETY: valid fd and a timeval of the size passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            std::ptr::from_ref(&tv).cast(),
+            size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        bail!("SO_RCVTIMEO: {}", std::io::Error::last_os_error());
+    }
+    Ok(fd)
+}
+
+fn read_frames(fd: &OwnedFd, stop: &AtomicBool, lifetime: Duration) -> Vec<Frame> {
+    let deadline = Instant::now() + lifetime;
+    let mut frames = Vec::new();
+    let mut buf = [0u8; 2048];
+    while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+        // SAFETY: sockaddr_ll is plain data; all-zero is valid.
+        let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        let mut len = size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+        // SAFETY: `buf` and `from` are valid for the sizes passed.
+        let n = unsafe {
+            libc::recvfrom(
+                fd.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                0,
+                std::ptr::from_mut(&mut from).cast(),
+                &mut len,
+            )
+        };
+        let Ok(n) = usize::try_from(n) else {
+            continue; // timeout or EINTR: check stop and the deadline
+        };
+        let outgoing = from.sll_pkttype == libc::PACKET_OUTGOING as u8;
+        if let Some(f) = parse(buf.get(..n).unwrap_or_default(), outgoing) {
+            if frames.len() < MAX_FRAMES {
+                frames.push(f);
+            }
+        }
+    }
+    frames
+}
+
+fn u16_at(b: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_be_bytes([*b.get(at)?, *b.get(at + 1)?]))
+}
+
+/// Ethernet + IPv4 (any header length) or IPv6 (no extension headers) + TCP/UDP ports.
+fn parse(b: &[u8], outgoing: bool) -> Option<Frame> {
+    let eth_src: [u8; 6] = b.get(6..12)?.try_into().ok()?;
+    let ip = b.get(14..)?;
+    let (proto, src, dst, l4) = match u16_at(b, 12)? {
+        0x0800 => {
+            let ihl = usize::from(ip.first()? & 0x0f) * 4;
+            let src: [u8; 4] = ip.get(12..16)?.try_into().ok()?;
+            let dst: [u8; 4] = ip.get(16..20)?.try_into().ok()?;
+            (
+                *ip.get(9)?,
+                IpAddr::V4(Ipv4Addr::from(src)),
+                IpAddr::V4(Ipv4Addr::from(dst)),
+                ip.get(ihl..)?,
+            )
+        }
+        0x86dd => {
+            let src: [u8; 16] = ip.get(8..24)?.try_into().ok()?;
+            let dst: [u8; 16] = ip.get(24..40)?.try_into().ok()?;
+            (
+                *ip.get(6)?,
+                IpAddr::V6(Ipv6Addr::from(src)),
+                IpAddr::V6(Ipv6Addr::from(dst)),
+                ip.get(40..)?,
+            )
+        }
+        _ => return None,
+    };
+    if proto != 6 && proto != 17 {
+        return None;
+    }
+    Some(Frame {
+        eth_src,
+        proto,
+        src: SocketAddr::new(src, u16_at(l4, 0)?),
+        dst: SocketAddr::new(dst, u16_at(l4, 2)?),
+        outgoing,
+    })
+}
