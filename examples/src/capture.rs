@@ -160,7 +160,7 @@ fn read_frames(fd: &OwnedFd, stop: &AtomicBool, lifetime: Duration) -> Vec<Frame
         let Ok(n) = usize::try_from(n) else {
             continue; // timeout or EINTR: check stop and the deadline
         };
-        let outgoing = from.sll_pkttype == libc::PACKET_OUTGOING as u8;
+        let outgoing = from.sll_pkttype == libc::PACKET_OUTGOING;
         if let Some(f) = parse(buf.get(..n).unwrap_or_default(), outgoing) {
             if frames.len() < MAX_FRAMES {
                 frames.push(f);

@@ -179,7 +179,7 @@ fn replies_are_attributed_to_the_delivering_node_and_one_port_reaches_both_pods(
         }
         drop(convs);
         let frames = capture.stop();
-        for b in 0..2 {
+        for (b, mac) in macs.iter().enumerate() {
             let from_pod: Vec<_> = frames
                 .iter()
                 .filter(|f| {
@@ -194,7 +194,7 @@ fn replies_are_attributed_to_the_delivering_node_and_one_port_reaches_both_pods(
             assert!(
                 from_pod
                     .iter()
-                    .all(|f| f.eth_src == macs[b] && f.dst.port() == port),
+                    .all(|f| f.eth_src == *mac && f.dst.port() == port),
                 "{family}: backend-{}'s replies must come from node-{}: {from_pod:?}",
                 b + 1,
                 b + 1
