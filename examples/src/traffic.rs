@@ -361,6 +361,27 @@ pub fn request(target: SocketAddr, local_port: u16, i: usize, timeout: Duration)
     Ok(answer.trim().to_string())
 }
 
+/// One HTTP/1.1 `GET /` with `Connection: close`; returns the whole response (head and body).
+/// Runs in the caller's namespace.
+///
+/// # Errors
+/// If the connection fails, the response is not `200 OK`, or nothing arrives within `timeout`.
+pub fn http_get(target: SocketAddr, timeout: Duration) -> Result<String> {
+    let mut s = connect(target, 0, timeout)?;
+    let host = match target.ip() {
+        IpAddr::V4(a) => a.to_string(),
+        IpAddr::V6(a) => format!("[{a}]"),
+    };
+    s.write_all(format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes())?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)
+        .with_context(|| format!("reading the HTTP response of {target}"))?;
+    if !out.starts_with("HTTP/1.1 200 OK\r\n") {
+        bail!("{target} answered {out:?}, not 200 OK");
+    }
+    Ok(out)
+}
+
 /// Connects to `target`, from `local_port` when it is not 0, with read/write timeouts of
 /// `timeout`.
 ///

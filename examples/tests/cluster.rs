@@ -3,14 +3,13 @@
 //! address, the nodes' addresses answer (NodePort reachability), and replies of backend-2 come
 //! back from node-2 without touching node-1.
 
-use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use lb_examples::capture::Capture;
 use lb_examples::cluster::{Cluster, Family, LAN_IF};
 use lb_examples::traffic::{
-    connect, request, saw_prefix, udp_request, Conversation, BACKEND_PORT, HTTP_PORT,
+    connect, http_get, request, saw_prefix, udp_request, Conversation, BACKEND_PORT, HTTP_PORT,
 };
 
 fn privileged(test: &str) -> bool {
@@ -61,7 +60,8 @@ fn plain_routing_reaches_both_pods_in_both_families() {
                 "{family} UDP to {target}: {udp}"
             );
             let http = cluster
-                .in_client(|| http_get(SocketAddr::new(family.backend(b), HTTP_PORT)))
+                .in_client(|| http_get(SocketAddr::new(family.backend(b), HTTP_PORT), TIMEOUT))
+                .unwrap()
                 .unwrap();
             assert!(
                 http.starts_with("HTTP/1.1 200 OK\r\n")
@@ -127,19 +127,6 @@ fn pod_to_pod_across_nodes() {
             "{family}: {answer}"
         );
     }
-}
-
-fn http_get(target: SocketAddr) -> String {
-    let mut s = connect(target, 0, TIMEOUT).unwrap();
-    let host = match target.ip() {
-        IpAddr::V4(a) => a.to_string(),
-        IpAddr::V6(a) => format!("[{a}]"),
-    };
-    s.write_all(format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes())
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
 }
 
 /// The observation tools the mode tests rely on, checked where the answer is known: the client's
