@@ -68,7 +68,7 @@ pub const LAN_IF: &str = "eth0";
 /// The host side of the pod veth on each node.
 pub const POD_IF: &str = "pod1";
 /// Underlay MTU of every link.
-pub const LAN_MTU: u32 = 1500;
+pub const LAN_MTU: u16 = 1500;
 
 /// IP family of a test case.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,7 +136,7 @@ pub struct NodeAddrs {
     /// The other node's IPv6 LAN address.
     pub peer_v6: Ipv6Addr,
     /// Underlay MTU.
-    pub mtu: u32,
+    pub mtu: u16,
 }
 
 /// Interface packet counters (from the kernel's per-device statistics).

@@ -203,9 +203,9 @@ mod with_modes {
 
     use anyhow::{Context, Result};
     use aya::programs::XdpMode;
-    use lb_bpf::{KernelDatapath, NodeConfig};
+    use lb_bpf::KernelDatapath;
     use lb_datapath::engine::default_config;
-    use lb_nat::control::{BackendSpec, ForwardingMode, ServiceSpec};
+    use lb_nat::control::{BackendSpec, ForwardingMode, NodeSpec, ServiceSpec};
 
     use super::{Deployment, Mode, ServicePlan};
     use crate::cluster::{Cluster, LAN_IF, POD_IF};
@@ -234,8 +234,9 @@ mod with_modes {
                     .backends
                     .iter()
                     .map(|&b| BackendSpec {
-                        node: Some(p.family.node(b)),
-                        node_local: b == node,
+                        // `None`: on this node (plain DNAT); otherwise the hosting node's
+                        // address in the service's family.
+                        node: (b != node).then(|| p.family.node(b)),
                         ..BackendSpec::from(SocketAddr::new(p.family.backend(b), p.target_port))
                     })
                     .collect(),
@@ -244,14 +245,14 @@ mod with_modes {
             .collect()
     }
 
-    fn node_config(node: usize) -> NodeConfig {
+    fn node_spec(node: usize) -> NodeSpec {
         let me = Cluster::node_addrs(node);
-        NodeConfig {
-            addr_v4: Some(me.v4),
-            addr_v6: Some(me.v6),
+        NodeSpec {
+            address_v4: Some(me.v4),
+            address_v6: Some(me.v6),
             underlay_mtu: me.mtu,
             peers: vec![IpAddr::V4(me.peer_v4), IpAddr::V6(me.peer_v6)],
-            ..NodeConfig::default()
+            ..NodeSpec::default()
         }
     }
 
@@ -274,7 +275,7 @@ mod with_modes {
         let mut dp = KernelDatapath::load_pinned(dir)
             .with_context(|| format!("loading node-{}'s datapath", node + 1))?;
         dp.set_config(&default_config(std::process::id() ^ node as u32))?;
-        dp.set_node(&node_config(node))
+        dp.set_node(&node_spec(node))
             .with_context(|| format!("node-{}'s identity", node + 1))?;
         for spec in specs(mode, plans, node) {
             dp.upsert_service(&spec)
