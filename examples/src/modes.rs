@@ -1,5 +1,5 @@
-//! The datapath deployed on both nodes of a [`Cluster`] in one forwarding mode: each node loads its
-//! own [`KernelDatapath`] (its own maps, its own pin directory), knows its identity (addresses,
+//! The datapath deployed on both nodes of a [`Cluster`](crate::cluster::Cluster) in one
+//! forwarding mode: each node loads its own [`KernelDatapath`] (its own maps, its own pin directory), knows its identity (addresses,
 //! MTU, peer), carries every service (kube-proxy's model: each node serves every VIP and its own
 //! NodePort), and has XDP on its LAN interface and on the host side of its pod veth.
 //!
@@ -13,7 +13,7 @@ use anyhow::Result;
 use lb_api::flow::L4Proto;
 use lb_bpf::KernelDatapath;
 
-use crate::cluster::{Cluster, Family};
+use crate::cluster::Family;
 
 /// How a node forwards a service's flow to a backend on another node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -174,7 +174,7 @@ pub use with_modes::{deploy, restart_node};
 /// Always, naming the missing piece.
 #[cfg(not(feature = "modes"))]
 pub fn deploy(
-    _cluster: &Cluster,
+    _cluster: &crate::cluster::Cluster,
     mode: Mode,
     _plans: &[ServicePlan],
     _tag: &str,
@@ -190,7 +190,11 @@ pub fn deploy(
 /// # Errors
 /// Always, naming the missing piece.
 #[cfg(not(feature = "modes"))]
-pub fn restart_node(_cluster: &Cluster, d: &mut Deployment, _node: usize) -> Result<()> {
+pub fn restart_node(
+    _cluster: &crate::cluster::Cluster,
+    d: &mut Deployment,
+    _node: usize,
+) -> Result<()> {
     anyhow::bail!("forwarding mode {} is not in this build", d.mode)
 }
 
