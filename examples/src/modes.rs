@@ -1,7 +1,8 @@
 //! The datapath deployed on both nodes of a [`Cluster`](crate::cluster::Cluster) in one
-//! forwarding mode: each node loads its own [`KernelDatapath`] (its own maps, its own pin directory), knows its identity (addresses,
-//! MTU, peer), carries every service (kube-proxy's model: each node serves every VIP and its own
-//! NodePort), and has XDP on its LAN interface and on the host side of its pod veth.
+//! forwarding mode: each node loads its own [`KernelDatapath`] (its own maps, its own pin
+//! directory), knows its identity (addresses, MTU, peers), carries every service (kube-proxy's
+//! model: each node serves every VIP and its own NodePort), and has XDP on its LAN interface and
+//! on the host side of its pod veth.
 //!
 //! The end-to-end mode matrix (`tests/modes.rs`), the mode benchmark (`lb-mode-bench`) and the
 //! demo share this one deployment, so they measure and show the same thing.
