@@ -1,5 +1,6 @@
 //! Which neighbour delivered each frame: a packet socket on one interface records the Ethernet
-//! source and the IP/port tuple of every TCP and UDP frame. The mode tests use it at the client to
+//! source and the IP/port tuple of every TCP and UDP frame, and the type, code and MTU of every
+//! ICMP/ICMPv6 error. The mode tests use it at the client to
 //! tell whether a reply came straight from the backend's node (DSR) or back through the ingress
 //! node — an observation independent of the datapath's own counters.
 
@@ -17,19 +18,45 @@ use crate::netns::within;
 /// Most frames one capture keeps (the rest are counted, not stored).
 const MAX_FRAMES: usize = 100_000;
 
-/// One captured TCP or UDP frame.
+/// One captured TCP, UDP or ICMP frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Frame {
     /// Ethernet source: the neighbour that put the frame on the link.
     pub eth_src: [u8; 6],
-    /// IP protocol (6 TCP, 17 UDP).
+    /// IP protocol (6 TCP, 17 UDP, 1 ICMP, 58 ICMPv6).
     pub proto: u8,
-    /// IP source and transport source port.
+    /// IP source and transport source port (port 0 for ICMP).
     pub src: SocketAddr,
-    /// IP destination and transport destination port.
+    /// IP destination and transport destination port (port 0 for ICMP).
     pub dst: SocketAddr,
     /// Whether this host sent it (rather than received it).
     pub outgoing: bool,
+    /// For ICMP and ICMPv6: type, code and the MTU field.
+    pub icmp: Option<Icmp>,
+}
+
+/// The head of an ICMP or ICMPv6 message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Icmp {
+    /// Type (IPv4 3 + code 4: fragmentation needed; IPv6 2: packet too big).
+    pub kind: u8,
+    /// Code.
+    pub code: u8,
+    /// The MTU the message announces (IPv4: next-hop MTU, bytes 6-7; IPv6: bytes 4-7); 0 for
+    /// other messages.
+    pub mtu: u32,
+}
+
+impl Icmp {
+    /// Whether this says "too big for the path" (IPv4 fragmentation needed, IPv6 packet too big).
+    #[must_use]
+    pub fn is_too_big(&self, v6: bool) -> bool {
+        if v6 {
+            self.kind == 2
+        } else {
+            self.kind == 3 && self.code == 4
+        }
+    }
 }
 
 /// A running capture; [`Capture::stop`] returns what it saw.
@@ -202,14 +229,25 @@ fn parse(b: &[u8], outgoing: bool) -> Option<Frame> {
         }
         _ => return None,
     };
-    if proto != 6 && proto != 17 {
-        return None;
-    }
+    let (ports, icmp) = match proto {
+        6 | 17 => ((u16_at(l4, 0)?, u16_at(l4, 2)?), None),
+        1 | 58 => {
+            let (kind, code) = (*l4.first()?, *l4.get(1)?);
+            let mtu = match (proto, kind, code) {
+                (1, 3, 4) => u32::from(u16_at(l4, 6)?),
+                (58, 2, _) => u32::from(u16_at(l4, 4)?) << 16 | u32::from(u16_at(l4, 6)?),
+                _ => 0,
+            };
+            ((0, 0), Some(Icmp { kind, code, mtu }))
+        }
+        _ => return None,
+    };
     Some(Frame {
         eth_src,
         proto,
-        src: SocketAddr::new(src, u16_at(l4, 0)?),
-        dst: SocketAddr::new(dst, u16_at(l4, 2)?),
+        src: SocketAddr::new(src, ports.0),
+        dst: SocketAddr::new(dst, ports.1),
         outgoing,
+        icmp,
     })
 }

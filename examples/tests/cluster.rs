@@ -194,6 +194,62 @@ fn replies_are_attributed_to_the_delivering_node_and_one_port_reaches_both_pods(
     }
 }
 
+/// The path-MTU observation of the mode tests, where the answer is known: with node-2's route to
+/// its pod narrowed to 1400 bytes (a locked route MTU, so neither endpoint's MSS reflects it and
+/// forwarding honours it), a large request to backend-2 makes node-2 send ICMP "fragmentation
+/// needed" / ICMPv6 "packet too big" announcing 1400, the client's capture sees it from node-2,
+/// and TCP completes with smaller segments.
+#[test]
+fn a_narrow_route_yields_icmp_too_big_and_tcp_completes() {
+    if !privileged("a_narrow_route_yields_icmp_too_big_and_tcp_completes") {
+        return;
+    }
+    let cluster = Cluster::create("pmtu").expect("cluster");
+    let _servers = cluster
+        .start_backends(Duration::from_secs(60))
+        .expect("servers");
+    let n2 = cluster.nodes[1].as_str();
+    // `replace` at the kernel's own metric (0 for IPv4, 256 for IPv6) swaps the connected route.
+    for (v, net, metric) in [
+        ("-4", "10.211.2.0/24", "0"),
+        ("-6", "fd00:211:2::/64", "256"),
+    ] {
+        lb_examples::netns::ip(&[
+            "-n", n2, v, "route", "replace", net, "dev", "pod1", "metric", metric, "mtu", "lock",
+            "1400",
+        ])
+        .unwrap();
+    }
+    let node2 = Cluster::mac(&cluster.nodes[1], LAN_IF).unwrap();
+    let payload = "y".repeat(4000);
+    for family in Family::ALL {
+        let capture = Capture::start(&cluster.client, LAN_IF, Duration::from_secs(20)).unwrap();
+        let target = SocketAddr::new(family.backend(1), BACKEND_PORT);
+        let answer = Conversation::open(&cluster.client, target, 0, Duration::from_secs(10))
+            .and_then(|mut c| c.ask(&payload));
+        let frames = capture.stop();
+        let answer =
+            answer.unwrap_or_else(|e| panic!("{family}: large request did not complete: {e:#}"));
+        assert!(answer.ends_with(&payload), "{family}: answer cut");
+        let too_big: Vec<_> = frames
+            .iter()
+            .filter(|f| !f.outgoing)
+            .filter_map(|f| {
+                f.icmp
+                    .filter(|i| i.is_too_big(family == Family::V6))
+                    .map(|i| (i.mtu, f.eth_src))
+            })
+            .collect();
+        assert!(
+            !too_big.is_empty()
+                && too_big
+                    .iter()
+                    .all(|&(mtu, mac)| mtu == 1400 && mac == node2),
+            "{family}: expected ICMP too-big announcing 1400 from node-2, saw {too_big:?}"
+        );
+    }
+}
+
 /// Dropping the cluster removes every namespace it created.
 #[test]
 fn dropping_the_cluster_removes_its_namespaces() {

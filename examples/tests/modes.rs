@@ -10,7 +10,11 @@
 //! - `same client port`: one client port reaches the NodePort of node-1 and of node-2 at once,
 //!   both to backend-2 (the tuples collide at the backend when the client address is kept);
 //! - `restart`: a connection (TCP) or flow (UDP) opened before both nodes' loaders restart keeps
-//!   answering from the same backend afterwards.
+//!   answering from the same backend afterwards;
+//! - `path MTU` (TCP): a request of full-sized segments completes; where the mode adds bytes on
+//!   the way to node-2 (DSR carrier, VXLAN), node-1 answers the first oversized segment with ICMP
+//!   "fragmentation needed" / ICMPv6 "packet too big" announcing an MTU below the link's, and TCP
+//!   continues with smaller segments. SNAT adds nothing, so there no such error may appear.
 //!
 //! A mode's test fails listing every failed cell and check with its evidence, after running all
 //! of them, so one run shows the whole matrix.
@@ -20,7 +24,7 @@ use std::time::Duration;
 
 use lb_api::flow::L4Proto;
 use lb_examples::capture::{Capture, Frame};
-use lb_examples::cluster::{Cluster, Family, LAN_IF, NODE_PORT, VIP_PORT};
+use lb_examples::cluster::{Cluster, Family, LAN_IF, LAN_MTU, NODE_PORT, VIP_PORT};
 use lb_examples::modes::{self, Deployment, Frontend, Mode, ServicePlan};
 use lb_examples::traffic::{
     request, saw_prefix, udp_exchange, udp_request, Conversation, BACKEND_PORT,
@@ -152,6 +156,9 @@ fn run_cell(
         "same client port",
         same_port(cluster, proto, port, targets, family),
     ));
+    if proto == L4Proto::Tcp {
+        checks.push(("path MTU", path_mtu(cluster, mode, family, macs)));
+    }
     Cell {
         name: format!("{mode} {family} {}", proto_name(proto)),
         checks,
@@ -199,6 +206,62 @@ fn reply_path(
             replies.len(),
             via + 1
         ))
+    }
+}
+
+/// Sends a request of several full-sized segments to the VIP and checks the answer and the ICMP
+/// errors the client received (see the module docs).
+fn path_mtu(
+    cluster: &Cluster,
+    mode: Mode,
+    family: Family,
+    macs: &[[u8; 6]; 2],
+) -> Result<String, String> {
+    let vip = SocketAddr::new(family.vip(), VIP_PORT);
+    let payload = "x".repeat(4000);
+    let capture = Capture::start(&cluster.client, LAN_IF, Duration::from_secs(30))
+        .map_err(|e| format!("capture: {e:#}"))?;
+    // Retransmissions after the ICMP error take a round trip or two; 10 s bounds it.
+    let answer = Conversation::open(&cluster.client, vip, 0, Duration::from_secs(10))
+        .and_then(|mut c| c.ask(&payload));
+    let frames = capture.stop();
+    let v6 = family == Family::V6;
+    let too_big: Vec<(u32, bool)> = frames
+        .iter()
+        .filter(|f| !f.outgoing)
+        .filter_map(|f| {
+            f.icmp
+                .filter(|i| i.is_too_big(v6))
+                .map(|i| (i.mtu, f.eth_src == macs[0]))
+        })
+        .collect();
+    let answer = answer.map_err(|e| format!("the large request did not complete: {e:#}; ICMP too-big seen (mtu, from node-1): {too_big:?}"))?;
+    if !(answer.starts_with("backend-2 saw ") && answer.ends_with(&payload)) {
+        return Err(format!(
+            "answer cut or wrong ({} bytes): {:?}",
+            answer.len(),
+            answer.get(..80)
+        ));
+    }
+    let adds_bytes = mode.effective(L4Proto::Tcp) != Mode::Snat;
+    match (adds_bytes, too_big.as_slice()) {
+        (false, []) => Ok("completed, no ICMP error (nothing added)".into()),
+        (false, seen) => Err(format!("SNAT adds no bytes, yet ICMP too-big arrived: {seen:?}")),
+        (true, []) => Err(format!(
+            "completed, but no ICMP too-big reached the client although {mode} adds bytes on the way to node-2"
+        )),
+        (true, seen) => {
+            if seen
+                .iter()
+                .all(|&(mtu, from_node1)| from_node1 && mtu > 0 && mtu < u32::from(LAN_MTU))
+            {
+                Ok(format!("completed after ICMP too-big from node-1 announcing {seen:?}"))
+            } else {
+                Err(format!(
+                    "ICMP too-big must come from node-1 with an MTU below {LAN_MTU}: {seen:?}"
+                ))
+            }
+        }
     }
 }
 
