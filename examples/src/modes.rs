@@ -261,12 +261,35 @@ mod with_modes {
         }
     }
 
+    /// Prefix of the pin directories under /sys/fs/bpf.
+    const PIN_PREFIX: &str = "lb-cluster-";
+
     fn pin_dir(tag: &str, node: usize) -> PathBuf {
         PathBuf::from(format!(
-            "/sys/fs/bpf/lb-cluster-{tag}-n{}-{}",
+            "/sys/fs/bpf/{PIN_PREFIX}{tag}-n{}-{}",
             node + 1,
             std::process::id()
         ))
+    }
+
+    /// Uninstalls pin directories of runs whose process is gone (killed before its deployment
+    /// dropped): their programs detached with their namespaces, but pinned maps would stay.
+    fn remove_leftover_pins() {
+        let Ok(dir) = std::fs::read_dir("/sys/fs/bpf") else {
+            return;
+        };
+        for entry in dir.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !name.starts_with(PIN_PREFIX) {
+                continue;
+            }
+            let pid = name.rsplit('-').next().and_then(|p| p.parse::<i32>().ok());
+            // SAFETY: kill with signal 0 only checks whether the process exists.
+            let alive = pid.is_some_and(|p| unsafe { libc::kill(p, 0) } == 0);
+            if !alive {
+                let _ = KernelDatapath::uninstall(entry.path());
+            }
+        }
     }
 
     /// Loads (or, after a restart, takes over) node `node`'s datapath and attaches it.
@@ -316,6 +339,7 @@ mod with_modes {
         plans: &[ServicePlan],
         tag: &str,
     ) -> Result<Deployment> {
+        remove_leftover_pins();
         let pin_dirs = [pin_dir(tag, 0), pin_dir(tag, 1)];
         let mut d = Deployment {
             nodes: [None, None],
