@@ -251,3 +251,57 @@ fn parse(b: &[u8], outgoing: bool) -> Option<Frame> {
         icmp,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn eth(ethertype: u16) -> Vec<u8> {
+        let mut f = vec![0xaa; 6];
+        f.extend_from_slice(&[2, 0, 0, 0, 0, 7]);
+        f.extend_from_slice(&ethertype.to_be_bytes());
+        f
+    }
+
+    #[test]
+    fn tcp_over_ipv4_with_options_gives_the_tuple_and_the_sender() {
+        let mut f = eth(0x0800);
+        // IHL 6 (one option word), proto 6, 10.96.0.10 -> 10.210.0.10.
+        f.extend_from_slice(&[0x46, 0, 0, 48, 0, 0, 0x40, 0, 64, 6, 0, 0]);
+        f.extend_from_slice(&[10, 96, 0, 10, 10, 210, 0, 10, 1, 1, 1, 1]);
+        f.extend_from_slice(&[0, 80, 0x9c, 0x40]);
+        f.extend_from_slice(&[0; 16]);
+        let fr = parse(&f, false).unwrap();
+        assert_eq!(fr.eth_src, [2, 0, 0, 0, 0, 7]);
+        assert_eq!(fr.src, "10.96.0.10:80".parse().unwrap());
+        assert_eq!(fr.dst, "10.210.0.10:40000".parse().unwrap());
+        assert_eq!((fr.proto, fr.icmp), (6, None));
+    }
+
+    #[test]
+    fn icmp_fragmentation_needed_and_icmpv6_packet_too_big_give_their_mtu() {
+        let mut f = eth(0x0800);
+        f.extend_from_slice(&[0x45, 0, 0, 56, 0, 0, 0, 0, 64, 1, 0, 0]);
+        f.extend_from_slice(&[10, 210, 0, 1, 10, 210, 0, 10]);
+        f.extend_from_slice(&[3, 4, 0, 0, 0, 0, 0x05, 0xa0]); // next-hop MTU 1440
+        let i = parse(&f, false).unwrap().icmp.unwrap();
+        assert!(i.is_too_big(false) && i.mtu == 1440);
+
+        let mut f = eth(0x86dd);
+        f.extend_from_slice(&[0x60, 0, 0, 0, 0, 8, 58, 64]);
+        f.extend_from_slice(&[0xfd; 32]);
+        f.extend_from_slice(&[2, 0, 0, 0, 0, 0, 0x05, 0x78]); // MTU 1400
+        let i = parse(&f, false).unwrap().icmp.unwrap();
+        assert!(i.is_too_big(true) && i.mtu == 1400);
+        assert!(!i.is_too_big(false));
+    }
+
+    #[test]
+    fn truncated_and_foreign_frames_are_skipped() {
+        assert_eq!(parse(&[0; 10], false), None);
+        assert_eq!(parse(&eth(0x0806), false), None); // ARP
+        let mut f = eth(0x0800);
+        f.extend_from_slice(&[0x45, 0, 0, 20]);
+        assert_eq!(parse(&f, false), None);
+    }
+}

@@ -369,3 +369,28 @@ mod with_modes {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hybrid_is_dsr_for_tcp_and_snat_for_udp() {
+        assert_eq!(Mode::Hybrid.effective(L4Proto::Tcp), Mode::Dsr);
+        assert_eq!(Mode::Hybrid.effective(L4Proto::Udp), Mode::Snat);
+        assert!(Mode::Hybrid.direct_return(L4Proto::Tcp));
+        assert!(!Mode::Hybrid.keeps_client_address(L4Proto::Udp));
+        assert!(Mode::Tunnel.keeps_client_address(L4Proto::Udp));
+        assert!(!Mode::Tunnel.direct_return(L4Proto::Tcp));
+        assert!(!Mode::Snat.keeps_client_address(L4Proto::Tcp));
+    }
+
+    #[test]
+    fn modes_parse_from_their_names_and_unknown_ones_are_refused() {
+        for m in Mode::ALL {
+            assert_eq!(m.name().parse::<Mode>().unwrap(), m);
+        }
+        let e = "ipvs".parse::<Mode>().unwrap_err().to_string();
+        assert!(e.contains("ipvs") && e.contains("snat"), "{e}");
+    }
+}

@@ -537,3 +537,25 @@ impl Conversation {
         Ok(self.stream.local_addr()?)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn saw_prefix_formats_addresses_as_the_servers_print_peers() {
+        let v4: SocketAddr = "10.210.0.10:40000".parse().unwrap();
+        let v6: SocketAddr = "[fd00:210::10]:40000".parse().unwrap();
+        let line = |peer: SocketAddr| format!("backend-1 saw {peer}: request 0");
+        assert!(line(v4).starts_with(&saw_prefix("backend-1", v4.ip())));
+        assert!(line(v6).starts_with(&saw_prefix("backend-1", v6.ip())));
+        // A different address must not match (10.210.0.1 is a prefix of 10.210.0.10 as text).
+        let node: IpAddr = "10.210.0.1".parse().unwrap();
+        assert!(!line(v4).starts_with(&saw_prefix("backend-1", node)));
+        assert_eq!(saw_prefix("b", node), "b saw 10.210.0.1:");
+        assert_eq!(
+            saw_prefix("b", "fd00::10".parse().unwrap()),
+            "b saw [fd00::10]:"
+        );
+    }
+}
