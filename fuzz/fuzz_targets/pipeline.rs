@@ -44,6 +44,8 @@ fuzz_target!(|data: &[u8]| {
         Counter::PassFragment,
         Counter::PassOtherProto,
         Counter::PassHeadersTooDeep,
+        Counter::IcmpErrorTranslated,
+        Counter::PassIcmpErrorNoFlow,
         Counter::Dropped,
     ]
     .iter()

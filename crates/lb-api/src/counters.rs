@@ -41,6 +41,12 @@ pub enum Counter {
     /// An encapsulation would have exceeded the MTU: an ICMP "fragmentation needed" / ICMPv6
     /// "packet too big" was sent back to the sender instead.
     MtuExceeded = 12,
+    /// An ICMP/ICMPv6 error about a tracked flow: its outer and quoted headers were translated
+    /// back (RFC 5508), toward the client or toward the backend.
+    IcmpErrorTranslated = 13,
+    /// Passed: an ICMP/ICMPv6 error whose quoted datagram belongs to no tracked flow (or that is
+    /// not addressed to the quoted datagram's sender).
+    PassIcmpErrorNoFlow = 14,
 }
 
 /// Why the datapath dropped a packet. Every drop is counted under exactly one reason.
@@ -77,7 +83,7 @@ pub enum DropReason {
 
 impl Counter {
     /// All counters, in slot order.
-    pub const ALL: [Counter; 13] = [
+    pub const ALL: [Counter; 15] = [
         Self::RxPackets,
         Self::ServiceNewFlow,
         Self::ServiceEstablished,
@@ -91,6 +97,8 @@ impl Counter {
         Self::SourcePortRewritten,
         Self::PassHeadersTooDeep,
         Self::MtuExceeded,
+        Self::IcmpErrorTranslated,
+        Self::PassIcmpErrorNoFlow,
     ];
 
     /// Slot in the counter array.
@@ -117,6 +125,8 @@ impl Counter {
             Self::SourcePortRewritten => "source_port_rewritten",
             Self::PassHeadersTooDeep => "pass_headers_too_deep",
             Self::MtuExceeded => "mtu_exceeded",
+            Self::IcmpErrorTranslated => "icmp_error_translated",
+            Self::PassIcmpErrorNoFlow => "pass_icmp_error_no_flow",
         }
     }
 }

@@ -9,7 +9,10 @@ mod common;
 use lb_api::abi::{CtEntry, CtKey, CtKind, CtState, DatapathConfig};
 use lb_api::counters::{Counter, DropReason};
 use lb_api::flow::{v4_of, L4Proto};
-use lb_api::wire::testing::{ip_v4_frame, tcp_v4_frame, tcp_v6_frame, udp_v4_frame, udp_v6_frame};
+use lb_api::wire::testing::{
+    icmp_v4_error_frame, icmp_v6_error_frame, ip_v4_frame, tcp_v4_frame, tcp_v6_frame,
+    udp_v4_frame, udp_v6_frame,
+};
 use lb_api::wire::TcpFlags;
 use lb_api::Verdict;
 use lb_bpf::{KernelDatapath, Program};
@@ -677,13 +680,112 @@ fn run_scenario(dp: &mut KernelDatapath, program: Program) -> usize {
         &mut engine,
         dp,
         step(
-            "icmp port unreachable quoting a udp packet",
+            "icmp port unreachable from the client about a udp reply (translated)",
             ip_v4_frame(CLIENT, VIP, 1, &icmp),
             Verdict::Pass,
-            p(Counter::PassOtherProto),
+            p(Counter::IcmpErrorTranslated),
             None,
         ),
     );
+    // ICMP errors about translated flows (RFC 5508), towards the client and towards the
+    // backend, from the peer or from a router; IPv4 and IPv6. Quotes whole or cut to 8
+    // transport bytes.
+    let router = [10, 9, 9, 9];
+    let (tbe, tbe_port) = backend_of(&engine, 41001, VIP, 80);
+    let sent = |f: Vec<u8>, cut: Option<usize>| f[14..cut.map_or(f.len(), |c| 14 + c)].to_vec();
+    let v6_quote = |f: Vec<u8>| f[14..].to_vec();
+    for (name, frame, counter) in [
+        (
+            "icmp port unreachable from a udp backend to the client",
+            icmp_v4_error_frame(
+                ube,
+                CLIENT,
+                3,
+                3,
+                [0; 4],
+                &sent(udp_v4_frame(CLIENT, 53000, ube, ube_port, b"query"), None),
+            ),
+            Counter::IcmpErrorTranslated,
+        ),
+        (
+            "icmp fragmentation needed from a router to the client",
+            icmp_v4_error_frame(
+                router,
+                CLIENT,
+                3,
+                4,
+                [0, 0, 5, 0x78],
+                &sent(tcp(41001, tbe, tbe_port, F::ACK), Some(28)),
+            ),
+            Counter::IcmpErrorTranslated,
+        ),
+        (
+            "icmp time exceeded from a router about a reply (to the backend)",
+            icmp_v4_error_frame(
+                router,
+                VIP,
+                11,
+                0,
+                [0; 4],
+                &sent(tcp_v4_frame(VIP, 80, CLIENT, 41002, F::ACK, b"data"), None),
+            ),
+            Counter::IcmpErrorTranslated,
+        ),
+        (
+            "icmp port unreachable about no tracked flow",
+            icmp_v4_error_frame(
+                router,
+                CLIENT,
+                3,
+                3,
+                [0; 4],
+                &sent(tcp(40999, VIP, 80, F::SYN), Some(28)),
+            ),
+            Counter::PassIcmpErrorNoFlow,
+        ),
+        (
+            "icmpv6 port unreachable from a udp backend to the client",
+            icmp_v6_error_frame(
+                v6("fd01::5"),
+                client6,
+                1,
+                4,
+                [0; 4],
+                &v6_quote(udp_v6_frame(client6, 41001, v6("fd01::5"), 5353, b"query")),
+            ),
+            Counter::IcmpErrorTranslated,
+        ),
+        (
+            "icmpv6 packet too big from a router to the client",
+            icmp_v6_error_frame(
+                v6("fd09::9"),
+                client6,
+                2,
+                0,
+                [0, 0, 5, 0],
+                &v6_quote(tcp_v6_frame(client6, 41000, be6.0, be6.1, F::ACK, b"GET /")),
+            ),
+            Counter::IcmpErrorTranslated,
+        ),
+        (
+            "icmpv6 time exceeded from the client about a reply (to the backend)",
+            icmp_v6_error_frame(
+                client6,
+                vip6,
+                3,
+                0,
+                [0; 4],
+                &v6_quote(tcp_v6_frame(vip6, 80, client6, 41000, F::ACK, b"ok"))[..48],
+            ),
+            Counter::IcmpErrorTranslated,
+        ),
+    ] {
+        check(
+            &mut engine,
+            dp,
+            step(name, frame, Verdict::Pass, p(counter), None),
+        );
+    }
     let inner = tcp(45000, VIP, 80, F::SYN);
     check(
         &mut engine,
@@ -887,6 +989,32 @@ fn run_scenario(dp: &mut KernelDatapath, program: Program) -> usize {
             None,
         ),
     );
+    // ICMP errors about the rewritten flow: the client's original port comes back in the
+    // quote towards the client, the rewritten one towards the backend.
+    let quoted = tcp_v4_frame(CLIENT, rewritten, [10, 1, 0, 2], 8080, F::ACK, b"");
+    let reply = tcp_v4_frame(VIP2, 80, CLIENT, port, F::ACK, b"");
+    for (name, frame) in [
+        (
+            "icmp time exceeded about a rewritten-port flow (to the client)",
+            icmp_v4_error_frame([10, 9, 9, 9], CLIENT, 11, 0, [0; 4], &quoted[14..]),
+        ),
+        (
+            "icmp port unreachable about a rewritten-port reply (to the backend)",
+            icmp_v4_error_frame(CLIENT, VIP2, 3, 3, [0; 4], &reply[14..14 + 28]),
+        ),
+    ] {
+        check(
+            &mut engine,
+            dp,
+            step(
+                name,
+                frame,
+                Verdict::Pass,
+                p(Counter::IcmpErrorTranslated),
+                None,
+            ),
+        );
+    }
     compared
 }
 

@@ -5,12 +5,15 @@ use lb_api::abi::{
 };
 use lb_api::counters::{Counter, Counters, DropReason};
 use lb_api::flow::{FlowTuple, L4Proto};
-use lb_api::wire::{parse_into, Disposition, Fragment, PacketAccess, Parsed};
+use lb_api::wire::{
+    parse_into, quoted_into, Disposition, Fragment, PacketAccess, Parsed, QuotedDatagram,
+};
 use lb_api::Verdict;
 use lb_conntrack::{initial_state, track, ConntrackTable, Direction, InsertError, InsertMode};
 use lb_nat::collision::Reserve;
 use lb_nat::{
-    resolve_source_port, rewrite, select_slot, Field, RandomSource, ServiceTable, SourcePortRange,
+    resolve_source_port, rewrite, select_slot, translate_icmp_error, Field, RandomSource,
+    ServiceTable, SourcePortRange,
 };
 
 /// The time the pipeline stamps entries with: the config's fixed time when set (deterministic
@@ -83,8 +86,15 @@ where
         return pass(tables, Counter::PassFragment);
     }
     let t = &parsed.tuple;
-    // ICMP and other protocols parse (VLAN tags too: the offsets move); TCP and UDP over IPv4
-    // and IPv6 are translated.
+    // ICMP errors about a translated flow are translated too; other ICMP messages and other
+    // protocols parse (VLAN tags too: the offsets move) and pass. TCP and UDP over IPv4 and
+    // IPv6 are translated.
+    if matches!(
+        L4Proto::from_u8(t.proto),
+        Some(L4Proto::Icmp | L4Proto::Icmpv6)
+    ) {
+        return icmp_error(pkt, parsed, tables);
+    }
     if !matches!(L4Proto::from_u8(t.proto), Some(L4Proto::Tcp | L4Proto::Udp)) {
         return pass(tables, Counter::PassOtherProto);
     }
@@ -428,4 +438,76 @@ where
         return drop(tables, DropReason::Truncated);
     }
     pass(tables, Counter::ServiceNewFlow)
+}
+
+/// An ICMP/ICMPv6 message. Not an error (echo, ...): passes. An error (port unreachable,
+/// fragmentation needed / packet too big, time exceeded, ...) about a tracked flow: its outer
+/// and quoted headers are translated back so that the receiver recognises its own packet in the
+/// quote (RFC 5508); about anything else: passes.
+///
+/// The error travels back to the quoted packet's sender, so the quote reversed is the tuple of a
+/// packet towards that sender:
+/// * towards a client, about a packet client → backend: the quote reversed is a reply tuple, the
+///   key of the flow's reverse-NAT entry. The quote gets the service address as destination and
+///   the client's original port back; the outer source, if the backend itself answered, too.
+/// * towards a backend, about a reply service → client: the quote reversed is the client's
+///   tuple, the key of the flow's service entry. The quote gets the backend as source and the
+///   client port as the backend saw it; the outer destination becomes the backend.
+///
+/// Conntrack is only read (an error does not keep a flow alive), so the path needs neither the
+/// clock nor the config: it takes `parsed` alone.
+#[inline(never)]
+fn icmp_error<P, T>(pkt: &mut P, parsed: &Parsed, tables: &mut T) -> Verdict
+where
+    P: PacketAccess + ?Sized,
+    T: ConntrackTable + Counters + ?Sized,
+{
+    // Opaque to the optimizer: otherwise it passes the packet's bounds to this BPF subprogram
+    // in two registers instead of one pointer, which `process` must keep alive across its map
+    // lookups: 16 more bytes on its frame, where the new-flow chain is at the 512-byte limit.
+    let pkt = core::hint::black_box(pkt);
+    // Echo and other informational messages: nothing quoted, nothing to translate.
+    if parsed.icmp.quote_offset == 0 {
+        return pass(tables, Counter::PassOtherProto);
+    }
+    let mut quote = QuotedDatagram::EMPTY;
+    if let Err(e) = quoted_into(pkt, parsed, &mut quote) {
+        return match e.disposition() {
+            Disposition::Pass(c) => pass(tables, c),
+            Disposition::Drop(r) => drop(tables, r),
+        };
+    }
+    let q = &quote.tuple;
+    // An error goes back to the sender of the packet it quotes; anything else is not about a
+    // packet this datapath translated.
+    // (Compared as integers: an array compare can become a `memcmp` call, which BPF lacks.)
+    if u128::from_ne_bytes(parsed.tuple.dst) != u128::from_ne_bytes(q.src) {
+        return pass(tables, Counter::PassIcmpErrorNoFlow);
+    }
+    // What the quote becomes: `to`, starting from the quote itself.
+    let mut to = *q;
+    let mut key = CtKey::new(&q.reversed(), CtKind::ReverseNat);
+    if let Some(rev) = tables.get_mut(&key) {
+        to.dst = rev.nat_addr;
+        to.dst_port = rev.nat_port;
+        if rev.flags & CT_F_SRC_PORT_REWRITTEN != 0 {
+            to.src_port = rev.rewritten_src_port;
+        }
+        // (A reverse entry that also restores the client's address, SNAT, sets `to.src` here.)
+    } else {
+        key.kind = CtKind::Service as u8;
+        let Some(fwd) = tables.get_mut(&key) else {
+            return pass(tables, Counter::PassIcmpErrorNoFlow);
+        };
+        to.src = fwd.nat_addr;
+        to.src_port = fwd.nat_port;
+        if fwd.flags & CT_F_SRC_PORT_REWRITTEN != 0 {
+            to.dst_port = fwd.rewritten_src_port;
+        }
+        // (A service entry with a SNAT address sets `to.dst` here.)
+    }
+    if translate_icmp_error(pkt, parsed, &quote, &to).is_none() {
+        return drop(tables, DropReason::Truncated);
+    }
+    pass(tables, Counter::IcmpErrorTranslated)
 }

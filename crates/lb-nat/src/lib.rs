@@ -37,6 +37,7 @@
 extern crate std;
 
 pub mod collision;
+pub mod icmp_error;
 pub mod maglev;
 mod rewrite;
 mod select;
@@ -49,6 +50,7 @@ pub mod snat;
 pub mod snat_table;
 
 pub use collision::{resolve_source_port, RandomSource, SourcePortRange};
+pub use icmp_error::translate_icmp_error;
 pub use maglev::maglev_lookup;
 pub use rewrite::{rewrite, rewrite_v4, rewrite_v6, Field};
 pub use select::select_slot;

@@ -15,10 +15,11 @@ pub mod testing;
 
 pub use headers::{EthernetHeader, Ipv4Header, TcpFlags, TcpHeader, UdpHeader};
 pub use headers::{IcmpHeader, Ipv6ExtHeader, Ipv6FragmentHeader, Ipv6Header, VlanHeader};
+pub use parse::QuotedDatagram;
 pub use parse::{
-    is_ipv6_ext, parse, parse_into, quoted_tuple, Disposition, Fragment, IcmpInfo, Layer,
-    ParseError, ParseErrorKind, Parsed, ETH_P_8021AD, ETH_P_8021Q, IPV6_DEST_OPTS, IPV6_FRAGMENT,
-    IPV6_HOP_BY_HOP, IPV6_ROUTING, MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS,
+    is_ipv6_ext, parse, parse_into, quoted_into, quoted_tuple, Disposition, Fragment, IcmpInfo,
+    Layer, ParseError, ParseErrorKind, Parsed, ETH_P_8021AD, ETH_P_8021Q, IPV6_DEST_OPTS,
+    IPV6_FRAGMENT, IPV6_HOP_BY_HOP, IPV6_ROUTING, MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS,
 };
 
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};

@@ -693,6 +693,43 @@ pub fn quoted_tuple<P: PacketAccess + ?Sized>(
     pkt: &P,
     parsed: &Parsed,
 ) -> Result<FlowTuple, ParseError> {
+    let mut q = QuotedDatagram::EMPTY;
+    quoted_into(pkt, parsed, &mut q)?;
+    Ok(q.tuple)
+}
+
+/// The datagram an ICMP error quotes: its tuple as it was sent, and where its transport header
+/// starts (what a translation of the quote needs besides [`IcmpInfo::quote_offset`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuotedDatagram {
+    /// The quoted tuple, as [`quoted_tuple`] returns it.
+    pub tuple: FlowTuple,
+    /// Offset of the quoted transport header in the packet; zero when the quote is a later
+    /// fragment (no transport header).
+    pub l4_offset: usize,
+}
+
+impl QuotedDatagram {
+    /// A value to parse into (see [`quoted_into`]).
+    pub const EMPTY: QuotedDatagram = QuotedDatagram {
+        tuple: Parsed::EMPTY.tuple,
+        l4_offset: 0,
+    };
+}
+
+/// [`quoted_tuple`] into a caller's [`QuotedDatagram`], with the quoted transport header's
+/// offset. A BPF subprogram of its own, so that its locals stay off its caller's frame.
+///
+/// # Errors
+/// As [`quoted_tuple`].
+#[cfg_attr(target_arch = "bpf", inline(never))]
+#[cfg_attr(not(target_arch = "bpf"), inline(always))]
+pub fn quoted_into<P: PacketAccess + ?Sized>(
+    pkt: &P,
+    parsed: &Parsed,
+    out: &mut QuotedDatagram,
+) -> Result<(), ParseError> {
+    *out = QuotedDatagram::EMPTY;
     let q = parsed.icmp.quote_offset as usize;
     let v6 = parsed.family() == IpFamily::V6;
     if q == 0 {
@@ -708,7 +745,7 @@ pub fn quoted_tuple<P: PacketAccess + ?Sized>(
     if q > MAX_HEADER_OFFSET {
         return Err(too_deep(Layer::Ipv4, q));
     }
-    let mut t = FlowTuple::default();
+    let t = &mut out.tuple;
     let l4;
     if v6 {
         let ip: Ipv6Header = pkt
@@ -735,7 +772,7 @@ pub fn quoted_tuple<P: PacketAccess + ?Sized>(
         t.proto = w.next_header;
         t.family = IpFamily::V6 as u8;
         if w.fragment == Fragment::Later {
-            return Ok(t);
+            return Ok(());
         }
         l4 = w.offset;
     } else {
@@ -760,7 +797,7 @@ pub fn quoted_tuple<P: PacketAccess + ?Sized>(
         t.proto = ip.proto;
         t.family = IpFamily::V4 as u8;
         if ip.frag_off.get() & Ipv4Header::OFFSET_MASK != 0 {
-            return Ok(t);
+            return Ok(());
         }
         l4 = q + ihl * 4;
     }
@@ -793,7 +830,8 @@ pub fn quoted_tuple<P: PacketAccess + ?Sized>(
         }
         None => {}
     }
-    Ok(t)
+    out.l4_offset = l4;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -148,3 +148,44 @@ pub fn udp_v6_frame(
 pub fn ip_v4_frame(src: [u8; 4], dst: [u8; 4], proto: u8, payload: &[u8]) -> Vec<u8> {
     ipv4_frame(src, dst, proto, payload)
 }
+
+/// An Ethernet/IPv4/ICMP error frame: type `ty`, code `code`, the 4 bytes after the checksum
+/// (`rest`: unused, or the next-hop MTU of "fragmentation needed"), then `quote` (the offending
+/// IP datagram, usually cut short), with the ICMP and IPv4 checksums computed from scratch.
+#[must_use]
+pub fn icmp_v4_error_frame(
+    src: [u8; 4],
+    dst: [u8; 4],
+    ty: u8,
+    code: u8,
+    rest: [u8; 4],
+    quote: &[u8],
+) -> Vec<u8> {
+    let mut icmp = Vec::with_capacity(8 + quote.len());
+    icmp.extend_from_slice(&[ty, code, 0, 0]);
+    icmp.extend_from_slice(&rest);
+    icmp.extend_from_slice(quote);
+    let c = checksum::checksum(&icmp);
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    ipv4_frame(src, dst, 1, &icmp)
+}
+
+/// An Ethernet/IPv6/ICMPv6 error frame (as [`icmp_v4_error_frame`]; `rest` holds the MTU of
+/// "packet too big"), with the ICMPv6 checksum over the pseudo-header computed from scratch.
+#[must_use]
+pub fn icmp_v6_error_frame(
+    src: [u8; 16],
+    dst: [u8; 16],
+    ty: u8,
+    code: u8,
+    rest: [u8; 4],
+    quote: &[u8],
+) -> Vec<u8> {
+    let mut icmp = Vec::with_capacity(8 + quote.len());
+    icmp.extend_from_slice(&[ty, code, 0, 0]);
+    icmp.extend_from_slice(&rest);
+    icmp.extend_from_slice(quote);
+    let c = checksum::l4_checksum_v6(&src, &dst, 58, &icmp);
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    ipv6_frame(src, dst, 58, &icmp)
+}
