@@ -20,7 +20,9 @@
 //! - each node routes the other node's pod CIDR via that node's LAN address; node-to-client traffic
 //!   is on-link, so in DSR mode the backend's node returns replies straight to the client;
 //! - backends route everything via their node; nodes forward (IPv4 and IPv6), `rp_filter` is off
-//!   everywhere (DSR replies leave with the VIP as source), IPv6 addresses skip DAD.
+//!   everywhere (DSR replies leave with the VIP as source), nodes accept received packets that
+//!   carry their own IPv4 address as source (`accept_local`: what SNAT and the tunnel hand to the
+//!   stack), IPv6 addresses skip DAD.
 //!
 //! Every address is inside namespaces this module creates; nothing else is ever a target. The
 //! namespaces are removed when the [`Cluster`] drops, on Ctrl-C/SIGTERM
@@ -300,7 +302,14 @@ impl Cluster {
                 "via",
                 &gw6.to_string(),
             ])?;
-            for sysctl in ["net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"] {
+            // accept_local: after SNAT or VXLAN encapsulation in XDP, a packet carries the node's
+            // own IPv4 address as source and is handed to the stack (XDP_PASS) to be routed; the
+            // stack drops received packets with a local source as martians unless this is set.
+            for sysctl in [
+                "net.ipv4.ip_forward=1",
+                "net.ipv6.conf.all.forwarding=1",
+                "net.ipv4.conf.all.accept_local=1",
+            ] {
                 in_ns(node, &["sysctl", "-qw", sysctl])?;
             }
             // The other node's pod CIDR is behind the other node.

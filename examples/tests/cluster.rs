@@ -250,6 +250,77 @@ fn a_narrow_route_yields_icmp_too_big_and_tcp_completes() {
     }
 }
 
+/// After SNAT or VXLAN encapsulation in XDP, node-1 hands the stack a packet whose source is its
+/// own address, to be routed on. Such a packet, sent here by the client with node-1's address
+/// forged as source (IP_TRANSPARENT), must reach backend-1 rather than be dropped as a martian.
+#[test]
+fn a_node_forwards_packets_carrying_its_own_ipv4_source() {
+    if !privileged("a_node_forwards_packets_carrying_its_own_ipv4_source") {
+        return;
+    }
+    let cluster = Cluster::create("local").expect("cluster");
+    let capture = Capture::start(&cluster.backends[0], "eth0", Duration::from_secs(10)).unwrap();
+    let src = SocketAddr::new(Family::V4.node(0), 45000);
+    let dst = SocketAddr::new(Family::V4.backend(0), BACKEND_PORT);
+    cluster
+        .in_client(|| forged_udp(src, dst))
+        .unwrap()
+        .expect("sending with a forged source");
+    // Two hops on veths: well under a second; the capture is then stopped.
+    std::thread::sleep(Duration::from_millis(500));
+    let frames = capture.stop();
+    assert!(
+        frames.iter().any(|f| f.src == src && f.dst == dst),
+        "node-1 dropped a packet carrying its own source address: {frames:?}"
+    );
+}
+
+/// Sends one UDP datagram from `src`, an IPv4 address this host does not own.
+fn forged_udp(src: SocketAddr, dst: SocketAddr) -> std::io::Result<()> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let SocketAddr::V4(src4) = src else {
+        return Err(std::io::Error::other("IPv4 only"));
+    };
+    // SAFETY: plain socket creation; the fd is owned by the UdpSocket right below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh socket nobody else owns.
+    let sock = unsafe { std::net::UdpSocket::from_raw_fd(fd) };
+    let one: libc::c_int = 1;
+    // SAFETY: valid fd, an int option of the size passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_IP,
+            libc::IP_TRANSPARENT,
+            std::ptr::from_ref(&one).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: sockaddr_in is plain data; all-zero is valid.
+    let mut sin: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    sin.sin_family = libc::AF_INET as libc::sa_family_t;
+    sin.sin_port = src4.port().to_be();
+    sin.sin_addr.s_addr = u32::from_ne_bytes(src4.ip().octets());
+    // SAFETY: `sin` is a sockaddr_in of the size passed; IP_TRANSPARENT allows a foreign address.
+    let rc = unsafe {
+        libc::bind(
+            sock.as_raw_fd(),
+            std::ptr::from_ref(&sin).cast(),
+            size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    sock.send_to(b"forged", dst).map(|_| ())
+}
+
 /// Dropping the cluster removes every namespace it created.
 #[test]
 fn dropping_the_cluster_removes_its_namespaces() {
