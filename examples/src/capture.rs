@@ -165,6 +165,25 @@ fn open(dev: &str) -> Result<OwnedFd> {
     Ok(fd)
 }
 
+/// Sends one raw Ethernet `frame` out of `dev` in namespace `ns` — for frames the stack would not
+/// build, such as one with a foreign source address.
+///
+/// # Errors
+/// If the packet socket cannot be opened or the frame is not sent whole.
+pub fn inject(ns: &str, dev: &str, frame: &[u8]) -> Result<()> {
+    let fd = within(ns, || open(dev))?.with_context(|| format!("injecting on {dev} in {ns}"))?;
+    // SAFETY: `frame` is valid for its length; the socket is bound to `dev`.
+    let n = unsafe { libc::send(fd.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
+    if usize::try_from(n).ok() != Some(frame.len()) {
+        bail!(
+            "sending a {}-byte frame on {dev}: {}",
+            frame.len(),
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
+}
+
 fn read_frames(fd: &OwnedFd, stop: &AtomicBool, lifetime: Duration) -> Vec<Frame> {
     let deadline = Instant::now() + lifetime;
     let mut frames = Vec::new();

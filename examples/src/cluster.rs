@@ -467,13 +467,17 @@ pub fn pod_gateway_v6(i: usize) -> Ipv6Addr {
     Ipv6Addr::new(0xfd00, 0x211, (i % 2) as u16 + 1, 0, 0, 0, 0, 1)
 }
 
-/// Loopback up, reverse-path filtering off: DSR replies carry the VIP as source and tunnelled or
-/// rewritten packets arrive on interfaces the strict check would reject.
+/// Loopback up; reverse-path filtering off: DSR replies carry the VIP as source and tunnelled or
+/// rewritten packets arrive on interfaces the strict check would reject; no duplicate address
+/// detection, for the link-local addresses too: while it runs (about a second) a node cannot
+/// resolve its IPv6 neighbours, and the first datagrams of a fresh cluster would be lost.
 fn quiet_defaults(ns: &str) -> Result<()> {
     ip(&["-n", ns, "link", "set", "lo", "up"])?;
     for sysctl in [
         "net.ipv4.conf.all.rp_filter=0",
         "net.ipv4.conf.default.rp_filter=0",
+        "net.ipv6.conf.all.accept_dad=0",
+        "net.ipv6.conf.default.accept_dad=0",
     ] {
         in_ns(ns, &["sysctl", "-qw", sysctl])?;
     }

@@ -3,7 +3,7 @@
 //! address, the nodes' addresses answer (NodePort reachability), and replies of backend-2 come
 //! back from node-2 without touching node-1.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use lb_examples::capture::Capture;
@@ -273,6 +273,89 @@ fn a_node_forwards_packets_carrying_its_own_ipv4_source() {
         frames.iter().any(|f| f.src == src && f.dst == dst),
         "node-1 dropped a packet carrying its own source address: {frames:?}"
     );
+}
+
+/// The IPv6 side of the same: a frame injected at the client (a packet socket, since the stack
+/// will not send from a foreign IPv6 source) carrying node-1's IPv6 address as source must be
+/// forwarded by node-1 to backend-1.
+#[test]
+fn a_node_forwards_packets_carrying_its_own_ipv6_source() {
+    if !privileged("a_node_forwards_packets_carrying_its_own_ipv6_source") {
+        return;
+    }
+    let cluster = Cluster::create("local6").expect("cluster");
+    let capture = Capture::start(&cluster.backends[0], "eth0", Duration::from_secs(10)).unwrap();
+    let src = SocketAddr::new(Family::V6.node(0), 45000);
+    let dst = SocketAddr::new(Family::V6.backend(0), BACKEND_PORT);
+    // A control frame from the client's own address tells a broken injection from a drop.
+    let control = SocketAddr::new(Family::V6.client(), 45001);
+    let macs = (
+        Cluster::mac(&cluster.nodes[0], LAN_IF).unwrap(),
+        Cluster::mac(&cluster.client, LAN_IF).unwrap(),
+    );
+    for from in [control, src] {
+        let frame = udp6_frame(macs.0, macs.1, from, dst, b"forged");
+        lb_examples::capture::inject(&cluster.client, LAN_IF, &frame).expect("injecting");
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let frames = capture.stop();
+    let arrived = |from: SocketAddr| frames.iter().any(|f| f.src == from && f.dst == dst);
+    assert!(
+        arrived(control),
+        "the control frame did not arrive: {frames:?}"
+    );
+    assert!(
+        arrived(src),
+        "node-1 dropped an IPv6 packet carrying its own source address: {frames:?}"
+    );
+}
+
+/// An Ethernet + IPv6 + UDP frame with a correct UDP checksum.
+fn udp6_frame(
+    dst_mac: [u8; 6],
+    src_mac: [u8; 6],
+    src: SocketAddr,
+    dst: SocketAddr,
+    payload: &[u8],
+) -> Vec<u8> {
+    let (IpAddr::V6(s), IpAddr::V6(d)) = (src.ip(), dst.ip()) else {
+        panic!("IPv6 addresses expected");
+    };
+    let udp_len = u16::try_from(8 + payload.len()).unwrap();
+    let mut udp = Vec::new();
+    udp.extend_from_slice(&src.port().to_be_bytes());
+    udp.extend_from_slice(&dst.port().to_be_bytes());
+    udp.extend_from_slice(&udp_len.to_be_bytes());
+    udp.extend_from_slice(&[0, 0]);
+    udp.extend_from_slice(payload);
+    // Checksum over the pseudo-header (addresses, length, next header) and the datagram.
+    let mut sum: u32 = 0;
+    let mut add = |b: &[u8]| {
+        for c in b.chunks(2) {
+            sum += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
+        }
+    };
+    add(&s.octets());
+    add(&d.octets());
+    add(&u32::from(udp_len).to_be_bytes());
+    add(&[0, 0, 0, 17]);
+    add(&udp);
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    let csum = !(sum as u16);
+    udp[6..8].copy_from_slice(&(if csum == 0 { 0xffff } else { csum }).to_be_bytes());
+    let mut f = Vec::new();
+    f.extend_from_slice(&dst_mac);
+    f.extend_from_slice(&src_mac);
+    f.extend_from_slice(&0x86ddu16.to_be_bytes());
+    f.extend_from_slice(&[0x60, 0, 0, 0]);
+    f.extend_from_slice(&udp_len.to_be_bytes());
+    f.extend_from_slice(&[17, 64]);
+    f.extend_from_slice(&s.octets());
+    f.extend_from_slice(&d.octets());
+    f.extend_from_slice(&udp);
+    f
 }
 
 /// Sends one UDP datagram from `src`, an IPv4 address this host does not own.
