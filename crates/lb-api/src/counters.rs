@@ -1,6 +1,8 @@
 //! Counters and drop reasons: one flat index space shared by the kernel's per-CPU counter array
 //! and the userspace engine's counters, so both worlds report the same numbers under the same names.
 
+use zerocopy::{Immutable, IntoBytes, KnownLayout, TryFromBytes};
+
 /// Number of counter slots (the size of the kernel's per-CPU counter array).
 pub const COUNTER_SLOTS: u32 = 64;
 
@@ -47,10 +49,19 @@ pub enum Counter {
     /// Passed: an ICMP/ICMPv6 error whose quoted datagram belongs to no tracked flow (or that is
     /// not addressed to the quoted datagram's sender).
     PassIcmpErrorNoFlow = 14,
+    /// A drop event could not be recorded: the kernel's ring buffer was full (the newest event
+    /// is lost), or the engine's bounded queue was (the oldest is). The drop itself is counted.
+    DropEventsLost = 15,
 }
 
 /// Why the datapath dropped a packet. Every drop is counted under exactly one reason.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+///
+/// It is also the `reason` field of a [`DropEvent`](crate::events::DropEvent), hence the
+/// zerocopy derives: a record read from the kernel's ring buffer only decodes if its code is one
+/// of these.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, TryFromBytes, IntoBytes, KnownLayout, Immutable,
+)]
 #[repr(u32)]
 pub enum DropReason {
     /// A header ends past the end of the packet.
@@ -83,7 +94,7 @@ pub enum DropReason {
 
 impl Counter {
     /// All counters, in slot order.
-    pub const ALL: [Counter; 15] = [
+    pub const ALL: [Counter; 16] = [
         Self::RxPackets,
         Self::ServiceNewFlow,
         Self::ServiceEstablished,
@@ -99,6 +110,7 @@ impl Counter {
         Self::MtuExceeded,
         Self::IcmpErrorTranslated,
         Self::PassIcmpErrorNoFlow,
+        Self::DropEventsLost,
     ];
 
     /// Slot in the counter array.
@@ -127,6 +139,7 @@ impl Counter {
             Self::MtuExceeded => "mtu_exceeded",
             Self::IcmpErrorTranslated => "icmp_error_translated",
             Self::PassIcmpErrorNoFlow => "pass_icmp_error_no_flow",
+            Self::DropEventsLost => "drop_events_lost",
         }
     }
 }
@@ -179,6 +192,16 @@ impl DropReason {
 pub trait Counters {
     /// Adds one to the counter at `slot` (a [`Counter::slot`] or [`DropReason::slot`]).
     fn bump(&mut self, slot: u32);
+
+    /// Notes that the packet being processed is dropped for `reason` (the pipeline calls it once
+    /// per drop, after counting the reason). The caller of the pipeline turns it into a
+    /// [`DropEvent`](crate::events::DropEvent) once the packet is done, with the packet's flow as
+    /// far as it was parsed (the parse result it passed in its scratch area), the time and the
+    /// interface: the kernel programs into their ring buffer, the engine into its bounded queue.
+    /// Building the event there keeps it off the pipeline paths' stack frames. Sinks that keep
+    /// only numbers (a [`CounterSnapshot`]) ignore it.
+    #[inline(always)]
+    fn drop_event(&mut self, _reason: DropReason) {}
 }
 
 /// A snapshot of all counter slots, summed over CPUs where the source is per-CPU.

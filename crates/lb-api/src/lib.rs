@@ -2,7 +2,8 @@
 //!
 //! Everything that crosses the kernel/user boundary lives here: zerocopy wire headers, the
 //! [`PacketAccess`] trait that lets one parser run over a byte slice (userspace) and over XDP/TC
-//! `data`/`data_end` (kernel), the fixed-size map ABI structs ([`abi`]), drop reasons and counters.
+//! `data`/`data_end` (kernel), the fixed-size map ABI structs ([`abi`]), drop reasons, counters and
+//! drop events ([`events`]).
 //! The crate is `#![no_std]`, allocation-free and panic-free so that it compiles into eBPF programs.
 //!
 //! ```
@@ -35,6 +36,7 @@ extern crate std;
 pub mod abi;
 pub mod checksum;
 pub mod counters;
+pub mod events;
 pub mod flow;
 pub mod wire;
 

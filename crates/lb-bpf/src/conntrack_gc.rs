@@ -17,26 +17,36 @@
 //!   flow, which the datapath then re-creates as a mid-stream pickup. A flow's reverse-NAT entry is
 //!   deleted right after its service entry; a reply in between finds the orphan and removes it.
 //!
+//! A CNI runs it as a task ([`KernelDatapath::spawn_conntrack_gc`], [`ConntrackGcTask`]); the
+//! single sweep ([`KernelDatapath::conntrack_gc`]) is there for agents that schedule it
+//! themselves.
+//!
 //! ```no_run
 //! use lb_bpf::KernelDatapath;
-//! use lb_conntrack::{Clock, ConntrackGc, GcConfig, MonotonicClock};
+//! use lb_conntrack::{Clock, GcConfig, MonotonicClock};
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let mut dp = KernelDatapath::load()?;
-//! let mut gc = ConntrackGc::new(GcConfig::default());
+//! let dp = KernelDatapath::load()?;
+//! let gc = dp.spawn_conntrack_gc(GcConfig::default())?;
 //! loop {
-//!     let report = dp.conntrack_gc(&mut gc, MonotonicClock.now_ns())?;
-//!     let m = dp.conntrack_metrics(MonotonicClock.now_ns(), Some(&gc))?;
-//!     println!("{} entries, {}‰ full, {} deleted", m.entries, m.utilization_permille(), report.deleted);
-//!     std::thread::sleep(report.next_interval);
+//!     std::thread::sleep(std::time::Duration::from_secs(60));
+//!     let mut m = dp.conntrack_metrics(MonotonicClock.now_ns(), None)?;
+//!     m.gc = gc.status().stats;
+//!     println!("{} entries, {}‰ full, {} deleted", m.entries, m.utilization_permille(), m.gc.total_deleted);
 //! }
 //! # }
 //! ```
 
-use aya::maps::{HashMap, IterableMap, MapData, MapError};
-use lb_api::abi::{CtEntry, CtKey};
+use std::os::fd::AsFd as _;
+use std::sync::{mpsc, Arc, Mutex};
+
+use aya::maps::{Array, HashMap, IterableMap, Map, MapData, MapError, PerCpuArray};
+use lb_api::abi::{CtEntry, CtKey, DatapathConfig};
 use lb_api::counters::DropReason;
-use lb_conntrack::{ConntrackGc, ConntrackMetrics, GcReport, GcTable, TableStats};
+use lb_conntrack::{
+    Clock as _, ConntrackGc, ConntrackMetrics, GcConfig, GcReport, GcStats, GcTable,
+    MonotonicClock, TableStats,
+};
 
 use crate::{maps, Error, KernelDatapath};
 
@@ -167,5 +177,257 @@ impl KernelDatapath {
             metrics.gc = gc.stats();
         }
         Ok(metrics)
+    }
+}
+
+/// What a [`ConntrackGcTask`] has done so far.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GcTaskStatus {
+    /// Sweeps attempted (successful or not).
+    pub sweeps: u64,
+    /// The last successful sweep's report (`None` before the first).
+    pub last_report: Option<GcReport>,
+    /// The sweeper's figures: runs, last and total scanned/deleted, the current interval; what
+    /// [`ConntrackMetrics::gc`] holds.
+    pub stats: GcStats,
+    /// The time (the datapath's clock) the last sweep ran at.
+    pub last_now_ns: u64,
+    /// The last sweep's error, if it failed (the task keeps sweeping at the minimum interval).
+    pub last_error: Option<String>,
+}
+
+/// What the task's thread is told.
+enum GcCommand {
+    /// Sweep now instead of waiting for the interval.
+    Sweep,
+    /// Stop after the current sweep.
+    Stop,
+}
+
+/// Conntrack GC running on its own thread: one sweep of the kernel map at start, then one per
+/// adaptive interval ([`ConntrackGc`]: shorter under pressure, longer when idle), at the
+/// datapath's clock (`DatapathConfig::fixed_now_ns` when set, `CLOCK_MONOTONIC` otherwise, read
+/// from the config map before each sweep). Made by [`KernelDatapath::spawn_conntrack_gc`].
+///
+/// The task has its own handles (duplicated file descriptors) to the conntrack, counters and
+/// config maps: it shares no state with the [`KernelDatapath`], which stays fully usable, and it
+/// keeps working if the datapath value is dropped while the programs stay attached (pinned).
+///
+/// [`stop`](Self::stop) (or dropping the handle) wakes the thread and joins it: it returns as
+/// soon as a sweep in progress ends (a sweep is bounded at twice the map's capacity in
+/// entries), never after a whole interval.
+#[derive(Debug)]
+pub struct ConntrackGcTask {
+    commands: Option<mpsc::Sender<GcCommand>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    status: Arc<Mutex<GcTaskStatus>>,
+}
+
+impl ConntrackGcTask {
+    /// What the task has done so far.
+    #[must_use]
+    pub fn status(&self) -> GcTaskStatus {
+        lock(&self.status).clone()
+    }
+
+    /// Asks for a sweep now (e.g. after a burst of `conntrack_full` drops) instead of at the end
+    /// of the current interval. Does not wait for it: see [`status`](Self::status).
+    pub fn sweep_now(&self) {
+        if let Some(tx) = &self.commands {
+            let _ = tx.send(GcCommand::Sweep);
+        }
+    }
+
+    /// Stops the task and waits for its thread: at most the end of a sweep in progress.
+    /// Returns the final status.
+    pub fn stop(mut self) -> GcTaskStatus {
+        self.shutdown();
+        self.status()
+    }
+
+    fn shutdown(&mut self) {
+        if let Some(tx) = self.commands.take() {
+            let _ = tx.send(GcCommand::Stop);
+        }
+        if let Some(t) = self.thread.take() {
+            // A panicking sweep would already have been reported by the thread itself.
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for ConntrackGcTask {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// The status even if a sweep panicked while holding the lock: it is plain data.
+fn lock(m: &Mutex<GcTaskStatus>) -> std::sync::MutexGuard<'_, GcTaskStatus> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The task's own handles to the maps it needs.
+struct GcMaps {
+    conntrack: Map,
+    counters: Map,
+    config: Map,
+    capacity: u64,
+}
+
+impl GcMaps {
+    /// Now, as the datapath sees it.
+    fn now_ns(&self) -> Result<u64, Error> {
+        let a: Array<&MapData, DatapathConfig> =
+            Array::try_from(&self.config).map_err(|source| Error::Map {
+                map: maps::CONFIG,
+                source,
+            })?;
+        let cfg = a.get(&0, 0).map_err(|source| Error::Map {
+            map: maps::CONFIG,
+            source,
+        })?;
+        Ok(lb_datapath::now_ns(&cfg, || MonotonicClock.now_ns()))
+    }
+
+    fn conntrack_full_drops(&self) -> Result<u64, Error> {
+        let a: PerCpuArray<&MapData, u64> =
+            PerCpuArray::try_from(&self.counters).map_err(|source| Error::Map {
+                map: maps::COUNTERS,
+                source,
+            })?;
+        let per_cpu = a
+            .get(&DropReason::ConntrackFull.slot(), 0)
+            .map_err(|source| Error::Map {
+                map: maps::COUNTERS,
+                source,
+            })?;
+        Ok(per_cpu.iter().sum())
+    }
+
+    fn sweep(&mut self, gc: &mut ConntrackGc) -> Result<(u64, GcReport), Error> {
+        let now = self.now_ns()?;
+        let insert_failures_full = self.conntrack_full_drops()?;
+        let map = HashMap::try_from(&mut self.conntrack).map_err(map_err)?;
+        let mut table = KernelConntrackTable {
+            map,
+            capacity: self.capacity,
+            insert_failures_full,
+        };
+        let report = gc.run(&mut table, now).map_err(map_err)?;
+        Ok((now, report))
+    }
+}
+
+fn run_task(
+    mut maps: GcMaps,
+    mut gc: ConntrackGc,
+    commands: &mpsc::Receiver<GcCommand>,
+    status: &Mutex<GcTaskStatus>,
+) {
+    loop {
+        let result = maps.sweep(&mut gc);
+        let wait = {
+            let mut s = lock(status);
+            s.sweeps += 1;
+            s.stats = gc.stats();
+            match result {
+                Ok((now, report)) => {
+                    s.last_now_ns = now;
+                    s.last_report = Some(report);
+                    s.last_error = None;
+                    report.next_interval
+                }
+                Err(e) => {
+                    s.last_error = Some(e.to_string());
+                    gc.interval()
+                }
+            }
+        };
+        match commands.recv_timeout(wait) {
+            Ok(GcCommand::Sweep) | Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Ok(GcCommand::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => return,
+        }
+    }
+}
+
+impl KernelDatapath {
+    /// Another handle to one of this datapath's maps (a duplicated file descriptor), for a task
+    /// that outlives borrows of `self`.
+    fn map_handle(&self, name: &'static str) -> Result<Map, Error> {
+        let m = self.ebpf.map(name).ok_or(Error::Map {
+            map: name,
+            source: MapError::InvalidName { name: name.into() },
+        })?;
+        let data = match m {
+            Map::HashMap(d) | Map::Array(d) | Map::PerCpuArray(d) => d,
+            // Not reachable with this crate's object: the task's maps are of these types.
+            _ => {
+                return Err(Error::Map {
+                    map: name,
+                    source: MapError::InvalidName {
+                        name: format!("{name} (not a hash, array or per-CPU array map)"),
+                    },
+                })
+            }
+        };
+        let fd = data
+            .fd()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|io_error| Error::Map {
+                map: name,
+                source: MapError::SyscallError(aya::sys::SyscallError {
+                    call: "dup",
+                    io_error,
+                }),
+            })?;
+        let data = MapData::from_fd(fd).map_err(|source| Error::Map { map: name, source })?;
+        Map::from_map_data(data).map_err(|source| Error::Map { map: name, source })
+    }
+
+    /// Starts conntrack GC as a task: a thread that sweeps the kernel conntrack map once now and
+    /// then at the adaptive interval of `cfg` (see [`ConntrackGcTask`]). A CNI starts it once
+    /// after loading and keeps the handle; dropping the handle stops the task.
+    ///
+    /// ```no_run
+    /// use lb_bpf::KernelDatapath;
+    /// use lb_conntrack::GcConfig;
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let dp = KernelDatapath::load_pinned("/sys/fs/bpf/lb")?;
+    /// let gc = dp.spawn_conntrack_gc(GcConfig::default())?;
+    /// // ... later, for metrics:
+    /// let status = gc.status();
+    /// println!("{} sweeps, {} deleted", status.stats.runs, status.stats.total_deleted);
+    /// gc.stop();
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Map`] if a map handle cannot be duplicated or its capacity read;
+    /// [`Error::Pin`] naming the reason if the thread cannot be started.
+    pub fn spawn_conntrack_gc(&self, cfg: GcConfig) -> Result<ConntrackGcTask, Error> {
+        let maps = GcMaps {
+            conntrack: self.map_handle(maps::CONNTRACK)?,
+            counters: self.map_handle(maps::COUNTERS)?,
+            config: self.map_handle(maps::CONFIG)?,
+            capacity: self.conntrack_capacity()?,
+        };
+        let (tx, rx) = mpsc::channel();
+        let status = Arc::new(Mutex::new(GcTaskStatus::default()));
+        let thread_status = Arc::clone(&status);
+        let thread = std::thread::Builder::new()
+            .name("lb-conntrack-gc".into())
+            .spawn(move || run_task(maps, ConntrackGc::new(cfg), &rx, &thread_status))
+            .map_err(|e| Error::Task {
+                task: "conntrack GC",
+                reason: e.to_string(),
+            })?;
+        Ok(ConntrackGcTask {
+            commands: Some(tx),
+            thread: Some(thread),
+            status,
+        })
     }
 }

@@ -2,6 +2,12 @@
 //! attaches them, programs their maps with the same control-plane API as the userspace engine,
 //! reads conntrack and counters, and runs packets through them with `BPF_PROG_TEST_RUN`.
 //!
+//! Running it, a CNI also starts conntrack GC as a task
+//! ([`KernelDatapath::spawn_conntrack_gc`], a thread sweeping at the adaptive interval; see
+//! [`conntrack_gc`]) and reads drop events ([`KernelDatapath::drain_drop_events`]: one
+//! [`DropEvent`] per dropped packet with its reason and flow, from the programs' ring buffer; the
+//! userspace engine has the same call).
+//!
 //! ```no_run
 //! use lb_bpf::{KernelDatapath, Program};
 //! use lb_api::flow::L4Proto;
@@ -19,7 +25,12 @@
 //!     ..Default::default()
 //! })?;
 //! dp.attach_xdp("eth0", aya::programs::XdpMode::Skb)?;
+//! let gc = dp.spawn_conntrack_gc(lb_conntrack::GcConfig::default())?;
 //! println!("{} conntrack entries", dp.conntrack_entries()?.len());
+//! for ev in dp.drain_drop_events()? {
+//!     println!("dropped ({}): {:?}", ev.reason.name(), ev.tuple());
+//! }
+//! println!("GC: {:?}", gc.status().last_report);
 //! # Ok(()) }
 //! ```
 
@@ -28,7 +39,7 @@ pub mod conntrack_gc;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use aya::maps::{Array, HashMap, MapData, PerCpuArray};
+use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::{tc, SchedClassifier, TcAttachType, TestRun, TestRunOptions, Xdp, XdpMode};
 use aya::{Ebpf, EbpfLoader};
@@ -36,8 +47,10 @@ use lb_api::abi::{
     BackendKey, BackendValue, CtEntry, CtKey, DatapathConfig, ServiceKey, ServiceValue,
 };
 use lb_api::counters::{CounterSnapshot, COUNTER_SLOTS};
+use lb_api::events::DropEvent;
 use lb_api::Verdict;
 use lb_nat::control::{self, ConfigError, ServiceSpec, ServiceStore};
+use zerocopy::TryFromBytes;
 
 /// The compiled eBPF object (all programs and maps), embedded at build time.
 pub static PROGRAMS_OBJECT: &[u8] =
@@ -57,6 +70,10 @@ pub mod maps {
     pub const COUNTERS: &str = "LB_COUNTERS";
     /// Per-CPU per-packet working state of the pipeline (not pinned).
     pub const SCRATCH: &str = "LB_SCRATCH";
+    /// Drop events, a ring buffer (not pinned: see [`KernelDatapath::drain_drop_events`]).
+    pub const DROP_EVENTS: &str = "LB_EVENTS";
+    /// Per-CPU reason of the packet being dropped, read when its event is written (not pinned).
+    pub const DROP_REASON: &str = "LB_DROP_REASON";
 }
 
 /// The program variants in the object.
@@ -172,6 +189,26 @@ pub enum Error {
         /// What failed.
         reason: String,
     },
+    /// A background task's thread could not be started.
+    #[error("starting the {task} task failed: {reason} (the process is out of threads or memory)")]
+    Task {
+        /// Which task.
+        task: &'static str,
+        /// The OS error.
+        reason: String,
+    },
+    /// A drop-event record in the ring does not decode as this build's [`DropEvent`].
+    #[error(
+        "drop event of {len} B with reason code {reason_code} does not decode as this build's \
+         DropEvent (56 B, a known reason): a program of another lb-bpf build writes into this \
+         ring; reload the datapath with this build"
+    )]
+    DropEventLayout {
+        /// Size of the record.
+        len: usize,
+        /// Its reason code (bytes 8..12), `u32::MAX` if the record is too short to have one.
+        reason_code: u32,
+    },
     /// The kernel returned a code no verdict maps to.
     #[error("program `{program}` returned {code}, which is no datapath verdict")]
     UnknownVerdict {
@@ -245,12 +282,17 @@ impl KernelDatapath {
                 path: maps_dir.clone(),
                 reason: format!("parsing our own object: {e}"),
             })?;
-            // Scratch maps hold per-packet state only: pinning them would tie restarts to their
-            // layout for nothing.
+            // Scratch maps hold per-packet state only, the event ring transient records: pinning
+            // them would tie restarts to their layout for nothing.
             let mut names: Vec<&String> = obj
                 .maps
                 .keys()
-                .filter(|n| !n.starts_with('.') && n.as_str() != maps::SCRATCH)
+                .filter(|n| {
+                    !n.starts_with('.')
+                        && n.as_str() != maps::SCRATCH
+                        && n.as_str() != maps::DROP_EVENTS
+                        && n.as_str() != maps::DROP_REASON
+                })
                 .collect();
             names.sort();
             for name in names {
@@ -436,6 +478,45 @@ impl KernelDatapath {
             let _ = m.remove(&k);
         }
         Ok(())
+    }
+
+    /// The drop events the programs recorded since the last call, oldest first: one per dropped
+    /// packet, with its reason, its flow as far as it was parsed, the time (the datapath's
+    /// clock) and the interface. The same call exists on the userspace engine
+    /// (`lb_datapath::engine::Engine::drain_drop_events`).
+    ///
+    /// The ring holds 4095 events; when it is full the programs lose new events, counted as
+    /// `Counter::DropEventsLost` (drops are always counted). Drain at least as often as that many
+    /// drops can happen. The ring is not pinned: across a loader restart, events recorded by the
+    /// old programs before the swap are lost with the old ring.
+    ///
+    /// # Errors
+    /// [`Error::Map`] if the ring cannot be mapped; [`Error::DropEventLayout`] if a record does not
+    /// decode (a program of another build writing into this ring).
+    pub fn drain_drop_events(&mut self) -> Result<Vec<DropEvent>, Error> {
+        // 256 KiB of 64-byte slots: one more than fits, so one call empties a full ring.
+        const MAX_PER_CALL: usize = 4097;
+        let map_err = |source| Error::Map {
+            map: maps::DROP_EVENTS,
+            source,
+        };
+        let mut ring: RingBuf<&mut MapData> =
+            RingBuf::try_from(self.map(maps::DROP_EVENTS)?).map_err(map_err)?;
+        let mut events = Vec::new();
+        for _ in 0..MAX_PER_CALL {
+            let Some(item) = ring.next() else {
+                break;
+            };
+            let ev = DropEvent::try_read_from_bytes(&item).map_err(|_| Error::DropEventLayout {
+                len: item.len(),
+                reason_code: item
+                    .get(8..12)
+                    .and_then(|b| b.try_into().ok())
+                    .map_or(u32::MAX, u32::from_ne_bytes),
+            })?;
+            events.push(ev);
+        }
+        Ok(events)
     }
 
     /// The counters, summed over CPUs.

@@ -1,6 +1,6 @@
 //! Differential suite: one table of packet fixtures goes through the userspace engine and through
 //! the kernel programs (XDP and TC) with BPF_PROG_TEST_RUN. Output bytes, verdicts, conntrack
-//! contents and counters must be identical after every packet.
+//! contents, counters and drop events must be identical after every packet.
 //!
 //! Both worlds use the same configuration, including `fixed_now_ns`, so timestamps agree too.
 
@@ -8,6 +8,7 @@ mod common;
 
 use lb_api::abi::{CtEntry, CtKey, CtKind, CtState, DatapathConfig};
 use lb_api::counters::{Counter, DropReason};
+use lb_api::events::DropEvent;
 use lb_api::flow::{v4_of, L4Proto};
 use lb_api::wire::testing::{
     icmp_v4_error_frame, icmp_v6_error_frame, ip_v4_frame, tcp_v4_frame, tcp_v6_frame,
@@ -286,6 +287,30 @@ fn run_scenario(dp: &mut KernelDatapath, program: Program) -> usize {
             dp.counters().unwrap(),
             *engine.counters(),
             "{} ({}): counters",
+            s.name,
+            program.name()
+        );
+        // One drop event per dropped packet, with the same reason, flow and time in both
+        // worlds (the interface differs: the test runner's loopback vs none in the engine).
+        let user_events = engine.drain_drop_events();
+        assert_eq!(
+            user_events.len(),
+            usize::from(user_verdict == Verdict::Drop),
+            "{}: engine drop events {user_events:?}",
+            s.name
+        );
+        if let (Some(r), Some(e)) = (s.drop, user_events.first()) {
+            assert_eq!(e.reason, r, "{}: engine drop event reason", s.name);
+        }
+        let no_ifindex = |v: Vec<DropEvent>| -> Vec<DropEvent> {
+            v.into_iter()
+                .map(|e| DropEvent { ifindex: 0, ..e })
+                .collect()
+        };
+        assert_eq!(
+            no_ifindex(dp.drain_drop_events().unwrap()),
+            user_events,
+            "{} ({}): drop events",
             s.name,
             program.name()
         );

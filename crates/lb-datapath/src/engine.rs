@@ -6,7 +6,8 @@
 use lb_api::abi::{
     BackendKey, BackendValue, CtEntry, CtKey, DatapathConfig, ServiceKey, ServiceValue,
 };
-use lb_api::counters::{CounterSnapshot, Counters};
+use lb_api::counters::{Counter, CounterSnapshot, Counters, DropReason};
+use lb_api::events::DropEvent;
 use lb_api::wire::SlicePacket;
 use lb_api::Verdict;
 use lb_conntrack::{
@@ -16,6 +17,12 @@ use lb_conntrack::{
 use lb_nat::collision::XorShift32;
 use lb_nat::control::{remove_service, upsert_service, ConfigError, ServiceSpec, ServiceStore};
 use lb_nat::{HashServiceTable, RandomSource, ServiceTable};
+use std::collections::VecDeque;
+use std::vec::Vec;
+
+/// How many drop events the engine keeps until they are drained: about what the kernel's
+/// 256 KiB ring buffer holds (4095 56-byte records in 64-byte slots).
+pub const DROP_EVENT_QUEUE_LEN: usize = 4096;
 
 /// A datapath configuration with netfilter's timeouts and the given hash seed.
 #[must_use]
@@ -42,6 +49,9 @@ pub struct UserTables {
     pub counters: CounterSnapshot,
     /// The pipeline's random source (seeded: runs are reproducible).
     pub rng: XorShift32,
+    /// The reason the packet being processed was dropped for, if it was; the engine turns it
+    /// into a [`DropEvent`] after the packet (the pipeline does not read the clock on drop paths).
+    pub pending_drop: Option<DropReason>,
 }
 
 impl RandomSource for UserTables {
@@ -80,6 +90,9 @@ impl Counters for UserTables {
     fn bump(&mut self, slot: u32) {
         self.counters.bump(slot);
     }
+    fn drop_event(&mut self, reason: DropReason) {
+        self.pending_drop = Some(reason);
+    }
 }
 
 /// The userspace datapath.
@@ -89,6 +102,7 @@ pub struct Engine<C: Clock = MonotonicClock> {
     tables: UserTables,
     clock: C,
     scratch: crate::Scratch,
+    drop_events: VecDeque<DropEvent>,
 }
 
 impl Engine<MonotonicClock> {
@@ -109,12 +123,14 @@ impl<C: Clock> Engine<C> {
             services: HashServiceTable::default(),
             counters: CounterSnapshot::default(),
             rng: XorShift32::new(cfg.hash_seed ^ 0x5eed_0001),
+            pending_drop: None,
         };
         Self {
             cfg,
             tables,
             clock,
             scratch: crate::Scratch::default(),
+            drop_events: VecDeque::new(),
         }
     }
 
@@ -122,13 +138,36 @@ impl<C: Clock> Engine<C> {
     pub fn process(&mut self, frame: &mut [u8]) -> Verdict {
         let mut pkt = SlicePacket::new(frame);
         let clock = || self.clock.now_ns();
-        crate::process(
+        let verdict = crate::process(
             &mut pkt,
             &self.cfg,
             &clock,
             &mut self.tables,
             &mut self.scratch,
-        )
+        );
+        if let Some(reason) = self.tables.pending_drop.take() {
+            let now = crate::now_ns(&self.cfg, || self.clock.now_ns());
+            let tuple = self.scratch.parsed.tuple;
+            self.queue_drop_event(DropEvent::new(reason, &tuple, now, 0));
+        }
+        verdict
+    }
+
+    /// Queues an event; when the queue is full the oldest goes, counted as
+    /// [`Counter::DropEventsLost`] (a consumer that falls behind sees the latest drops).
+    fn queue_drop_event(&mut self, ev: DropEvent) {
+        if self.drop_events.len() >= DROP_EVENT_QUEUE_LEN {
+            self.drop_events.pop_front();
+            self.tables.counters.bump(Counter::DropEventsLost.slot());
+        }
+        self.drop_events.push_back(ev);
+    }
+
+    /// The drop events recorded since the last call, oldest first (at most
+    /// [`DROP_EVENT_QUEUE_LEN`]; older ones were counted as [`Counter::DropEventsLost`]).
+    /// `KernelDatapath::drain_drop_events` reads the kernel's the same way.
+    pub fn drain_drop_events(&mut self) -> Vec<DropEvent> {
+        self.drop_events.drain(..).collect()
     }
 
     /// Adds or replaces a service.
@@ -227,6 +266,79 @@ mod tests {
     use lb_api::wire::{testing::tcp_v4_frame, TcpFlags};
     use lb_conntrack::{GcConfig, ManualClock};
     use std::vec;
+
+    #[test]
+    fn drops_are_queued_as_events_with_reason_tuple_and_time() {
+        let mut e = Engine::with_clock(64, default_config(0), ManualClock::new(5_000));
+        e.upsert_service(&ServiceSpec {
+            id: 1,
+            frontend: "10.96.0.10:80".parse().unwrap(),
+            proto: L4Proto::Tcp,
+            backends: vec![],
+            ..Default::default()
+        })
+        .unwrap();
+        let mut syn = tcp_v4_frame(
+            [10, 0, 0, 1],
+            40000,
+            [10, 96, 0, 10],
+            80,
+            TcpFlags::SYN,
+            b"",
+        );
+        assert_eq!(e.process(&mut syn.clone()), Verdict::Drop);
+        // TCP data offset 4 (< 5): parsing stops at TCP, so the ports are not known.
+        syn[14 + 20 + 12] = 4 << 4;
+        e.clock().advance(10);
+        assert_eq!(e.process(&mut syn), Verdict::Drop);
+        // A passed packet records nothing.
+        let mut other = tcp_v4_frame([10, 0, 0, 1], 1, [10, 0, 0, 2], 2, TcpFlags::SYN, b"");
+        assert_eq!(e.process(&mut other), Verdict::Pass);
+
+        let evs = e.drain_drop_events();
+        let got: std::vec::Vec<_> = evs
+            .iter()
+            .map(|ev| {
+                (
+                    ev.reason,
+                    ev.src_port,
+                    ev.dst_port,
+                    ev.proto,
+                    ev.timestamp_ns,
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (DropReason::NoBackend, 40000, 80, 6, 5_000),
+                (DropReason::BadTcpHeaderLength, 0, 0, 6, 5_010),
+            ]
+        );
+        assert_eq!(lb_api::flow::v4_of(&evs[1].dst), [10, 96, 0, 10]);
+        assert!(e.drain_drop_events().is_empty(), "drained events are gone");
+        assert_eq!(e.counters().get(Counter::DropEventsLost), 0);
+    }
+
+    #[test]
+    fn a_full_event_queue_keeps_the_newest_and_counts_the_lost() {
+        let mut e = Engine::with_clock(64, default_config(0), ManualClock::new(1));
+        let mut bad = tcp_v4_frame([10, 0, 0, 1], 1, [10, 0, 0, 2], 2, TcpFlags::SYN, b"");
+        bad[14] = 0x44; // IPv4 IHL 4
+        let extra = 5;
+        for _ in 0..DROP_EVENT_QUEUE_LEN + extra {
+            e.clock().advance(1);
+            assert_eq!(e.process(&mut bad.clone()), Verdict::Drop);
+        }
+        let evs = e.drain_drop_events();
+        assert_eq!(evs.len(), DROP_EVENT_QUEUE_LEN);
+        assert_eq!(e.counters().get(Counter::DropEventsLost), extra as u64);
+        // The oldest `extra` went: the first kept event is from packet `extra + 1`.
+        assert_eq!(evs[0].timestamp_ns, 1 + extra as u64 + 1);
+        assert!(evs
+            .iter()
+            .all(|ev| ev.reason == DropReason::BadIpHeaderLength));
+    }
 
     #[test]
     fn engine_gc_reclaims_expired_pairs_and_reports_metrics() {

@@ -31,6 +31,7 @@ pub fn now_ns(cfg: &DatapathConfig, clock: impl FnOnce() -> u64) -> u64 {
 fn drop<T: Counters + ?Sized>(tables: &mut T, reason: DropReason) -> Verdict {
     tables.bump(reason.slot());
     tables.bump(Counter::Dropped.slot());
+    tables.drop_event(reason);
     Verdict::Drop
 }
 
@@ -125,7 +126,8 @@ where
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(C)]
 pub struct Scratch {
-    /// The packet's parse result.
+    /// The packet's parse result; after [`process`] it still holds the flow as far as it was
+    /// parsed, which the callers put into drop events.
     pub parsed: Parsed,
     /// The conntrack entry a new flow is building.
     pub entry: CtEntry,

@@ -17,12 +17,13 @@ use core::mem::size_of;
 use aya_ebpf::bindings::{xdp_action, TC_ACT_OK, TC_ACT_SHOT};
 use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns};
 use aya_ebpf::macros::{classifier, map, xdp};
-use aya_ebpf::maps::{Array, HashMap, PerCpuArray};
+use aya_ebpf::maps::{Array, HashMap, PerCpuArray, RingBuf};
 use aya_ebpf::programs::{TcContext, XdpContext};
 use lb_api::abi::{
     BackendKey, BackendValue, CtEntry, CtKey, DatapathConfig, ServiceKey, ServiceValue,
 };
-use lb_api::counters::{Counters, DropReason, COUNTER_SLOTS};
+use lb_api::counters::{Counter, Counters, DropReason, COUNTER_SLOTS};
+use lb_api::events::DropEvent;
 use lb_api::wire::{parse, PacketAccess, MAX_HEADER_OFFSET};
 use lb_api::Verdict;
 use lb_conntrack::{ConntrackTable, InsertError, InsertMode};
@@ -48,6 +49,16 @@ static LB_CONFIG: Array<DatapathConfig> = Array::with_max_entries(1, 0);
 /// Counters, per CPU; userspace sums them.
 #[map]
 static LB_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
+
+/// Drop events for userspace (`KernelDatapath::drain_drop_events`): 256 KiB, 4095 records.
+/// Not pinned: its records are transient, and a restarted loader reads its own program's.
+#[map]
+static LB_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+
+/// Why the packet being processed was dropped (per CPU; valid when the pipeline said Drop).
+/// Never pinned, like the scratch slot.
+#[map]
+static LB_DROP_REASON: PerCpuArray<DropReason> = PerCpuArray::with_max_entries(1, 0);
 
 /// Per-packet working state of the pipeline (parse result, entry under construction): too large
 /// for the 512-byte stack. Never pinned: its contents do not outlive a packet.
@@ -115,11 +126,65 @@ impl RandomSource for KernelTables {
 impl Counters for KernelTables {
     #[inline(always)]
     fn bump(&mut self, slot: u32) {
-        if let Some(p) = LB_COUNTERS.get_ptr_mut(slot) {
-            // SAFETY: a per-CPU slot is only written by programs running on this CPU, one at a time.
-            unsafe { *p += 1 };
+        bump(slot);
+    }
+
+    #[inline(always)]
+    fn drop_event(&mut self, reason: DropReason) {
+        // Only noted here, in a map slot: the event is written after the pipeline returns, so
+        // that no path's frame grows (main + new flow + rewrite is at the 512-byte limit).
+        if let Some(p) = LB_DROP_REASON.get_ptr_mut(0) {
+            // SAFETY: this CPU's slot, used by one program run at a time.
+            unsafe { *p = reason };
         }
     }
+}
+
+#[inline(always)]
+fn bump(slot: u32) {
+    if let Some(p) = LB_COUNTERS.get_ptr_mut(slot) {
+        // SAFETY: a per-CPU slot is only written by programs running on this CPU, one at a time.
+        unsafe { *p += 1 };
+    }
+}
+
+/// Writes the drop event of the packet the pipeline just dropped straight into a reserved
+/// ring-buffer slot: a subprogram of its own, called after the pipeline (so its frame adds to
+/// the program's only), reading the reason and the parsed flow from their per-CPU slots. A full
+/// ring loses the event, counted as `drop_events_lost`.
+#[inline(never)]
+fn emit_drop_event(ifindex: u32) {
+    let (Some(reason), Some(scratch)) = (LB_DROP_REASON.get(0), LB_SCRATCH.get(0)) else {
+        return;
+    };
+    let tuple = &scratch.parsed.tuple;
+    let Some(mut slot) = LB_EVENTS.reserve::<DropEvent>(0) else {
+        bump(Counter::DropEventsLost.slot());
+        return;
+    };
+    // The same time the pipeline stamps conntrack with (the config's fixed time in tests).
+    let now = match LB_CONFIG.get(0) {
+        Some(cfg) if cfg.fixed_now_ns != 0 => cfg.fixed_now_ns,
+        // SAFETY: bpf_ktime_get_ns has no preconditions.
+        _ => unsafe { bpf_ktime_get_ns() },
+    };
+    let p = slot.as_mut_ptr();
+    // SAFETY: `p` points at a reserved, 8-aligned ring slot of `size_of::<DropEvent>()` bytes
+    // owned by this program until submit; every field is written before the submit, so
+    // userspace never sees uninitialized bytes.
+    unsafe {
+        (&raw mut (*p).timestamp_ns).write(now);
+        (&raw mut (*p).reason).write(*reason);
+        (&raw mut (*p).ifindex).write(ifindex);
+        (&raw mut (*p).src).write(tuple.src);
+        (&raw mut (*p).dst).write(tuple.dst);
+        (&raw mut (*p).src_port).write(tuple.src_port);
+        (&raw mut (*p).dst_port).write(tuple.dst_port);
+        (&raw mut (*p).proto).write(tuple.proto);
+        (&raw mut (*p).family).write(tuple.family);
+        (&raw mut (*p).pad).write([0; 2]);
+    }
+    slot.submit(0);
 }
 
 /// [`PacketAccess`] over `data`/`data_end`: every access is checked against `data_end` with a
@@ -189,7 +254,10 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
     };
     match run(&mut pkt) {
         Verdict::Pass => xdp_action::XDP_PASS,
-        Verdict::Drop => xdp_action::XDP_DROP,
+        Verdict::Drop => {
+            emit_drop_event(ctx.ingress_ifindex() as u32);
+            xdp_action::XDP_DROP
+        }
         Verdict::Tx => xdp_action::XDP_TX,
     }
 }
@@ -206,7 +274,12 @@ pub fn lb_tc(ctx: TcContext) -> i32 {
     };
     match run(&mut pkt) {
         Verdict::Pass | Verdict::Tx => TC_ACT_OK,
-        Verdict::Drop => TC_ACT_SHOT,
+        Verdict::Drop => {
+            // SAFETY: `skb` is the context pointer the kernel passed to this program; `ifindex`
+            // is a readable field of `__sk_buff`.
+            emit_drop_event(unsafe { (*ctx.skb.skb).ifindex });
+            TC_ACT_SHOT
+        }
     }
 }
 
