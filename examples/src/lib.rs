@@ -15,6 +15,7 @@
 
 pub mod capture;
 pub mod cluster;
+pub mod matrix;
 pub mod modes;
 pub mod netns;
 pub mod scenario;

@@ -6,10 +6,13 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+use lb_api::flow::L4Proto;
 use lb_examples::capture::Capture;
-use lb_examples::cluster::{Cluster, Family, LAN_IF};
+use lb_examples::cluster::{Cluster, Family, LAN_IF, VIP_V4, VIP_V6};
+use lb_examples::matrix::{self, Expectation};
 use lb_examples::traffic::{
-    connect, http_get, request, saw_prefix, udp_request, Conversation, BACKEND_PORT, HTTP_PORT,
+    connect, http_get, request, saw_prefix, start_backends, udp_request, BackendSite, Conversation,
+    BACKEND_PORT, HTTP_PORT,
 };
 
 fn privileged(test: &str) -> bool {
@@ -402,6 +405,103 @@ fn forged_udp(src: SocketAddr, dst: SocketAddr) -> std::io::Result<()> {
         return Err(std::io::Error::last_os_error());
     }
     sock.send_to(b"forged", dst).map(|_| ())
+}
+
+/// The mode matrix's checks where the answer is known: plain routing that behaves like DSR (the
+/// VIP is an address of backend-2, routed client -> node-1 -> node-2 -> backend-2, and backend-2
+/// answers from it straight via node-2). The DSR expectation must pass every check; a SNAT
+/// expectation must fail the address and reply-path checks, so they can tell the modes apart.
+#[test]
+fn the_matrix_checks_pass_dsr_by_plain_routing_and_tell_it_from_snat() {
+    if !privileged("the_matrix_checks_pass_dsr_by_plain_routing_and_tell_it_from_snat") {
+        return;
+    }
+    let cluster = Cluster::create("emu").expect("cluster");
+    let (n1, n2, b2) = (
+        cluster.nodes[0].as_str(),
+        cluster.nodes[1].as_str(),
+        cluster.backends[1].as_str(),
+    );
+    let ip = lb_examples::netns::ip;
+    for family in Family::ALL {
+        let (vip, host) = match family {
+            Family::V4 => (format!("{VIP_V4}"), "/32"),
+            Family::V6 => (format!("{VIP_V6}"), "/128"),
+        };
+        let v = if family == Family::V4 { "-4" } else { "-6" };
+        ip(&[
+            "-n",
+            b2,
+            v,
+            "addr",
+            "add",
+            &format!("{vip}{host}"),
+            "dev",
+            "lo",
+        ])
+        .unwrap();
+        let via1 = family.node(1).to_string();
+        ip(&["-n", n1, v, "route", "add", &vip, "via", &via1]).unwrap();
+        let via2 = family.backend(1).to_string();
+        ip(&["-n", n2, v, "route", "add", &vip, "via", &via2]).unwrap();
+    }
+    let _pods = cluster.start_backends(Duration::from_secs(60)).unwrap();
+    let _vip_server = start_backends(
+        &[BackendSite {
+            ns: b2.to_string(),
+            name: "backend-2".into(),
+            addrs: vec![IpAddr::V4(VIP_V4), IpAddr::V6(VIP_V6)],
+        }],
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    let macs = [
+        Cluster::mac(n1, LAN_IF).unwrap(),
+        Cluster::mac(n2, LAN_IF).unwrap(),
+    ];
+    let mut failures = Vec::new();
+    let mut port = 43000;
+    for family in Family::ALL {
+        let target = SocketAddr::new(family.vip(), BACKEND_PORT);
+        for proto in [L4Proto::Tcp, L4Proto::Udp] {
+            let dsr = Expectation {
+                seen: family.client(),
+                reply_via: 1,
+                adds_bytes: false,
+            };
+            let mut checks = matrix::traffic(&cluster, proto, target, dsr, &macs);
+            port += 1;
+            let both = [target, SocketAddr::new(family.backend(1), BACKEND_PORT)];
+            checks.push((
+                "same client port",
+                matrix::same_port(&cluster, proto, port, both, family),
+            ));
+            if proto == L4Proto::Tcp {
+                checks.push(("path MTU", matrix::path_mtu(&cluster, target, false, &macs)));
+            }
+            for (check, res) in checks {
+                if let Err(e) = res {
+                    failures.push(format!("{family} {proto:?} {check}: {e}"));
+                }
+            }
+            // The same traffic judged by the SNAT expectation fails where SNAT differs.
+            let snat = Expectation {
+                seen: family.node(0),
+                reply_via: 0,
+                adds_bytes: false,
+            };
+            let judged = matrix::traffic(&cluster, proto, target, snat, &macs);
+            for (check, res) in &judged {
+                let should_fail = matches!(*check, "client address" | "reply path");
+                if should_fail == res.is_ok() {
+                    failures.push(format!(
+                        "{family} {proto:?} {check} under the SNAT expectation: {res:?}"
+                    ));
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
 /// Dropping the cluster removes every namespace it created.

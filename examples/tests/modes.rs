@@ -19,19 +19,16 @@
 //! A mode's test fails listing every failed cell and check with its evidence, after running all
 //! of them, so one run shows the whole matrix.
 
-use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::net::{SocketAddr, UdpSocket};
 use std::time::Duration;
 
 use lb_api::flow::L4Proto;
-use lb_examples::capture::{Capture, Frame};
-use lb_examples::cluster::{Cluster, Family, LAN_IF, LAN_MTU, NODE_PORT, VIP_PORT};
+use lb_examples::cluster::{Cluster, Family, LAN_IF, NODE_PORT, VIP_PORT};
+use lb_examples::matrix::{self, Check, Expectation};
 use lb_examples::modes::{self, Deployment, Frontend, Mode, ServicePlan};
-use lb_examples::traffic::{
-    request, saw_prefix, udp_exchange, udp_request, Conversation, BACKEND_PORT,
-};
+use lb_examples::traffic::{udp_exchange, Conversation, BACKEND_PORT};
 
 const TIMEOUT: Duration = Duration::from_secs(3);
-const REQUESTS: usize = 4;
 const PROTOS: [L4Proto; 2] = [L4Proto::Tcp, L4Proto::Udp];
 
 fn privileged(test: &str) -> bool {
@@ -74,26 +71,10 @@ fn plans() -> Vec<ServicePlan> {
     v
 }
 
-/// One exchange of `proto` with `target` from the client namespace.
-fn exchange(
-    cluster: &Cluster,
-    proto: L4Proto,
-    target: SocketAddr,
-    i: usize,
-) -> Result<String, String> {
-    cluster
-        .in_client(|| match proto {
-            L4Proto::Tcp => request(target, 0, i, TIMEOUT),
-            _ => udp_request(target, 0, i, TIMEOUT),
-        })
-        .map_err(|e| format!("{e:#}"))?
-        .map_err(|e| format!("{e:#}"))
-}
-
 /// The results of one cell's checks.
 struct Cell {
     name: String,
-    checks: Vec<(&'static str, Result<String, String>)>,
+    checks: Vec<Check>,
 }
 
 fn run_cell(
@@ -104,49 +85,10 @@ fn run_cell(
     macs: &[[u8; 6]; 2],
     cell_no: u16,
 ) -> Cell {
-    let mut checks = Vec::new();
     let vip = SocketAddr::new(family.vip(), VIP_PORT);
-
-    // answer + client address + reply path, from one batch of requests under capture.
-    let capture = Capture::start(&cluster.client, LAN_IF, Duration::from_secs(30));
-    let answers: Vec<Result<String, String>> = (0..REQUESTS)
-        .map(|i| exchange(cluster, proto, vip, i))
-        .collect();
-    let frames = capture.map(Capture::stop);
-    let failed: Vec<&String> = answers.iter().filter_map(|a| a.as_ref().err()).collect();
-    checks.push((
-        "answer",
-        if failed.is_empty() {
-            Ok(format!("{REQUESTS}/{REQUESTS} answered"))
-        } else {
-            Err(format!("{} of {REQUESTS} failed: {failed:?}", failed.len()))
-        },
-    ));
-    let expected_seen = if mode.keeps_client_address(proto) {
-        family.client()
-    } else {
-        family.node(0)
-    };
-    let want = saw_prefix("backend-2", expected_seen);
-    let ok: Vec<&String> = answers.iter().filter_map(|a| a.as_ref().ok()).collect();
-    checks.push((
-        "client address",
-        if !ok.is_empty() && ok.iter().all(|a| a.starts_with(&want)) {
-            Ok(format!("backend-2 saw {expected_seen}"))
-        } else {
-            Err(format!("expected answers starting {want:?}, got {ok:?}"))
-        },
-    ));
-    let via = usize::from(mode.direct_return(proto));
-    checks.push((
-        "reply path",
-        match frames {
-            Err(e) => Err(format!("capture: {e:#}")),
-            Ok(frames) => reply_path(&frames, vip, proto, macs, via),
-        },
-    ));
-
-    // same client port via node-1 and node-2.
+    let expect = Expectation::of(mode, family, proto);
+    let mut checks = matrix::traffic(cluster, proto, vip, expect, macs);
+    // One client port via node-1's and node-2's NodePorts at once.
     let port = 41000 + cell_no;
     let targets = [
         SocketAddr::new(family.node(0), NODE_PORT),
@@ -154,154 +96,17 @@ fn run_cell(
     ];
     checks.push((
         "same client port",
-        same_port(cluster, proto, port, targets, family),
+        matrix::same_port(cluster, proto, port, targets, family),
     ));
     if proto == L4Proto::Tcp {
-        checks.push(("path MTU", path_mtu(cluster, mode, family, macs)));
+        checks.push((
+            "path MTU",
+            matrix::path_mtu(cluster, vip, expect.adds_bytes, macs),
+        ));
     }
     Cell {
         name: format!("{mode} {family} {}", proto_name(proto)),
         checks,
-    }
-}
-
-/// Every reply from `vip` that reached the client came from node `via`'s MAC, and there was one.
-fn reply_path(
-    frames: &[Frame],
-    vip: SocketAddr,
-    proto: L4Proto,
-    macs: &[[u8; 6]; 2],
-    via: usize,
-) -> Result<String, String> {
-    let want = if proto == L4Proto::Tcp { 6 } else { 17 };
-    let replies: Vec<&Frame> = frames
-        .iter()
-        .filter(|f| !f.outgoing && f.src == vip && f.proto == want)
-        .collect();
-    if replies.is_empty() {
-        return Err(format!(
-            "no reply from {vip} seen at the client ({} frames captured)",
-            frames.len()
-        ));
-    }
-    let from = |m: [u8; 6]| match macs.iter().position(|x| *x == m) {
-        Some(n) => format!("node-{}", n + 1),
-        None => format!("{m:02x?}"),
-    };
-    let wrong: Vec<String> = replies
-        .iter()
-        .filter(|f| f.eth_src != macs[via])
-        .map(|f| from(f.eth_src))
-        .collect();
-    if wrong.is_empty() {
-        Ok(format!(
-            "{} replies, all from node-{}",
-            replies.len(),
-            via + 1
-        ))
-    } else {
-        Err(format!(
-            "{} of {} replies came from {wrong:?}, expected node-{}",
-            wrong.len(),
-            replies.len(),
-            via + 1
-        ))
-    }
-}
-
-/// Sends a request of several full-sized segments to the VIP and checks the answer and the ICMP
-/// errors the client received (see the module docs).
-fn path_mtu(
-    cluster: &Cluster,
-    mode: Mode,
-    family: Family,
-    macs: &[[u8; 6]; 2],
-) -> Result<String, String> {
-    let vip = SocketAddr::new(family.vip(), VIP_PORT);
-    let payload = "x".repeat(4000);
-    let capture = Capture::start(&cluster.client, LAN_IF, Duration::from_secs(30))
-        .map_err(|e| format!("capture: {e:#}"))?;
-    // Retransmissions after the ICMP error take a round trip or two; 10 s bounds it.
-    let answer = Conversation::open(&cluster.client, vip, 0, Duration::from_secs(10))
-        .and_then(|mut c| c.ask(&payload));
-    let frames = capture.stop();
-    let v6 = family == Family::V6;
-    let too_big: Vec<(u32, bool)> = frames
-        .iter()
-        .filter(|f| !f.outgoing)
-        .filter_map(|f| {
-            f.icmp
-                .filter(|i| i.is_too_big(v6))
-                .map(|i| (i.mtu, f.eth_src == macs[0]))
-        })
-        .collect();
-    let answer = answer.map_err(|e| format!("the large request did not complete: {e:#}; ICMP too-big seen (mtu, from node-1): {too_big:?}"))?;
-    if !(answer.starts_with("backend-2 saw ") && answer.ends_with(&payload)) {
-        return Err(format!(
-            "answer cut or wrong ({} bytes): {:?}",
-            answer.len(),
-            answer.get(..80)
-        ));
-    }
-    let adds_bytes = mode.effective(L4Proto::Tcp) != Mode::Snat;
-    match (adds_bytes, too_big.as_slice()) {
-        (false, []) => Ok("completed, no ICMP error (nothing added)".into()),
-        (false, seen) => Err(format!("SNAT adds no bytes, yet ICMP too-big arrived: {seen:?}")),
-        (true, []) => Err(format!(
-            "completed, but no ICMP too-big reached the client although {mode} adds bytes on the way to node-2"
-        )),
-        (true, seen) => {
-            if seen
-                .iter()
-                .all(|&(mtu, from_node1)| from_node1 && mtu > 0 && mtu < u32::from(LAN_MTU))
-            {
-                Ok(format!("completed after ICMP too-big from node-1 announcing {seen:?}"))
-            } else {
-                Err(format!(
-                    "ICMP too-big must come from node-1 with an MTU below {LAN_MTU}: {seen:?}"
-                ))
-            }
-        }
-    }
-}
-
-/// Opens a TCP connection (or a UDP flow) from `port` to both targets at once; both must answer
-/// from backend-2.
-fn same_port(
-    cluster: &Cluster,
-    proto: L4Proto,
-    port: u16,
-    targets: [SocketAddr; 2],
-    family: Family,
-) -> Result<String, String> {
-    let res = if proto == L4Proto::Tcp {
-        (|| -> anyhow::Result<Vec<String>> {
-            let mut a = Conversation::open(&cluster.client, targets[0], port, TIMEOUT)?;
-            let mut b = Conversation::open(&cluster.client, targets[1], port, TIMEOUT)?;
-            Ok(vec![a.ask("via node-1")?, b.ask("via node-2")?])
-        })()
-    } else {
-        cluster
-            .in_client(|| -> anyhow::Result<Vec<String>> {
-                let any: IpAddr = if family == Family::V4 {
-                    "0.0.0.0".parse()?
-                } else {
-                    "::".parse()?
-                };
-                let sock = UdpSocket::bind(SocketAddr::new(any, port))?;
-                Ok(vec![
-                    udp_exchange(&sock, targets[0], 0, TIMEOUT)?,
-                    udp_exchange(&sock, targets[1], 1, TIMEOUT)?,
-                ])
-            })
-            .and_then(|r| r)
-    };
-    match res {
-        Ok(answers) if answers.iter().all(|a| a.starts_with("backend-2 saw ")) => {
-            Ok(format!("port {port}: {answers:?}"))
-        }
-        Ok(answers) => Err(format!("port {port}: unexpected answers {answers:?}")),
-        Err(e) => Err(format!("port {port}: {e:#}")),
     }
 }
 
