@@ -52,6 +52,10 @@ pub enum Counter {
     /// A drop event could not be recorded: the kernel's ring buffer was full (the newest event
     /// is lost), or the engine's bounded queue was (the oldest is). The drop itself is counted.
     DropEventsLost = 15,
+    /// A lookup found a conntrack entry past its deadline that GC had not yet collected: the
+    /// flow was removed (both halves) and the packet treated as having no entry (a new flow, or
+    /// an untranslated reply).
+    ConntrackExpiredAtLookup = 31,
 }
 
 /// Why the datapath dropped a packet. Every drop is counted under exactly one reason.
@@ -94,7 +98,7 @@ pub enum DropReason {
 
 impl Counter {
     /// All counters, in slot order.
-    pub const ALL: [Counter; 16] = [
+    pub const ALL: [Counter; 17] = [
         Self::RxPackets,
         Self::ServiceNewFlow,
         Self::ServiceEstablished,
@@ -111,6 +115,7 @@ impl Counter {
         Self::IcmpErrorTranslated,
         Self::PassIcmpErrorNoFlow,
         Self::DropEventsLost,
+        Self::ConntrackExpiredAtLookup,
     ];
 
     /// Slot in the counter array.
@@ -140,6 +145,7 @@ impl Counter {
             Self::IcmpErrorTranslated => "icmp_error_translated",
             Self::PassIcmpErrorNoFlow => "pass_icmp_error_no_flow",
             Self::DropEventsLost => "drop_events_lost",
+            Self::ConntrackExpiredAtLookup => "conntrack_expired_at_lookup",
         }
     }
 }

@@ -36,7 +36,7 @@ use lb_api::abi::{CtEntry, CtKey, CtKind, CtState};
 
 use crate::metrics::GcStats;
 use crate::pair::partner_key;
-use crate::table::{HashConntrackTable, EVICTION_CANDIDATES};
+use crate::table::{is_expired, HashConntrackTable, SweepCounts, EVICTION_CANDIDATES};
 
 /// An eviction candidate, ordered by deadline only.
 #[derive(Debug, Clone, Copy)]
@@ -95,6 +95,19 @@ pub trait GcTable {
     /// Replaces the table's eviction candidates, soonest deadline first (tables that never
     /// evict ignore it).
     fn set_eviction_candidates(&mut self, _keys: &[CtKey]) {}
+
+    /// For a table no packet can change during a sweep (the userspace table, borrowed
+    /// mutably): deletes the flows expired at `now_ns` in one pass, by the pair rules of this
+    /// module, and calls `keep` for each entry that is not expired. `None` (the default, and
+    /// the only right answer for a kernel map that packets keep changing) makes the sweeper
+    /// scan first, then re-read and delete key by key.
+    fn sweep_in_place(
+        &mut self,
+        _now_ns: u64,
+        _keep: &mut dyn FnMut(&CtKey, &CtEntry),
+    ) -> Option<SweepCounts> {
+        None
+    }
 }
 
 impl GcTable for HashConntrackTable {
@@ -130,6 +143,14 @@ impl GcTable for HashConntrackTable {
         for k in keys {
             self.offer_candidate(k);
         }
+    }
+
+    fn sweep_in_place(
+        &mut self,
+        now_ns: u64,
+        keep: &mut dyn FnMut(&CtKey, &CtEntry),
+    ) -> Option<SweepCounts> {
+        Some(self.sweep_expired(now_ns, keep))
     }
 }
 
@@ -226,10 +247,8 @@ impl ConntrackGc {
         self.expired.clear();
         self.candidates.clear();
         let (expired, candidates) = (&mut self.expired, &mut self.candidates);
-        let scanned = table.for_each_entry(&mut |k, e| {
-            if e.expires_ns <= now_ns {
-                expired.push(*k);
-            } else if k.kind == CtKind::Service as u8
+        let mut offer = |k: &CtKey, e: &CtEntry| {
+            if k.kind == CtKind::Service as u8
                 && (e.expires_ns <= horizon
                     || CtState::from_u8(e.state).is_some_and(CtState::is_closing))
             {
@@ -242,44 +261,21 @@ impl ConntrackGc {
                     candidates.pop();
                 }
             }
-        })?;
-
-        let mut deleted = 0u64;
-        let mut refreshed = 0u64;
-        let mut i = 0;
-        while let Some(k) = self.expired.get(i).copied() {
-            i += 1;
-            let Some(e) = table.read(&k)? else {
-                continue; // gone with its partner already
-            };
-            if e.expires_ns > now_ns {
-                refreshed += 1;
-                continue;
-            }
-            let partner = partner_key(&k, &e);
-            if k.kind == CtKind::ReverseNat as u8 {
-                if let Some(sk) = partner {
-                    match table.read(&sk)? {
-                        // The flow is alive: its service entry owns the pair's fate.
-                        Some(se) if se.expires_ns > now_ns => continue,
-                        Some(_) => deleted += u64::from(table.delete(&sk)?),
-                        None => {}
+        };
+        let (scanned, deleted, refreshed) = match table.sweep_in_place(now_ns, &mut offer) {
+            Some(c) => (c.scanned, c.deleted, 0),
+            None => {
+                let scanned = table.for_each_entry(&mut |k, e| {
+                    if is_expired(e, now_ns) {
+                        expired.push(*k);
+                    } else {
+                        offer(k, e);
                     }
-                }
-                if table.delete(&k)? {
-                    deleted += 1;
-                }
-                continue;
+                })?;
+                let (deleted, refreshed) = delete_still_expired(table, expired, now_ns)?;
+                (scanned, deleted, refreshed)
             }
-            if table.delete(&k)? {
-                deleted += 1;
-            }
-            if let Some(p) = partner {
-                if table.delete(&p)? {
-                    deleted += 1;
-                }
-            }
-        }
+        };
         self.sorted.clear();
         self.sorted.extend(
             core::mem::take(&mut self.candidates)
@@ -333,6 +329,50 @@ impl ConntrackGc {
         };
         next.clamp(self.cfg.min_interval, self.cfg.max_interval)
     }
+}
+
+/// Deletes the flows of `expired` (keys a scan found expired at `now_ns`) that are still
+/// expired when re-read, by the pair rules; (deleted, refreshed).
+fn delete_still_expired<T: GcTable + ?Sized>(
+    table: &mut T,
+    expired: &[CtKey],
+    now_ns: u64,
+) -> Result<(u64, u64), T::Error> {
+    let mut deleted = 0u64;
+    let mut refreshed = 0u64;
+    for k in expired {
+        let Some(e) = table.read(k)? else {
+            continue; // gone with its partner already
+        };
+        if !is_expired(&e, now_ns) {
+            refreshed += 1;
+            continue;
+        }
+        let partner = partner_key(k, &e);
+        if k.kind == CtKind::ReverseNat as u8 {
+            if let Some(sk) = partner {
+                match table.read(&sk)? {
+                    // The flow is alive: its service entry owns the pair's fate.
+                    Some(se) if !is_expired(&se, now_ns) => continue,
+                    Some(_) => deleted += u64::from(table.delete(&sk)?),
+                    None => {}
+                }
+            }
+            if table.delete(k)? {
+                deleted += 1;
+            }
+            continue;
+        }
+        if table.delete(k)? {
+            deleted += 1;
+        }
+        if let Some(p) = partner {
+            if table.delete(&p)? {
+                deleted += 1;
+            }
+        }
+    }
+    Ok((deleted, refreshed))
 }
 
 #[cfg(test)]
@@ -437,6 +477,77 @@ mod tests {
             .is_err());
         gc.run(&mut t, 10).unwrap();
         assert_eq!(gc.interval(), cfg.min_interval);
+    }
+
+    /// The userspace table without its in-place sweep: the key-by-key path a kernel map takes.
+    struct KeyByKey(HashConntrackTable);
+
+    impl GcTable for KeyByKey {
+        type Error = Infallible;
+        fn capacity(&self) -> u64 {
+            GcTable::capacity(&self.0)
+        }
+        fn for_each_entry(
+            &mut self,
+            f: &mut dyn FnMut(&CtKey, &CtEntry),
+        ) -> Result<u64, Infallible> {
+            self.0.for_each_entry(f)
+        }
+        fn read(&mut self, key: &CtKey) -> Result<Option<CtEntry>, Infallible> {
+            self.0.read(key)
+        }
+        fn delete(&mut self, key: &CtKey) -> Result<bool, Infallible> {
+            self.0.delete(key)
+        }
+        fn insert_failures_full(&self) -> u64 {
+            0
+        }
+        fn set_eviction_candidates(&mut self, keys: &[CtKey]) {
+            self.0.set_eviction_candidates(keys);
+        }
+    }
+
+    /// The in-place sweep and the key-by-key sweep leave the same entries, report the same
+    /// figures and offer the same eviction candidates, on a mix of live, expired, lagging,
+    /// orphaned and closing flows.
+    #[test]
+    fn in_place_sweep_matches_the_key_by_key_sweep() {
+        let mut t = HashConntrackTable::with_capacity(4_000);
+        for p in 0..1_500u16 {
+            let expires = u64::from(p % 7) * 40; // deadlines 0..240 around now = 100
+            let (k, rk) = pair(&mut t, p, expires);
+            match p % 11 {
+                0 => {
+                    t.remove(&k); // orphan reverse entry
+                }
+                1 => t.get_mut(&rk).unwrap().expires_ns = 5, // reverse lags behind
+                2 => t.get_mut(&k).unwrap().state = CtState::TimeWait as u8,
+                3 => {
+                    t.remove(&rk); // service entry without its reverse
+                }
+                _ => {}
+            }
+        }
+        let mut by_key = KeyByKey(t.clone());
+        let (mut a, mut b) = (
+            ConntrackGc::new(GcConfig::default()),
+            ConntrackGc::new(GcConfig::default()),
+        );
+        let ra = a.run(&mut t, 100).unwrap();
+        let rb = b.run(&mut by_key, 100).unwrap();
+        assert!(ra.deleted > 1_000, "the fixture deletes much: {ra:?}");
+        assert_eq!(
+            (ra.scanned, ra.deleted, ra.refreshed, ra.next_interval),
+            (rb.scanned, rb.deleted, rb.refreshed, rb.next_interval)
+        );
+        let sorted = |t: &HashConntrackTable| {
+            let mut v: Vec<_> = t.iter().map(|(k, e)| (*k, *e)).collect();
+            v.sort_by_key(|(k, _)| (k.src_port, k.dst_port, k.kind));
+            v
+        };
+        assert_eq!(sorted(&t), sorted(&by_key.0));
+        assert!(t.candidates() > 0);
+        assert_eq!(t.candidates(), by_key.0.candidates());
     }
 
     /// A table wrapper in which a packet refreshes an entry between the scan and the delete.

@@ -16,7 +16,8 @@
 //! ```
 //!
 //! Layout:
-//! * [`state`](crate::track): netfilter's TCP table, UDP unreplied/assured, ICMP echo, generic.
+//! * [`state`](crate::track): netfilter's TCP table ([`tcp_edges`] lists its edges, for
+//!   fixtures), UDP unreplied/assured, ICMP echo, generic; [`is_expired`]: past its deadline.
 //! * [`TimeoutPolicy`]: seven knobs (duration or `auto`), presets, parsing, validation.
 //! * [`ConntrackTable`] and [`HashConntrackTable`]: full-table behaviour is documented on the
 //!   table module; the kernel map refuses (counted), the userspace table evicts expired, then
@@ -54,15 +55,15 @@ pub use metrics::{ConntrackMetrics, GcStats, ProtoCounts};
 pub use pair::partner_key;
 pub use reuse::{tuple_reuse, TupleReuse};
 pub use state::{
-    icmp_echo_direction, icmp_echo_tuple, initial_state, tcp_next_state, tcp_transition, track,
-    Direction, TcpPacketClass, TcpTransition, TrackOutcome,
+    icmp_echo_direction, icmp_echo_tuple, initial_state, tcp_edges, tcp_next_state, tcp_transition,
+    track, Direction, TcpEdge, TcpPacketClass, TcpTransition, TrackOutcome, TCP_STATES,
+};
+pub use table::{
+    is_expired, ConntrackTable, EvictionReason, InsertError, InsertMode, TableStats,
+    EVICTION_CANDIDATES, EXPIRED_WINDOW,
 };
 #[cfg(feature = "std")]
-pub use table::HashConntrackTable;
-pub use table::{
-    ConntrackTable, EvictionReason, InsertError, InsertMode, TableStats, EVICTION_CANDIDATES,
-    EXPIRED_WINDOW,
-};
+pub use table::{HashConntrackTable, SweepCounts, MAX_CAPACITY};
 #[cfg(feature = "std")]
 pub use timeout::ProcSysctl;
 pub use timeout::{

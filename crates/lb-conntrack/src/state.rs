@@ -15,7 +15,7 @@ use lb_api::flow::{FlowTuple, L4Proto};
 use lb_api::wire::TcpFlags;
 
 /// Direction of a packet relative to the flow's first packet.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Direction {
     /// Client → service (the direction of the packet that created the entry).
     Original,
@@ -23,8 +23,61 @@ pub enum Direction {
     Reply,
 }
 
+impl Direction {
+    /// Both directions.
+    pub const BOTH: [Direction; 2] = [Direction::Original, Direction::Reply];
+}
+
+/// The TCP states of netfilter's table, in [`CtState`] order (the table's columns).
+pub const TCP_STATES: [CtState; 9] = [
+    CtState::SynSent,
+    CtState::SynRecv,
+    CtState::Established,
+    CtState::FinWait,
+    CtState::CloseWait,
+    CtState::LastAck,
+    CtState::TimeWait,
+    CtState::Close,
+    CtState::SynSent2,
+];
+
+/// One edge of the TCP state graph: a packet of `class` travelling in `dir` moves a flow in
+/// `from` to `to` (which may equal `from`: the timer restarts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TcpEdge {
+    /// State before the packet.
+    pub from: CtState,
+    /// Direction of the packet.
+    pub dir: Direction,
+    /// The packet's class.
+    pub class: TcpPacketClass,
+    /// State after it.
+    pub to: CtState,
+}
+
+/// Every edge of the TCP state graph: each cell of [`tcp_transition`]'s table that is a
+/// [`TcpTransition::To`] (ignored and invalid cells are not edges). Tests generate their
+/// fixtures from this, so a new edge gets a fixture.
+pub fn tcp_edges() -> impl Iterator<Item = TcpEdge> {
+    TCP_STATES.into_iter().flat_map(|from| {
+        Direction::BOTH.into_iter().flat_map(move |dir| {
+            TcpPacketClass::ALL.into_iter().filter_map(move |class| {
+                match tcp_transition(from, dir, class) {
+                    TcpTransition::To(to) => Some(TcpEdge {
+                        from,
+                        dir,
+                        class,
+                        to,
+                    }),
+                    TcpTransition::Ignore | TcpTransition::Invalid => None,
+                }
+            })
+        })
+    })
+}
+
 /// A TCP packet's class for the state machine (netfilter's `get_conntrack_index`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TcpPacketClass {
     /// SYN without ACK.
     Syn,
@@ -41,6 +94,29 @@ pub enum TcpPacketClass {
 }
 
 impl TcpPacketClass {
+    /// Every class, in the order of netfilter's table rows.
+    pub const ALL: [TcpPacketClass; 6] = [
+        Self::Syn,
+        Self::SynAck,
+        Self::Fin,
+        Self::Ack,
+        Self::Rst,
+        Self::None,
+    ];
+
+    /// TCP flags of a typical packet of this class (FIN and RST with ACK, as stacks send them).
+    #[must_use]
+    pub const fn flags(self) -> u8 {
+        match self {
+            Self::Syn => TcpFlags::SYN,
+            Self::SynAck => TcpFlags::SYN | TcpFlags::ACK,
+            Self::Fin => TcpFlags::FIN | TcpFlags::ACK,
+            Self::Ack => TcpFlags::ACK,
+            Self::Rst => TcpFlags::RST | TcpFlags::ACK,
+            Self::None => 0,
+        }
+    }
+
     /// Classifies TCP flags; RST first, then SYN, FIN and ACK, like netfilter.
     #[inline(always)]
     #[must_use]
@@ -339,18 +415,7 @@ mod tests {
     const F: u8 = TcpFlags::FIN;
     const R: u8 = TcpFlags::RST;
 
-    const TCP_STATES: [CtState; 9] = [
-        SynSent,
-        SynRecv,
-        Established,
-        FinWait,
-        CloseWait,
-        LastAck,
-        TimeWait,
-        Close,
-        SynSent2,
-    ];
-    const CLASSES: [TcpPacketClass; 6] = [P::Syn, P::SynAck, P::Fin, P::Ack, P::Rst, P::None];
+    const CLASSES: [TcpPacketClass; 6] = TcpPacketClass::ALL;
 
     /// netfilter's `tcp_conntracks` (Linux 6.x), columns sSS sSR sES sFW sCW sLA sTW sCL sS2, rows
     /// syn synack fin ack rst none: the oracle every transition is checked against.
@@ -394,6 +459,23 @@ mod tests {
             }
         }
         assert_eq!(checked, 2 * 6 * 9);
+    }
+
+    #[test]
+    fn edges_are_the_to_cells_and_classes_round_trip() {
+        let edges: Vec<TcpEdge> = tcp_edges().collect();
+        let to_cells = [Original, Reply]
+            .iter()
+            .flat_map(|&d| oracle(d).into_iter().flatten())
+            .filter(|t| matches!(t, To(_)))
+            .count();
+        assert_eq!(edges.len(), to_cells);
+        for e in &edges {
+            assert_eq!(tcp_transition(e.from, e.dir, e.class), To(e.to));
+        }
+        for c in TcpPacketClass::ALL {
+            assert_eq!(TcpPacketClass::of(c.flags()), c);
+        }
     }
 
     #[test]

@@ -18,6 +18,15 @@
 
 use lb_api::abi::{CtEntry, CtKey};
 
+/// Whether `entry` is past its deadline at `now_ns`. An expired entry counts as absent
+/// everywhere: the GC deletes it, a full table evicts it first, and the pipeline treats a lookup
+/// that finds one as a miss (a packet must not bring a dead flow back).
+#[inline(always)]
+#[must_use]
+pub const fn is_expired(entry: &CtEntry, now_ns: u64) -> bool {
+    entry.expires_ns <= now_ns
+}
+
 /// How an insert treats an existing entry under the same key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InsertMode {
@@ -94,36 +103,146 @@ mod hash {
         EXPIRED_WINDOW,
     };
     use crate::pair::partner_key;
-    use hashbrown::HashMap;
-    use lb_api::abi::{CtEntry, CtKey, CtState};
+    use core::hash::{BuildHasher, Hasher};
+    use hashbrown::DefaultHashBuilder;
+    use lb_api::abi::{CtEntry, CtKey, CtKind, CtState};
     use std::vec::Vec;
 
-    /// Userspace conntrack table: a hashbrown map allocated once, refusing inserts beyond its
-    /// capacity (like a preallocated kernel hash map) after trying to evict an expired or closing
-    /// flow (see the module docs), so no packet allocates.
+    /// Asks the kernel to back `v`'s allocation with transparent huge pages (a hint: it changes
+    /// how the memory is mapped, never its contents; refused or absent THP leaves 4 KiB pages).
     ///
-    /// The map is allocated for twice the capacity: when deletions leave tombstones, hashbrown
-    /// then rehashes in place instead of growing (it grows only above half its buckets' load).
-    #[derive(Debug, Clone)]
+    /// Random lookups in a table of more than a few thousand entries miss the TLB on almost
+    /// every slab access with 4 KiB pages, and under virtualization each such miss is a
+    /// two-dimensional page walk; with 2 MiB pages a 100k-entry table needs a handful of TLB
+    /// entries. Done before the first write, so the pages are faulted in huge.
+    fn advise_huge_pages<T>(v: &Vec<T>) {
+        #[cfg(target_os = "linux")]
+        {
+            const PAGE: usize = 4096;
+            const HUGE: usize = 2 << 20;
+            let bytes = v.capacity().saturating_mul(core::mem::size_of::<T>());
+            if bytes < HUGE {
+                return;
+            }
+            let start = (v.as_ptr() as usize).next_multiple_of(PAGE);
+            let end = (v.as_ptr() as usize).saturating_add(bytes) & !(PAGE - 1);
+            if end > start {
+                // SAFETY: the range lies inside `v`'s allocation (rounded inwards to pages) and
+                // MADV_HUGEPAGE only changes the backing policy of mapped memory, not its
+                // contents or validity; an error is harmless and ignored.
+                unsafe {
+                    libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE);
+                }
+            }
+        }
+    }
+
+    /// A key and its entry, side by side so that a hit reads them in one memory access (two
+    /// arrays made the entry's load wait on the key comparison: two cache misses in a row).
+    /// Aligned to a cache line, so the key and the entry's first 24 bytes (the timestamps a
+    /// lookup reads) share the first line of the slot and no slot straddles more lines than it
+    /// must; the size follows `CtEntry`'s (rounded up to a multiple of 64).
+    #[derive(Debug, Clone, Copy)]
+    #[repr(C, align(64))]
+    struct Slot {
+        key: CtKey,
+        entry: CtEntry,
+    }
+
+    /// An index word that holds no entry.
+    const EMPTY: u64 = 0;
+
+    /// The largest capacity a table takes (slot numbers and probe positions fit in 32 bits).
+    pub const MAX_CAPACITY: usize = 1 << 30;
+
+    /// What one in-place sweep did (see [`HashConntrackTable::sweep_expired`]).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+    pub struct SweepCounts {
+        /// Entries present when the sweep began.
+        pub scanned: u64,
+        /// Entries deleted (both halves of a flow count).
+        pub deleted: u64,
+    }
+
+    /// Userspace conntrack table, allocated once at its capacity and refusing inserts beyond it
+    /// (like a preallocated kernel hash map) after trying to evict an expired or closing flow
+    /// (see the module docs), so no packet allocates.
+    ///
+    /// # Layout, and why
+    /// A key is 40 bytes and an entry 80 (more if `CtEntry` grows), so a hash map holding them
+    /// in its buckets spreads 120-byte slots over a bucket array kept at least half empty: a
+    /// 100k-entry table spans tens of MB and every hit is a cache and TLB miss. Here each key
+    /// and its entry sit in one cache-line-aligned slot of a dense slab (exactly `capacity`
+    /// slots; a removed entry's slot goes on a free list), and a separate open-addressed index
+    /// of 8-byte words (32 hash bits as a tag, the slot number) is sized at twice the capacity.
+    /// A lookup hashes the key once, reads one index cache line in the common case (linear
+    /// probing, load ≤ ½), then the slot it tags. Removal shifts the following words of the
+    /// probe run back (no tombstones), so the index never needs a rehash and never allocates.
+    /// A GC scan walks the slab sequentially.
+    ///
+    /// The hasher is hashbrown's default (foldhash), seeded per table, fed the key as two
+    /// 128-bit and one 64-bit word instead of field by field.
+    #[derive(Debug)]
     pub struct HashConntrackTable {
-        map: HashMap<CtKey, CtEntry>,
+        hasher: DefaultHashBuilder,
+        /// `EMPTY`, or the upper 32 bits of the key's hash above the slot number + 1. A word's
+        /// home position is its tag masked, so a removal can shift words without rehashing.
+        index: Vec<u64>,
+        mask: usize,
+        slots: Vec<Slot>,
+        live: Vec<bool>,
+        free: Vec<u32>,
+        len: usize,
         capacity: usize,
         candidates: Vec<CtKey>,
         head: usize,
         stats: TableStats,
     }
 
+    /// A clone is allocated at the full capacity like the original (a derived clone would
+    /// allocate only what is in use, and its inserts would then allocate).
+    impl Clone for HashConntrackTable {
+        fn clone(&self) -> Self {
+            let mut t = Self::with_capacity(self.capacity);
+            t.hasher = self.hasher;
+            t.index.clone_from(&self.index);
+            t.mask = self.mask;
+            t.slots.extend_from_slice(&self.slots);
+            t.live.extend_from_slice(&self.live);
+            t.free.extend_from_slice(&self.free);
+            t.len = self.len;
+            t.candidates.extend_from_slice(&self.candidates);
+            t.head = self.head;
+            t.stats = self.stats;
+            t
+        }
+    }
+
     impl HashConntrackTable {
-        /// A table holding at most `capacity` entries.
+        /// A table holding at most `capacity` entries (at most [`MAX_CAPACITY`]; a larger value
+        /// is clamped to it).
         #[must_use]
         pub fn with_capacity(capacity: usize) -> Self {
-            Self {
-                map: HashMap::with_capacity(capacity.saturating_mul(2).saturating_add(2)),
+            let capacity = capacity.min(MAX_CAPACITY);
+            // At most half the index words are in use, so probe runs stay short and an empty
+            // word always ends one.
+            let words = capacity.saturating_mul(2).next_power_of_two().max(8);
+            let t = Self {
+                hasher: DefaultHashBuilder::default(),
+                index: std::vec![EMPTY; words],
+                mask: words - 1,
+                slots: Vec::with_capacity(capacity),
+                live: Vec::with_capacity(capacity),
+                free: Vec::with_capacity(capacity),
+                len: 0,
                 capacity,
                 candidates: Vec::with_capacity(EVICTION_CANDIDATES),
                 head: 0,
                 stats: TableStats::default(),
-            }
+            };
+            advise_huge_pages(&t.index);
+            advise_huge_pages(&t.slots);
+            t
         }
 
         /// Maximum number of entries.
@@ -135,24 +254,222 @@ mod hash {
         /// Number of entries.
         #[must_use]
         pub fn len(&self) -> usize {
-            self.map.len()
+            self.len
         }
 
         /// Whether the table is empty.
         #[must_use]
         pub fn is_empty(&self) -> bool {
-            self.map.is_empty()
+            self.len == 0
         }
 
         /// All entries, in no particular order.
         pub fn iter(&self) -> impl Iterator<Item = (&CtKey, &CtEntry)> {
-            self.map.iter()
+            self.slots
+                .iter()
+                .zip(self.live.iter())
+                .filter_map(|(s, live)| live.then_some((&s.key, &s.entry)))
         }
 
         /// The entry under `key`.
         #[must_use]
         pub fn get(&self, key: &CtKey) -> Option<&CtEntry> {
-            self.map.get(key)
+            let (_, slot) = self.find(key, self.hash(key))?;
+            self.slots.get(slot).map(|s| &s.entry)
+        }
+
+        #[inline]
+        fn hash(&self, key: &CtKey) -> u64 {
+            let mut h = self.hasher.build_hasher();
+            h.write_u128(u128::from_ne_bytes(key.src));
+            h.write_u128(u128::from_ne_bytes(key.dst));
+            h.write_u64(
+                u64::from(key.src_port)
+                    | u64::from(key.dst_port) << 16
+                    | u64::from(key.proto) << 32
+                    | u64::from(key.family) << 40
+                    | u64::from(key.kind) << 48
+                    | u64::from(key.pad) << 56,
+            );
+            h.finish()
+        }
+
+        #[inline]
+        fn home(&self, hash: u64) -> usize {
+            (hash >> 32) as usize & self.mask
+        }
+
+        #[inline]
+        fn word(&self, pos: usize) -> u64 {
+            self.index.get(pos).copied().unwrap_or(EMPTY)
+        }
+
+        /// The index position and slot of `key`.
+        #[inline]
+        fn find(&self, key: &CtKey, hash: u64) -> Option<(usize, usize)> {
+            let tag = hash >> 32;
+            let mut pos = self.home(hash);
+            // Bounded by the index length; an empty word ends the run long before.
+            for _ in 0..self.index.len() {
+                let w = self.word(pos);
+                if w == EMPTY {
+                    return None;
+                }
+                if w >> 32 == tag {
+                    let slot = ((w & 0xffff_ffff) - 1) as usize;
+                    if self.slots.get(slot).is_some_and(|s| s.key == *key) {
+                        return Some((pos, slot));
+                    }
+                }
+                pos = (pos + 1) & self.mask;
+            }
+            None
+        }
+
+        /// The index position of the word pointing at `slot` (whose key hashes to `hash`).
+        fn position_of_slot(&self, hash: u64, slot: usize) -> Option<usize> {
+            let want = (hash >> 32) << 32 | (slot as u64 + 1);
+            let mut pos = self.home(hash);
+            for _ in 0..self.index.len() {
+                match self.word(pos) {
+                    EMPTY => return None,
+                    w if w == want => return Some(pos),
+                    _ => pos = (pos + 1) & self.mask,
+                }
+            }
+            None
+        }
+
+        /// Empties index word `hole`, moving later words of its probe run back so that every
+        /// run stays unbroken (no tombstones).
+        fn erase_word(&mut self, mut hole: usize) {
+            let mut j = hole;
+            for _ in 0..self.index.len() {
+                j = (j + 1) & self.mask;
+                let w = self.word(j);
+                if w == EMPTY {
+                    break;
+                }
+                // `w` may sit anywhere from its home to `j`; it moves if the hole is in that run.
+                let from_home = j.wrapping_sub(self.home(w)) & self.mask;
+                let from_hole = j.wrapping_sub(hole) & self.mask;
+                if from_home >= from_hole {
+                    if let Some(h) = self.index.get_mut(hole) {
+                        *h = w;
+                    }
+                    hole = j;
+                }
+            }
+            if let Some(h) = self.index.get_mut(hole) {
+                *h = EMPTY;
+            }
+        }
+
+        /// Removes the entry at index position `pos`, slot `slot`.
+        fn remove_at(&mut self, pos: usize, slot: usize) {
+            self.erase_word(pos);
+            if let Some(l) = self.live.get_mut(slot) {
+                *l = false;
+                self.free.push(slot as u32);
+                self.len -= 1;
+            }
+        }
+
+        /// Adds `key` (known absent, hashing to `hash`) with `entry`; the caller has checked
+        /// the capacity.
+        fn add(&mut self, key: &CtKey, entry: &CtEntry, hash: u64) {
+            let slot = match self.free.pop() {
+                Some(s) => {
+                    let s = s as usize;
+                    if let (Some(slot), Some(l)) = (self.slots.get_mut(s), self.live.get_mut(s)) {
+                        (slot.key, slot.entry, *l) = (*key, *entry, true);
+                    }
+                    s
+                }
+                None => {
+                    self.slots.push(Slot {
+                        key: *key,
+                        entry: *entry,
+                    });
+                    self.live.push(true);
+                    self.slots.len() - 1
+                }
+            };
+            let mut pos = self.home(hash);
+            for _ in 0..self.index.len() {
+                match self.index.get_mut(pos) {
+                    Some(w) if *w == EMPTY => {
+                        *w = (hash >> 32) << 32 | (slot as u64 + 1);
+                        break;
+                    }
+                    _ => pos = (pos + 1) & self.mask,
+                }
+            }
+            self.len += 1;
+        }
+
+        /// Removes the entry under `key` and its partner's.
+        fn remove_pair(&mut self, key: &CtKey) -> Option<CtEntry> {
+            let (pos, slot) = self.find(key, self.hash(key))?;
+            let e = self.slots.get(slot)?.entry;
+            self.remove_at(pos, slot);
+            if let Some(p) = partner_key(key, &e) {
+                ConntrackTable::remove(self, &p);
+            }
+            Some(e)
+        }
+
+        /// Deletes every expired flow at `now_ns` in one pass over the entries, by the GC's pair
+        /// rules (`ConntrackGc`'s module docs): an expired service entry goes with its partner;
+        /// an expired reverse-NAT entry goes with its expired service entry, alone when it is
+        /// an orphan, and stays while its service entry is alive. `keep` sees every entry that
+        /// is not expired (and may see one deleted later as a partner).
+        ///
+        /// No packet can refresh an entry meanwhile (the table is borrowed mutably), so unlike
+        /// a kernel-map sweep this needs no collect-then-re-read step.
+        pub fn sweep_expired(
+            &mut self,
+            now_ns: u64,
+            keep: &mut dyn FnMut(&CtKey, &CtEntry),
+        ) -> SweepCounts {
+            let mut counts = SweepCounts {
+                scanned: self.len as u64,
+                deleted: 0,
+            };
+            for slot in 0..self.slots.len() {
+                let (Some(true), Some(&Slot { key: k, entry: e })) =
+                    (self.live.get(slot).copied(), self.slots.get(slot))
+                else {
+                    continue;
+                };
+                if !super::is_expired(&e, now_ns) {
+                    keep(&k, &e);
+                    continue;
+                }
+                let partner = partner_key(&k, &e).map(|p| (p, self.hash(&p)));
+                let found = partner.and_then(|(p, h)| self.find(&p, h));
+                if k.kind == CtKind::ReverseNat as u8 {
+                    let service_alive = found
+                        .and_then(|(_, s)| self.slots.get(s))
+                        .map(|s| &s.entry)
+                        .is_some_and(|se| !super::is_expired(se, now_ns));
+                    if service_alive {
+                        keep(&k, &e);
+                        continue;
+                    }
+                }
+                // The partner goes first: removing our own word could shift its word.
+                if let Some((pos, s)) = found {
+                    self.remove_at(pos, s);
+                    counts.deleted += 1;
+                }
+                let h = self.hash(&k);
+                if let Some(pos) = self.position_of_slot(h, slot) {
+                    self.remove_at(pos, slot);
+                    counts.deleted += 1;
+                }
+            }
+            counts
         }
 
         /// Insert and eviction counters.
@@ -185,15 +502,10 @@ mod hash {
         /// Removes the entry under `key` if it has expired at `now_ns` (re-checked here, so a
         /// packet that refreshed it wins), and with it its partner; the removed entry.
         pub fn remove_pair_if_expired(&mut self, key: &CtKey, now_ns: u64) -> Option<CtEntry> {
-            let e = *self.map.get(key)?;
-            if e.expires_ns > now_ns {
+            if !super::is_expired(self.get(key)?, now_ns) {
                 return None;
             }
-            self.map.remove(key);
-            if let Some(p) = partner_key(key, &e) {
-                self.map.remove(&p);
-            }
-            Some(e)
+            self.remove_pair(key)
         }
 
         /// Evicts one flow to make room: an expired candidate first, else a closing one.
@@ -210,8 +522,8 @@ mod hash {
                 let Some(k) = self.candidates.get(i).copied() else {
                     break;
                 };
-                if let Some(e) = self.map.get(&k) {
-                    if e.expires_ns <= now_ns {
+                if let Some(e) = self.get(&k) {
+                    if super::is_expired(e, now_ns) {
                         return Some(self.evict_at(i, EvictionReason::Expired));
                     }
                     if closing_at.is_none()
@@ -228,7 +540,6 @@ mod hash {
             // Past the window: drop stale candidates from the front until a closing one.
             while let Some(k) = self.candidates.get(self.head).copied() {
                 let closing = self
-                    .map
                     .get(&k)
                     .and_then(|e| CtState::from_u8(e.state))
                     .is_some_and(CtState::is_closing);
@@ -247,19 +558,17 @@ mod hash {
                 // Retire it by moving the head candidate into its slot.
                 self.candidates.swap(i, head);
                 self.head += 1;
-                if let Some(e) = self.map.remove(&k) {
-                    if let Some(p) = partner_key(&k, &e) {
-                        self.map.remove(&p);
-                    }
-                }
+                self.remove_pair(&k);
             }
             reason
         }
     }
 
     impl ConntrackTable for HashConntrackTable {
+        #[inline]
         fn get_mut(&mut self, key: &CtKey) -> Option<&mut CtEntry> {
-            self.map.get_mut(key)
+            let (_, slot) = self.find(key, self.hash(key))?;
+            self.slots.get_mut(slot).map(|s| &mut s.entry)
         }
 
         fn insert(
@@ -268,19 +577,22 @@ mod hash {
             entry: &CtEntry,
             mode: InsertMode,
         ) -> Result<(), InsertError> {
-            if let Some(e) = self.map.get_mut(key) {
+            let hash = self.hash(key);
+            if let Some((_, slot)) = self.find(key, hash) {
                 return match mode {
                     InsertMode::NoExist => {
                         self.stats.insert_failures_exists += 1;
                         Err(InsertError::Exists)
                     }
                     InsertMode::Any => {
-                        *e = *entry;
+                        if let Some(s) = self.slots.get_mut(slot) {
+                            s.entry = *entry;
+                        }
                         Ok(())
                     }
                 };
             }
-            if self.map.len() >= self.capacity {
+            if self.len >= self.capacity {
                 match self.evict_one(entry.last_seen_ns) {
                     Some(EvictionReason::Expired) => self.stats.evictions_expired += 1,
                     Some(EvictionReason::Closing) => self.stats.evictions_closing += 1,
@@ -289,17 +601,23 @@ mod hash {
                         return Err(InsertError::Full);
                     }
                 }
-                if self.map.len() >= self.capacity {
+                if self.len >= self.capacity {
                     self.stats.insert_failures_full += 1;
                     return Err(InsertError::Full);
                 }
             }
-            self.map.insert(*key, *entry);
+            self.add(key, entry, hash);
             Ok(())
         }
 
         fn remove(&mut self, key: &CtKey) -> bool {
-            self.map.remove(key).is_some()
+            match self.find(key, self.hash(key)) {
+                Some((pos, slot)) => {
+                    self.remove_at(pos, slot);
+                    true
+                }
+                None => false,
+            }
         }
     }
 
@@ -420,6 +738,85 @@ mod hash {
             );
         }
 
+        /// A xorshift generator: deterministic, so a failure replays.
+        fn next(seed: &mut u64) -> u64 {
+            *seed ^= *seed << 13;
+            *seed ^= *seed >> 7;
+            *seed ^= *seed << 17;
+            *seed
+        }
+
+        /// Random inserts, overwrites and removals over a small key space on small tables (long
+        /// probe runs, wrap-around, slot reuse) agree with a std `HashMap` after every step.
+        #[test]
+        fn agrees_with_a_model_map() {
+            for capacity in [1usize, 3, 8, 64] {
+                let mut seed = 0x9E37_79B9_7F4A_7C15 ^ capacity as u64;
+                let mut t = HashConntrackTable::with_capacity(capacity);
+                let mut model = std::collections::HashMap::new();
+                for step in 0..20_000u64 {
+                    let r = next(&mut seed);
+                    let k = key((r % (3 * capacity as u64 + 2)) as u16);
+                    let e = CtEntry {
+                        expires_ns: step,
+                        ..Default::default()
+                    };
+                    match (r >> 32) % 3 {
+                        0 => {
+                            let mode = if r >> 40 & 1 == 0 {
+                                InsertMode::NoExist
+                            } else {
+                                InsertMode::Any
+                            };
+                            let want = match (model.contains_key(&k), mode) {
+                                (true, InsertMode::NoExist) => Err(InsertError::Exists),
+                                (false, _) if model.len() >= capacity => Err(InsertError::Full),
+                                _ => Ok(()),
+                            };
+                            assert_eq!(t.insert(&k, &e, mode), want, "step {step}");
+                            if want.is_ok() {
+                                model.insert(k, e);
+                            }
+                        }
+                        1 => assert_eq!(t.remove(&k), model.remove(&k).is_some(), "step {step}"),
+                        _ => assert_eq!(t.get(&k), model.get(&k), "step {step}"),
+                    }
+                    assert_eq!(t.len(), model.len());
+                }
+                let mut all: Vec<_> = t.iter().map(|(k, e)| (*k, *e)).collect();
+                all.sort_by_key(|(k, _)| k.src_port);
+                let mut want: Vec<_> = model.into_iter().collect();
+                want.sort_by_key(|(k, _)| k.src_port);
+                assert_eq!(all, want);
+            }
+        }
+
+        #[test]
+        fn a_clone_keeps_the_capacity_and_the_entries() {
+            let mut t = HashConntrackTable::with_capacity(100);
+            for p in 0..10 {
+                t.insert(&key(p), &CtEntry::default(), InsertMode::NoExist)
+                    .unwrap();
+            }
+            t.remove(&key(3));
+            let mut c = t.clone();
+            assert_eq!((c.len(), c.capacity()), (9, 100));
+            assert!(c.slots.capacity() >= 100 && c.free.capacity() >= 100);
+            for p in 0..10 {
+                assert_eq!(c.get(&key(p)).is_some(), p != 3, "port {p}");
+            }
+            c.insert(&key(50), &CtEntry::default(), InsertMode::NoExist)
+                .unwrap();
+            assert!(t.get(&key(50)).is_none(), "the original is untouched");
+        }
+
+        #[test]
+        fn capacity_is_clamped() {
+            let t = HashConntrackTable::with_capacity(0);
+            assert_eq!((t.capacity(), t.len()), (0, 0));
+            assert!(MAX_CAPACITY < u32::MAX as usize / 2);
+        }
+
         #[test]
         fn remove_pair_if_expired_rechecks() {
             let mut t = HashConntrackTable::with_capacity(8);
@@ -435,4 +832,4 @@ mod hash {
 }
 
 #[cfg(feature = "std")]
-pub use hash::HashConntrackTable;
+pub use hash::{HashConntrackTable, SweepCounts, MAX_CAPACITY};

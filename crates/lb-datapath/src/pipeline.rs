@@ -9,7 +9,10 @@ use lb_api::wire::{
     parse_into, quoted_into, Disposition, Fragment, PacketAccess, Parsed, QuotedDatagram,
 };
 use lb_api::Verdict;
-use lb_conntrack::{initial_state, track, ConntrackTable, Direction, InsertError, InsertMode};
+use lb_conntrack::{
+    initial_state, is_expired, partner_key, track, ConntrackTable, Direction, InsertError,
+    InsertMode,
+};
 use lb_nat::collision::Reserve;
 use lb_nat::{
     resolve_source_port, rewrite, select_slot, translate_icmp_error, Field, RandomSource,
@@ -187,6 +190,10 @@ where
     let fkey = &CtKey::new(t, CtKind::Service);
     let fwd = tables.get_mut(fkey)?;
     let now = ctx.now();
+    if is_expired(fwd, now) {
+        forget_expired_flow(tables, fkey);
+        return None; // a new flow replaces it
+    }
     track(
         fwd,
         Direction::Original,
@@ -225,6 +232,25 @@ where
         return Some(drop(tables, DropReason::Truncated));
     }
     Some(pass(tables, Counter::ServiceEstablished))
+}
+
+/// Removes the flow whose entry under `key` a lookup found past its deadline
+/// ([`is_expired`]), both halves, as GC would have, and counts it. The caller then goes on as if
+/// the lookup had missed: GC may run long after a deadline, and until then a packet must not
+/// revive a dead flow (its backend may be gone, its server's TIME_WAIT over).
+///
+/// Its own subprogram in the kernel (`inline(never)`), so the partner key it builds never
+/// weighs on the caller's stack frame; it runs once per expired flow, not per packet.
+#[inline(never)]
+fn forget_expired_flow<T: ConntrackTable + Counters + ?Sized>(tables: &mut T, key: &CtKey) {
+    if let Some(e) = tables.get_mut(key) {
+        let partner = partner_key(key, e);
+        tables.remove(key);
+        if let Some(p) = partner {
+            tables.remove(&p);
+        }
+    }
+    tables.bump(Counter::ConntrackExpiredAtLookup.slot());
 }
 
 /// Key of the reverse-NAT entry of a flow: the tuple the backend replies with, to the client's
@@ -281,6 +307,11 @@ where
     let fkey = CtKey::new(&client, CtKind::Service);
     let now = ctx.now();
     let expires = match tables.get_mut(&fkey) {
+        // The service entry owns the flow's deadline (the reverse half carries a copy).
+        Some(fwd) if is_expired(fwd, now) => {
+            forget_expired_flow(tables, &fkey);
+            return pass(tables, Counter::PassNotService);
+        }
         Some(fwd) => {
             track(fwd, Direction::Reply, parsed.tcp_flags, now, &cfg.timeouts);
             fwd.expires_ns

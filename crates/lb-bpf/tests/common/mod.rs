@@ -14,3 +14,5 @@ pub fn privileged(test: &str) -> bool {
     );
     false
 }
+
+pub mod harness;
