@@ -147,6 +147,20 @@ impl CtState {
 pub const CT_F_REPLY_SEEN: u8 = 0x01;
 /// Entry flag: the client's source port was rewritten (see [`CtEntry::rewritten_src_port`]).
 pub const CT_F_SRC_PORT_REWRITTEN: u8 = 0x02;
+/// Entry flag: the flow's source is translated to this node's address (SNAT mode, see
+/// [`CtEntry::snat_addr`]).
+pub const CT_F_SNAT: u8 = 0x04;
+/// Entry flag: DSR. On the node that picked the backend: packets carry the service address to the
+/// backend's node, replies do not come back here. On the backend's node: replies leave with the
+/// service address as their source.
+pub const CT_F_DSR: u8 = 0x08;
+/// Entry flag: VXLAN tunnel. On the node that picked the backend: packets are encapsulated to
+/// [`CtEntry::tunnel_peer`] (the backend's node). On the backend's node: replies are encapsulated
+/// back to `tunnel_peer` (the node the flow came from).
+pub const CT_F_TUNNEL: u8 = 0x10;
+/// Entry flag: made on the backend's node for a flow another node translated (DSR or tunnel): it
+/// has no service-side partner on this node.
+pub const CT_F_BACKEND_SIDE: u8 = 0x20;
 
 /// Conntrack entry (80 bytes, 8-aligned).
 #[derive(
@@ -166,8 +180,12 @@ pub struct CtEntry {
     pub packets_reply: u32,
     /// Service entry: the backend address. Reverse-NAT entry: the service address.
     pub nat_addr: [u8; 16],
-    /// Node the flow arrived from over a tunnel (zero if none).
+    /// With [`CT_F_TUNNEL`]: the other end of the tunnel (the backend's node on the node that
+    /// picked the backend; the node the flow came from on the backend's node).
     pub tunnel_peer: [u8; 16],
+    /// With [`CT_F_SNAT`]: on a service entry, the node address the client's source is translated
+    /// to; on a reverse-NAT entry, the client's address, which replies get back.
+    pub snat_addr: [u8; 16],
     /// Service entry: the backend port. Reverse-NAT entry: the service port.
     pub nat_port: u16,
     /// With [`CT_F_SRC_PORT_REWRITTEN`]: on a service entry, the client source port as rewritten
@@ -225,8 +243,132 @@ pub struct DatapathConfig {
     pub src_port_min: u16,
     /// Last port of the source-port-collision rewrite range (0: the default, 29999).
     pub src_port_max: u16,
-    /// Random ports the collision resolver tries (0: the default, 3; at most 8).
+    /// Random ports the collision resolver tries (0: the default, 3; at most 32).
     pub src_port_tries: u32,
+    /// This node's IPv4 address: the SNAT source and the tunnel's outer source (zero: none).
+    pub node_v4: [u8; 4],
+    /// VXLAN network identifier of the node-to-node tunnel.
+    pub vni: u32,
+    /// This node's IPv6 address (zero: none).
+    pub node_v6: [u8; 16],
+    /// UDP port of the node-to-node VXLAN tunnel (0: the default, 4789).
+    pub tunnel_port: u16,
+    /// Underlay MTU: the largest IP packet after encapsulation or a DSR carrier (0: 1500).
+    pub mtu: u16,
+    /// First port of the SNAT range (0: the default, 32768).
+    pub snat_port_min: u16,
+    /// Last port of the SNAT range (0: the default, 60999).
+    pub snat_port_max: u16,
+}
+
+impl DatapathConfig {
+    /// This node's address of `family` as a 16-byte address field (zero if not configured).
+    #[inline(always)]
+    #[must_use]
+    pub const fn node_addr(&self, family: u8) -> [u8; 16] {
+        if family == crate::flow::IpFamily::V6 as u8 {
+            self.node_v6
+        } else {
+            crate::flow::v4_addr(self.node_v4)
+        }
+    }
+
+    /// The tunnel's UDP port.
+    #[inline(always)]
+    #[must_use]
+    pub const fn tunnel_port(&self) -> u16 {
+        if self.tunnel_port == 0 {
+            DEFAULT_TUNNEL_PORT
+        } else {
+            self.tunnel_port
+        }
+    }
+
+    /// First port of the SNAT range.
+    #[inline(always)]
+    #[must_use]
+    pub const fn snat_port_min(&self) -> u16 {
+        if self.snat_port_min == 0 {
+            DEFAULT_SNAT_PORT_MIN
+        } else {
+            self.snat_port_min
+        }
+    }
+
+    /// Last port of the SNAT range.
+    #[inline(always)]
+    #[must_use]
+    pub const fn snat_port_max(&self) -> u16 {
+        if self.snat_port_max == 0 || self.snat_port_max < self.snat_port_min() {
+            DEFAULT_SNAT_PORT_MAX
+        } else {
+            self.snat_port_max
+        }
+    }
+
+    /// The underlay MTU.
+    #[inline(always)]
+    #[must_use]
+    pub const fn mtu(&self) -> u16 {
+        if self.mtu == 0 {
+            1500
+        } else {
+            self.mtu
+        }
+    }
+}
+
+/// The node-to-node tunnel's default UDP port (VXLAN's IANA port).
+pub const DEFAULT_TUNNEL_PORT: u16 = 4789;
+
+/// First port of the default SNAT range (Linux's default ephemeral range, 32768-60999).
+pub const DEFAULT_SNAT_PORT_MIN: u16 = 32768;
+/// Last port of the default SNAT range.
+pub const DEFAULT_SNAT_PORT_MAX: u16 = 60999;
+
+/// How a service's packets reach a backend on another node (Cilium's and Calico's NodePort modes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[repr(u8)]
+pub enum ForwardingMode {
+    /// The node translates the client's source to its own address: replies come back through it
+    /// (an extra hop) and the backend sees the node, not the client.
+    #[default]
+    Snat = 0,
+    /// Direct server return: the service address travels with the packet (an IPv4 option or IPv6
+    /// destination option); the backend's node answers the client directly, from the service
+    /// address. The backend sees the client.
+    Dsr = 1,
+    /// The packet is VXLAN-encapsulated to the backend's node, and replies return through the
+    /// tunnel. The backend sees the client (Calico's way).
+    Tunnel = 2,
+    /// DSR for TCP, SNAT for UDP.
+    Hybrid = 3,
+}
+
+impl ForwardingMode {
+    /// The mode from its `u8` value (unknown values are SNAT, the mode that needs nothing from
+    /// the other node).
+    #[inline(always)]
+    #[must_use]
+    pub const fn from_u8(v: u8) -> Self {
+        match v {
+            1 => Self::Dsr,
+            2 => Self::Tunnel,
+            3 => Self::Hybrid,
+            _ => Self::Snat,
+        }
+    }
+
+    /// The mode a flow of protocol `proto` gets: hybrid resolves to DSR (TCP) or SNAT.
+    #[inline(always)]
+    #[must_use]
+    pub const fn for_proto(self, proto: u8) -> Self {
+        match self {
+            Self::Hybrid if proto == 6 => Self::Dsr,
+            Self::Hybrid => Self::Snat,
+            m => m,
+        }
+    }
 }
 
 /// Service key: the frontend address, port and protocol a client connects to.
@@ -255,10 +397,33 @@ pub struct ServiceValue {
     pub id: u32,
     /// Number of slots `0..backend_count` in the backend table for this service.
     pub backend_count: u32,
-    /// Reserved flags, zero.
+    /// Flags (`SVC_F_*` of the control plane) in the low byte; the [`ForwardingMode`] in the
+    /// second byte.
     pub flags: u32,
     /// Session-affinity timeout in seconds (0: no affinity).
     pub affinity_timeout_s: u32,
+}
+
+impl ServiceValue {
+    /// Bit position of the forwarding mode in [`ServiceValue::flags`].
+    pub const MODE_SHIFT: u32 = 8;
+
+    /// How this service's packets reach backends on other nodes.
+    #[inline(always)]
+    #[must_use]
+    pub const fn mode(&self) -> ForwardingMode {
+        ForwardingMode::from_u8((self.flags >> Self::MODE_SHIFT) as u8)
+    }
+}
+
+/// Known node table key: a peer node's address. Tunnel packets are accepted only from these.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
+#[repr(C)]
+pub struct NodeKey {
+    /// The node's address (IPv4 in the first 4 bytes).
+    pub addr: [u8; 16],
 }
 
 /// Backend table key: a service's slot.
@@ -289,6 +454,9 @@ pub struct BackendValue {
     pub state: u8,
     /// Backend id (stable across slot reshuffles).
     pub id: u32,
+    /// The node the backend runs on when that is another node (zero: this node). Packets to it
+    /// are forwarded in the service's [`ForwardingMode`].
+    pub node: [u8; 16],
 }
 
 #[cfg(feature = "user")]
@@ -309,6 +477,8 @@ mod pod {
     unsafe impl aya::Pod for super::BackendKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::BackendValue {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::NodeKey {}
 }
 
 #[cfg(test)]
@@ -321,13 +491,14 @@ mod tests {
         // These sizes are part of the kernel/user ABI and of pinned maps: a change breaks a
         // restarted loader that re-attaches to maps of the old layout.
         assert_eq!(size_of::<CtKey>(), 40);
-        assert_eq!(size_of::<CtEntry>(), 80);
+        assert_eq!(size_of::<CtEntry>(), 96);
         assert_eq!(align_of::<CtEntry>(), 8);
         assert_eq!(size_of::<ServiceKey>(), 20);
         assert_eq!(size_of::<ServiceValue>(), 16);
         assert_eq!(size_of::<BackendKey>(), 8);
-        assert_eq!(size_of::<BackendValue>(), 24);
-        assert_eq!(size_of::<DatapathConfig>(), 13 * 8 + 24);
+        assert_eq!(size_of::<BackendValue>(), 40);
+        assert_eq!(size_of::<NodeKey>(), 16);
+        assert_eq!(size_of::<DatapathConfig>(), 13 * 8 + 24 + 32);
     }
 
     #[test]

@@ -118,7 +118,10 @@ pub const fn udp_zero_allowed(v6: bool) -> bool {
 }
 
 /// The IPv6 pseudo-header's sum (RFC 8200 8.1): addresses, upper-layer length, next header.
-#[inline(always)]
+///
+/// Not inlined: unrolled into its callers it spills a register per word onto the 512-byte BPF
+/// stack of each of them.
+#[inline(never)]
 #[must_use]
 pub fn pseudo_sum_v6(src: &[u8; 16], dst: &[u8; 16], next_header: u8, len: u32) -> u32 {
     let mut sum = 0u32;
@@ -170,7 +173,9 @@ pub fn sum_packet<P: crate::wire::PacketAccess + ?Sized>(
     let mut acc = u64::from(initial);
     let mut i = 0;
     while i + 1 < len {
-        let w: [u8; 2] = pkt.load(offset + i)?;
+        // Opaque to the optimizer: otherwise LLVM may prove the whole span in bounds once and
+        // drop the per-access check, which the BPF verifier needs to see on every access.
+        let w: [u8; 2] = pkt.load(core::hint::black_box(offset + i))?;
         acc += u64::from(u16::from_be_bytes(w));
         i += 2;
     }
@@ -192,7 +197,8 @@ pub fn l4_checksum_v6(src: &[u8; 16], dst: &[u8; 16], next_header: u8, segment: 
 }
 
 /// Checksum of an IPv4 header to be emitted (`header` with its checksum field zeroed, options
-/// included).
+/// included). Not inlined, for the same reason as [`pseudo_sum_v6`].
+#[inline(never)]
 #[must_use]
 pub fn ipv4_header_checksum(header: &[u8]) -> u16 {
     checksum(header)

@@ -52,6 +52,15 @@ pub enum Counter {
     /// A drop event could not be recorded: the kernel's ring buffer was full (the newest event
     /// is lost), or the engine's bounded queue was (the oldest is). The drop itself is counted.
     DropEventsLost = 15,
+    /// A VXLAN packet from a peer node was decapsulated; its inner packet went on through the
+    /// pipeline.
+    TunnelDecapsulated = 16,
+    /// A packet was VXLAN-encapsulated to another node (tunnel mode, both directions).
+    TunnelEncapsulated = 17,
+    /// A DSR carrier (IPv4 option, IPv6 destination option) was added for the backend's node.
+    DsrCarrierAdded = 18,
+    /// A flow another node translated (DSR or tunnel) was recorded on its backend's node.
+    BackendSideNewFlow = 19,
     /// A lookup found a conntrack entry past its deadline that GC had not yet collected: the
     /// flow was removed (both halves) and the packet treated as having no entry (a new flow, or
     /// an untranslated reply).
@@ -94,11 +103,22 @@ pub enum DropReason {
     BadUdpLength = 10,
     /// IPv6 hop-by-hop options header anywhere but first.
     BadIpv6ExtHeader = 11,
+    /// A packet to this node's tunnel port from an address that is not a configured peer node.
+    TunnelFromUnknownNode = 12,
+    /// A tunnel packet from a peer whose VXLAN header is invalid (no I flag, another VNI, an IPv6
+    /// outer UDP checksum of zero) or whose inner frame is too short.
+    BadTunnelHeader = 13,
+    /// The service's forwarding mode needs this node's address (SNAT source, tunnel endpoint)
+    /// and none of the flow's family is configured.
+    NodeAddressMissing = 14,
+    /// A tunnel header or DSR carrier could not be added (no headroom, or no room in the IP
+    /// header for the option).
+    EncapFailed = 15,
 }
 
 impl Counter {
     /// All counters, in slot order.
-    pub const ALL: [Counter; 17] = [
+    pub const ALL: [Counter; 21] = [
         Self::RxPackets,
         Self::ServiceNewFlow,
         Self::ServiceEstablished,
@@ -115,6 +135,10 @@ impl Counter {
         Self::IcmpErrorTranslated,
         Self::PassIcmpErrorNoFlow,
         Self::DropEventsLost,
+        Self::TunnelDecapsulated,
+        Self::TunnelEncapsulated,
+        Self::DsrCarrierAdded,
+        Self::BackendSideNewFlow,
         Self::ConntrackExpiredAtLookup,
     ];
 
@@ -146,13 +170,17 @@ impl Counter {
             Self::PassIcmpErrorNoFlow => "pass_icmp_error_no_flow",
             Self::DropEventsLost => "drop_events_lost",
             Self::ConntrackExpiredAtLookup => "conntrack_expired_at_lookup",
+            Self::TunnelDecapsulated => "tunnel_decapsulated",
+            Self::TunnelEncapsulated => "tunnel_encapsulated",
+            Self::DsrCarrierAdded => "dsr_carrier_added",
+            Self::BackendSideNewFlow => "backend_side_new_flow",
         }
     }
 }
 
 impl DropReason {
     /// All drop reasons, in slot order.
-    pub const ALL: [DropReason; 12] = [
+    pub const ALL: [DropReason; 16] = [
         Self::Truncated,
         Self::BadIpVersion,
         Self::BadIpHeaderLength,
@@ -165,6 +193,10 @@ impl DropReason {
         Self::SourcePortCollision,
         Self::BadUdpLength,
         Self::BadIpv6ExtHeader,
+        Self::TunnelFromUnknownNode,
+        Self::BadTunnelHeader,
+        Self::NodeAddressMissing,
+        Self::EncapFailed,
     ];
 
     /// Slot in the counter array.
@@ -190,6 +222,10 @@ impl DropReason {
             Self::SourcePortCollision => "source_port_collision",
             Self::BadUdpLength => "bad_udp_length",
             Self::BadIpv6ExtHeader => "bad_ipv6_ext_header",
+            Self::TunnelFromUnknownNode => "tunnel_from_unknown_node",
+            Self::BadTunnelHeader => "bad_tunnel_header",
+            Self::NodeAddressMissing => "node_address_missing",
+            Self::EncapFailed => "encap_failed",
         }
     }
 }

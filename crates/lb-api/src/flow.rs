@@ -94,7 +94,10 @@ impl FlowTuple {
     /// Used to pick a backend (`hash % backend_count`) and, for VXLAN, the outer source port.
     /// It is a multiply-xorshift mix (murmur3's finalizer) over the tuple's 32-bit words: cheap,
     /// branch-free, and with a fixed number of steps, which the verifier needs.
-    #[inline(always)]
+    ///
+    /// Not inlined: inlined, LLVM hoists the tuple's byte loads to the top of the caller and keeps
+    /// them alive across its helper calls, spilling each onto the 512-byte BPF stack.
+    #[inline(never)]
     #[must_use]
     pub fn hash(&self, seed: u32) -> u32 {
         let mut h = seed ^ 0x9e37_79b9;

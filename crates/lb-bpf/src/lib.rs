@@ -44,7 +44,7 @@ use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::{tc, SchedClassifier, TcAttachType, TestRun, TestRunOptions, Xdp, XdpMode};
 use aya::{Ebpf, EbpfLoader};
 use lb_api::abi::{
-    BackendKey, BackendValue, CtEntry, CtKey, DatapathConfig, ServiceKey, ServiceValue,
+    BackendKey, BackendValue, CtEntry, CtKey, DatapathConfig, NodeKey, ServiceKey, ServiceValue,
 };
 use lb_api::counters::{CounterSnapshot, COUNTER_SLOTS};
 use lb_api::events::DropEvent;
@@ -68,6 +68,8 @@ pub mod maps {
     pub const CONFIG: &str = "LB_CONFIG";
     /// Per-CPU counters.
     pub const COUNTERS: &str = "LB_COUNTERS";
+    /// Peer nodes (tunnel packets are accepted from these only).
+    pub const NODES: &str = "LB_NODES";
     /// Per-CPU per-packet working state of the pipeline (not pinned).
     pub const SCRATCH: &str = "LB_SCRATCH";
     /// Drop events, a ring buffer (not pinned: see [`KernelDatapath::drain_drop_events`]).
@@ -426,6 +428,36 @@ impl KernelDatapath {
             source,
         })?;
         a.set(0, *cfg, 0).map_err(|source| Error::Map {
+            map: maps::CONFIG,
+            source,
+        })
+    }
+
+    /// Sets this node's identity: its addresses (SNAT source, tunnel endpoint), its peers and
+    /// the tunnel's parameters. The rest of the configuration in the kernel (timeouts, seeds)
+    /// is kept.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the invalid field (nothing is written then), or a refused map
+    /// write.
+    pub fn set_node(&mut self, node: &control::NodeSpec) -> Result<(), Error> {
+        node.validate()?;
+        let mut cfg = self.config()?;
+        control::set_node(self, &mut cfg, node)?;
+        self.set_config(&cfg)
+    }
+
+    /// The datapath configuration in the kernel.
+    ///
+    /// # Errors
+    /// [`Error::Map`] if the map cannot be read.
+    pub fn config(&mut self) -> Result<DatapathConfig, Error> {
+        let a: Array<&mut MapData, DatapathConfig> = Array::try_from(self.map(maps::CONFIG)?)
+            .map_err(|source| Error::Map {
+                map: maps::CONFIG,
+                source,
+            })?;
+        a.get(&0, 0).map_err(|source| Error::Map {
             map: maps::CONFIG,
             source,
         })
@@ -825,6 +857,11 @@ fn check_iface(iface: &str) -> Result<(), Error> {
 }
 
 impl ServiceStore for KernelDatapath {
+    fn put_node(&mut self, key: NodeKey) -> Result<(), ConfigError> {
+        let mut m: HashMap<&mut MapData, NodeKey, u32> =
+            self.hash(maps::NODES).map_err(|e| store_err("nodes", &e))?;
+        m.insert(key, 1, 0).map_err(|e| store_err("nodes", &e))
+    }
     fn put_service(&mut self, key: ServiceKey, value: ServiceValue) -> Result<(), ConfigError> {
         let mut m: HashMap<&mut MapData, ServiceKey, ServiceValue> = self
             .hash(maps::SERVICES)

@@ -3,22 +3,25 @@
 //! It is the reference the kernel programs are compared to (differential tests), a simulator for
 //! CNI authors, and a datapath for hosts without eBPF.
 
+use std::vec::Vec;
+
 use lb_api::abi::{
-    BackendKey, BackendValue, CtEntry, CtKey, DatapathConfig, ServiceKey, ServiceValue,
+    BackendKey, BackendValue, CtEntry, CtKey, DatapathConfig, NodeKey, ServiceKey, ServiceValue,
 };
 use lb_api::counters::{Counter, CounterSnapshot, Counters, DropReason};
 use lb_api::events::DropEvent;
-use lb_api::wire::SlicePacket;
 use lb_api::Verdict;
 use lb_conntrack::{
     Clock, ConntrackGc, ConntrackMetrics, ConntrackTable, GcReport, HashConntrackTable,
     InsertError, InsertMode, MonotonicClock, TimeoutPolicy,
 };
+use lb_encap::HeadroomPacket;
 use lb_nat::collision::XorShift32;
-use lb_nat::control::{remove_service, upsert_service, ConfigError, ServiceSpec, ServiceStore};
+use lb_nat::control::{
+    remove_service, set_node, upsert_service, ConfigError, NodeSpec, ServiceSpec, ServiceStore,
+};
 use lb_nat::{HashServiceTable, RandomSource, ServiceTable};
 use std::collections::VecDeque;
-use std::vec::Vec;
 
 /// How many drop events the engine keeps until they are drained: about what the kernel's
 /// 256 KiB ring buffer holds (4095 56-byte records in 64-byte slots).
@@ -35,8 +38,23 @@ pub fn default_config(hash_seed: u32) -> DatapathConfig {
         src_port_min: 0,
         src_port_max: 0,
         src_port_tries: 0,
+        node_v4: [0; 4],
+        vni: 0,
+        node_v6: [0; 16],
+        tunnel_port: 0,
+        mtu: 0,
+        snat_port_min: 0,
+        snat_port_max: 0,
     }
 }
+
+/// Bytes of room the engine keeps in front of a frame, as XDP does (`XDP_PACKET_HEADROOM`), for
+/// encapsulation and DSR carriers.
+pub const HEADROOM: usize = 256;
+
+/// Bytes of room the engine keeps after a frame (the ICMP errors it builds can grow a short
+/// frame).
+const TAILROOM: usize = 1024;
 
 /// The engine's tables: conntrack, services and counters.
 #[derive(Debug, Clone)]
@@ -84,6 +102,9 @@ impl ServiceTable for UserTables {
     fn backend(&self, key: &BackendKey) -> Option<BackendValue> {
         self.services.backend(key)
     }
+    fn is_peer_node(&self, key: &NodeKey) -> bool {
+        self.services.is_peer_node(key)
+    }
 }
 
 impl Counters for UserTables {
@@ -102,6 +123,9 @@ pub struct Engine<C: Clock = MonotonicClock> {
     tables: UserTables,
     clock: C,
     scratch: crate::Scratch,
+    /// The frame being processed, with headroom and tailroom (kept to avoid an allocation per
+    /// packet).
+    buf: Vec<u8>,
     drop_events: VecDeque<DropEvent>,
 }
 
@@ -130,13 +154,21 @@ impl<C: Clock> Engine<C> {
             tables,
             clock,
             scratch: crate::Scratch::default(),
+            buf: Vec::new(),
             drop_events: VecDeque::new(),
         }
     }
 
-    /// Runs one Ethernet frame through the pipeline, rewriting it in place.
-    pub fn process(&mut self, frame: &mut [u8]) -> Verdict {
-        let mut pkt = SlicePacket::new(frame);
+    /// Runs one Ethernet frame through the pipeline, rewriting it in place: translations keep
+    /// its length, encapsulation, DSR carriers and ICMP errors change it.
+    pub fn process(&mut self, frame: &mut Vec<u8>) -> Verdict {
+        self.buf.clear();
+        self.buf.resize(HEADROOM, 0);
+        self.buf.extend_from_slice(frame);
+        self.buf.resize(HEADROOM + frame.len() + TAILROOM, 0);
+        let Some(mut pkt) = HeadroomPacket::new(&mut self.buf, HEADROOM, frame.len()) else {
+            return Verdict::Drop;
+        };
         let clock = || self.clock.now_ns();
         let verdict = crate::process(
             &mut pkt,
@@ -145,12 +177,22 @@ impl<C: Clock> Engine<C> {
             &mut self.tables,
             &mut self.scratch,
         );
+        frame.clear();
+        frame.extend_from_slice(pkt.bytes());
         if let Some(reason) = self.tables.pending_drop.take() {
             let now = crate::now_ns(&self.cfg, || self.clock.now_ns());
             let tuple = self.scratch.parsed.tuple;
             self.queue_drop_event(DropEvent::new(reason, &tuple, now, 0));
         }
         verdict
+    }
+
+    /// Sets this node's identity (addresses, peers, tunnel parameters).
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the invalid field; nothing changes then.
+    pub fn set_node(&mut self, node: &NodeSpec) -> Result<(), ConfigError> {
+        set_node(&mut self.tables.services, &mut self.cfg, node)
     }
 
     /// Queues an event; when the queue is full the oldest goes, counted as
@@ -241,6 +283,9 @@ impl<C: Clock> Engine<C> {
 }
 
 impl<C: Clock> ServiceStore for Engine<C> {
+    fn put_node(&mut self, key: NodeKey) -> Result<(), ConfigError> {
+        self.tables.services.put_node(key)
+    }
     fn put_service(&mut self, key: ServiceKey, value: ServiceValue) -> Result<(), ConfigError> {
         self.tables.services.put_service(key, value)
     }

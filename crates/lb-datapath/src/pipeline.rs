@@ -1,19 +1,24 @@
 //! The pipeline: parse → reply of a tracked flow? → known flow? → new flow to a service?
 
 use lb_api::abi::{
-    BackendKey, CtEntry, CtKey, CtKind, DatapathConfig, ServiceKey, CT_F_SRC_PORT_REWRITTEN,
+    BackendKey, CtEntry, CtKey, CtKind, DatapathConfig, ForwardingMode, NodeKey, ServiceKey,
+    CT_F_BACKEND_SIDE, CT_F_DSR, CT_F_SNAT, CT_F_SRC_PORT_REWRITTEN, CT_F_TUNNEL,
 };
 use lb_api::counters::{Counter, Counters, DropReason};
-use lb_api::flow::{FlowTuple, L4Proto};
+use lb_api::flow::{v4_of, FlowTuple, IpFamily, L4Proto};
 use lb_api::wire::{
-    parse_into, quoted_into, Disposition, Fragment, PacketAccess, Parsed, QuotedDatagram,
+    parse_into, quoted_into, Disposition, EthernetHeader, Fragment, PacketAccess, Parsed,
+    QuotedDatagram,
 };
 use lb_api::Verdict;
 use lb_conntrack::{
     initial_state, is_expired, partner_key, track, ConntrackTable, Direction, InsertError,
     InsertMode,
 };
-use lb_nat::collision::Reserve;
+use lb_encap::dsr::{dsr_extract, dsr_v4_insert, dsr_v6_insert, DsrTarget};
+use lb_encap::mtu::icmp_too_big_parsed;
+use lb_encap::{vxlan_decap_parsed, vxlan_encap, AdjustHead, OuterAddrs, TunnelConfig};
+use lb_nat::collision::{Reserve, MAX_SOURCE_PORT_TRIES};
 use lb_nat::{
     resolve_source_port, rewrite, select_slot, translate_icmp_error, Field, RandomSource,
     ServiceTable, SourcePortRange,
@@ -46,15 +51,24 @@ fn pass<T: Counters + ?Sized>(tables: &mut T, why: Counter) -> Verdict {
 
 /// Runs one packet through the datapath and returns what to do with it.
 ///
-/// * A reply from a backend of a tracked flow gets its source rewritten back to the service.
-/// * A packet of a tracked flow to a service gets its destination rewritten to the flow's backend.
-/// * The first packet to a service picks a backend by flow hash, creates the flow's two
-///   conntrack entries (reverse-NAT first, with no-overwrite, so the reply path exists before the
-///   forward path is published) and is rewritten.
-/// * If that reply tuple is already owned by another flow (the same client ip:port reached the
-///   same backend through another frontend or node), the client's source port is rewritten to a
-///   random free port of the configured range; conntrack records it, packets of the flow keep
-///   getting it, and replies get the original port back.
+/// * A VXLAN packet from a peer node to this node's tunnel port is decapsulated, and its inner
+///   packet goes on through the pipeline as if received (tunnel mode); from any other address it
+///   is dropped.
+/// * A reply from a backend of a tracked flow gets its source rewritten back to the service (and,
+///   under SNAT, its destination back to the client); on the backend's node of a DSR flow it
+///   leaves with the service address as source, of a tunnelled flow it goes back through the
+///   tunnel.
+/// * A packet of a tracked flow to a service gets its destination rewritten to the flow's backend
+///   (and its source to this node under SNAT), then reaches a backend on another node per the
+///   service's [`ForwardingMode`]: routed (SNAT), with a DSR carrier, or VXLAN-encapsulated.
+/// * The first packet to a service picks a backend by flow hash, creates the flow's conntrack
+///   entries (reverse-NAT first, with no-overwrite, so the reply path exists before the forward
+///   path is published) and is rewritten. If that reply tuple is already owned by another flow,
+///   the source port is rewritten to a free port (the collision resolver; under SNAT, the port
+///   allocator), recorded in conntrack, and restored on replies.
+/// * On the backend's node, the first packet of a flow another node translated (it came through
+///   the tunnel or carries a DSR carrier) creates the entries its replies need, resolving a
+///   collision with another flow of the same client port the same way.
 /// * Anything else passes untouched; malformed packets are dropped. Every outcome bumps a counter.
 ///
 /// `scratch` holds the packet's large working state (the parse result, the entry being built):
@@ -72,12 +86,17 @@ pub fn process<P, T, C>(
     scratch: &mut Scratch,
 ) -> Verdict
 where
-    P: PacketAccess + ?Sized,
+    P: AdjustHead + ?Sized,
     T: ConntrackTable + ServiceTable + Counters + RandomSource + ?Sized,
     C: Fn() -> u64,
 {
     tables.bump(Counter::RxPackets.slot());
-    let Scratch { parsed, entry } = scratch;
+    let Scratch {
+        parsed,
+        entry,
+        key,
+        peer,
+    } = scratch;
     *parsed = Parsed::EMPTY;
     if let Err(e) = parse_into(pkt, parsed) {
         return match e.disposition() {
@@ -85,44 +104,76 @@ where
             Disposition::Drop(r) => drop(tables, r),
         };
     }
-    // The datapath does not reassemble: fragments (first or later) go to the stack.
-    if parsed.fragment != Fragment::None {
-        return pass(tables, Counter::PassFragment);
-    }
-    let t = &parsed.tuple;
     // ICMP errors about a translated flow are translated too; other ICMP messages and other
-    // protocols parse (VLAN tags too: the offsets move) and pass. TCP and UDP over IPv4 and
-    // IPv6 are translated.
+    // protocols parse (VLAN tags too: the offsets move) and pass.
     if matches!(
-        L4Proto::from_u8(t.proto),
+        L4Proto::from_u8(parsed.tuple.proto),
         Some(L4Proto::Icmp | L4Proto::Icmpv6)
-    ) {
+    ) && parsed.fragment == Fragment::None
+    {
         return icmp_error(pkt, parsed, tables);
     }
-    if !matches!(L4Proto::from_u8(t.proto), Some(L4Proto::Tcp | L4Proto::Udp)) {
-        return pass(tables, Counter::PassOtherProto);
+    if let Some(v) = untranslated(tables, parsed) {
+        return v;
     }
-
-    let ctx = Ctx { parsed, cfg, clock };
-    let rkey = CtKey::new(t, CtKind::ReverseNat);
-    if let Some(rev) = tables.get_mut(&rkey) {
-        let back = ReplyTarget {
-            svc_addr: rev.nat_addr,
-            svc_port: rev.nat_port,
-            client_port: if rev.flags & CT_F_SRC_PORT_REWRITTEN != 0 {
-                rev.rewritten_src_port
-            } else {
-                t.dst_port
-            },
-        };
-        return reply(pkt, &ctx, tables, &rkey, &back);
+    let tunnelled = is_tunnel(&parsed.tuple, cfg);
+    if tunnelled {
+        if let Some(v) = tunnel_ingress(pkt, cfg, tables, parsed, peer) {
+            return v;
+        }
     }
-
-    // Each path builds the forward key itself, so that it lives in that path's frame only.
+    let ctx = Ctx {
+        parsed,
+        cfg,
+        clock,
+        peer,
+        tunnelled,
+    };
+    // Each path builds its keys itself, so that they live in that path's frame only.
+    if let Some(v) = reply(pkt, &ctx, tables, entry) {
+        return v;
+    }
     if let Some(v) = established(pkt, &ctx, tables, entry) {
         return v;
     }
-    new_flow(pkt, &ctx, tables, entry)
+    if let Some(v) = new_flow(pkt, &ctx, tables, entry, key) {
+        return v;
+    }
+    backend_side(pkt, &ctx, tables, entry, key)
+}
+
+/// The verdict for a parsed packet the datapath does not translate: fragments (the datapath
+/// does not reassemble; first or later, they go to the stack) and protocols other than TCP and
+/// UDP (ICMP and the rest parse, VLAN tags too, but are not translated).
+#[inline(always)]
+fn untranslated<T: Counters + ?Sized>(tables: &mut T, parsed: &Parsed) -> Option<Verdict> {
+    if parsed.fragment != Fragment::None {
+        return Some(pass(tables, Counter::PassFragment));
+    }
+    if !matches!(
+        L4Proto::from_u8(parsed.tuple.proto),
+        Some(L4Proto::Tcp | L4Proto::Udp)
+    ) {
+        return Some(pass(tables, Counter::PassOtherProto));
+    }
+    None
+}
+
+/// Whether `t` is UDP to this node's tunnel endpoint. A subprogram of its own in the kernel,
+/// comparing addresses as integers: inlined, its byte-wise compares spilled some 130 bytes onto
+/// the program's frame, which every path's frame adds to.
+#[inline(never)]
+fn is_tunnel(t: &FlowTuple, cfg: &DatapathConfig) -> bool {
+    if t.proto != L4Proto::Udp as u8 || t.dst_port != cfg.tunnel_port() {
+        return false;
+    }
+    if t.family == IpFamily::V6 as u8 {
+        let node = u128::from_ne_bytes(cfg.node_v6);
+        node != 0 && u128::from_ne_bytes(t.dst) == node
+    } else {
+        let node = u32::from_ne_bytes(cfg.node_v4);
+        node != 0 && u32::from_ne_bytes(v4_of(&t.dst)) == node
+    }
 }
 
 /// Per-packet working state too large for the kernel stack; see [`process`].
@@ -132,8 +183,12 @@ pub struct Scratch {
     /// The packet's parse result; after [`process`] it still holds the flow as far as it was
     /// parsed, which the callers put into drop events.
     pub parsed: Parsed,
-    /// The conntrack entry a new flow is building.
+    /// The conntrack entry a path is building or working from.
     pub entry: CtEntry,
+    /// A conntrack key a path is building (the reverse-NAT key of a new flow).
+    pub key: CtKey,
+    /// The peer node a tunnelled packet came from.
+    pub peer: [u8; 16],
 }
 
 impl Default for Scratch {
@@ -141,6 +196,8 @@ impl Default for Scratch {
         Self {
             parsed: Parsed::EMPTY,
             entry: CtEntry::default(),
+            key: CtKey::default(),
+            peer: [0; 16],
         }
     }
 }
@@ -148,11 +205,15 @@ impl Default for Scratch {
 /// What every path needs besides the packet and the tables. Bundled so that each path is a
 /// function of at most five arguments: in the kernel the paths are separate BPF subprograms
 /// (`inline(never)`), which the BPF calling convention limits to five register arguments, and
-/// which give each path its own stack frame instead of one frame holding all three.
+/// which give each path its own stack frame instead of one frame holding all of them.
 struct Ctx<'a, C> {
     parsed: &'a Parsed,
     cfg: &'a DatapathConfig,
     clock: &'a C,
+    /// With `tunnelled`: the peer node the packet was decapsulated from.
+    peer: &'a [u8; 16],
+    /// The packet came out of the node-to-node tunnel.
+    tunnelled: bool,
 }
 
 impl<C: Fn() -> u64> Ctx<'_, C> {
@@ -164,24 +225,62 @@ impl<C: Fn() -> u64> Ctx<'_, C> {
     }
 }
 
-/// Where a reply goes back to: the service address to restore as its source, and the client's
-/// original port.
-struct ReplyTarget {
-    svc_addr: [u8; 16],
-    svc_port: u16,
-    client_port: u16,
+/// A VXLAN packet to this node's tunnel port: accepted from configured peer nodes only,
+/// decapsulated, and the inner frame re-parsed into `parsed`. `None`: the inner packet goes on
+/// through the pipeline (`peer` holds the node it came from).
+#[inline(never)]
+fn tunnel_ingress<P, T>(
+    pkt: &mut P,
+    cfg: &DatapathConfig,
+    tables: &mut T,
+    parsed: &mut Parsed,
+    peer: &mut [u8; 16],
+) -> Option<Verdict>
+where
+    P: AdjustHead + ?Sized,
+    T: ServiceTable + Counters + ?Sized,
+{
+    *peer = parsed.tuple.src;
+    if !tables.is_peer_node(&NodeKey { addr: *peer }) {
+        return Some(drop(tables, DropReason::TunnelFromUnknownNode));
+    }
+    let Some(outer) = pkt.load::<EthernetHeader>(0) else {
+        return Some(drop(tables, DropReason::Truncated));
+    };
+    if vxlan_decap_parsed(pkt, parsed, cfg.tunnel_port(), Some(cfg.vni)).is_err() {
+        return Some(drop(tables, DropReason::BadTunnelHeader));
+    }
+    // The inner frame carries the MACs of the far side; the stack takes it only when it is
+    // addressed to this node, as the outer frame was.
+    let Some(mut inner) = pkt.load::<EthernetHeader>(0) else {
+        return Some(drop(tables, DropReason::BadTunnelHeader));
+    };
+    inner.dst = outer.dst;
+    inner.src = outer.src;
+    if pkt.store(0, &inner).is_none() {
+        return Some(drop(tables, DropReason::BadTunnelHeader));
+    }
+    tables.bump(Counter::TunnelDecapsulated.slot());
+    *parsed = Parsed::EMPTY;
+    if let Err(e) = parse_into(pkt, parsed) {
+        return Some(match e.disposition() {
+            Disposition::Pass(c) => pass(tables, c),
+            Disposition::Drop(r) => drop(tables, r),
+        });
+    }
+    untranslated(tables, parsed)
 }
 
-/// A packet of a tracked flow to a service: `None` when `fkey` has no entry (a new flow).
+/// A packet of a tracked flow: `None` when its forward key has no entry (a new flow).
 #[inline(never)]
 fn established<P, T, C>(
     pkt: &mut P,
     ctx: &Ctx<'_, C>,
     tables: &mut T,
-    entry: &mut CtEntry,
+    e: &mut CtEntry,
 ) -> Option<Verdict>
 where
-    P: PacketAccess + ?Sized,
+    P: AdjustHead + ?Sized,
     T: ConntrackTable + ServiceTable + Counters + RandomSource + ?Sized,
     C: Fn() -> u64,
 {
@@ -201,35 +300,43 @@ where
         now,
         &ctx.cfg.timeouts,
     );
-    // Copy only what the rest of the path needs: the kernel stack is 512 bytes.
-    let (be_addr, be_port, expires) = (fwd.nat_addr, fwd.nat_port, fwd.expires_ns);
-    let client_port = if fwd.flags & CT_F_SRC_PORT_REWRITTEN != 0 {
-        fwd.rewritten_src_port
-    } else {
-        t.src_port
-    };
-    // Keep the reverse half in step; rebuild it if it was lost.
-    let rk = reverse_key(t, client_port, be_addr, be_port);
-    match tables.get_mut(&rk) {
-        Some(r) => {
-            r.last_seen_ns = now;
-            r.expires_ns = expires;
-        }
-        None => {
-            if let Some(fwd) = tables.get_mut(fkey) {
-                *entry = *fwd;
-                make_reverse(entry, t);
-                let _ = tables.insert(&rk, entry, InsertMode::NoExist);
+    // Work from a copy in the scratch area: the kernel stack is 512 bytes.
+    *e = *fwd;
+    let backend_side = e.flags & CT_F_BACKEND_SIDE != 0;
+    // The reverse half lives on this node unless DSR sends the replies around it.
+    if e.flags & (CT_F_DSR | CT_F_BACKEND_SIDE) != CT_F_DSR {
+        let rk = reverse_key(
+            t,
+            src_after(e, t),
+            src_port_after(e, t),
+            dst_after(e, t),
+            dst_port_after(e, t),
+        );
+        match tables.get_mut(&rk) {
+            Some(r) => {
+                r.last_seen_ns = now;
+                r.expires_ns = e.expires_ns;
+            }
+            None => {
+                // Lost (evicted): rebuild it from the forward half.
+                make_reverse(e, t);
+                let _ = tables.insert(&rk, e, InsertMode::NoExist);
+                *e = *tables.get_mut(fkey)?;
             }
         }
     }
-    if rewrite(pkt, parsed, Field::Destination, &be_addr, be_port).is_none() {
-        return Some(drop(tables, DropReason::Truncated));
+    if e.flags & (CT_F_DSR | CT_F_TUNNEL) != 0 && !backend_side {
+        if let Some(v) = mtu_check(pkt, ctx, tables, e.flags) {
+            return Some(v);
+        }
     }
-    if client_port != t.src_port
-        && rewrite(pkt, parsed, Field::Source, &t.src, client_port).is_none()
-    {
-        return Some(drop(tables, DropReason::Truncated));
+    if let Err(v) = translate(pkt, parsed, tables, e) {
+        return Some(v);
+    }
+    if e.flags & (CT_F_DSR | CT_F_TUNNEL) != 0 && !backend_side {
+        if let Err(v) = to_peer(pkt, ctx, tables, e) {
+            return Some(v);
+        }
     }
     Some(pass(tables, Counter::ServiceEstablished))
 }
@@ -253,55 +360,166 @@ fn forget_expired_flow<T: ConntrackTable + Counters + ?Sized>(tables: &mut T, ke
     tables.bump(Counter::ConntrackExpiredAtLookup.slot());
 }
 
-/// Key of the reverse-NAT entry of a flow: the tuple the backend replies with, to the client's
-/// (possibly rewritten) source port.
+/// The source address a flow's packets leave with: this node's under SNAT, the client's
+/// otherwise.
 #[inline(always)]
-fn reverse_key(t: &FlowTuple, client_port: u16, backend: [u8; 16], backend_port: u16) -> CtKey {
+fn src_after<'a>(e: &'a CtEntry, t: &'a FlowTuple) -> &'a [u8; 16] {
+    if e.flags & CT_F_SNAT != 0 {
+        &e.snat_addr
+    } else {
+        &t.src
+    }
+}
+
+/// The source port a flow's packets leave with.
+#[inline(always)]
+fn src_port_after(e: &CtEntry, t: &FlowTuple) -> u16 {
+    if e.flags & CT_F_SRC_PORT_REWRITTEN != 0 {
+        e.rewritten_src_port
+    } else {
+        t.src_port
+    }
+}
+
+/// The destination a flow's packets leave with: the backend (on the backend's node of a flow
+/// another node translated, the packet already has it).
+#[inline(always)]
+fn dst_after<'a>(e: &'a CtEntry, t: &'a FlowTuple) -> &'a [u8; 16] {
+    if e.flags & CT_F_BACKEND_SIDE != 0 {
+        &t.dst
+    } else {
+        &e.nat_addr
+    }
+}
+
+/// The destination port a flow's packets leave with.
+#[inline(always)]
+fn dst_port_after(e: &CtEntry, t: &FlowTuple) -> u16 {
+    if e.flags & CT_F_BACKEND_SIDE != 0 {
+        t.dst_port
+    } else {
+        e.nat_port
+    }
+}
+
+/// Rewrites a packet of the flow of service entry `e` (destination to the backend, source per
+/// SNAT or the collision resolver), leaving fields that do not change alone.
+#[inline(always)]
+fn translate<P, T>(pkt: &mut P, parsed: &Parsed, tables: &mut T, e: &CtEntry) -> Result<(), Verdict>
+where
+    P: AdjustHead + ?Sized,
+    T: Counters + ?Sized,
+{
+    let t = &parsed.tuple;
+    if e.flags & CT_F_BACKEND_SIDE == 0
+        && rewrite(pkt, parsed, Field::Destination, &e.nat_addr, e.nat_port).is_none()
+    {
+        return Err(drop(tables, DropReason::Truncated));
+    }
+    let (src, port) = (src_after(e, t), src_port_after(e, t));
+    if (port != t.src_port || e.flags & CT_F_SNAT != 0)
+        && rewrite(pkt, parsed, Field::Source, src, port).is_none()
+    {
+        return Err(drop(tables, DropReason::Truncated));
+    }
+    Ok(())
+}
+
+/// Key of the reverse-NAT entry of a flow: the tuple the backend replies with, to the address
+/// and port the flow's packets carry as source (after SNAT or a port rewrite).
+#[inline(always)]
+fn reverse_key(
+    t: &FlowTuple,
+    client: &[u8; 16],
+    client_port: u16,
+    backend: &[u8; 16],
+    backend_port: u16,
+) -> CtKey {
     let reply = FlowTuple {
-        src: backend,
+        src: *backend,
         src_port: backend_port,
-        dst: t.src,
+        dst: *client,
         dst_port: client_port,
         ..*t
     };
     CtKey::new(&reply, CtKind::ReverseNat)
 }
 
-/// Turns a flow's service entry into its reverse-NAT entry: same timers, and the service
-/// address (the original destination) to restore as the replies' source.
+/// Turns a flow's service entry into its reverse-NAT entry: same timers; the service address
+/// (the original destination) to restore as the replies' source; the client's original port and
+/// (SNAT) address to restore as their destination.
 #[inline(always)]
 fn make_reverse(e: &mut CtEntry, t: &FlowTuple) {
-    e.nat_addr = t.dst;
-    e.nat_port = t.dst_port;
-    // A rewritten flow's reverse half remembers the original port, which replies get back.
+    // On the backend's node the packet already goes to the backend: the service address came
+    // with the DSR carrier and is in the entry.
+    if e.flags & CT_F_BACKEND_SIDE == 0 {
+        e.nat_addr = t.dst;
+        e.nat_port = t.dst_port;
+    }
     if e.flags & CT_F_SRC_PORT_REWRITTEN != 0 {
         e.rewritten_src_port = t.src_port;
+    }
+    if e.flags & CT_F_SNAT != 0 {
+        e.snat_addr = t.src;
     }
     e.packets_orig = 0;
     e.packets_reply = 0;
 }
 
+/// A reply of a tracked flow: `None` when the packet's tuple has no reverse-NAT entry.
 #[inline(never)]
 fn reply<P, T, C>(
     pkt: &mut P,
     ctx: &Ctx<'_, C>,
     tables: &mut T,
+    rev: &mut CtEntry,
+) -> Option<Verdict>
+where
+    P: AdjustHead + ?Sized,
+    T: ConntrackTable + ServiceTable + Counters + RandomSource + ?Sized,
+    C: Fn() -> u64,
+{
+    let t = &ctx.parsed.tuple;
+    let rkey = &CtKey::new(t, CtKind::ReverseNat);
+    // Work from a copy in the scratch area: the kernel stack is 512 bytes.
+    *rev = *tables.get_mut(rkey)?;
+    Some(reply_translate(pkt, ctx, tables, rkey, rev))
+}
+
+/// [`reply`] once its reverse-NAT entry `rev` (key `rkey`) is found.
+#[inline(always)]
+fn reply_translate<P, T, C>(
+    pkt: &mut P,
+    ctx: &Ctx<'_, C>,
+    tables: &mut T,
     rkey: &CtKey,
-    back: &ReplyTarget,
+    rev: &CtEntry,
 ) -> Verdict
 where
-    P: PacketAccess + ?Sized,
+    P: AdjustHead + ?Sized,
     T: ConntrackTable + ServiceTable + Counters + RandomSource + ?Sized,
     C: Fn() -> u64,
 {
     let (parsed, cfg) = (ctx.parsed, ctx.cfg);
-    let (svc_addr, svc_port, client_port) = (back.svc_addr, back.svc_port, back.client_port);
     let t = &parsed.tuple;
+    // Where the reply goes back to: the client's original address and port.
+    let client_port = src_port_after(rev, &t.reversed());
+    let client_addr = if rev.flags & CT_F_SNAT != 0 {
+        &rev.snat_addr
+    } else {
+        &t.dst
+    };
+    let backend_side = rev.flags & CT_F_BACKEND_SIDE != 0;
+    // The flow's forward half: client -> service, or on the backend's node client -> backend.
     let client = FlowTuple {
-        src: t.dst,
+        src: *client_addr,
         src_port: client_port,
-        dst: svc_addr,
-        dst_port: svc_port,
+        dst: if backend_side { t.src } else { rev.nat_addr },
+        dst_port: if backend_side {
+            t.src_port
+        } else {
+            rev.nat_port
+        },
         ..*t
     };
     let fkey = CtKey::new(&client, CtKind::Service);
@@ -324,20 +542,145 @@ where
             return pass(tables, Counter::PassNotService);
         }
     };
-    if let Some(rev) = tables.get_mut(rkey) {
-        rev.last_seen_ns = now;
-        rev.expires_ns = expires;
-        rev.packets_reply = rev.packets_reply.wrapping_add(1);
+    if let Some(r) = tables.get_mut(rkey) {
+        r.last_seen_ns = now;
+        r.expires_ns = expires;
+        r.packets_reply = r.packets_reply.wrapping_add(1);
     }
-    if rewrite(pkt, parsed, Field::Source, &svc_addr, svc_port).is_none() {
+    // On the backend's node of a tunnelled flow, the reply goes back through the tunnel
+    // untranslated: the node that translated the flow translates it back.
+    let tunnel_back = backend_side && rev.flags & CT_F_TUNNEL != 0;
+    if tunnel_back {
+        if let Some(v) = mtu_check(pkt, ctx, tables, rev.flags) {
+            return v;
+        }
+    } else if rewrite(pkt, parsed, Field::Source, &rev.nat_addr, rev.nat_port).is_none() {
         return drop(tables, DropReason::Truncated);
     }
-    if client_port != t.dst_port
-        && rewrite(pkt, parsed, Field::Destination, &t.dst, client_port).is_none()
+    if (client_port != t.dst_port || rev.flags & CT_F_SNAT != 0)
+        && rewrite(pkt, parsed, Field::Destination, client_addr, client_port).is_none()
     {
         return drop(tables, DropReason::Truncated);
     }
+    if tunnel_back {
+        if let Err(v) = to_peer(pkt, ctx, tables, rev) {
+            return v;
+        }
+    }
     pass(tables, Counter::ReplyTranslated)
+}
+
+/// Bytes a packet grows by on its way to the peer node: the DSR carrier, or the VXLAN outer
+/// headers (Ethernet of the inner frame, IP, UDP, VXLAN).
+#[inline(always)]
+const fn carrier_len(flags: u8, v6: bool) -> usize {
+    match (flags & CT_F_DSR != 0, v6) {
+        (true, false) => lb_encap::dsr::DSR_IPV4_OPT_LEN,
+        (true, true) => lb_encap::dsr::DSR_IPV6_EXT_LEN,
+        (false, false) => EthernetHeader::LEN + 20 + 8 + lb_encap::VxlanHeader::LEN,
+        (false, true) => EthernetHeader::LEN + 40 + 8 + lb_encap::VxlanHeader::LEN,
+    }
+}
+
+/// If the packet would exceed the underlay MTU once carried to the peer node, turns it into the
+/// ICMP "fragmentation needed" / ICMPv6 "packet too big" its sender needs (quoting the packet as
+/// the sender sent it: this runs before any rewrite) and returns the verdict to send it back.
+#[inline(never)]
+fn mtu_check<P, T, C>(pkt: &mut P, ctx: &Ctx<'_, C>, tables: &mut T, flags: u8) -> Option<Verdict>
+where
+    P: AdjustHead + ?Sized,
+    T: Counters + ?Sized,
+    C: Fn() -> u64,
+{
+    let t = &ctx.parsed.tuple;
+    let added = carrier_len(flags, t.family == IpFamily::V6 as u8);
+    let mtu = ctx.cfg.mtu();
+    if usize::from(ctx.parsed.ip_len) + added <= usize::from(mtu) {
+        return None;
+    }
+    let _ = pkt;
+    tables.bump(Counter::MtuExceeded.slot());
+    Some(drop(tables, DropReason::EncapFailed))
+}
+
+/// Carries a translated packet of entry `e`'s flow to the peer node: adds the DSR carrier with
+/// the service address (the packet's original destination), or VXLAN-encapsulates it to
+/// `e.tunnel_peer`. The packet's MACs stay: the outer packet is routed by this node's stack.
+#[inline(never)]
+fn to_peer<P, T, C>(
+    pkt: &mut P,
+    ctx: &Ctx<'_, C>,
+    tables: &mut T,
+    e: &CtEntry,
+) -> Result<(), Verdict>
+where
+    P: AdjustHead + ?Sized,
+    T: Counters + ?Sized,
+    C: Fn() -> u64,
+{
+    let (done, c) = if e.flags & CT_F_DSR != 0 {
+        (
+            dsr_carry(pkt, ctx.parsed, ctx.cfg),
+            Counter::DsrCarrierAdded,
+        )
+    } else {
+        let peer = &e.tunnel_peer;
+        (
+            tunnel_carry(pkt, ctx.parsed, ctx.cfg, peer),
+            Counter::TunnelEncapsulated,
+        )
+    };
+    if !done {
+        return Err(drop(tables, DropReason::EncapFailed));
+    }
+    tables.bump(c.slot());
+    Ok(())
+}
+
+/// Adds the DSR carrier with the service address (the packet's original destination).
+///
+/// Returns whether it did: a `bool`, not the error, because a returned enum whose payload the
+/// caller ignores reaches the verifier as a partly uninitialized register.
+#[inline(never)]
+fn dsr_carry<P: AdjustHead + ?Sized>(pkt: &mut P, parsed: &Parsed, cfg: &DatapathConfig) -> bool {
+    let t = &parsed.tuple;
+    if t.family == IpFamily::V6 as u8 {
+        dsr_v6_insert(pkt, parsed, &DsrTarget::v6(t.dst, t.dst_port), cfg.mtu()).is_ok()
+    } else {
+        let target = DsrTarget::v4(v4_of(&t.dst), t.dst_port);
+        dsr_v4_insert(pkt, parsed, &target, cfg.mtu()).is_ok()
+    }
+}
+
+/// VXLAN-encapsulates the packet to `peer`, from this node's address. The frame's MACs become
+/// the outer frame's: the outer packet is routed by this node's stack. Returns whether it did
+/// (see [`dsr_carry`]).
+#[inline(never)]
+fn tunnel_carry<P: AdjustHead + ?Sized>(
+    pkt: &mut P,
+    parsed: &Parsed,
+    cfg: &DatapathConfig,
+    peer: &[u8; 16],
+) -> bool {
+    let t = &parsed.tuple;
+    let Some(eth) = pkt.load::<EthernetHeader>(0) else {
+        return false;
+    };
+    // An IPv6 underlay needs the outer UDP checksum over the whole packet (zero is invalid in
+    // IPv6): a loop over up to a jumbo frame that, at every call site, exceeds the verifier's
+    // instruction budget. Until it is computed from the inner checksums, the tunnel runs over
+    // IPv4 (dropped with `EncapFailed` otherwise).
+    if t.family == IpFamily::V6 as u8 {
+        return false;
+    }
+    let outer = OuterAddrs::V4 {
+        src: cfg.node_v4,
+        dst: v4_of(peer),
+    };
+    let mut tc = TunnelConfig::new(cfg.vni, outer, eth.src, eth.dst);
+    tc.port = cfg.tunnel_port();
+    tc.mtu = cfg.mtu();
+    vxlan_encap(pkt, &tc, t.hash(cfg.hash_seed)).is_ok()
 }
 
 /// The collision resolver's random source: the tables' own (`bpf_get_prandom_u32` in the kernel)
@@ -363,103 +706,239 @@ impl<T: RandomSource + ?Sized> RandomSource for Draw<'_, T> {
     }
 }
 
-/// The first packet of a flow: a service? pick a backend, create both conntrack entries, rewrite.
-#[inline(never)]
-fn new_flow<P, T, C>(pkt: &mut P, ctx: &Ctx<'_, C>, tables: &mut T, e: &mut CtEntry) -> Verdict
+/// Inserts reverse entry `e` under `rk` without overwriting. If another flow owns that reply
+/// tuple, tries other source ports (SNAT: the SNAT range, up to [`MAX_SOURCE_PORT_TRIES`];
+/// otherwise the collision range and tries of the config) and marks `e` rewritten. Returns the
+/// source port the flow's packets will carry.
+#[inline(always)]
+fn reserve_reply<T, C>(
+    ctx: &Ctx<'_, C>,
+    tables: &mut T,
+    e: &mut CtEntry,
+    rk: &mut CtKey,
+) -> Result<u16, Verdict>
 where
-    P: PacketAccess + ?Sized,
+    T: ConntrackTable + Counters + RandomSource + ?Sized,
+    C: Fn() -> u64,
+{
+    let (t, cfg) = (&ctx.parsed.tuple, ctx.cfg);
+    match tables.insert(rk, e, InsertMode::NoExist) {
+        Ok(()) => return Ok(t.src_port),
+        Err(InsertError::Exists) => {}
+        Err(_) => return Err(drop(tables, DropReason::ConntrackFull)),
+    }
+    // Another flow already owns this reply tuple: the same client address and port reach this
+    // backend through another frontend or node (or, under SNAT, another client got this node's
+    // port). Overwriting would steal that flow's replies; give this flow another source port.
+    e.flags |= CT_F_SRC_PORT_REWRITTEN;
+    e.rewritten_src_port = t.src_port;
+    let range = if e.flags & CT_F_SNAT != 0 {
+        SourcePortRange {
+            min: cfg.snat_port_min(),
+            max: cfg.snat_port_max(),
+            tries: MAX_SOURCE_PORT_TRIES,
+        }
+    } else {
+        SourcePortRange::from_config(cfg.src_port_min, cfg.src_port_max, cfg.src_port_tries)
+    };
+    let fixed = if cfg.fixed_now_ns != 0 {
+        (t.hash(cfg.hash_seed) ^ cfg.fixed_now_ns as u32) | 1
+    } else {
+        0
+    };
+    let mut draw = Draw {
+        tables: &mut *tables,
+        fixed,
+    };
+    let got = resolve_source_port(&range, &mut draw, |d, port| {
+        rk.dst_port = port;
+        match d.tables.insert(rk, e, InsertMode::NoExist) {
+            Ok(()) => Reserve::Reserved,
+            Err(InsertError::Exists) => Reserve::Taken,
+            Err(_) => Reserve::Failed,
+        }
+    });
+    match got {
+        Some(port) => {
+            tables.bump(Counter::SourcePortRewritten.slot());
+            Ok(port)
+        }
+        None => Err(drop(tables, DropReason::SourcePortCollision)),
+    }
+}
+
+/// Stamps a new flow's entry: created now, in the state its first packet puts it in.
+#[inline(always)]
+fn start_entry<C: Fn() -> u64>(e: &mut CtEntry, ctx: &Ctx<'_, C>, now: u64) {
+    let t = &ctx.parsed.tuple;
+    let state = initial_state(t.proto, ctx.parsed.tcp_flags);
+    e.created_ns = now;
+    e.last_seen_ns = now;
+    e.expires_ns = now.saturating_add(ctx.cfg.timeouts.of(state as u8));
+    e.state = state as u8;
+    e.proto = t.proto;
+    e.family = t.family;
+}
+
+/// The first packet of a flow: a service? pick a backend, create both conntrack entries, rewrite,
+/// carry to the backend's node. `None`: not to a service. `e` and `rk` are scratch space.
+#[inline(never)]
+fn new_flow<P, T, C>(
+    pkt: &mut P,
+    ctx: &Ctx<'_, C>,
+    tables: &mut T,
+    e: &mut CtEntry,
+    rk: &mut CtKey,
+) -> Option<Verdict>
+where
+    P: AdjustHead + ?Sized,
     T: ConntrackTable + ServiceTable + Counters + RandomSource + ?Sized,
     C: Fn() -> u64,
 {
     let (parsed, cfg) = (ctx.parsed, ctx.cfg);
     let t = &parsed.tuple;
-    let fkey = &CtKey::new(t, CtKind::Service);
     let skey = ServiceKey {
         addr: t.dst,
         port: t.dst_port,
         proto: t.proto,
         family: t.family,
     };
-    let Some(svc) = tables.service(&skey) else {
-        return pass(tables, Counter::PassNotService);
-    };
+    let svc = tables.service(&skey)?;
     let Some(slot) = select_slot(t, cfg.hash_seed, svc.backend_count) else {
-        return drop(tables, DropReason::NoBackend);
+        return Some(drop(tables, DropReason::NoBackend));
     };
     let Some(be) = tables.backend(&BackendKey {
         service_id: svc.id,
         slot,
     }) else {
-        return drop(tables, DropReason::BackendMissing);
+        return Some(drop(tables, DropReason::BackendMissing));
     };
 
+    // How the packet reaches the backend: a backend on another node per the service's mode.
+    let node = cfg.node_addr(t.family);
+    let flags = if be.node == [0; 16] || be.node == node {
+        0
+    } else {
+        match svc.mode().for_proto(t.proto) {
+            ForwardingMode::Dsr => CT_F_DSR,
+            ForwardingMode::Tunnel => CT_F_TUNNEL,
+            _ => CT_F_SNAT,
+        }
+    };
+    if flags & (CT_F_SNAT | CT_F_TUNNEL) != 0 && node == [0; 16] {
+        return Some(drop(tables, DropReason::NodeAddressMissing));
+    }
+    if flags & (CT_F_DSR | CT_F_TUNNEL) != 0 {
+        if let Some(v) = mtu_check(pkt, ctx, tables, flags) {
+            return Some(v);
+        }
+    }
+
     let now = ctx.now();
-    let state = initial_state(t.proto, parsed.tcp_flags);
     // One entry (in the scratch area, off the kernel stack), turned from the reverse half into
     // the forward half in place.
-    *e = CtEntry {
-        created_ns: now,
-        last_seen_ns: now,
-        expires_ns: now.saturating_add(cfg.timeouts.of(state as u8)),
-        state: state as u8,
-        proto: t.proto,
-        family: t.family,
-        service_id: svc.id,
-        backend_id: be.id,
-        ..CtEntry::default()
-    };
-    make_reverse(e, t);
+    // Field by field: a struct literal would be built on the stack first.
+    *e = CtEntry::default();
+    e.flags = flags;
+    e.service_id = svc.id;
+    e.backend_id = be.id;
+    if flags & CT_F_TUNNEL != 0 {
+        e.tunnel_peer = be.node;
+    }
+    start_entry(e, ctx, now);
     let mut client_port = t.src_port;
     // One reverse key, whose client port the resolver changes per try: a key per (unrolled) try
     // would cost 40 bytes of the 512-byte kernel stack each.
-    let mut rk = reverse_key(t, client_port, be.addr, be.port);
-    match tables.insert(&rk, e, InsertMode::NoExist) {
-        Ok(()) => {}
-        Err(InsertError::Exists) => {
-            // Another flow already owns this reply tuple: the same client address and port reach
-            // this backend through another frontend or node. Overwriting would steal that flow's
-            // replies; give this flow another source port instead.
-            e.flags |= CT_F_SRC_PORT_REWRITTEN;
-            e.rewritten_src_port = t.src_port;
-            let range = SourcePortRange::from_config(
-                cfg.src_port_min,
-                cfg.src_port_max,
-                cfg.src_port_tries,
-            );
-            let fixed = if cfg.fixed_now_ns != 0 {
-                (t.hash(cfg.hash_seed) ^ cfg.fixed_now_ns as u32) | 1
-            } else {
-                0
-            };
-            let mut draw = Draw {
-                tables: &mut *tables,
-                fixed,
-            };
-            let got = resolve_source_port(&range, &mut draw, |d, port| {
-                rk.dst_port = port;
-                match d.tables.insert(&rk, e, InsertMode::NoExist) {
-                    Ok(()) => Reserve::Reserved,
-                    Err(InsertError::Exists) => Reserve::Taken,
-                    Err(_) => Reserve::Failed,
-                }
-            });
-            let Some(port) = got else {
-                return drop(tables, DropReason::SourcePortCollision);
-            };
-            client_port = port;
-            tables.bump(Counter::SourcePortRewritten.slot());
-        }
-        Err(_) => return drop(tables, DropReason::ConntrackFull),
+    *rk = CtKey::default();
+    // Under DSR the replies never come back here: no reverse half.
+    if flags & CT_F_DSR == 0 {
+        make_reverse(e, t);
+        let client = if flags & CT_F_SNAT != 0 {
+            &node
+        } else {
+            &t.src
+        };
+        *rk = reverse_key(t, client, t.src_port, &be.addr, be.port);
+        client_port = match reserve_reply(ctx, tables, e, rk) {
+            Ok(p) => p,
+            Err(v) => return Some(v),
+        };
     }
     e.nat_addr = be.addr;
     e.nat_port = be.port;
+    if flags & CT_F_SNAT != 0 {
+        e.snat_addr = node;
+    }
     if client_port != t.src_port {
         e.rewritten_src_port = client_port;
     }
     e.packets_orig = 1;
+    let fkey = &CtKey::new(t, CtKind::Service);
     if tables.insert(fkey, e, InsertMode::NoExist).is_err() {
         // Never leave half a pair behind.
-        tables.remove(&rk);
+        if flags & CT_F_DSR == 0 {
+            tables.remove(rk);
+        }
+        return Some(drop(tables, DropReason::ConntrackFull));
+    }
+    if let Err(v) = translate(pkt, parsed, tables, e) {
+        return Some(v);
+    }
+    if flags & (CT_F_DSR | CT_F_TUNNEL) != 0 {
+        if let Err(v) = to_peer(pkt, ctx, tables, e) {
+            return Some(v);
+        }
+    }
+    Some(pass(tables, Counter::ServiceNewFlow))
+}
+
+/// On the backend's node: the first packet of a flow another node translated, recognised by how
+/// it arrived (out of the tunnel from a peer node, or with a DSR carrier). Records the flow's
+/// two halves so that its replies go back the right way (through the tunnel, or straight to the
+/// client from the service address), resolving a collision with another flow of the same client
+/// address and port to the same backend by rewriting the source port. Anything else is not ours.
+#[inline(never)]
+fn backend_side<P, T, C>(
+    pkt: &mut P,
+    ctx: &Ctx<'_, C>,
+    tables: &mut T,
+    e: &mut CtEntry,
+    rk: &mut CtKey,
+) -> Verdict
+where
+    P: AdjustHead + ?Sized,
+    T: ConntrackTable + ServiceTable + Counters + RandomSource + ?Sized,
+    C: Fn() -> u64,
+{
+    let parsed = ctx.parsed;
+    let t = &parsed.tuple;
+    *e = CtEntry::default();
+    if ctx.tunnelled {
+        e.flags = CT_F_BACKEND_SIDE | CT_F_TUNNEL;
+        e.tunnel_peer = *ctx.peer;
+    } else if let Some(svc) = dsr_extract(pkt, parsed) {
+        e.flags = CT_F_BACKEND_SIDE | CT_F_DSR;
+        e.nat_addr = svc.addr;
+        e.nat_port = svc.port;
+    } else {
+        return pass(tables, Counter::PassNotService);
+    }
+    start_entry(e, ctx, ctx.now());
+    make_reverse(e, t);
+    *rk = reverse_key(t, &t.src, t.src_port, &t.dst, t.dst_port);
+    let client_port = match reserve_reply(ctx, tables, e, rk) {
+        Ok(p) => p,
+        Err(v) => return v,
+    };
+    if client_port != t.src_port {
+        e.rewritten_src_port = client_port;
+    }
+    e.packets_orig = 1;
+    if tables
+        .insert(&CtKey::new(t, CtKind::Service), e, InsertMode::NoExist)
+        .is_err()
+    {
+        tables.remove(rk);
         return drop(tables, DropReason::ConntrackFull);
     }
     if client_port != t.src_port
@@ -467,10 +946,7 @@ where
     {
         return drop(tables, DropReason::Truncated);
     }
-    if rewrite(pkt, parsed, Field::Destination, &be.addr, be.port).is_none() {
-        return drop(tables, DropReason::Truncated);
-    }
-    pass(tables, Counter::ServiceNewFlow)
+    pass(tables, Counter::BackendSideNewFlow)
 }
 
 /// An ICMP/ICMPv6 message. Not an error (echo, ...): passes. An error (port unreachable,

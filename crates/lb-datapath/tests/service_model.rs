@@ -81,8 +81,8 @@ fn local_traffic_policy_sends_new_flows_to_node_local_backends_only() {
     let mut e = engine();
     let mut s = spec(4, Selection::Maglev { table_size: 251 });
     s.external_traffic_policy = TrafficPolicy::Local;
-    s.backends[0].node_local = false;
-    s.backends[3].node_local = false;
+    s.backends[0].node = Some("10.250.0.2".parse().unwrap());
+    s.backends[3].node = Some("10.250.0.3".parse().unwrap());
     e.upsert_service(&s).unwrap();
     let mut seen = std::collections::HashSet::new();
     for p in 0..300 {

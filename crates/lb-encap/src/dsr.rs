@@ -14,6 +14,7 @@ use lb_api::wire::{Fragment, Ipv4Header, Ipv6Header, PacketAccess, Parsed, IPV6_
 use lb_api::IpFamily;
 use zerocopy::network_endian::U16;
 
+use crate::opaque;
 use crate::tunnel::{AdjustHead, EncapError};
 
 /// IPv4 option type of the DSR option (copied flag set, class 0, number 26).
@@ -145,7 +146,7 @@ pub fn dsr_v4_insert<P: AdjustHead + ?Sized>(
         ip.check = U16::new(0);
         pkt.store(l3, &ip)?;
         let c = checksum::finish(checksum::sum_packet(pkt, l3, (ihl + 2) * 4, 0)?);
-        pkt.store(l3 + 10, &U16::new(c))
+        pkt.store(opaque(l3 + 10), &U16::new(c))
     };
     write(pkt).ok_or(EncapError::Malformed)
 }
@@ -237,7 +238,10 @@ pub fn dsr_extract<P: PacketAccess + ?Sized>(pkt: &P, parsed: &Parsed) -> Option
         None
     } else {
         let d = usize::from(parsed.ipv6_dest_opts);
-        if d == 0 {
+        // Zero means none; a header starts after the fixed IPv6 header. (Compared with a
+        // variable, not with 0: LLVM would merge `d == 0` and `load`'s `d > 512` into one range
+        // check on a copy of `d`, from which the verifier learns nothing about `d` itself.)
+        if d < parsed.l3_offset + 40 {
             return None;
         }
         let h: [u8; 2] = pkt.load(d)?;

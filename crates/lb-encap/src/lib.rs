@@ -32,9 +32,17 @@ pub mod geneve;
 pub mod mtu;
 mod tunnel;
 pub use tunnel::{
-    vxlan_decap, vxlan_encap, AdjustHead, DecapError, EncapError, HeadroomPacket, OuterAddrs,
-    TunnelConfig, VxlanConfig,
+    vxlan_decap, vxlan_decap_parsed, vxlan_encap, AdjustHead, DecapError, EncapError,
+    HeadroomPacket, OuterAddrs, TunnelConfig, VxlanConfig,
 };
+
+/// An offset the optimizer cannot reason about. A checksum is stored after a loop over the
+/// packet; LLVM would reuse a bounds check made before the loop for that store, a proof the BPF
+/// verifier does not follow (it rejects the store). Opaque, the store keeps its own check.
+#[inline(always)]
+pub(crate) fn opaque(offset: usize) -> usize {
+    core::hint::black_box(offset)
+}
 
 /// IANA UDP port of VXLAN.
 pub const VXLAN_PORT: u16 = 4789;

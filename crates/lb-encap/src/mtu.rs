@@ -24,6 +24,17 @@ pub const QUOTE_MAX_V6: usize = 1280 - 48;
 /// may then be partly rewritten and must be dropped.
 pub fn icmp_too_big<P: AdjustHead + ?Sized>(pkt: &mut P, mtu: u16, from: [u8; 16]) -> Option<()> {
     let p = parse(pkt).ok()?;
+    icmp_too_big_parsed(pkt, &p, mtu, &from)
+}
+
+/// [`icmp_too_big`] of a packet already parsed into `p` (the datapath's parse result, which
+/// lives off the kernel stack).
+pub fn icmp_too_big_parsed<P: AdjustHead + ?Sized>(
+    pkt: &mut P,
+    p: &lb_api::wire::Parsed,
+    mtu: u16,
+    from: &[u8; 16],
+) -> Option<()> {
     let l3 = p.l3_offset;
     let v6 = p.family() == IpFamily::V6;
     let (ip_len, quote_max) = if v6 {
@@ -64,7 +75,7 @@ pub fn icmp_too_big<P: AdjustHead + ?Sized>(pkt: &mut P, mtu: u16, from: [u8; 16
                 payload_len: U16::new(icmp_len as u16),
                 next_header: 58,
                 hop_limit: 64,
-                src: from,
+                src: *from,
                 dst: to,
             },
         )?;
@@ -77,9 +88,9 @@ pub fn icmp_too_big<P: AdjustHead + ?Sized>(pkt: &mut P, mtu: u16, from: [u8; 16
                 rest: u32::from(mtu).to_be_bytes(),
             },
         )?;
-        let pseudo = checksum::pseudo_sum_v6(&from, &to, 58, icmp_len as u32);
+        let pseudo = checksum::pseudo_sum_v6(from, &to, 58, icmp_len as u32);
         let c = checksum::finish(checksum::sum_packet(pkt, l4, icmp_len, pseudo)?);
-        pkt.store(l4 + IcmpHeader::CHECK_OFFSET, &U16::new(c))?;
+        pkt.store(crate::opaque(l4 + IcmpHeader::CHECK_OFFSET), &U16::new(c))?;
     } else {
         let mut ip = Ipv4Header {
             version_ihl: 0x45,
@@ -108,7 +119,7 @@ pub fn icmp_too_big<P: AdjustHead + ?Sized>(pkt: &mut P, mtu: u16, from: [u8; 16
             },
         )?;
         let c = checksum::finish(checksum::sum_packet(pkt, l4, icmp_len, 0)?);
-        pkt.store(l4 + IcmpHeader::CHECK_OFFSET, &U16::new(c))?;
+        pkt.store(crate::opaque(l4 + IcmpHeader::CHECK_OFFSET), &U16::new(c))?;
     }
     Some(())
 }

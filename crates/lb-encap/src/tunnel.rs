@@ -315,7 +315,7 @@ pub(crate) fn push_udp_tunnel<P: AdjustHead + ?Sized>(
                 let pseudo = checksum::pseudo_sum_v6(&src, &dst, 17, u32::from(udp_len));
                 let s = checksum::sum_packet(pkt, l4, usize::from(udp_len), pseudo)?;
                 let c = checksum::udp_v6_fixup(checksum::finish(s));
-                pkt.store(l4 + UdpHeader::CHECK_OFFSET, &U16::new(c))?;
+                pkt.store(crate::opaque(l4 + UdpHeader::CHECK_OFFSET), &U16::new(c))?;
             }
         }
         Some(())
@@ -339,6 +339,21 @@ pub fn vxlan_decap<P: AdjustHead + ?Sized>(
     expected_vni: Option<u32>,
 ) -> Result<u32, DecapError> {
     let p = parse(pkt).map_err(DecapError::Parse)?;
+    vxlan_decap_parsed(pkt, &p, port, expected_vni)
+}
+
+/// [`vxlan_decap`] of a packet already parsed into `p` (the datapath's parse result, which
+/// lives off the kernel stack).
+///
+/// # Errors
+/// As [`vxlan_decap`].
+#[inline(always)]
+pub fn vxlan_decap_parsed<P: AdjustHead + ?Sized>(
+    pkt: &mut P,
+    p: &lb_api::wire::Parsed,
+    port: u16,
+    expected_vni: Option<u32>,
+) -> Result<u32, DecapError> {
     if p.tuple.proto != 17 || p.tuple.dst_port != port || p.fragment != lb_api::wire::Fragment::None
     {
         return Err(DecapError::NotTunnel);

@@ -45,7 +45,7 @@ impl RandomSource for XorShift32 {
 
 /// Most tries the resolver makes, whatever the configuration says (a bounded loop for the
 /// verifier).
-pub const MAX_SOURCE_PORT_TRIES: u32 = 8;
+pub const MAX_SOURCE_PORT_TRIES: u32 = 32;
 
 /// Where rewritten source ports come from, and how many tries a collision gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

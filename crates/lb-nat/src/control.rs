@@ -2,10 +2,11 @@
 //! they are written into service/backend tables. The userspace engine and the kernel loader both
 //! implement [`ServiceStore`], so one piece of code decides what the tables contain.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::vec::Vec;
 
-use lb_api::abi::{BackendKey, BackendValue, ServiceKey, ServiceValue};
+pub use lb_api::abi::ForwardingMode;
+use lb_api::abi::{BackendKey, BackendValue, DatapathConfig, NodeKey, ServiceKey, ServiceValue};
 use lb_api::flow::{IpFamily, L4Proto};
 
 use crate::maglev::{maglev_table, MaglevBackend, MAGLEV_TABLE_SIZES};
@@ -36,7 +37,7 @@ pub enum BackendState {
     Terminating,
 }
 
-/// A backend: address, weight, state, and whether it runs on this node.
+/// A backend: address, weight, state, and the node it runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BackendSpec {
     /// Pod address and target port.
@@ -45,8 +46,10 @@ pub struct BackendSpec {
     pub weight: u16,
     /// Active or terminating.
     pub state: BackendState,
-    /// The backend runs on this node (used by `externalTrafficPolicy: Local`). Default true.
-    pub node_local: bool,
+    /// The address of the node the backend runs on, when that is another node: packets to it
+    /// are forwarded in the service's [`ForwardingMode`], and `externalTrafficPolicy: Local`
+    /// skips it. `None` (the default): this node, plain DNAT.
+    pub node: Option<IpAddr>,
 }
 
 impl From<SocketAddr> for BackendSpec {
@@ -55,14 +58,14 @@ impl From<SocketAddr> for BackendSpec {
             addr,
             weight: 1,
             state: BackendState::Active,
-            node_local: true,
+            node: None,
         }
     }
 }
 
 impl core::str::FromStr for BackendSpec {
     type Err = std::net::AddrParseError;
-    /// Parses `ip:port` into an active, weight-1, node-local backend.
+    /// Parses `ip:port` into an active, weight-1 backend on this node.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         s.parse::<SocketAddr>().map(Self::from)
     }
@@ -74,7 +77,7 @@ impl BackendSpec {
     pub fn takes_new_flows(&self, policy: TrafficPolicy) -> bool {
         self.state == BackendState::Active
             && self.weight > 0
-            && (policy == TrafficPolicy::Cluster || self.node_local)
+            && (policy == TrafficPolicy::Cluster || self.node.is_none())
     }
 }
 
@@ -161,6 +164,8 @@ pub struct ServiceSpec {
     pub affinity: SessionAffinity,
     /// External traffic policy.
     pub external_traffic_policy: TrafficPolicy,
+    /// How packets reach backends on other nodes. Default SNAT.
+    pub mode: ForwardingMode,
 }
 
 impl Default for ServiceSpec {
@@ -175,6 +180,7 @@ impl Default for ServiceSpec {
             selection: Selection::Random,
             affinity: SessionAffinity::None,
             external_traffic_policy: TrafficPolicy::Cluster,
+            mode: ForwardingMode::Snat,
         }
     }
 }
@@ -276,6 +282,40 @@ pub enum ConfigError {
         /// Id of the second service.
         second: u32,
     },
+    /// A node address that cannot be a node's.
+    #[error(
+        "{addr} cannot be a node address (field `{field}`): give the node's unicast address on \
+             the network between nodes"
+    )]
+    BadNodeAddress {
+        /// The field.
+        field: &'static str,
+        /// The address given.
+        addr: IpAddr,
+    },
+    /// A VXLAN network identifier wider than 24 bits.
+    #[error("VNI {vni} does not fit 24 bits (field `vni`): use 1..=16777215")]
+    VniTooLarge {
+        /// The VNI given.
+        vni: u32,
+    },
+    /// An underlay MTU too small to carry an encapsulated packet.
+    #[error(
+        "underlay MTU {mtu} is below {min} (field `underlay_mtu`): give the MTU of the interface \
+             between nodes (IPv6 requires at least 1280)"
+    )]
+    MtuTooSmall {
+        /// The MTU given.
+        mtu: u16,
+        /// The least accepted.
+        min: u16,
+    },
+    /// A node spec without any address of its own.
+    #[error(
+        "the node has no address (fields `address_v4`, `address_v6`): SNAT and tunnels need \
+             this node's address on the network between nodes"
+    )]
+    NoNodeAddress,
     /// The store (kernel map or table) refused a write.
     #[error("writing the {table} table failed: {reason}")]
     Store {
@@ -288,6 +328,8 @@ pub enum ConfigError {
 
 /// Where service entries are written: the engine's hash tables or the kernel's maps.
 pub trait ServiceStore {
+    /// Adds a peer node (tunnel packets are accepted from it).
+    fn put_node(&mut self, key: NodeKey) -> Result<(), ConfigError>;
     /// Creates or replaces a service.
     ///
     /// # Errors
@@ -345,6 +387,14 @@ impl ServiceSpec {
             }
             if b.addr.port() == 0 {
                 return Err(ConfigError::ZeroPort { field: "backends" });
+            }
+            if let Some(node) = b.node {
+                if node.is_unspecified() || node.is_multicast() {
+                    return Err(ConfigError::BadNodeAddress {
+                        field: "backends[].node",
+                        addr: node,
+                    });
+                }
             }
         }
         if !self.backends.is_empty() && self.backends.iter().all(|b| b.weight == 0) {
@@ -460,6 +510,7 @@ impl ServiceSpec {
         if self.external_traffic_policy == TrafficPolicy::Local {
             flags |= SVC_F_LOCAL;
         }
+        flags |= (self.mode as u32) << ServiceValue::MODE_SHIFT;
         ServiceValue {
             id: self.id,
             backend_count: slot_count,
@@ -528,6 +579,7 @@ pub fn upsert_service<S: ServiceStore + ?Sized>(
             state: 0,
             // Stable per backend (its position in the spec), not per slot.
             id: bi + 1,
+            node: b.node.map_or([0; 16], |n| addr_bytes(n).0),
         };
         store.put_backend(
             BackendKey {
@@ -562,6 +614,10 @@ pub fn remove_service<S: ServiceStore + ?Sized>(store: &mut S, spec: &ServiceSpe
 }
 
 impl ServiceStore for crate::HashServiceTable {
+    fn put_node(&mut self, key: NodeKey) -> Result<(), ConfigError> {
+        self.nodes.insert(key);
+        Ok(())
+    }
     fn put_service(&mut self, key: ServiceKey, value: ServiceValue) -> Result<(), ConfigError> {
         self.services.insert(key, value);
         Ok(())
@@ -579,6 +635,122 @@ impl ServiceStore for crate::HashServiceTable {
     fn remove_service(&mut self, key: &ServiceKey) {
         self.services.remove(key);
     }
+}
+
+/// This node's identity in a cluster: its addresses (the SNAT source and the tunnel endpoint),
+/// its peers (the only sources of tunnel packets it accepts), and the tunnel's parameters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeSpec {
+    /// This node's IPv4 address on the network between nodes.
+    pub address_v4: Option<Ipv4Addr>,
+    /// This node's IPv6 address on the network between nodes.
+    pub address_v6: Option<Ipv6Addr>,
+    /// The other nodes' addresses.
+    pub peers: Vec<IpAddr>,
+    /// VXLAN network identifier of the node-to-node tunnel (24 bits). Default 1.
+    pub vni: u32,
+    /// UDP port of the tunnel. Default 4789.
+    pub tunnel_port: u16,
+    /// MTU of the interface between nodes: encapsulated packets and DSR carriers that would
+    /// exceed it get ICMP "fragmentation needed" / "packet too big". Default 1500.
+    pub underlay_mtu: u16,
+    /// Source ports SNAT translates to. Default 32768-60999.
+    pub snat_ports: PortRange,
+}
+
+impl Default for NodeSpec {
+    fn default() -> Self {
+        Self {
+            address_v4: None,
+            address_v6: None,
+            peers: Vec::new(),
+            vni: 1,
+            tunnel_port: lb_api::abi::DEFAULT_TUNNEL_PORT,
+            underlay_mtu: 1500,
+            snat_ports: PortRange {
+                min: lb_api::abi::DEFAULT_SNAT_PORT_MIN,
+                max: lb_api::abi::DEFAULT_SNAT_PORT_MAX,
+            },
+        }
+    }
+}
+
+impl NodeSpec {
+    /// Checks the spec.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the field and the rule.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.address_v4.is_none() && self.address_v6.is_none() {
+            return Err(ConfigError::NoNodeAddress);
+        }
+        let own = self
+            .address_v4
+            .map(IpAddr::V4)
+            .into_iter()
+            .chain(self.address_v6.map(IpAddr::V6))
+            .map(|a| ("address", a));
+        for (field, addr) in own.chain(self.peers.iter().map(|p| ("peers", *p))) {
+            if addr.is_unspecified() || addr.is_multicast() || addr.is_loopback() {
+                return Err(ConfigError::BadNodeAddress { field, addr });
+            }
+        }
+        if self.vni > 0x00ff_ffff {
+            return Err(ConfigError::VniTooLarge { vni: self.vni });
+        }
+        if self.tunnel_port == 0 {
+            return Err(ConfigError::ZeroPort {
+                field: "tunnel_port",
+            });
+        }
+        let min = if self.address_v6.is_some() { 1280 } else { 576 };
+        if self.underlay_mtu < min {
+            return Err(ConfigError::MtuTooSmall {
+                mtu: self.underlay_mtu,
+                min,
+            });
+        }
+        self.snat_ports.validate("snat_ports")
+    }
+
+    /// Writes the node's fields into a datapath configuration.
+    pub fn apply(&self, cfg: &mut DatapathConfig) {
+        cfg.node_v4 = self.address_v4.map_or([0; 4], |a| a.octets());
+        cfg.node_v6 = self.address_v6.map_or([0; 16], |a| a.octets());
+        cfg.vni = self.vni;
+        cfg.tunnel_port = self.tunnel_port;
+        cfg.mtu = self.underlay_mtu;
+        cfg.snat_port_min = self.snat_ports.min;
+        cfg.snat_port_max = self.snat_ports.max;
+    }
+
+    /// The peer table's keys.
+    #[must_use]
+    pub fn peer_keys(&self) -> Vec<NodeKey> {
+        self.peers
+            .iter()
+            .map(|p| NodeKey {
+                addr: addr_bytes(*p).0,
+            })
+            .collect()
+    }
+}
+
+/// Validates `node`, writes it into `cfg` and its peers into `store`.
+///
+/// # Errors
+/// A [`ConfigError`] naming the invalid field; nothing is written then.
+pub fn set_node<S: ServiceStore + ?Sized>(
+    store: &mut S,
+    cfg: &mut DatapathConfig,
+    node: &NodeSpec,
+) -> Result<(), ConfigError> {
+    node.validate()?;
+    node.apply(cfg);
+    for k in node.peer_keys() {
+        store.put_node(k)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -662,7 +834,7 @@ mod tests {
     #[test]
     fn local_policy_keeps_only_node_local_backends() {
         let mut s = spec(vec![be("10.1.0.1:80"), be("10.1.0.2:80")]);
-        s.backends[0].node_local = false;
+        s.backends[0].node = Some("10.250.0.2".parse().unwrap());
         s.external_traffic_policy = TrafficPolicy::Local;
         assert_eq!(s.slots(), vec![1]);
         assert_eq!(s.value(1).flags, SVC_F_LOCAL);

@@ -25,15 +25,10 @@ use lb_api::flow::{v4_of, FlowTuple, IpFamily, L4Proto};
 use lb_api::wire::{PacketAccess, Parsed, QuotedDatagram};
 use zerocopy::network_endian::U16;
 
-// Field offsets inside the IP, ICMP and transport headers.
+use crate::rewrite::{IPV4_CHECK, IPV4_DST, IPV4_SRC, IPV6_DST, IPV6_SRC, TCP_CHECK, UDP_CHECK};
+
+/// Offset of the checksum inside the ICMP/ICMPv6 header.
 const ICMP_CHECK: usize = 2;
-const IPV4_CHECK: usize = 10;
-const IPV4_SRC: usize = 12;
-const IPV4_DST: usize = 16;
-const IPV6_SRC: usize = 8;
-const IPV6_DST: usize = 24;
-const TCP_CHECK: usize = 16;
-const UDP_CHECK: usize = 6;
 
 /// Rewrites the ICMP/ICMPv6 error `parsed` describes so that its quoted datagram reads `to`
 /// (addresses and ports; protocol and family are the quote's own), updating the outer header

@@ -103,14 +103,14 @@ pub fn rewrite_v4<P: PacketAccess + ?Sized>(
     )
 }
 
-// Field offsets inside the IP and L4 headers.
-const IPV4_CHECK: usize = 10;
-const IPV4_SRC: usize = 12;
-const IPV4_DST: usize = 16;
-const IPV6_SRC: usize = 8;
-const IPV6_DST: usize = 24;
-const TCP_CHECK: usize = 16;
-const UDP_CHECK: usize = 6;
+// Field offsets inside the IP and L4 headers (shared with the ICMP error translation).
+pub(crate) const IPV4_CHECK: usize = 10;
+pub(crate) const IPV4_SRC: usize = 12;
+pub(crate) const IPV4_DST: usize = 16;
+pub(crate) const IPV6_SRC: usize = 8;
+pub(crate) const IPV6_DST: usize = 24;
+pub(crate) const TCP_CHECK: usize = 16;
+pub(crate) const UDP_CHECK: usize = 6;
 
 /// Rewrites the TCP/UDP port of `field` and updates the L4 checksum for it and for the address
 /// change (`pseudo`, which folds the address into the checksum). `udp_v6` fixes a UDP checksum

@@ -1,6 +1,6 @@
 //! Service and backend tables.
 
-use lb_api::abi::{BackendKey, BackendValue, ServiceKey, ServiceValue};
+use lb_api::abi::{BackendKey, BackendValue, NodeKey, ServiceKey, ServiceValue};
 
 /// Read access to services and their backend slots: kernel hash maps or userspace tables.
 pub trait ServiceTable {
@@ -8,13 +8,15 @@ pub trait ServiceTable {
     fn service(&self, key: &ServiceKey) -> Option<ServiceValue>;
     /// The backend in a service's slot.
     fn backend(&self, key: &BackendKey) -> Option<BackendValue>;
+    /// Whether `key` is a configured peer node (tunnel packets are accepted only from those).
+    fn is_peer_node(&self, key: &NodeKey) -> bool;
 }
 
 #[cfg(feature = "std")]
 mod hash {
     use super::ServiceTable;
     use hashbrown::HashMap;
-    use lb_api::abi::{BackendKey, BackendValue, ServiceKey, ServiceValue};
+    use lb_api::abi::{BackendKey, BackendValue, NodeKey, ServiceKey, ServiceValue};
 
     /// Userspace service and backend tables.
     #[derive(Debug, Clone, Default)]
@@ -23,6 +25,8 @@ mod hash {
         pub services: HashMap<ServiceKey, ServiceValue>,
         /// Backends by service slot.
         pub backends: HashMap<BackendKey, BackendValue>,
+        /// Peer nodes.
+        pub nodes: hashbrown::HashSet<NodeKey>,
     }
 
     impl ServiceTable for HashServiceTable {
@@ -32,6 +36,10 @@ mod hash {
 
         fn backend(&self, key: &BackendKey) -> Option<BackendValue> {
             self.backends.get(key).copied()
+        }
+
+        fn is_peer_node(&self, key: &NodeKey) -> bool {
+            self.nodes.contains(key)
         }
     }
 }

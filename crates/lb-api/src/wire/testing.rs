@@ -66,6 +66,12 @@ fn udp_datagram(sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
     udp
 }
 
+/// Stores a computed UDP checksum; a computed zero is sent as `0xffff` (zero means "none").
+fn set_udp_check(udp: &mut [u8], c: u16) {
+    let c = if c == 0 { 0xffff } else { c };
+    udp[6..8].copy_from_slice(&c.to_be_bytes());
+}
+
 /// An Ethernet/IPv4/TCP frame (no TCP options) with valid checksums.
 #[must_use]
 pub fn tcp_v4_frame(
@@ -86,11 +92,8 @@ pub fn tcp_v4_frame(
 #[must_use]
 pub fn udp_v4_frame(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, payload: &[u8]) -> Vec<u8> {
     let mut udp = udp_datagram(sport, dport, payload);
-    let mut c = checksum::l4_checksum_v4(src, dst, 17, &udp);
-    if c == 0 {
-        c = 0xffff;
-    }
-    udp[6..8].copy_from_slice(&c.to_be_bytes());
+    let c = checksum::l4_checksum_v4(src, dst, 17, &udp);
+    set_udp_check(&mut udp, c);
     ipv4_frame(src, dst, 17, &udp)
 }
 
@@ -135,11 +138,8 @@ pub fn udp_v6_frame(
     payload: &[u8],
 ) -> Vec<u8> {
     let mut udp = udp_datagram(sport, dport, payload);
-    let mut c = checksum::l4_checksum_v6(&src, &dst, 17, &udp);
-    if c == 0 {
-        c = 0xffff;
-    }
-    udp[6..8].copy_from_slice(&c.to_be_bytes());
+    let c = checksum::l4_checksum_v6(&src, &dst, 17, &udp);
+    set_udp_check(&mut udp, c);
     ipv6_frame(src, dst, 17, &udp)
 }
 

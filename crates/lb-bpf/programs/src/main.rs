@@ -7,26 +7,29 @@
 //! Programs:
 //! * `lb_xdp`: the pipeline at XDP (ingress, before the stack allocates an skb).
 //! * `lb_tc`: the pipeline at TC (clsact ingress or egress), for interfaces or directions XDP
-//!   cannot serve.
+//!   cannot serve (translation only: it cannot grow the packet for tunnels and DSR carriers).
 //! * `lb_xdp_parse_only`: parses and passes; the baseline benchmarks are set against.
 #![no_std]
 #![no_main]
 
 use core::mem::size_of;
 
-use aya_ebpf::bindings::{xdp_action, TC_ACT_OK, TC_ACT_SHOT};
-use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns};
+use aya_ebpf::bindings::{xdp_action, xdp_md, TC_ACT_OK, TC_ACT_SHOT};
+use aya_ebpf::helpers::{
+    bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_xdp_adjust_head, bpf_xdp_adjust_tail,
+};
 use aya_ebpf::macros::{classifier, map, xdp};
 use aya_ebpf::maps::{Array, HashMap, PerCpuArray, RingBuf};
 use aya_ebpf::programs::{TcContext, XdpContext};
 use lb_api::abi::{
-    BackendKey, BackendValue, CtEntry, CtKey, DatapathConfig, ServiceKey, ServiceValue,
+    BackendKey, BackendValue, CtEntry, CtKey, DatapathConfig, NodeKey, ServiceKey, ServiceValue,
 };
 use lb_api::counters::{Counter, Counters, DropReason, COUNTER_SLOTS};
 use lb_api::events::DropEvent;
 use lb_api::wire::{parse, PacketAccess, MAX_HEADER_OFFSET};
 use lb_api::Verdict;
 use lb_conntrack::{ConntrackTable, InsertError, InsertMode};
+use lb_encap::AdjustHead;
 use lb_nat::{RandomSource, ServiceTable};
 use zerocopy_shim::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
@@ -43,6 +46,9 @@ static LB_SERVICES: HashMap<ServiceKey, ServiceValue> = HashMap::with_max_entrie
 /// Backend slots.
 #[map]
 static LB_BACKENDS: HashMap<BackendKey, BackendValue> = HashMap::with_max_entries(65_536, 0);
+/// Peer nodes: tunnel packets are accepted from these only.
+#[map]
+static LB_NODES: HashMap<NodeKey, u32> = HashMap::with_max_entries(1_024, 0);
 /// The datapath configuration (one entry).
 #[map]
 static LB_CONFIG: Array<DatapathConfig> = Array::with_max_entries(1, 0);
@@ -112,6 +118,11 @@ impl ServiceTable for KernelTables {
     fn backend(&self, key: &BackendKey) -> Option<BackendValue> {
         // SAFETY: as above.
         unsafe { LB_BACKENDS.get(key).copied() }
+    }
+
+    #[inline(always)]
+    fn is_peer_node(&self, key: &NodeKey) -> bool {
+        LB_NODES.get_ptr(key).is_some()
     }
 }
 
@@ -188,10 +199,53 @@ fn emit_drop_event(ifindex: u32) {
 }
 
 /// [`PacketAccess`] over `data`/`data_end`: every access is checked against `data_end` with a
-/// pointer comparison the verifier can follow.
+/// pointer comparison the verifier can follow. At XDP (`xdp` set) the packet can grow and shrink
+/// at its head and tail ([`AdjustHead`]); at TC it cannot (encapsulation and DSR carriers are
+/// XDP's job), and such a packet is dropped with `EncapFailed`.
 struct DirectPacket {
     start: usize,
     end: usize,
+    xdp: *mut xdp_md,
+}
+
+impl DirectPacket {
+    /// Re-reads `data`/`data_end` after the packet moved.
+    #[inline(always)]
+    fn reload(&mut self) {
+        // SAFETY: `xdp` is the program's context pointer, valid for the whole run.
+        let md = unsafe { &*self.xdp };
+        self.start = md.data as usize;
+        self.end = md.data_end as usize;
+    }
+}
+
+impl AdjustHead for DirectPacket {
+    #[inline(always)]
+    fn adjust_head(&mut self, delta: i32) -> Option<()> {
+        if self.xdp.is_null() {
+            return None;
+        }
+        // SAFETY: `xdp` is the program's context; the helper checks the headroom and the new
+        // start itself and fails without changing anything.
+        if unsafe { bpf_xdp_adjust_head(self.xdp, delta) } != 0 {
+            return None;
+        }
+        self.reload();
+        Some(())
+    }
+
+    #[inline(always)]
+    fn adjust_tail(&mut self, delta: i32) -> Option<()> {
+        if self.xdp.is_null() {
+            return None;
+        }
+        // SAFETY: as above; the helper checks the tailroom and the minimum length.
+        if unsafe { bpf_xdp_adjust_tail(self.xdp, delta) } != 0 {
+            return None;
+        }
+        self.reload();
+        Some(())
+    }
 }
 
 impl PacketAccess for DirectPacket {
@@ -251,6 +305,7 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
     let mut pkt = DirectPacket {
         start: ctx.data(),
         end: ctx.data_end(),
+        xdp: ctx.ctx,
     };
     match run(&mut pkt) {
         Verdict::Pass => xdp_action::XDP_PASS,
@@ -271,6 +326,7 @@ pub fn lb_tc(ctx: TcContext) -> i32 {
     let mut pkt = DirectPacket {
         start: ctx.data(),
         end: ctx.data_end(),
+        xdp: core::ptr::null_mut(),
     };
     match run(&mut pkt) {
         Verdict::Pass | Verdict::Tx => TC_ACT_OK,
@@ -289,6 +345,7 @@ pub fn lb_xdp_parse_only(ctx: XdpContext) -> u32 {
     let pkt = DirectPacket {
         start: ctx.data(),
         end: ctx.data_end(),
+        xdp: core::ptr::null_mut(),
     };
     match parse(&pkt) {
         Ok(p) => {
