@@ -162,44 +162,8 @@ impl Deployment {
     }
 }
 
-/// Whether this build's loader has forwarding modes (the `modes` feature, on once the pipeline
-/// and loader of the forwarding modes are in the tree).
-pub const AVAILABLE: bool = cfg!(feature = "modes");
-
-#[cfg(feature = "modes")]
 pub use with_modes::{deploy, restart_node};
 
-/// Without the forwarding modes in the loader, deploying one fails and says why.
-///
-/// # Errors
-/// Always, naming the missing piece.
-#[cfg(not(feature = "modes"))]
-pub fn deploy(
-    _cluster: &crate::cluster::Cluster,
-    mode: Mode,
-    _plans: &[ServicePlan],
-    _tag: &str,
-) -> Result<Deployment> {
-    anyhow::bail!(
-        "forwarding mode {mode} is not in this build: lb-bpf has no forwarding modes yet; \
-         build lb-examples with `--features modes` once the loader provides them"
-    )
-}
-
-/// Without the forwarding modes in the loader there is nothing to restart.
-///
-/// # Errors
-/// Always, naming the missing piece.
-#[cfg(not(feature = "modes"))]
-pub fn restart_node(
-    _cluster: &crate::cluster::Cluster,
-    d: &mut Deployment,
-    _node: usize,
-) -> Result<()> {
-    anyhow::bail!("forwarding mode {} is not in this build", d.mode)
-}
-
-#[cfg(feature = "modes")]
 mod with_modes {
     //! Everything that speaks the loader's forwarding-mode API: one place to adapt when it moves.
 

@@ -75,12 +75,7 @@ fn main() -> Result<()> {
             report.answers.len()
         );
     }
-    if modes::AVAILABLE {
-        modes_side_by_side(&[Mode::Snat, Mode::Dsr], 3)
-    } else {
-        println!("\nforwarding modes (SNAT/DSR side by side): not in this build");
-        Ok(())
-    }
+    modes_side_by_side(&[Mode::Snat, Mode::Dsr], 3)
 }
 
 /// What one mode showed: each answer per family, and which node delivered the replies.

@@ -231,10 +231,6 @@ fn main() -> Result<()> {
         let (keep, close) = measure(&cluster, target, &args, &scripts, None)?;
         row("routing", "-", &keep, &close);
     }
-    if !modes::AVAILABLE {
-        println!("\nforwarding modes: not in this build (lb-examples without the `modes` feature); only the baseline was measured");
-        return Ok(());
-    }
     let mut failed = Vec::new();
     for mode in &args.modes {
         let res = (|| -> Result<()> {
