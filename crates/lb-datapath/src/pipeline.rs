@@ -129,17 +129,45 @@ where
         peer,
         tunnelled,
     };
+    let v = paths(pkt, &ctx, tables, entry, key);
+    if v != TOO_BIG {
+        return v;
+    }
+    // Built here, at one call site, rather than in each path: the verifier walks a subprogram
+    // again for every distinct state that calls it, and the error's checksum loop is long.
+    too_big(pkt, &ctx, tables, entry.flags)
+}
+
+/// A path's answer for a packet that would exceed the underlay MTU once carried (flags of the
+/// carrier in the scratch entry): [`process`] turns it into the ICMP error. The paths never send
+/// a packet back otherwise.
+const TOO_BIG: Verdict = Verdict::Tx;
+
+/// The reply, established, new-flow and backend-side paths, in that order.
+#[inline(always)]
+fn paths<P, T, C>(
+    pkt: &mut P,
+    ctx: &Ctx<'_, C>,
+    tables: &mut T,
+    entry: &mut CtEntry,
+    key: &mut CtKey,
+) -> Verdict
+where
+    P: AdjustHead + ?Sized,
+    T: ConntrackTable + ServiceTable + Counters + RandomSource + ?Sized,
+    C: Fn() -> u64,
+{
     // Each path builds its keys itself, so that they live in that path's frame only.
-    if let Some(v) = reply(pkt, &ctx, tables, entry) {
+    if let Some(v) = reply(pkt, ctx, tables, entry) {
         return v;
     }
-    if let Some(v) = established(pkt, &ctx, tables, entry) {
+    if let Some(v) = established(pkt, ctx, tables, entry) {
         return v;
     }
-    if let Some(v) = new_flow(pkt, &ctx, tables, entry, key) {
+    if let Some(v) = new_flow(pkt, ctx, tables, entry, key) {
         return v;
     }
-    backend_side(pkt, &ctx, tables, entry, key)
+    backend_side(pkt, ctx, tables, entry, key)
 }
 
 /// The verdict for a parsed packet the datapath does not translate: fragments (the datapath
@@ -326,8 +354,8 @@ where
         }
     }
     if e.flags & (CT_F_DSR | CT_F_TUNNEL) != 0 && !backend_side {
-        if let Some(v) = mtu_check(pkt, ctx, tables, e.flags) {
-            return Some(v);
+        if exceeds_mtu(ctx, e.flags) {
+            return Some(TOO_BIG);
         }
     }
     if let Err(v) = translate(pkt, parsed, tables, e) {
@@ -551,8 +579,8 @@ where
     // untranslated: the node that translated the flow translates it back.
     let tunnel_back = backend_side && rev.flags & CT_F_TUNNEL != 0;
     if tunnel_back {
-        if let Some(v) = mtu_check(pkt, ctx, tables, rev.flags) {
-            return v;
+        if exceeds_mtu(ctx, rev.flags) {
+            return TOO_BIG;
         }
     } else if rewrite(pkt, parsed, Field::Source, &rev.nat_addr, rev.nat_port).is_none() {
         return drop(tables, DropReason::Truncated);
@@ -582,25 +610,37 @@ const fn carrier_len(flags: u8, v6: bool) -> usize {
     }
 }
 
-/// If the packet would exceed the underlay MTU once carried to the peer node, turns it into the
-/// ICMP "fragmentation needed" / ICMPv6 "packet too big" its sender needs (quoting the packet as
-/// the sender sent it: this runs before any rewrite) and returns the verdict to send it back.
+/// Whether the packet, carried to the peer node per `flags` (DSR carrier or tunnel), would
+/// exceed the underlay MTU.
+#[inline(always)]
+fn exceeds_mtu<C>(ctx: &Ctx<'_, C>, flags: u8) -> bool {
+    let parsed = ctx.parsed;
+    let added = carrier_len(flags, parsed.tuple.family == IpFamily::V6 as u8);
+    usize::from(parsed.ip_len) + added > usize::from(ctx.cfg.mtu())
+}
+
+/// Turns a packet [`exceeds_mtu`] refused into the ICMP "fragmentation needed" / ICMPv6 "packet
+/// too big" its sender needs, from this node, with the MTU that leaves room for the carrier
+/// (`flags`), quoting the packet as the sender sent it (no path rewrote it), and returns the
+/// verdict that sends it back.
 #[inline(never)]
-fn mtu_check<P, T, C>(pkt: &mut P, ctx: &Ctx<'_, C>, tables: &mut T, flags: u8) -> Option<Verdict>
+fn too_big<P, T, C>(pkt: &mut P, ctx: &Ctx<'_, C>, tables: &mut T, flags: u8) -> Verdict
 where
     P: AdjustHead + ?Sized,
     T: Counters + ?Sized,
-    C: Fn() -> u64,
 {
     let t = &ctx.parsed.tuple;
-    let added = carrier_len(flags, t.family == IpFamily::V6 as u8);
-    let mtu = ctx.cfg.mtu();
-    if usize::from(ctx.parsed.ip_len) + added <= usize::from(mtu) {
-        return None;
-    }
-    let _ = pkt;
     tables.bump(Counter::MtuExceeded.slot());
-    Some(drop(tables, DropReason::EncapFailed))
+    let from = ctx.cfg.node_addr(t.family);
+    if from == [0; 16] {
+        return drop(tables, DropReason::NodeAddressMissing);
+    }
+    let added = carrier_len(flags, t.family == IpFamily::V6 as u8);
+    let inner_mtu = usize::from(ctx.cfg.mtu()).saturating_sub(added) as u16;
+    if icmp_too_big_parsed(pkt, ctx.parsed, inner_mtu, &from).is_none() {
+        return drop(tables, DropReason::EncapFailed);
+    }
+    Verdict::Tx
 }
 
 /// Carries a translated packet of entry `e`'s flow to the peer node: adds the DSR carrier with
@@ -829,8 +869,9 @@ where
         return Some(drop(tables, DropReason::NodeAddressMissing));
     }
     if flags & (CT_F_DSR | CT_F_TUNNEL) != 0 {
-        if let Some(v) = mtu_check(pkt, ctx, tables, flags) {
-            return Some(v);
+        if exceeds_mtu(ctx, flags) {
+            e.flags = flags;
+            return Some(TOO_BIG);
         }
     }
 

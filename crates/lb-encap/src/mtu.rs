@@ -11,10 +11,17 @@ use zerocopy::network_endian::U16;
 
 use crate::tunnel::{vxlan_encap, AdjustHead, EncapError, TunnelConfig};
 
-/// Longest IPv4 quote: the error stays within 576 bytes (RFC 1812 4.3.2.3).
-pub const QUOTE_MAX_V4: usize = 576 - 28;
-/// Longest IPv6 quote: the error stays within the minimum MTU 1280 (RFC 4443 3.2).
-pub const QUOTE_MAX_V6: usize = 1280 - 48;
+/// Longest quote of the offending packet, IPv4 and IPv6: 128 bytes. A receiver needs the IP
+/// header (with options or extension headers) and the first 8 bytes of the transport header to
+/// find the socket whose path MTU to lower (RFC 792; Linux reads no more). RFC 1812 and RFC 4443
+/// allow up to 548 and 1232 bytes; the bound keeps the checksum loop over the quote short enough
+/// for the kernel verifier at every call site, and within the bytes the kernel programs may read
+/// (`MAX_HEADER_OFFSET`).
+pub const QUOTE_MAX: usize = 128;
+/// Longest IPv4 quote (see [`QUOTE_MAX`]).
+pub const QUOTE_MAX_V4: usize = QUOTE_MAX;
+/// Longest IPv6 quote (see [`QUOTE_MAX`]).
+pub const QUOTE_MAX_V6: usize = QUOTE_MAX;
 
 /// Rewrites the IP packet in `pkt` (after its L2 header, which is kept with the MACs swapped)
 /// into an ICMP "fragmentation needed" / ICMPv6 "packet too big" with next-hop MTU `mtu`, from
