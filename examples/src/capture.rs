@@ -184,11 +184,27 @@ pub fn inject(ns: &str, dev: &str, frame: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// Reads frames until stopped (or `lifetime` is over), then what is still queued in the socket:
+/// a short exchange may be over before this thread first runs, and its frames must count.
 fn read_frames(fd: &OwnedFd, stop: &AtomicBool, lifetime: Duration) -> Vec<Frame> {
     let deadline = Instant::now() + lifetime;
     let mut frames = Vec::new();
     let mut buf = [0u8; 2048];
-    while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+    // After the stop: non-blocking reads until the queue is empty, at most this many.
+    let mut drain = MAX_FRAMES;
+    // Every read returns a frame or times out after 50 ms: a bound on the count as well as the
+    // time, whatever the clock does.
+    let timeouts = usize::try_from(lifetime.as_millis() / 50).unwrap_or(usize::MAX);
+    let mut reads = timeouts.saturating_add(4 * MAX_FRAMES);
+    loop {
+        reads = reads.saturating_sub(1);
+        let stopping = stop.load(Ordering::Relaxed) || Instant::now() >= deadline || reads == 0;
+        if stopping {
+            if drain == 0 {
+                break;
+            }
+            drain -= 1;
+        }
         // SAFETY: sockaddr_ll is plain data; all-zero is valid.
         let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
         let mut len = size_of::<libc::sockaddr_ll>() as libc::socklen_t;
@@ -198,12 +214,15 @@ fn read_frames(fd: &OwnedFd, stop: &AtomicBool, lifetime: Duration) -> Vec<Frame
                 fd.as_raw_fd(),
                 buf.as_mut_ptr().cast(),
                 buf.len(),
-                0,
+                if stopping { libc::MSG_DONTWAIT } else { 0 },
                 std::ptr::from_mut(&mut from).cast(),
                 &mut len,
             )
         };
         let Ok(n) = usize::try_from(n) else {
+            if stopping {
+                break; // the queue is empty
+            }
             continue; // timeout or EINTR: check stop and the deadline
         };
         let outgoing = from.sll_pkttype == libc::PACKET_OUTGOING;

@@ -22,7 +22,10 @@
 //! - backends route everything via their node; nodes forward (IPv4 and IPv6), `rp_filter` is off
 //!   everywhere (DSR replies leave with the VIP as source), nodes accept received packets that
 //!   carry their own IPv4 address as source (`accept_local`: what SNAT and the tunnel hand to the
-//!   stack), IPv6 addresses skip DAD.
+//!   stack), IPv6 addresses skip DAD;
+//! - the peers of the interfaces the datapath runs on (the LAN bridge ports, the pods' `eth0`)
+//!   have NAPI on, so that packets the datapath sends back out (`XDP_TX`: ICMP too-big) arrive
+//!   ([`crate::netns::receive_xdp_tx`]).
 //!
 //! Every address is inside namespaces this module creates; nothing else is ever a target. The
 //! namespaces are removed when the [`Cluster`] drops, on Ctrl-C/SIGTERM
@@ -34,7 +37,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use crate::netns::{full_checksums, in_ns, in_ns_output, ip, within, Namespaces};
+use crate::netns::{full_checksums, in_ns, in_ns_output, ip, receive_xdp_tx, within, Namespaces};
 use crate::traffic::{start_backends, BackendSite, Backends};
 
 /// Prefix of every namespace the cluster creates.
@@ -224,6 +227,8 @@ impl Cluster {
             ])?;
             ip(&["-n", lan, "link", "set", port, "master", "br0", "up"])?;
             full_checksums(lan, port)?;
+            // A node's datapath answers on its LAN interface (XDP_TX: ICMP too-big).
+            receive_xdp_tx(lan, port)?;
             ip(&["-n", ns, "addr", "add", &format!("{v4}/24"), "dev", LAN_IF])?;
             ip(&[
                 "-n",
@@ -283,6 +288,8 @@ impl Cluster {
             ])?;
             ip(&["-n", pod, "link", "set", "eth0", "up"])?;
             full_checksums(pod, "eth0")?;
+            // ... and on the pod link (ICMP too-big to a backend whose replies are tunnelled).
+            receive_xdp_tx(pod, "eth0")?;
             ip(&[
                 "-n",
                 pod,
