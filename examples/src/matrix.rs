@@ -3,10 +3,12 @@
 //! mode × family × protocol; `tests/cluster.rs` runs them where the answer is known (plain
 //! routing that behaves like DSR), so a verdict is about the datapath, not the harness.
 
-use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::time::Duration;
 
+use lb_api::counters::{Counter, CounterSnapshot, DropReason};
 use lb_api::flow::L4Proto;
+use lb_nat::collision::SourcePortRange;
 
 use crate::capture::{Capture, Frame};
 use crate::cluster::{Cluster, Family, LAN_IF, LAN_MTU};
@@ -30,20 +32,63 @@ pub struct Expectation {
     /// Whether forwarding adds bytes on the way to node-2 (so full-sized segments need an ICMP
     /// too-big from node-1).
     pub adds_bytes: bool,
+    /// What backend-2 sees of the two connections of the same-client-port check (via node-1,
+    /// via node-2).
+    pub same_port: [Leg; 2],
+}
+
+/// What a backend sees of one connection: the client address and what became of its port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Leg {
+    /// The source address the backend sees.
+    pub addr: IpAddr,
+    /// The source port the backend sees.
+    pub port: SeenPort,
+}
+
+/// What became of a client's source port on the way to the backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SeenPort {
+    /// The client's own port.
+    Kept,
+    /// Whatever SNAT's port allocator gave (it may keep the port when free).
+    Allocated,
+    /// A port of the source-port-collision resolver's range, not the client's: the tuple the
+    /// backend would have seen was taken by the other connection.
+    Resolved,
 }
 
 impl Expectation {
     /// What `mode` promises for a `proto` flow in `family`.
     #[must_use]
     pub fn of(mode: Mode, family: Family, proto: L4Proto) -> Self {
-        Expectation {
-            seen: if mode.keeps_client_address(proto) {
-                family.client()
+        let keeps = mode.keeps_client_address(proto);
+        let via_node1 = if keeps {
+            Leg {
+                addr: family.client(),
+                port: SeenPort::Kept,
+            }
+        } else {
+            Leg {
+                addr: family.node(0),
+                port: SeenPort::Allocated,
+            }
+        };
+        // Via node-2 the backend is local: plain DNAT, which collides with the first connection
+        // exactly when that one kept the client's address and port.
+        let via_node2 = Leg {
+            addr: family.client(),
+            port: if keeps {
+                SeenPort::Resolved
             } else {
-                family.node(0)
+                SeenPort::Kept
             },
+        };
+        Expectation {
+            seen: via_node1.addr,
             reply_via: usize::from(mode.direct_return(proto)),
             adds_bytes: mode.effective(proto) != Mode::Snat,
+            same_port: [via_node1, via_node2],
         }
     }
 }
@@ -223,7 +268,8 @@ pub fn path_mtu(
 }
 
 /// Opens a TCP connection (or a UDP flow) from `port` to both targets at once; both must answer
-/// from backend-2.
+/// from backend-2, which must see each as `legs` says (a [`SeenPort::Resolved`] port shows the
+/// collision resolver at work).
 ///
 /// # Errors
 /// The failure, with the port.
@@ -232,8 +278,13 @@ pub fn same_port(
     proto: L4Proto,
     port: u16,
     targets: [SocketAddr; 2],
-    family: Family,
+    legs: [Leg; 2],
 ) -> Result<String, String> {
+    let family_any: IpAddr = if targets[0].is_ipv4() {
+        Ipv4Addr::UNSPECIFIED.into()
+    } else {
+        Ipv6Addr::UNSPECIFIED.into()
+    };
     let res = if proto == L4Proto::Tcp {
         (|| -> anyhow::Result<Vec<String>> {
             let mut a = Conversation::open(&cluster.client, targets[0], port, TIMEOUT)?;
@@ -243,12 +294,7 @@ pub fn same_port(
     } else {
         cluster
             .in_client(|| -> anyhow::Result<Vec<String>> {
-                let any: IpAddr = if family == Family::V4 {
-                    "0.0.0.0".parse()?
-                } else {
-                    "::".parse()?
-                };
-                let sock = UdpSocket::bind(SocketAddr::new(any, port))?;
+                let sock = UdpSocket::bind(SocketAddr::new(family_any, port))?;
                 Ok(vec![
                     udp_exchange(&sock, targets[0], 0, TIMEOUT)?,
                     udp_exchange(&sock, targets[1], 1, TIMEOUT)?,
@@ -256,11 +302,135 @@ pub fn same_port(
             })
             .and_then(|r| r)
     };
-    match res {
-        Ok(answers) if answers.iter().all(|a| a.starts_with("backend-2 saw ")) => {
-            Ok(format!("port {port}: {answers:?}"))
+    let answers = res.map_err(|e| format!("port {port}: {e:#}"))?;
+    let wrong: Vec<String> = answers
+        .iter()
+        .zip(legs)
+        .filter_map(|(a, leg)| judge_leg(a, port, leg).err())
+        .collect();
+    if wrong.is_empty() {
+        Ok(format!("port {port}: {answers:?}"))
+    } else {
+        Err(format!("port {port}: {}", wrong.join("; ")))
+    }
+}
+
+/// Whether `answer` ("backend-2 saw <addr:port>: ...") shows what `leg` expects of a connection
+/// from client port `port`.
+///
+/// # Errors
+/// What the backend saw instead.
+pub fn judge_leg(answer: &str, port: u16, leg: Leg) -> Result<(), String> {
+    let seen: Option<SocketAddr> = answer
+        .strip_prefix("backend-2 saw ")
+        .and_then(|rest| rest.split(": ").next())
+        .and_then(|a| a.parse().ok());
+    let Some(seen) = seen else {
+        return Err(format!("not an answer of backend-2: {answer:?}"));
+    };
+    let range = SourcePortRange::default();
+    let port_ok = match leg.port {
+        SeenPort::Kept => seen.port() == port,
+        SeenPort::Allocated => true,
+        SeenPort::Resolved => seen.port() != port && (range.min..=range.max).contains(&seen.port()),
+    };
+    if seen.ip() == leg.addr && port_ok {
+        return Ok(());
+    }
+    let want_port = match leg.port {
+        SeenPort::Kept => format!("{port}"),
+        SeenPort::Allocated => "any port".into(),
+        SeenPort::Resolved => format!(
+            "a port of the collision range {}-{} (not {port})",
+            range.min, range.max
+        ),
+    };
+    Err(format!(
+        "backend-2 saw {seen}, expected {} with {want_port}",
+        leg.addr
+    ))
+}
+
+/// The counters that moved from `before` to `after`, by name (`service_new_flow +2,
+/// drop:encap_failed +8`), or `nothing counted`.
+#[must_use]
+pub fn counter_delta(before: &CounterSnapshot, after: &CounterSnapshot) -> String {
+    let mut moved: Vec<String> = Counter::ALL
+        .into_iter()
+        .filter(|&c| c != Counter::RxPackets)
+        .filter_map(|c| {
+            let d = after.get(c).saturating_sub(before.get(c));
+            (d > 0).then(|| format!("{} +{d}", c.name()))
+        })
+        .collect();
+    moved.extend(DropReason::ALL.into_iter().filter_map(|r| {
+        let d = after.drops(r).saturating_sub(before.drops(r));
+        (d > 0).then(|| format!("drop:{} +{d}", r.name()))
+    }));
+    if moved.is_empty() {
+        "nothing counted".into()
+    } else {
+        moved.join(", ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lb_api::counters::Counters;
+
+    const CLIENT: &str = "10.210.0.10";
+
+    fn leg(addr: &str, port: SeenPort) -> Leg {
+        Leg {
+            addr: addr.parse().unwrap(),
+            port,
         }
-        Ok(answers) => Err(format!("port {port}: unexpected answers {answers:?}")),
-        Err(e) => Err(format!("port {port}: {e:#}")),
+    }
+
+    #[test]
+    fn a_leg_is_judged_by_the_address_and_port_the_backend_saw() {
+        let kept = leg(CLIENT, SeenPort::Kept);
+        assert!(judge_leg("backend-2 saw 10.210.0.10:41000: via node-1", 41000, kept).is_ok());
+        let e = judge_leg("backend-2 saw 10.210.0.10:41001: x", 41000, kept).unwrap_err();
+        assert!(e.contains("41001") && e.contains("41000"), "{e}");
+        // 10.210.0.1 is a prefix of 10.210.0.10 as text, not as an address.
+        assert!(judge_leg("backend-2 saw 10.210.0.1:41000: x", 41000, kept).is_err());
+        assert!(judge_leg("backend-1 saw 10.210.0.10:41000: x", 41000, kept).is_err());
+
+        let resolved = leg("fd00:210::10", SeenPort::Resolved);
+        assert!(judge_leg("backend-2 saw [fd00:210::10]:22457: y", 41002, resolved).is_ok());
+        // The client's own port, or one outside the resolver's range, is no resolution.
+        assert!(judge_leg("backend-2 saw [fd00:210::10]:41002: y", 41002, resolved).is_err());
+        assert!(judge_leg("backend-2 saw [fd00:210::10]:30000: y", 41002, resolved).is_err());
+
+        let snat = leg("10.210.0.1", SeenPort::Allocated);
+        assert!(judge_leg("backend-2 saw 10.210.0.1:33000: z", 41000, snat).is_ok());
+        assert!(judge_leg("backend-2 saw 10.210.0.10:41000: z", 41000, snat).is_err());
+    }
+
+    #[test]
+    fn the_same_port_legs_follow_the_mode() {
+        let e = Expectation::of(Mode::Dsr, Family::V4, L4Proto::Udp);
+        assert_eq!(e.same_port[0], leg(CLIENT, SeenPort::Kept));
+        assert_eq!(e.same_port[1], leg(CLIENT, SeenPort::Resolved));
+        let e = Expectation::of(Mode::Hybrid, Family::V4, L4Proto::Udp);
+        assert_eq!(e.same_port[0], leg("10.210.0.1", SeenPort::Allocated));
+        assert_eq!(e.same_port[1], leg(CLIENT, SeenPort::Kept));
+    }
+
+    #[test]
+    fn counter_deltas_name_what_moved() {
+        let before = CounterSnapshot::default();
+        let mut after = before;
+        assert_eq!(counter_delta(&before, &after), "nothing counted");
+        after.bump(Counter::RxPackets.slot());
+        after.bump(Counter::MtuExceeded.slot());
+        after.bump(DropReason::EncapFailed.slot());
+        after.bump(DropReason::EncapFailed.slot());
+        assert_eq!(
+            counter_delta(&before, &after),
+            "mtu_exceeded +1, drop:encap_failed +2"
+        );
     }
 }

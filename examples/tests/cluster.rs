@@ -9,7 +9,7 @@ use std::time::Duration;
 use lb_api::flow::L4Proto;
 use lb_examples::capture::Capture;
 use lb_examples::cluster::{Cluster, Family, LAN_IF, VIP_V4, VIP_V6};
-use lb_examples::matrix::{self, Expectation};
+use lb_examples::matrix::{self, Expectation, Leg, SeenPort};
 use lb_examples::traffic::{
     connect, http_get, request, saw_prefix, start_backends, udp_request, BackendSite, Conversation,
     BACKEND_PORT, HTTP_PORT,
@@ -464,17 +464,23 @@ fn the_matrix_checks_pass_dsr_by_plain_routing_and_tell_it_from_snat() {
     for family in Family::ALL {
         let target = SocketAddr::new(family.vip(), BACKEND_PORT);
         for proto in [L4Proto::Tcp, L4Proto::Udp] {
+            // Two destinations at backend-2 (the VIP and its pod address): no tuple collides.
+            let client = Leg {
+                addr: family.client(),
+                port: SeenPort::Kept,
+            };
             let dsr = Expectation {
                 seen: family.client(),
                 reply_via: 1,
                 adds_bytes: false,
+                same_port: [client; 2],
             };
             let mut checks = matrix::traffic(&cluster, proto, target, dsr, &macs);
             port += 1;
             let both = [target, SocketAddr::new(family.backend(1), BACKEND_PORT)];
             checks.push((
                 "same client port",
-                matrix::same_port(&cluster, proto, port, both, family),
+                matrix::same_port(&cluster, proto, port, both, dsr.same_port),
             ));
             if proto == L4Proto::Tcp {
                 checks.push(("path MTU", matrix::path_mtu(&cluster, target, false, &macs)));
@@ -488,7 +494,7 @@ fn the_matrix_checks_pass_dsr_by_plain_routing_and_tell_it_from_snat() {
             let snat = Expectation {
                 seen: family.node(0),
                 reply_via: 0,
-                adds_bytes: false,
+                ..dsr
             };
             let judged = matrix::traffic(&cluster, proto, target, snat, &macs);
             for (check, res) in &judged {

@@ -7,8 +7,10 @@
 //! - `client address`: the backend saw the client's address (DSR, tunnel) or node-1's (SNAT);
 //! - `reply path`: the client's packet socket shows which node delivered the replies — node-2
 //!   (DSR: the reply does not traverse node-1) or node-1 (SNAT, tunnel);
+//! - `node-1 replies`: node-1's own counters agree — it translated no reply (DSR) or every one;
 //! - `same client port`: one client port reaches the NodePort of node-1 and of node-2 at once,
-//!   both to backend-2 (the tuples collide at the backend when the client address is kept);
+//!   both to backend-2. Where the client address is kept the two tuples collide at the backend:
+//!   backend-2 must see the second connection from a port of the collision resolver's range;
 //! - `restart`: a connection (TCP) or flow (UDP) opened before both nodes' loaders restart keeps
 //!   answering from the same backend afterwards;
 //! - `path MTU` (TCP): a request of full-sized segments completes; where the mode adds bytes on
@@ -16,15 +18,17 @@
 //!   "fragmentation needed" / ICMPv6 "packet too big" announcing an MTU below the link's, and TCP
 //!   continues with smaller segments. SNAT adds nothing, so there no such error may appear.
 //!
-//! A mode's test fails listing every failed cell and check with its evidence, after running all
-//! of them, so one run shows the whole matrix.
+//! A mode's test fails listing every failed cell and check with its evidence and what both
+//! nodes' datapaths counted during the cell, after running all of them, so one run shows the
+//! whole matrix.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::time::Duration;
 
+use lb_api::counters::{Counter, CounterSnapshot};
 use lb_api::flow::L4Proto;
 use lb_examples::cluster::{Cluster, Family, LAN_IF, NODE_PORT, VIP_PORT};
-use lb_examples::matrix::{self, Check, Expectation};
+use lb_examples::matrix::{self, Check, Expectation, REQUESTS};
 use lb_examples::modes::{self, Deployment, Frontend, Mode, ServicePlan};
 use lb_examples::traffic::{udp_exchange, Conversation, BACKEND_PORT};
 
@@ -75,19 +79,50 @@ fn plans() -> Vec<ServicePlan> {
 struct Cell {
     name: String,
     checks: Vec<Check>,
+    /// What both nodes counted while the cell ran.
+    counted: String,
+}
+
+/// Both nodes' counters now (zero for a node whose counters cannot be read: the checks then
+/// fail on their own evidence).
+fn counters(d: &Deployment) -> [CounterSnapshot; 2] {
+    let read = |n: usize| {
+        d.nodes[n]
+            .as_ref()
+            .and_then(|dp| dp.counters().ok())
+            .unwrap_or_default()
+    };
+    [read(0), read(1)]
 }
 
 fn run_cell(
     cluster: &Cluster,
-    mode: Mode,
+    d: &Deployment,
     family: Family,
     proto: L4Proto,
     macs: &[[u8; 6]; 2],
     cell_no: u16,
 ) -> Cell {
+    let mode = d.mode;
     let vip = SocketAddr::new(family.vip(), VIP_PORT);
     let expect = Expectation::of(mode, family, proto);
+    let start = counters(d);
     let mut checks = matrix::traffic(cluster, proto, vip, expect, macs);
+    // The reply path once more, as node-1's datapath saw it.
+    let translated = counters(d)[0]
+        .get(Counter::ReplyTranslated)
+        .saturating_sub(start[0].get(Counter::ReplyTranslated));
+    let node1 = match (mode.direct_return(proto), translated) {
+        (true, 0) => Ok("node-1 translated no reply".to_string()),
+        (true, n) => Err(format!(
+            "node-1 translated {n} replies, but replies must not traverse it"
+        )),
+        (false, n) if n >= REQUESTS as u64 => Ok(format!("node-1 translated {n} replies")),
+        (false, n) => Err(format!(
+            "node-1 translated {n} replies to {REQUESTS} requests"
+        )),
+    };
+    checks.push(("node-1 replies", node1));
     // One client port via node-1's and node-2's NodePorts at once.
     let port = 41000 + cell_no;
     let targets = [
@@ -96,7 +131,7 @@ fn run_cell(
     ];
     checks.push((
         "same client port",
-        matrix::same_port(cluster, proto, port, targets, family),
+        matrix::same_port(cluster, proto, port, targets, expect.same_port),
     ));
     if proto == L4Proto::Tcp {
         checks.push((
@@ -104,9 +139,15 @@ fn run_cell(
             matrix::path_mtu(cluster, vip, expect.adds_bytes, macs),
         ));
     }
+    let end = counters(d);
     Cell {
         name: format!("{mode} {family} {}", proto_name(proto)),
         checks,
+        counted: format!(
+            "node-1: {}; node-2: {}",
+            matrix::counter_delta(&start[0], &end[0]),
+            matrix::counter_delta(&start[1], &end[1])
+        ),
     }
 }
 
@@ -181,7 +222,7 @@ fn run_mode(mode: Mode) {
     let mut n = 0u16;
     for family in Family::ALL {
         for proto in PROTOS {
-            cells.push(run_cell(&cluster, mode, family, proto, &macs, n));
+            cells.push(run_cell(&cluster, &d, family, proto, &macs, n));
             n += 1;
         }
     }
@@ -192,37 +233,30 @@ fn run_mode(mode: Mode) {
         }
     }
 
-    let counters: Vec<String> = d
-        .nodes
-        .iter()
-        .enumerate()
-        .map(
-            |(i, dp)| match dp.as_ref().map(lb_bpf::KernelDatapath::counters) {
-                Some(Ok(c)) => format!("node-{} counters: {c:?}", i + 1),
-                Some(Err(e)) => format!("node-{} counters: {e}", i + 1),
-                None => format!("node-{}: not loaded", i + 1),
-            },
-        )
-        .collect();
     let mut failures = Vec::new();
     for cell in &cells {
+        let mut failed = false;
         for (check, res) in &cell.checks {
             match res {
                 Ok(ev) => eprintln!("PASS {:<18} {check:<16} {ev}", cell.name),
                 Err(ev) => {
                     eprintln!("FAIL {:<18} {check:<16} {ev}", cell.name);
                     failures.push(format!("{} / {check}: {ev}", cell.name));
+                    failed = true;
                 }
             }
         }
+        if failed {
+            eprintln!("     {:<18} counted: {}", cell.name, cell.counted);
+            failures.push(format!("  counted during {}: {}", cell.name, cell.counted));
+        }
     }
     eprintln!("{mode}: XDP {:?}", d.xdp_modes);
+    let failed_checks = failures.iter().filter(|f| !f.starts_with("  ")).count();
     assert!(
         failures.is_empty(),
-        "{} failed checks in mode {mode}:\n{}\n{}",
-        failures.len(),
+        "{failed_checks} failed checks in mode {mode}:\n{}",
         failures.join("\n"),
-        counters.join("\n")
     );
 }
 
