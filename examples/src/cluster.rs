@@ -22,7 +22,7 @@
 //! - backends route everything via their node; nodes forward (IPv4 and IPv6), `rp_filter` is off
 //!   everywhere (DSR replies leave with the VIP as source), nodes accept received packets that
 //!   carry their own IPv4 address as source (`accept_local`: what SNAT and the tunnel hand to the
-//!   stack), IPv6 addresses skip DAD;
+//!   stack) and send no ICMP redirects, IPv6 addresses skip DAD;
 //! - the peers of the interfaces the datapath runs on (the LAN bridge ports, the pods' `eth0`)
 //!   have NAPI on, so that packets the datapath sends back out (`XDP_TX`: ICMP too-big) arrive
 //!   ([`crate::netns::receive_xdp_tx`]).
@@ -70,6 +70,9 @@ pub const VIP_PORT: u16 = 80;
 pub const NODE_PORT: u16 = 30080;
 /// Each node's LAN interface (and the client's).
 pub const LAN_IF: &str = "eth0";
+/// The bridge ports (in the LAN namespace) of node-1's and node-2's LAN links: what a node sends
+/// arrives there, what the bridge sends the node leaves there.
+pub const NODE_LAN_PORTS: [&str; 2] = ["n1", "n2"];
 /// The host side of the pod veth on each node.
 pub const POD_IF: &str = "pod1";
 /// Underlay MTU of every link.
@@ -218,8 +221,18 @@ impl Cluster {
         // The client and the nodes on the LAN: `eth0` inside each, a bridge port in `lan`.
         let lan_hosts = [
             (self.client.as_str(), "c", CLIENT_V4, CLIENT_V6),
-            (self.nodes[0].as_str(), "n1", NODE_V4[0], NODE_V6[0]),
-            (self.nodes[1].as_str(), "n2", NODE_V4[1], NODE_V6[1]),
+            (
+                self.nodes[0].as_str(),
+                NODE_LAN_PORTS[0],
+                NODE_V4[0],
+                NODE_V6[0],
+            ),
+            (
+                self.nodes[1].as_str(),
+                NODE_LAN_PORTS[1],
+                NODE_V4[1],
+                NODE_V6[1],
+            ),
         ];
         for (ns, port, v4, v6) in lan_hosts {
             ip(&[
@@ -312,10 +325,15 @@ impl Cluster {
             // accept_local: after SNAT or VXLAN encapsulation in XDP, a packet carries the node's
             // own IPv4 address as source and is handed to the stack (XDP_PASS) to be routed; the
             // stack drops received packets with a local source as martians unless this is set.
+            // No ICMP redirects: a node forwards the client's service traffic back out of the
+            // LAN link it came in on, and each redirect would also take the tokens the node's
+            // ICMP errors to the client are rate-limited by (shared per peer).
             for sysctl in [
                 "net.ipv4.ip_forward=1",
                 "net.ipv6.conf.all.forwarding=1",
                 "net.ipv4.conf.all.accept_local=1",
+                "net.ipv4.conf.all.send_redirects=0",
+                &format!("net.ipv4.conf.{LAN_IF}.send_redirects=0"),
             ] {
                 in_ns(node, &["sysctl", "-qw", sysctl])?;
             }
