@@ -59,25 +59,61 @@ impl Icmp {
     }
 }
 
-/// A running capture; [`Capture::stop`] returns what it saw.
-#[derive(Debug)]
-pub struct Capture {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<Vec<Frame>>>,
+/// One frame as it was on the wire, with its direction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawFrame {
+    /// Whether this host sent it (rather than received it).
+    pub outgoing: bool,
+    /// The frame's bytes from the Ethernet header on (at most 2048).
+    pub bytes: Vec<u8>,
 }
 
-impl Capture {
+/// A running capture; [`Capture::stop`] returns what it saw: [`Frame`] summaries, or the whole
+/// frames ([`Capture::start_raw`]).
+#[derive(Debug)]
+pub struct Capture<T = Frame> {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<Vec<T>>>,
+}
+
+impl Capture<Frame> {
     /// Starts capturing on `dev` in namespace `ns`, for `lifetime` at most. Frames sent or
     /// received after this returns are seen.
     ///
     /// # Errors
     /// If the packet socket cannot be opened or bound (not root, no such interface).
     pub fn start(ns: &str, dev: &str, lifetime: Duration) -> Result<Self> {
+        Self::spawn(ns, dev, lifetime, parse)
+    }
+}
+
+impl Capture<RawFrame> {
+    /// As [`Capture::start`], keeping every frame whole.
+    ///
+    /// # Errors
+    /// If the packet socket cannot be opened or bound (not root, no such interface).
+    pub fn start_raw(ns: &str, dev: &str, lifetime: Duration) -> Result<Self> {
+        Self::spawn(ns, dev, lifetime, |b, outgoing| {
+            Some(RawFrame {
+                outgoing,
+                bytes: b.to_vec(),
+            })
+        })
+    }
+}
+
+impl<T: Send + 'static> Capture<T> {
+    fn spawn(
+        ns: &str,
+        dev: &str,
+        lifetime: Duration,
+        keep: fn(&[u8], bool) -> Option<T>,
+    ) -> Result<Self> {
         let fd =
             within(ns, || open(dev))?.with_context(|| format!("capturing on {dev} in {ns}"))?;
         let stop = Arc::new(AtomicBool::new(false));
         let s = Arc::clone(&stop);
-        let thread = std::thread::spawn(move || read_frames(&fd, &s, lifetime));
+        let thread = std::thread::spawn(move || read_frames(&fd, &s, lifetime, keep));
         Ok(Capture {
             stop,
             thread: Some(thread),
@@ -86,7 +122,7 @@ impl Capture {
 
     /// Stops the capture and returns the frames, in arrival order.
     #[must_use]
-    pub fn stop(mut self) -> Vec<Frame> {
+    pub fn stop(mut self) -> Vec<T> {
         self.stop.store(true, Ordering::Relaxed);
         self.thread
             .take()
@@ -95,7 +131,7 @@ impl Capture {
     }
 }
 
-impl Drop for Capture {
+impl<T> Drop for Capture<T> {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
@@ -186,7 +222,12 @@ pub fn inject(ns: &str, dev: &str, frame: &[u8]) -> Result<()> {
 
 /// Reads frames until stopped (or `lifetime` is over), then what is still queued in the socket:
 /// a short exchange may be over before this thread first runs, and its frames must count.
-fn read_frames(fd: &OwnedFd, stop: &AtomicBool, lifetime: Duration) -> Vec<Frame> {
+fn read_frames<T>(
+    fd: &OwnedFd,
+    stop: &AtomicBool,
+    lifetime: Duration,
+    keep: fn(&[u8], bool) -> Option<T>,
+) -> Vec<T> {
     let deadline = Instant::now() + lifetime;
     let mut frames = Vec::new();
     let mut buf = [0u8; 2048];
@@ -226,7 +267,7 @@ fn read_frames(fd: &OwnedFd, stop: &AtomicBool, lifetime: Duration) -> Vec<Frame
             continue; // timeout or EINTR: check stop and the deadline
         };
         let outgoing = from.sll_pkttype == libc::PACKET_OUTGOING;
-        if let Some(f) = parse(buf.get(..n).unwrap_or_default(), outgoing) {
+        if let Some(f) = keep(buf.get(..n).unwrap_or_default(), outgoing) {
             if frames.len() < MAX_FRAMES {
                 frames.push(f);
             }

@@ -3,7 +3,8 @@
 //!
 //! - [`testbed`]: one node (the single-node demo and e2e tests);
 //! - [`cluster`]: two nodes on a LAN, for the forwarding modes (SNAT, DSR, tunnel, hybrid);
-//! - [`netns`] and [`traffic`]: the namespace lifecycle and the servers/clients both share.
+//! - [`netns`] and [`traffic`]: the namespace lifecycle and the servers/clients both share;
+//! - [`matrix`], [`capture`] and [`differential`]: what the mode tests check and observe.
 //!
 //! ```no_run
 //! use lb_examples::testbed::Testbed;
@@ -15,6 +16,7 @@
 
 pub mod capture;
 pub mod cluster;
+pub mod differential;
 pub mod matrix;
 pub mod modes;
 pub mod netns;

@@ -162,7 +162,7 @@ impl Deployment {
     }
 }
 
-pub use with_modes::{deploy, restart_node};
+pub use with_modes::{deploy, engine_like, restart_node};
 
 mod with_modes {
     //! Everything that speaks the loader's forwarding-mode API: one place to adapt when it moves.
@@ -172,8 +172,10 @@ mod with_modes {
 
     use anyhow::{Context, Result};
     use aya::programs::XdpMode;
+    use lb_api::abi::DatapathConfig;
     use lb_bpf::KernelDatapath;
-    use lb_datapath::engine::default_config;
+    use lb_conntrack::MonotonicClock;
+    use lb_datapath::engine::{default_config, Engine};
     use lb_nat::control::{BackendSpec, ForwardingMode, NodeSpec, ServiceSpec};
 
     use super::{Deployment, Mode, ServicePlan};
@@ -225,6 +227,27 @@ mod with_modes {
         }
     }
 
+    /// Node `node`'s datapath configuration before its identity: netfilter's timeouts, a hash
+    /// seed of its own.
+    fn node_config(node: usize) -> DatapathConfig {
+        default_config(std::process::id() ^ node as u32)
+    }
+
+    /// A userspace engine set up as node `node`'s kernel datapath in `d`: the same
+    /// configuration, identity and services, so that the packets the node's programs saw can be
+    /// replayed through it and the results compared ([`crate::differential`]).
+    ///
+    /// # Errors
+    /// If the engine refuses the node's identity or a service (then so would the kernel have).
+    pub fn engine_like(d: &Deployment, node: usize) -> Result<Engine> {
+        let mut engine = Engine::with_clock(4096, node_config(node), MonotonicClock);
+        engine.set_node(&node_spec(node))?;
+        for spec in specs(d.mode, &d.plans, node) {
+            engine.upsert_service(&spec)?;
+        }
+        Ok(engine)
+    }
+
     /// Prefix of the pin directories under /sys/fs/bpf.
     const PIN_PREFIX: &str = "lb-cluster-";
 
@@ -266,7 +289,7 @@ mod with_modes {
     ) -> Result<(KernelDatapath, &'static str)> {
         let mut dp = KernelDatapath::load_pinned(dir)
             .with_context(|| format!("loading node-{}'s datapath", node + 1))?;
-        dp.set_config(&default_config(std::process::id() ^ node as u32))?;
+        dp.set_config(&node_config(node))?;
         dp.set_node(&node_spec(node))
             .with_context(|| format!("node-{}'s identity", node + 1))?;
         for spec in specs(mode, plans, node) {

@@ -16,7 +16,10 @@
 //! - `path MTU` (TCP): a request of full-sized segments completes; where the mode adds bytes on
 //!   the way to node-2 (DSR carrier, VXLAN), node-1 answers the first oversized segment with ICMP
 //!   "fragmentation needed" / ICMPv6 "packet too big" announcing an MTU below the link's, and TCP
-//!   continues with smaller segments. SNAT adds nothing, so there no such error may appear.
+//!   continues with smaller segments. SNAT adds nothing, so there no such error may appear;
+//! - `kernel = engine`: one exchange replayed through the userspace engine set up like node-1
+//!   gives the frames node-1 put on the LAN, byte for byte, and its counters
+//!   ([`lb_examples::differential`]).
 //!
 //! A mode's test fails listing every failed cell and check with its evidence and what both
 //! nodes' datapaths counted during the cell, after running all of them, so one run shows the
@@ -27,7 +30,9 @@ use std::time::Duration;
 
 use lb_api::counters::{Counter, CounterSnapshot};
 use lb_api::flow::L4Proto;
-use lb_examples::cluster::{Cluster, Family, LAN_IF, NODE_PORT, VIP_PORT};
+use lb_examples::capture::Capture;
+use lb_examples::cluster::{Cluster, Family, LAN_IF, NODE_LAN_PORTS, NODE_PORT, VIP_PORT};
+use lb_examples::differential;
 use lb_examples::matrix::{self, Check, Expectation, REQUESTS};
 use lb_examples::modes::{self, Deployment, Frontend, Mode, ServicePlan};
 use lb_examples::traffic::{udp_exchange, Conversation, BACKEND_PORT};
@@ -141,7 +146,7 @@ fn run_cell(
     }
     let end = counters(d);
     Cell {
-        name: format!("{mode} {family} {}", proto_name(proto)),
+        name: cell_name(mode, family, proto),
         checks,
         counted: format!(
             "node-1: {}; node-2: {}",
@@ -149,6 +154,52 @@ fn run_cell(
             matrix::counter_delta(&start[1], &end[1])
         ),
     }
+}
+
+/// `kernel = engine`: one exchange per family and protocol to the VIP, with node-1's bridge port
+/// under capture; node-1's input is replayed through an engine set up like node-1, whose output
+/// and counters must be node-1's ([`lb_examples::differential`]). Runs first, on fresh tables in
+/// both worlds.
+fn differential(cluster: &Cluster, d: &Deployment) -> Vec<(String, Result<String, String>)> {
+    let mut engine = match modes::engine_like(d, 0) {
+        Ok(e) => e,
+        Err(e) => {
+            let e = format!("engine like node-1: {e:#}");
+            return cell_names(d.mode).map(|n| (n, Err(e.clone()))).collect();
+        }
+    };
+    let mut out = Vec::new();
+    for family in Family::ALL {
+        for proto in PROTOS {
+            let vip = SocketAddr::new(family.vip(), VIP_PORT);
+            let res = (|| -> Result<String, String> {
+                let capture =
+                    Capture::start_raw(&cluster.lan, NODE_LAN_PORTS[0], Duration::from_secs(30))
+                        .map_err(|e| format!("capture: {e:#}"))?;
+                let before = counters(d)[0];
+                let answer = matrix::exchange(cluster, proto, vip, 0);
+                let synced = differential::barrier(&cluster.client, family.node(0), TIMEOUT);
+                let after = counters(d)[0];
+                let frames = capture.stop();
+                synced.map_err(|e| format!("{e:#}"))?;
+                differential::compare(&mut engine, &frames, (&before, &after))
+                    .map(|ev| format!("{ev} (the exchange: {answer:?})"))
+                    .map_err(|e| format!("{e}\n  (the exchange: {answer:?})"))
+            })();
+            out.push((cell_name(d.mode, family, proto), res));
+        }
+    }
+    out
+}
+
+fn cell_name(mode: Mode, family: Family, proto: L4Proto) -> String {
+    format!("{mode} {family} {}", proto_name(proto))
+}
+
+fn cell_names(mode: Mode) -> impl Iterator<Item = String> {
+    Family::ALL
+        .into_iter()
+        .flat_map(move |f| PROTOS.map(|p| cell_name(mode, f, p)))
 }
 
 /// Conversations (TCP) and flows (UDP) of every family opened before both loaders restart must
@@ -218,12 +269,18 @@ fn run_mode(mode: Mode) {
         Cluster::mac(&cluster.nodes[1], LAN_IF).unwrap(),
     ];
 
+    let replayed = differential(&cluster, &d);
     let mut cells = Vec::new();
     let mut n = 0u16;
     for family in Family::ALL {
         for proto in PROTOS {
             cells.push(run_cell(&cluster, &d, family, proto, &macs, n));
             n += 1;
+        }
+    }
+    for (name, res) in replayed {
+        if let Some(cell) = cells.iter_mut().find(|c| c.name == name) {
+            cell.checks.push(("kernel = engine", res));
         }
     }
     let restart = restart_checks(&cluster, &mut d);
