@@ -1,9 +1,12 @@
 //! The pipeline: parse → reply of a tracked flow? → known flow? → new flow to a service?
 
+use core::cell::Cell;
+
 use lb_api::abi::{
     BackendKey, CtEntry, CtKey, CtKind, DatapathConfig, ForwardingMode, NodeKey, ServiceKey,
-    CT_F_BACKEND_SIDE, CT_F_DSR, CT_F_SNAT, CT_F_SRC_PORT_REWRITTEN, CT_F_TUNNEL,
+    ServiceValue, CT_F_BACKEND_SIDE, CT_F_DSR, CT_F_SNAT, CT_F_SRC_PORT_REWRITTEN, CT_F_TUNNEL,
 };
+use lb_api::checksum;
 use lb_api::counters::{Counter, Counters, DropReason};
 use lb_api::flow::{v4_of, FlowTuple, IpFamily, L4Proto};
 use lb_api::wire::{
@@ -17,7 +20,9 @@ use lb_conntrack::{
 };
 use lb_encap::dsr::{dsr_extract, dsr_v4_insert, dsr_v6_insert, DsrTarget};
 use lb_encap::mtu::icmp_too_big_parsed;
-use lb_encap::{vxlan_decap_parsed, vxlan_encap, AdjustHead, OuterAddrs, TunnelConfig};
+use lb_encap::{
+    vxlan_decap_parsed, vxlan_encap_offloaded, AdjustHead, InnerChecksum, OuterAddrs, TunnelConfig,
+};
 use lb_nat::collision::{Reserve, MAX_SOURCE_PORT_TRIES};
 use lb_nat::{
     resolve_source_port, rewrite, select_slot, translate_icmp_error, Field, RandomSource,
@@ -128,8 +133,16 @@ where
         clock,
         peer,
         tunnelled,
+        carry: Cell::new(false),
     };
     let v = paths(pkt, &ctx, tables, entry, key);
+    if ctx.carry.get() {
+        // The path translated the packet and recorded the flow; now the carrier. Added here,
+        // not in the paths, so that its frame (and the tunnel's) does not stack on theirs.
+        if let Err(d) = to_peer(pkt, &ctx, tables, entry) {
+            return d;
+        }
+    }
     if v != TOO_BIG {
         return v;
     }
@@ -242,6 +255,9 @@ struct Ctx<'a, C> {
     peer: &'a [u8; 16],
     /// The packet came out of the node-to-node tunnel.
     tunnelled: bool,
+    /// Set by a path that translated the packet of a flow in the scratch entry which must now
+    /// be carried to its peer node (DSR carrier or tunnel); [`process`] adds the carrier.
+    carry: Cell<bool>,
 }
 
 impl<C: Fn() -> u64> Ctx<'_, C> {
@@ -353,18 +369,14 @@ where
             }
         }
     }
-    if e.flags & (CT_F_DSR | CT_F_TUNNEL) != 0 && !backend_side {
-        if exceeds_mtu(ctx, e.flags) {
-            return Some(TOO_BIG);
-        }
+    if e.flags & (CT_F_DSR | CT_F_TUNNEL) != 0 && !backend_side && exceeds_mtu(ctx, e.flags) {
+        return Some(TOO_BIG);
     }
     if let Err(v) = translate(pkt, parsed, tables, e) {
         return Some(v);
     }
     if e.flags & (CT_F_DSR | CT_F_TUNNEL) != 0 && !backend_side {
-        if let Err(v) = to_peer(pkt, ctx, tables, e) {
-            return Some(v);
-        }
+        ctx.carry.set(true);
     }
     Some(pass(tables, Counter::ServiceEstablished))
 }
@@ -591,9 +603,7 @@ where
         return drop(tables, DropReason::Truncated);
     }
     if tunnel_back {
-        if let Err(v) = to_peer(pkt, ctx, tables, rev) {
-            return v;
-        }
+        ctx.carry.set(true);
     }
     pass(tables, Counter::ReplyTranslated)
 }
@@ -706,21 +716,45 @@ fn tunnel_carry<P: AdjustHead + ?Sized>(
     let Some(eth) = pkt.load::<EthernetHeader>(0) else {
         return false;
     };
-    // An IPv6 underlay needs the outer UDP checksum over the whole packet (zero is invalid in
-    // IPv6): a loop over up to a jumbo frame that, at every call site, exceeds the verifier's
-    // instruction budget. Until it is computed from the inner checksums, the tunnel runs over
-    // IPv4 (dropped with `EncapFailed` otherwise).
-    if t.family == IpFamily::V6 as u8 {
+    // The underlay is of the flow's family: an IPv6 flow goes to the peer's IPv6 address.
+    let outer = if t.family == IpFamily::V6 as u8 {
+        OuterAddrs::V6 {
+            src: cfg.node_v6,
+            dst: *peer,
+        }
+    } else {
+        OuterAddrs::V4 {
+            src: cfg.node_v4,
+            dst: v4_of(peer),
+        }
+    };
+    // An IPv6 outer UDP checksum may not be zero; it is derived from the inner one (a sum over
+    // the whole packet would exceed the verifier's budget and the bytes a program may read).
+    let Some(inner) = inner_checksum(pkt, parsed) else {
         return false;
-    }
-    let outer = OuterAddrs::V4 {
-        src: cfg.node_v4,
-        dst: v4_of(peer),
     };
     let mut tc = TunnelConfig::new(cfg.vni, outer, eth.src, eth.dst);
     tc.port = cfg.tunnel_port();
     tc.mtu = cfg.mtu();
-    vxlan_encap(pkt, &tc, t.hash(cfg.hash_seed)).is_ok()
+    vxlan_encap_offloaded(pkt, &tc, t.hash(cfg.hash_seed), &inner).is_ok()
+}
+
+/// The packet's inner transport segment, as [`vxlan_encap_offloaded`] needs it: where it is
+/// and the sum of its pseudo-header, from the addresses the packet carries now (translated).
+/// The addresses are summed in place, not copied onto the stack.
+#[inline(never)]
+fn inner_checksum<P: PacketAccess + ?Sized>(pkt: &P, parsed: &Parsed) -> Option<InnerChecksum> {
+    let l3 = parsed.l3_offset;
+    let ip_end = l3 + usize::from(parsed.ip_len);
+    let l4_len = ip_end.checked_sub(parsed.l4_offset)? as u32;
+    let (addrs_at, addrs_len) = if parsed.tuple.family == IpFamily::V6 as u8 {
+        (l3 + 8, 32)
+    } else {
+        (l3 + 12, 8)
+    };
+    let addrs = checksum::sum_packet(pkt, addrs_at, addrs_len, 0)?;
+    let pseudo = addrs + (l4_len >> 16) + (l4_len & 0xffff) + u32::from(parsed.tuple.proto);
+    Some(InnerChecksum::new(parsed.l4_offset, ip_end, pseudo))
 }
 
 /// The collision resolver's random source: the tables' own (`bpf_get_prandom_u32` in the kernel)
@@ -820,6 +854,18 @@ fn start_entry<C: Fn() -> u64>(e: &mut CtEntry, ctx: &Ctx<'_, C>, now: u64) {
     e.family = t.family;
 }
 
+/// The service `t` is addressed to. Its own subprogram in the kernel: the key then lives in its
+/// frame, not in the new-flow path's, which is the deepest.
+#[inline(never)]
+fn service_of<T: ServiceTable + ?Sized>(tables: &T, t: &FlowTuple) -> Option<ServiceValue> {
+    tables.service(&ServiceKey {
+        addr: t.dst,
+        port: t.dst_port,
+        proto: t.proto,
+        family: t.family,
+    })
+}
+
 /// The first packet of a flow: a service? pick a backend, create both conntrack entries, rewrite,
 /// carry to the backend's node. `None`: not to a service. `e` and `rk` are scratch space.
 #[inline(never)]
@@ -837,13 +883,7 @@ where
 {
     let (parsed, cfg) = (ctx.parsed, ctx.cfg);
     let t = &parsed.tuple;
-    let skey = ServiceKey {
-        addr: t.dst,
-        port: t.dst_port,
-        proto: t.proto,
-        family: t.family,
-    };
-    let svc = tables.service(&skey)?;
+    let svc = service_of(tables, t)?;
     let Some(slot) = select_slot(t, cfg.hash_seed, svc.backend_count) else {
         return Some(drop(tables, DropReason::NoBackend));
     };
@@ -868,11 +908,9 @@ where
     if flags & (CT_F_SNAT | CT_F_TUNNEL) != 0 && node == [0; 16] {
         return Some(drop(tables, DropReason::NodeAddressMissing));
     }
-    if flags & (CT_F_DSR | CT_F_TUNNEL) != 0 {
-        if exceeds_mtu(ctx, flags) {
-            e.flags = flags;
-            return Some(TOO_BIG);
-        }
+    if flags & (CT_F_DSR | CT_F_TUNNEL) != 0 && exceeds_mtu(ctx, flags) {
+        e.flags = flags;
+        return Some(TOO_BIG);
     }
 
     let now = ctx.now();
@@ -926,9 +964,7 @@ where
         return Some(v);
     }
     if flags & (CT_F_DSR | CT_F_TUNNEL) != 0 {
-        if let Err(v) = to_peer(pkt, ctx, tables, e) {
-            return Some(v);
-        }
+        ctx.carry.set(true);
     }
     Some(pass(tables, Counter::ServiceNewFlow))
 }

@@ -97,6 +97,7 @@ pub fn geneve_encap<P: AdjustHead + ?Sized>(
         cfg,
         GeneveHeader::LEN + opt_len,
         flow_hash,
+        None,
         |pkt, at| {
             let v = cfg.vni.to_be_bytes();
             pkt.store(

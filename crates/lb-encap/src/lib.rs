@@ -32,8 +32,9 @@ pub mod geneve;
 pub mod mtu;
 mod tunnel;
 pub use tunnel::{
-    vxlan_decap, vxlan_decap_parsed, vxlan_encap, AdjustHead, DecapError, EncapError,
-    HeadroomPacket, OuterAddrs, TunnelConfig, VxlanConfig,
+    vxlan_decap, vxlan_decap_parsed, vxlan_encap, vxlan_encap_offloaded, AdjustHead, DecapError,
+    EncapError, HeadroomPacket, InnerChecksum, OuterAddrs, TunnelConfig, VxlanConfig,
+    MAX_LINK_PADDING, MAX_OFFLOADED_HEADERS,
 };
 
 /// An offset the optimizer cannot reason about. A checksum is stored after a loop over the

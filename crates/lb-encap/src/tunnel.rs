@@ -228,9 +228,120 @@ pub fn vxlan_encap<P: AdjustHead + ?Sized>(
     cfg: &VxlanConfig,
     flow_hash: u32,
 ) -> Result<(), EncapError> {
-    push_udp_tunnel(pkt, cfg, VxlanHeader::LEN, flow_hash, |pkt, at| {
+    push_udp_tunnel(pkt, cfg, VxlanHeader::LEN, flow_hash, None, |pkt, at| {
         pkt.store(at, &VxlanHeader::new(cfg.vni))
     })
+}
+
+/// [`vxlan_encap`] with the IPv6 outer UDP checksum derived from the inner packet's own
+/// transport checksum instead of summed over the whole inner packet (local checksum offload,
+/// as Linux's UDP tunnels do): only the outer UDP and VXLAN headers and the inner headers up to
+/// the transport header are read, whatever the packet's length. An IPv4 outer header has no
+/// UDP checksum, so `inner` is not used then.
+///
+/// The outer checksum is right exactly when the inner transport checksum is; a receiver that
+/// checks the outer one drops exactly the packets whose inner checksum is wrong, as it would
+/// have after decapsulation.
+///
+/// # Errors
+/// As [`vxlan_encap`]; [`EncapError::Malformed`] if the inner headers are longer than
+/// [`MAX_OFFLOADED_HEADERS`] or the link padding after the inner datagram longer than
+/// [`MAX_LINK_PADDING`].
+pub fn vxlan_encap_offloaded<P: AdjustHead + ?Sized>(
+    pkt: &mut P,
+    cfg: &VxlanConfig,
+    flow_hash: u32,
+    inner: &InnerChecksum,
+) -> Result<(), EncapError> {
+    push_udp_tunnel(
+        pkt,
+        cfg,
+        VxlanHeader::LEN,
+        flow_hash,
+        Some(inner),
+        |pkt, at| pkt.store(at, &VxlanHeader::new(cfg.vni)),
+    )
+}
+
+/// Longest inner L2 + L3 headers [`vxlan_encap_offloaded`] sums (Ethernet, two VLAN tags, IPv6
+/// and 98 bytes of extension headers): the bound of its loop.
+pub const MAX_OFFLOADED_HEADERS: usize = 160;
+
+/// Longest link padding after the inner datagram (a minimum-size Ethernet frame's) that
+/// [`vxlan_encap_offloaded`] sums.
+pub const MAX_LINK_PADDING: usize = 64;
+
+/// What [`vxlan_encap_offloaded`] needs to know of the inner packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InnerChecksum {
+    /// Offset of the inner transport header in the frame being encapsulated (even: the headers
+    /// before it are all of even length).
+    pub l4_offset: usize,
+    /// End of the inner IP datagram in the frame; bytes after it are link padding.
+    pub ip_end: usize,
+    /// One's-complement sum of the inner transport segment, checksum field included, as its
+    /// checksum implies: the complement of its pseudo-header's sum ([`InnerChecksum::new`]).
+    pub l4_sum: u32,
+}
+
+impl InnerChecksum {
+    /// The inner packet's transport segment from `l4_offset` to `ip_end`, whose checksum covers
+    /// `pseudo_sum` (its pseudo-header's sum, e.g. [`checksum::pseudo_sum_v6`]).
+    #[must_use]
+    pub const fn new(l4_offset: usize, ip_end: usize, pseudo_sum: u32) -> Self {
+        Self {
+            l4_offset,
+            ip_end,
+            l4_sum: checksum::finish(pseudo_sum) as u32,
+        }
+    }
+}
+
+/// The one's-complement sum of an encapsulated packet's outer UDP segment from offset `l4`
+/// (`udp_len` bytes, the inner frame starting at `inner_at`) plus `initial`: from the inner
+/// transport checksum when `inner` is given, else over every byte.
+fn udp_segment_sum<P: PacketAccess + ?Sized>(
+    pkt: &P,
+    l4: usize,
+    udp_len: usize,
+    inner_at: usize,
+    inner: Option<&InnerChecksum>,
+    initial: u32,
+) -> Option<u32> {
+    let Some(inner) = inner else {
+        return checksum::sum_packet(pkt, l4, udp_len, initial);
+    };
+    let end = l4 + udp_len;
+    let seg_start = inner_at + inner.l4_offset;
+    let seg_end = inner_at + inner.ip_end;
+    if inner.l4_offset > MAX_OFFLOADED_HEADERS
+        || inner.l4_offset % 2 != 0
+        || seg_end < seg_start
+        || seg_end > end
+        || end - seg_end > MAX_LINK_PADDING
+    {
+        return None;
+    }
+    // Outer UDP + tunnel header + inner headers, then the segment as its checksum implies.
+    let head = checksum::sum_packet(pkt, l4, seg_start - l4, initial)?;
+    let mut s = head + inner.l4_sum;
+    if seg_end < end {
+        // Folded to 16 bits (the complement of a finished checksum).
+        let pad = u32::from(!checksum::finish(checksum::sum_packet(
+            pkt,
+            seg_end,
+            end - seg_end,
+            0,
+        )?));
+        // Summed from its own start; in the segment it starts at an odd offset if the
+        // datagram's length is odd, where its bytes weigh the other way round.
+        s += if (seg_end - l4) % 2 == 1 {
+            ((pad & 0xff) << 8) | (pad >> 8)
+        } else {
+            pad
+        };
+    }
+    Some(s)
 }
 
 /// Grows `pkt` by the outer headers plus `tunnel_len` bytes of tunnel header (written by
@@ -240,6 +351,7 @@ pub(crate) fn push_udp_tunnel<P: AdjustHead + ?Sized>(
     cfg: &TunnelConfig,
     tunnel_len: usize,
     flow_hash: u32,
+    inner_checksum: Option<&InnerChecksum>,
     write_tunnel: impl FnOnce(&mut P, usize) -> Option<()>,
 ) -> Result<(), EncapError> {
     let inner = pkt.len();
@@ -252,7 +364,7 @@ pub(crate) fn push_udp_tunnel<P: AdjustHead + ?Sized>(
             inner_mtu: inner_mtu as u16,
         });
     }
-    if outer_ip_len > checksum::MAX_SUM_LEN {
+    if outer_ip_len > checksum::MAX_SUM_LEN && inner_checksum.is_none() {
         return Err(EncapError::Malformed);
     }
     pkt.adjust_head(-(overhead as i32))
@@ -313,7 +425,14 @@ pub(crate) fn push_udp_tunnel<P: AdjustHead + ?Sized>(
                     },
                 )?;
                 let pseudo = checksum::pseudo_sum_v6(&src, &dst, 17, u32::from(udp_len));
-                let s = checksum::sum_packet(pkt, l4, usize::from(udp_len), pseudo)?;
+                let s = udp_segment_sum(
+                    pkt,
+                    l4,
+                    usize::from(udp_len),
+                    overhead,
+                    inner_checksum,
+                    pseudo,
+                )?;
                 let c = checksum::udp_v6_fixup(checksum::finish(s));
                 pkt.store(crate::opaque(l4 + UdpHeader::CHECK_OFFSET), &U16::new(c))?;
             }

@@ -218,3 +218,68 @@ fn dsr_v4_respects_the_mtu() {
     );
     assert_eq!(p.bytes(), &f[..], "unchanged");
 }
+
+/// The outer UDP checksum [`vxlan_encap_offloaded`] derives from the inner transport checksum
+/// equals the one summed over every byte ([`vxlan_encap`]), and smoltcp accepts it: TCP and
+/// UDP, even and odd lengths, with and without link padding after the inner datagram.
+#[test]
+fn offloaded_ipv6_outer_checksum_equals_the_full_sum() {
+    use lb_api::checksum::pseudo_sum_v6;
+    use lb_api::wire::testing::udp_v6_frame;
+    use lb_encap::{vxlan_encap, vxlan_encap_offloaded, InnerChecksum};
+    let mut cfg = TunnelConfig::new(
+        42,
+        OuterAddrs::V6 {
+            src: [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+            dst: [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2],
+        },
+        [2, 0, 0, 0, 0, 0xa],
+        [2, 0, 0, 0, 0, 0xb],
+    );
+    cfg.mtu = 9000;
+    let a = [0xfd, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7];
+    let b = [0xfd, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9];
+    let mut checked = 0;
+    for len in [0usize, 1, 2, 7, 100, 1201] {
+        let payload: Vec<u8> = (0..len).map(|i| (i * 37 + 11) as u8).collect();
+        for (proto, frame) in [
+            (6u8, tcp_v6_frame(&payload)),
+            (17u8, udp_v6_frame(a, 5353, b, 53, &payload)),
+        ] {
+            for pad in [0usize, 1, 6] {
+                let mut frame = frame.clone();
+                let ip_end = frame.len();
+                frame.extend((0..pad).map(|i| 0xa0 + i as u8));
+                let parsed = parse(&SlicePacket::new(&mut frame.clone())).unwrap();
+                let l4_len = (ip_end - parsed.l4_offset) as u32;
+                let src: [u8; 16] = frame[22..38].try_into().unwrap();
+                let dst: [u8; 16] = frame[38..54].try_into().unwrap();
+                let inner = InnerChecksum::new(
+                    parsed.l4_offset,
+                    ip_end,
+                    pseudo_sum_v6(&src, &dst, proto, l4_len),
+                );
+
+                let mut full = with_headroom(&frame);
+                let mut p = HeadroomPacket::new(&mut full, HEADROOM, frame.len()).unwrap();
+                vxlan_encap(&mut p, &cfg, 7).unwrap();
+                let want = p.bytes().to_vec();
+
+                let mut off = with_headroom(&frame);
+                let mut p = HeadroomPacket::new(&mut off, HEADROOM, frame.len()).unwrap();
+                vxlan_encap_offloaded(&mut p, &cfg, 7, &inner).unwrap();
+                let got = p.bytes().to_vec();
+                assert_eq!(got, want, "proto {proto} payload {len} padding {pad}");
+
+                let ip = smoltcp::wire::Ipv6Packet::new_checked(&got[14..]).unwrap();
+                let udp = smoltcp::wire::UdpPacket::new_checked(ip.payload()).unwrap();
+                assert!(udp.verify_checksum(
+                    &smoltcp::wire::IpAddress::Ipv6(ip.src_addr()),
+                    &smoltcp::wire::IpAddress::Ipv6(ip.dst_addr()),
+                ));
+                checked += 1;
+            }
+        }
+    }
+    assert_eq!(checked, 6 * 2 * 3);
+}
