@@ -88,16 +88,32 @@ struct Cell {
     counted: String,
 }
 
-/// Both nodes' counters now (zero for a node whose counters cannot be read: the checks then
-/// fail on their own evidence).
-fn counters(d: &Deployment) -> [CounterSnapshot; 2] {
-    let read = |n: usize| {
-        d.nodes[n]
-            .as_ref()
-            .and_then(|dp| dp.counters().ok())
-            .unwrap_or_default()
+/// Both nodes' counters now.
+///
+/// # Errors
+/// Which node's counters cannot be read.
+fn counters(d: &Deployment) -> Result<[CounterSnapshot; 2], String> {
+    let read = |n: usize| match d.nodes[n].as_ref().map(lb_bpf::KernelDatapath::counters) {
+        Some(Ok(c)) => Ok(c),
+        Some(Err(e)) => Err(format!("node-{}'s counters: {e}", n + 1)),
+        None => Err(format!("node-{} is not loaded", n + 1)),
     };
-    [read(0), read(1)]
+    Ok([read(0)?, read(1)?])
+}
+
+/// What moved on both nodes between two readings.
+fn counted(
+    start: &Result<[CounterSnapshot; 2], String>,
+    end: &Result<[CounterSnapshot; 2], String>,
+) -> String {
+    match (start, end) {
+        (Ok(s), Ok(e)) => format!(
+            "node-1: {}; node-2: {}",
+            matrix::counter_delta(&s[0], &e[0]),
+            matrix::counter_delta(&s[1], &e[1])
+        ),
+        (Err(e), _) | (_, Err(e)) => e.clone(),
+    }
 }
 
 fn run_cell(
@@ -114,16 +130,20 @@ fn run_cell(
     let start = counters(d);
     let mut checks = matrix::traffic(cluster, proto, vip, expect, macs);
     // The reply path once more, as node-1's datapath saw it.
-    let translated = counters(d)[0]
-        .get(Counter::ReplyTranslated)
-        .saturating_sub(start[0].get(Counter::ReplyTranslated));
+    let translated = match (&start, &counters(d)) {
+        (Ok(s), Ok(e)) => Ok(e[0]
+            .get(Counter::ReplyTranslated)
+            .saturating_sub(s[0].get(Counter::ReplyTranslated))),
+        (Err(e), _) | (_, Err(e)) => Err(e.clone()),
+    };
     let node1 = match (mode.direct_return(proto), translated) {
-        (true, 0) => Ok("node-1 translated no reply".to_string()),
-        (true, n) => Err(format!(
+        (_, Err(e)) => Err(e),
+        (true, Ok(0)) => Ok("node-1 translated no reply".to_string()),
+        (true, Ok(n)) => Err(format!(
             "node-1 translated {n} replies, but replies must not traverse it"
         )),
-        (false, n) if n >= REQUESTS as u64 => Ok(format!("node-1 translated {n} replies")),
-        (false, n) => Err(format!(
+        (false, Ok(n)) if n >= REQUESTS as u64 => Ok(format!("node-1 translated {n} replies")),
+        (false, Ok(n)) => Err(format!(
             "node-1 translated {n} replies to {REQUESTS} requests"
         )),
     };
@@ -144,15 +164,10 @@ fn run_cell(
             matrix::path_mtu(cluster, vip, expect.adds_bytes, macs),
         ));
     }
-    let end = counters(d);
     Cell {
         name: cell_name(mode, family, proto),
         checks,
-        counted: format!(
-            "node-1: {}; node-2: {}",
-            matrix::counter_delta(&start[0], &end[0]),
-            matrix::counter_delta(&start[1], &end[1])
-        ),
+        counted: counted(&start, &counters(d)),
     }
 }
 
@@ -176,13 +191,13 @@ fn differential(cluster: &Cluster, d: &Deployment) -> Vec<(String, Result<String
                 let capture =
                     Capture::start_raw(&cluster.lan, NODE_LAN_PORTS[0], Duration::from_secs(30))
                         .map_err(|e| format!("capture: {e:#}"))?;
-                let before = counters(d)[0];
+                let before = counters(d)?;
                 let answer = matrix::exchange(cluster, proto, vip, 0);
                 let synced = differential::barrier(&cluster.client, family.node(0), TIMEOUT);
-                let after = counters(d)[0];
+                let after = counters(d)?;
                 let frames = capture.stop();
                 synced.map_err(|e| format!("{e:#}"))?;
-                differential::compare(&mut engine, &frames, (&before, &after))
+                differential::compare(&mut engine, &frames, (&before[0], &after[0]))
                     .map(|ev| format!("{ev} (the exchange: {answer:?})"))
                     .map_err(|e| format!("{e}\n  (the exchange: {answer:?})"))
             })();
