@@ -1,5 +1,10 @@
-//! Shared pieces of the example programs: a network-namespace testbed with a client, a node that
-//! runs the datapath, and backend "pods" with real TCP servers.
+//! Shared pieces of the example programs: network-namespace topologies with a client, nodes that
+//! run the datapath, and backend "pods" with real TCP, UDP and HTTP servers.
+//!
+//! - [`testbed`]: one node (the single-node demo and e2e tests);
+//! - [`cluster`]: two nodes on a LAN, for the forwarding modes (SNAT, DSR, tunnel, hybrid);
+//! - [`netns`] and [`traffic`]: the namespace lifecycle and the servers/clients both share;
+//! - [`matrix`], [`capture`] and [`differential`]: what the mode tests check and observe.
 //!
 //! ```no_run
 //! use lb_examples::testbed::Testbed;
@@ -9,5 +14,12 @@
 //! # drop(servers); Ok(()) }
 //! ```
 
+pub mod capture;
+pub mod cluster;
+pub mod differential;
+pub mod matrix;
+pub mod modes;
+pub mod netns;
 pub mod scenario;
 pub mod testbed;
+pub mod traffic;

@@ -55,7 +55,8 @@ fuzz_target!(|data: &[u8]| {
                             } else {
                                 BackendState::Active
                             },
-                            node: (bits & 8 != 0).then(|| std::net::IpAddr::from([10, 0, 9, 2])),
+                            // Some on another node (its address), the rest on this one.
+                            node: (bits & 8 != 0).then(|| [10, 250, 0, 2].into()),
                         }
                     })
                     .collect();

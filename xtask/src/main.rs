@@ -13,7 +13,15 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 /// Debian packages: LLVM 22 for bpf-linker; iproute2 and ethtool for the namespace tests and demo.
 /// tshark is the independent decoder of our Geneve/DSR/ICMP output (the kernel has no geneve).
-const APT_PACKAGES: &[&str] = &["llvm-22-dev", "iproute2", "ethtool", "procps", "tshark"];
+/// wrk is the load generator of the per-mode connection-rate and latency benchmark.
+const APT_PACKAGES: &[&str] = &[
+    "llvm-22-dev",
+    "iproute2",
+    "ethtool",
+    "procps",
+    "tshark",
+    "wrk",
+];
 /// Logic crates that must build for the BPF target.
 const LOGIC_CRATES: &[&str] = &[
     "lb-api",
@@ -42,12 +50,16 @@ enum Task {
         #[arg(long)]
         userspace: bool,
     },
-    /// Benchmarks: criterion (userspace) and BPF_PROG_TEST_RUN ns/packet (kernel: the default
-    /// table, then the forwarding modes' table of `lb-kernel-bench --modes`).
+    /// Benchmarks: criterion (userspace), BPF_PROG_TEST_RUN ns/packet (kernel: the default
+    /// table, then the forwarding modes' table of `lb-kernel-bench --modes`), and per-mode
+    /// connection rate and latency of real TCP through the two-node cluster (wrk).
     Bench {
         /// Only the kernel (BPF_PROG_TEST_RUN) figures.
         #[arg(long)]
         kernel_only: bool,
+        /// Only the per-mode figures through the two-node cluster.
+        #[arg(long)]
+        modes_only: bool,
     },
     /// Fuzz every cargo-fuzz target for a while.
     Fuzz {
@@ -66,7 +78,10 @@ fn main() -> ExitCode {
         Task::Setup => setup().map(|_| ()),
         Task::Test => test(),
         Task::Demo { userspace } => demo(userspace),
-        Task::Bench { kernel_only } => bench(kernel_only),
+        Task::Bench {
+            kernel_only,
+            modes_only,
+        } => bench(kernel_only, modes_only),
         Task::Fuzz { seconds, target } => fuzz(seconds, target.as_deref()),
     };
     match res {
@@ -305,9 +320,9 @@ fn demo(userspace: bool) -> Result<()> {
     run(&mut c)
 }
 
-fn bench(kernel_only: bool) -> Result<()> {
+fn bench(kernel_only: bool, modes_only: bool) -> Result<()> {
     setup()?;
-    if !kernel_only {
+    if !kernel_only && !modes_only {
         run(cargo().args([
             "bench",
             "--workspace",
@@ -317,7 +332,11 @@ fn bench(kernel_only: bool) -> Result<()> {
             "lb-examples",
         ]))?;
     }
-    if is_root() {
+    if !is_root() {
+        say("not root: skipping the BPF_PROG_TEST_RUN and per-mode figures (sudo -E cargo xtask bench --kernel-only / --modes-only)");
+        return Ok(());
+    }
+    if !modes_only {
         // The default table, then every forwarding mode's paths (single checked runs).
         for extra in [&[][..], &["--", "--modes"][..]] {
             run(cargo()
@@ -332,8 +351,17 @@ fn bench(kernel_only: bool) -> Result<()> {
                 ])
                 .args(extra))?;
         }
-    } else {
-        say("not root: skipping the BPF_PROG_TEST_RUN figures (sudo -E cargo xtask bench --kernel-only)");
+    }
+    if !kernel_only {
+        run(cargo().args([
+            "run",
+            "--quiet",
+            "--release",
+            "-p",
+            "lb-examples",
+            "--bin",
+            "lb-mode-bench",
+        ]))?;
     }
     Ok(())
 }

@@ -2,17 +2,22 @@
 //! network namespaces; or, without privileges, the same scenario through the userspace engine.
 
 use std::net::Ipv4Addr;
+use std::time::Duration;
 
 use anyhow::{bail, Result};
 use clap::Parser;
 use lb_api::abi::{CtEntry, CtKey, CtKind, CtState};
 use lb_api::counters::{Counter, CounterSnapshot, DropReason};
-use lb_api::flow::v4_of;
+use lb_api::flow::{v4_of, L4Proto};
 use lb_api::wire::testing::tcp_v4_frame;
 use lb_api::wire::{parse, SlicePacket, TcpFlags};
 use lb_datapath::engine::Engine;
+use lb_examples::capture::Capture;
+use lb_examples::cluster::{self, Cluster, Family, LAN_IF};
+use lb_examples::modes::{self, Frontend, Mode, ServicePlan};
 use lb_examples::scenario;
-use lb_examples::testbed::{Testbed, CLIENT, VIP, VIP_PORT};
+use lb_examples::testbed::{Testbed, BACKEND_PORT, CLIENT, VIP, VIP_PORT};
+use lb_examples::traffic::request;
 
 #[derive(Parser)]
 #[command(about = "lb-dataplane demo: load-balance real traffic to a service VIP")]
@@ -69,6 +74,104 @@ fn main() -> Result<()> {
             "{ok}/{} requests answered; both backends must answer",
             report.answers.len()
         );
+    }
+    modes_side_by_side(&[Mode::Snat, Mode::Dsr], 3)
+}
+
+/// What one mode showed: each answer per family, and which node delivered the replies.
+struct ModeShow {
+    lines: Vec<String>,
+    failures: usize,
+}
+
+/// Two nodes: the client's requests to the VIP enter at node-1 and go to backend-2 on node-2, once
+/// per mode; prints, side by side, which client address the backend saw and which node delivered
+/// the replies to the client.
+fn modes_side_by_side(list: &[Mode], requests: usize) -> Result<()> {
+    println!("\n== Forwarding modes on two nodes ==");
+    println!(
+        "client {} / {} -> VIP {}:{VIP_PORT} / [{}]:{VIP_PORT} (routed to node-1 {}) -> backend-2 {} on node-2 {}",
+        cluster::CLIENT_V4,
+        cluster::CLIENT_V6,
+        cluster::VIP_V4,
+        cluster::VIP_V6,
+        cluster::NODE_V4[0],
+        cluster::BACKEND_V4[1],
+        cluster::NODE_V4[1]
+    );
+    let bed = Cluster::create("demo-modes")?;
+    let _servers = bed.start_backends(Duration::from_secs(120))?;
+    let macs = [
+        Cluster::mac(&bed.nodes[0], LAN_IF)?,
+        Cluster::mac(&bed.nodes[1], LAN_IF)?,
+    ];
+    let mut shows = Vec::new();
+    for &mode in list {
+        let plans: Vec<ServicePlan> = Family::ALL
+            .into_iter()
+            .map(|family| ServicePlan {
+                frontend: Frontend::Vip(VIP_PORT),
+                family,
+                proto: L4Proto::Tcp,
+                target_port: BACKEND_PORT,
+                backends: vec![1],
+            })
+            .collect();
+        let d = modes::deploy(&bed, mode, &plans, &format!("demo-{mode}"))?;
+        let mut show = ModeShow {
+            lines: vec![format!("{mode} (XDP {})", d.xdp_modes[0])],
+            failures: 0,
+        };
+        for family in Family::ALL {
+            let vip = cluster::vip(family);
+            let capture = Capture::start(&bed.client, LAN_IF, Duration::from_secs(30))?;
+            for i in 0..requests {
+                let a = bed.in_client(|| request(vip, 0, i, Duration::from_secs(3)))?;
+                show.lines.push(match a {
+                    Ok(a) => a.split(": ").next().unwrap_or("").to_string(),
+                    Err(e) => {
+                        show.failures += 1;
+                        eprintln!("{mode}: request {i} to {vip} failed: {e:#}");
+                        format!("FAILED (request {i} to {family} VIP)")
+                    }
+                });
+            }
+            let frames = capture.stop();
+            let mut via: Vec<String> = frames
+                .iter()
+                .filter(|f| !f.outgoing && f.src == vip)
+                .map(|f| match macs.iter().position(|m| *m == f.eth_src) {
+                    Some(n) => format!("node-{}", n + 1),
+                    None => "another host".to_string(),
+                })
+                .collect();
+            via.sort();
+            via.dedup();
+            if via.is_empty() {
+                via.push("nobody (no reply)".into());
+            }
+            show.lines
+                .push(format!("{family} replies delivered by {}", via.join(", ")));
+        }
+        drop(d);
+        shows.push(show);
+    }
+    let width = 46;
+    let rows = shows.iter().map(|s| s.lines.len()).max().unwrap_or(0);
+    println!();
+    for r in 0..rows {
+        let mut line = String::new();
+        for s in &shows {
+            let cell = s.lines.get(r).map_or("", String::as_str);
+            line.push_str(&format!("{cell:<width$}  "));
+        }
+        println!("  {}", line.trim_end());
+    }
+    println!("\nSNAT: the backend sees node-1's address and replies return through node-1.");
+    println!("DSR:  the backend sees the client's address and node-2 answers the client directly.");
+    let failures: usize = shows.iter().map(|s| s.failures).sum();
+    if failures > 0 {
+        bail!("{failures} requests through the forwarding modes failed");
     }
     Ok(())
 }

@@ -1,0 +1,561 @@
+//! Real traffic between namespaces: the backend "pods"' servers and the client's requests.
+//!
+//! Every backend answers with which backend it is and which client address it saw
+//! (`backend-N saw <addr>:<port>: ...`), so a test reads from the answer alone whether the client
+//! address survived the path. Three servers per backend address:
+//! - TCP on [`BACKEND_PORT`]: one answer line per request line;
+//! - UDP on [`BACKEND_PORT`]: one answer datagram per datagram;
+//! - HTTP/1.1 on [`HTTP_PORT`]: a minimal responder for the load generator (keep-alive unless the
+//!   request says `Connection: close`).
+//!
+//! Every server stops when its [`Backends`] handle drops or its lifetime ends; every read is
+//! bounded by a timeout.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::netns::within;
+
+/// The port the backends' line (TCP) and datagram (UDP) servers listen on.
+pub const BACKEND_PORT: u16 = 8080;
+/// The port the backends' HTTP/1.1 responder listens on.
+pub const HTTP_PORT: u16 = 8081;
+
+/// Where one backend runs: its namespace, its name in answers, and its addresses.
+#[derive(Debug, Clone)]
+pub struct BackendSite {
+    /// The backend's namespace.
+    pub ns: String,
+    /// The name it answers with (`backend-1`).
+    pub name: String,
+    /// Addresses to serve on (one socket per address and protocol, so the peer address is
+    /// reported in its own family).
+    pub addrs: Vec<IpAddr>,
+}
+
+/// Starts the TCP, UDP and HTTP servers of every site; they stop when the returned handle is
+/// dropped, or after `lifetime` at the latest.
+///
+/// # Errors
+/// If a server cannot bind (the address is not configured in the site's namespace).
+pub fn start_backends(sites: &[BackendSite], lifetime: Duration) -> Result<Backends> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tcp = Vec::new();
+    let mut other = Vec::new();
+    for (i, site) in sites.iter().enumerate() {
+        for ip in &site.addrs {
+            let addr = SocketAddr::new(*ip, BACKEND_PORT);
+            let http = SocketAddr::new(*ip, HTTP_PORT);
+            let (listener, udp, http_listener) = within(&site.ns, || {
+                Ok::<_, std::io::Error>((
+                    TcpListener::bind(addr)?,
+                    UdpSocket::bind(addr)?,
+                    TcpListener::bind(http)?,
+                ))
+            })?
+            .with_context(|| format!("binding {addr} and {http} in {}", site.ns))?;
+            listener.set_nonblocking(true)?;
+            udp.set_read_timeout(Some(Duration::from_millis(100)))?;
+            let name = site.name.clone();
+            let (s1, s2, s3) = (Arc::clone(&stop), Arc::clone(&stop), Arc::clone(&stop));
+            let (n1, n2, n3) = (name.clone(), name.clone(), name);
+            tcp.push((
+                i,
+                std::thread::spawn(move || serve_lines(&listener, &n1, &s1, lifetime)),
+            ));
+            other.push(std::thread::spawn(move || {
+                serve_udp(&udp, &n2, &s2, lifetime);
+            }));
+            other.push(std::thread::spawn(move || {
+                serve_http(&http_listener, &n3, &s3, lifetime)
+            }));
+        }
+    }
+    Ok(Backends {
+        stop,
+        sites: sites.len(),
+        tcp,
+        other,
+    })
+}
+
+fn serve_lines(
+    listener: &TcpListener,
+    name: &str,
+    stop: &Arc<AtomicBool>,
+    lifetime: Duration,
+) -> usize {
+    let deadline = Instant::now() + lifetime;
+    let mut served = 0;
+    let mut conns = Vec::new();
+    while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+        match listener.accept() {
+            Ok((s, peer)) => {
+                served += 1;
+                let (name, stop) = (name.to_string(), Arc::clone(stop));
+                conns.push(std::thread::spawn(move || {
+                    converse(s, peer, &name, &stop, deadline)
+                }));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(2))
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(10)),
+        }
+    }
+    for c in conns {
+        let _ = c.join();
+    }
+    served
+}
+
+/// Answers each UDP datagram with `<name> saw <peer>: <payload>` until `stop` or the deadline.
+fn serve_udp(sock: &UdpSocket, name: &str, stop: &AtomicBool, lifetime: Duration) -> usize {
+    let deadline = Instant::now() + lifetime;
+    let mut served = 0;
+    let mut buf = [0u8; 512];
+    while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+        if let Ok((n, peer)) = sock.recv_from(&mut buf) {
+            let payload = String::from_utf8_lossy(buf.get(..n).unwrap_or_default());
+            let _ = sock.send_to(
+                format!("{name} saw {peer}: {}", payload.trim()).as_bytes(),
+                peer,
+            );
+            served += 1;
+        }
+    }
+    served
+}
+
+/// Answers each line of a connection with `<name> saw <peer>: <line>` until EOF, `stop` or the
+/// deadline (reads wake up every 200 ms to check).
+fn converse(s: TcpStream, peer: SocketAddr, name: &str, stop: &AtomicBool, deadline: Instant) {
+    let _ = s.set_nonblocking(false);
+    let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
+    let Ok(mut w) = s.try_clone() else { return };
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+        match r.read_line(&mut line) {
+            Ok(0) => return,
+            Ok(_) => {
+                if w.write_all(format!("{name} saw {peer}: {}\n", line.trim()).as_bytes())
+                    .is_err()
+                {
+                    return;
+                }
+                line.clear();
+            }
+            Err(e) if is_timeout(&e) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+fn is_timeout(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+    )
+}
+
+/// Waits up to `ms` for `listener` to have a connection to accept. A blocking accept would not
+/// notice `stop`, and polling with sleeps would cap the connection rate the benchmark measures.
+fn accept_ready(listener: &TcpListener, ms: i32) -> bool {
+    let mut pfd = libc::pollfd {
+        fd: listener.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for the duration of the call.
+    unsafe { libc::poll(&mut pfd, 1, ms) > 0 }
+}
+
+/// The HTTP/1.1 responder: one thread per connection, finished threads reaped as it goes so a
+/// long connection-rate run does not accumulate handles.
+fn serve_http(listener: &TcpListener, name: &str, stop: &Arc<AtomicBool>, lifetime: Duration) {
+    let deadline = Instant::now() + lifetime;
+    let mut conns: Vec<JoinHandle<()>> = Vec::new();
+    while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+        if !accept_ready(listener, 100) {
+            continue;
+        }
+        if let Ok((s, peer)) = listener.accept() {
+            let (name, stop) = (name.to_string(), Arc::clone(stop));
+            conns.push(std::thread::spawn(move || {
+                http_connection(s, peer, &name, &stop, deadline)
+            }));
+            if conns.len() > 256 {
+                conns.retain(|c| !c.is_finished());
+            }
+        }
+    }
+    for c in conns {
+        let _ = c.join();
+    }
+}
+
+/// Serves requests of one HTTP/1.1 connection: reads a request head (at most 8 KiB; bodies are
+/// not expected), answers `200 OK` with `<name> saw <peer>`, and closes after a
+/// `Connection: close` request, EOF, `stop` or the deadline.
+fn http_connection(
+    mut s: TcpStream,
+    peer: SocketAddr,
+    name: &str,
+    stop: &AtomicBool,
+    deadline: Instant,
+) {
+    let _ = s.set_nodelay(true);
+    let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
+    let body = format!("{name} saw {peer}\n");
+    let mut head = Vec::with_capacity(1024);
+    let mut buf = [0u8; 4096];
+    while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+        let n = match s.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => n,
+            Err(e) if is_timeout(&e) => continue,
+            Err(_) => return,
+        };
+        head.extend_from_slice(buf.get(..n).unwrap_or_default());
+        // Pipelined requests: answer every complete head in the buffer.
+        while let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+            let req = String::from_utf8_lossy(head.get(..end).unwrap_or_default()).to_lowercase();
+            head.drain(..end + 4);
+            let close = req.contains("\r\nconnection: close") || req.contains(" http/1.0");
+            let resp = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n{}\r\n{body}",
+                body.len(),
+                if close { "Connection: close\r\n" } else { "" }
+            );
+            if s.write_all(resp.as_bytes()).is_err() || close {
+                return;
+            }
+        }
+        if head.len() > 8192 {
+            let _ = s.write_all(b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            return;
+        }
+    }
+}
+
+/// Running backend servers.
+#[derive(Debug)]
+pub struct Backends {
+    stop: Arc<AtomicBool>,
+    sites: usize,
+    tcp: Vec<(usize, JoinHandle<usize>)>,
+    other: Vec<JoinHandle<()>>,
+}
+
+impl Backends {
+    /// Stops the servers; returns how many line (TCP) connections each backend served, in the
+    /// order of the sites.
+    #[must_use]
+    pub fn stop(mut self) -> Vec<usize> {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.other.drain(..) {
+            let _ = t.join();
+        }
+        let mut served = vec![0; self.sites];
+        for (i, t) in self.tcp.drain(..) {
+            if let Some(n) = served.get_mut(i) {
+                *n += t.join().unwrap_or(0);
+            }
+        }
+        served
+    }
+}
+
+impl Drop for Backends {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.other.drain(..) {
+            let _ = t.join();
+        }
+        for (_, t) in self.tcp.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// What an answer starts with when `backend` saw the client address `client`
+/// (`backend-1 saw 10.0.0.1:` or `backend-1 saw [fd00::1]:`).
+#[must_use]
+pub fn saw_prefix(backend: &str, client: IpAddr) -> String {
+    // A SocketAddr with port 0 formats the address the way the servers print it.
+    let shown = SocketAddr::new(client, 0).to_string();
+    let addr = shown.trim_end_matches('0').trim_end_matches(':');
+    format!("{backend} saw {addr}:")
+}
+
+fn unspecified(target: SocketAddr) -> IpAddr {
+    if target.is_ipv4() {
+        IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+    } else {
+        IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+    }
+}
+
+/// Sends one UDP datagram from `local_port` (0: any) to `target` and returns the answer, which
+/// must come from `target` itself. Runs in the caller's namespace.
+///
+/// # Errors
+/// If nothing answers within `timeout`, or the answer comes from another address.
+pub fn udp_request(
+    target: SocketAddr,
+    local_port: u16,
+    i: usize,
+    timeout: Duration,
+) -> Result<String> {
+    let sock = UdpSocket::bind(SocketAddr::new(unspecified(target), local_port))
+        .context("binding a client UDP socket")?;
+    udp_exchange(&sock, target, i, timeout)
+}
+
+/// Sends `datagram <i>` on `sock` to `target`; returns the answer from `target`.
+///
+/// # Errors
+/// If nothing answers within `timeout`, or the answer comes from another address.
+pub fn udp_exchange(
+    sock: &UdpSocket,
+    target: SocketAddr,
+    i: usize,
+    timeout: Duration,
+) -> Result<String> {
+    sock.set_read_timeout(Some(timeout))?;
+    sock.send_to(format!("datagram {i}").as_bytes(), target)
+        .with_context(|| format!("send to {target}"))?;
+    let mut buf = [0u8; 512];
+    let (n, from) = sock
+        .recv_from(&mut buf)
+        .with_context(|| format!("no UDP answer from {target}"))?;
+    if from != target {
+        bail!("answer came from {from}, not from the service {target}");
+    }
+    Ok(String::from_utf8_lossy(buf.get(..n).unwrap_or_default()).into_owned())
+}
+
+/// One TCP request: connects (from `local_port`, 0: any), sends `request <i>`, half-closes and
+/// returns the answer. Runs in the caller's namespace.
+///
+/// # Errors
+/// If the connection fails or no answer arrives within `timeout`.
+pub fn request(target: SocketAddr, local_port: u16, i: usize, timeout: Duration) -> Result<String> {
+    let mut s = connect(target, local_port, timeout)?;
+    s.write_all(format!("request {i}\n").as_bytes())?;
+    s.shutdown(std::net::Shutdown::Write)?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer)
+        .context("reading the answer")?;
+    if answer.is_empty() {
+        bail!("empty answer from {target}");
+    }
+    Ok(answer.trim().to_string())
+}
+
+/// One HTTP/1.1 `GET /` with `Connection: close`; returns the whole response (head and body).
+/// Runs in the caller's namespace.
+///
+/// # Errors
+/// If the connection fails, the response is not `200 OK`, or nothing arrives within `timeout`.
+pub fn http_get(target: SocketAddr, timeout: Duration) -> Result<String> {
+    let mut s = connect(target, 0, timeout)?;
+    let host = match target.ip() {
+        IpAddr::V4(a) => a.to_string(),
+        IpAddr::V6(a) => format!("[{a}]"),
+    };
+    s.write_all(format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes())?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)
+        .with_context(|| format!("reading the HTTP response of {target}"))?;
+    if !out.starts_with("HTTP/1.1 200 OK\r\n") {
+        bail!("{target} answered {out:?}, not 200 OK");
+    }
+    Ok(out)
+}
+
+/// Connects to `target`, from `local_port` when it is not 0, with read/write timeouts of
+/// `timeout`.
+///
+/// Binding a fixed port sets `SO_REUSEADDR`, so one client port can open connections to several
+/// destinations at once — what a client reaching NodePorts on several nodes does, and what makes
+/// the tuples collide at a backend that sees the client's own address.
+///
+/// # Errors
+/// If the socket cannot be bound or the connection fails within `timeout`.
+pub fn connect(target: SocketAddr, local_port: u16, timeout: Duration) -> Result<TcpStream> {
+    let s = if local_port == 0 {
+        TcpStream::connect_timeout(&target, timeout)
+    } else {
+        connect_from(target, local_port, timeout)
+    }
+    .with_context(|| format!("connect to {target} (local port {local_port})"))?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    Ok(s)
+}
+
+fn connect_from(
+    target: SocketAddr,
+    local_port: u16,
+    timeout: Duration,
+) -> std::io::Result<TcpStream> {
+    let family = if target.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    // SAFETY: plain socket creation; the fd is owned by the TcpStream below on every path.
+    let fd = unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh socket nobody else owns; the stream closes it when dropped.
+    let stream = unsafe { TcpStream::from_raw_fd(fd) };
+    let one: libc::c_int = 1;
+    let tv = libc::timeval {
+        tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(libc::time_t::MAX),
+        tv_usec: libc::suseconds_t::from(timeout.subsec_micros().min(999_999) as i32),
+    };
+    let local = SocketAddr::new(unspecified(target), local_port);
+    // SAFETY: valid fd, option values of the sizes passed; SO_SNDTIMEO bounds connect().
+    unsafe {
+        check(libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR,
+            std::ptr::from_ref(&one).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        ))?;
+        check(libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_SNDTIMEO,
+            std::ptr::from_ref(&tv).cast(),
+            size_of::<libc::timeval>() as libc::socklen_t,
+        ))?;
+    }
+    with_sockaddr(local, |sa, len| {
+        // SAFETY: `sa` points to a sockaddr of `len` bytes for the call's duration.
+        check(unsafe { libc::bind(fd, sa, len) })
+    })?;
+    with_sockaddr(target, |sa, len| {
+        // SAFETY: as above.
+        check(unsafe { libc::connect(fd, sa, len) })
+    })?;
+    Ok(stream)
+}
+
+fn check(rc: libc::c_int) -> std::io::Result<()> {
+    if rc < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Calls `f` with `addr` as a C `sockaddr` and its length.
+fn with_sockaddr<T>(
+    addr: SocketAddr,
+    f: impl FnOnce(*const libc::sockaddr, libc::socklen_t) -> T,
+) -> T {
+    match addr {
+        SocketAddr::V4(a) => {
+            // SAFETY: sockaddr_in is plain data; all-zero is a valid value.
+            let mut sin: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+            sin.sin_family = libc::AF_INET as libc::sa_family_t;
+            sin.sin_port = a.port().to_be();
+            sin.sin_addr.s_addr = u32::from_ne_bytes(a.ip().octets());
+            f(
+                std::ptr::from_ref(&sin).cast(),
+                size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            )
+        }
+        SocketAddr::V6(a) => {
+            // SAFETY: as above for sockaddr_in6.
+            let mut sin6: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+            sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+            sin6.sin6_port = a.port().to_be();
+            sin6.sin6_addr.s6_addr = a.ip().octets();
+            f(
+                std::ptr::from_ref(&sin6).cast(),
+                size_of::<libc::sockaddr_in6>() as libc::socklen_t,
+            )
+        }
+    }
+}
+
+/// A long-lived TCP connection, one line out, one line back.
+#[derive(Debug)]
+pub struct Conversation {
+    stream: TcpStream,
+    reader: BufReader<TcpStream>,
+}
+
+impl Conversation {
+    /// Opens a conversation inside namespace `ns` (from `local_port`, 0: any).
+    ///
+    /// # Errors
+    /// If the namespace cannot be entered or the connection fails within `timeout`.
+    pub fn open(ns: &str, target: SocketAddr, local_port: u16, timeout: Duration) -> Result<Self> {
+        let stream = within(ns, || connect(target, local_port, timeout))??;
+        let reader = BufReader::new(stream.try_clone()?);
+        Ok(Conversation { stream, reader })
+    }
+
+    /// Sends `line` and returns the answer line.
+    ///
+    /// # Errors
+    /// If the connection fails or no answer arrives within the connection's timeout.
+    pub fn ask(&mut self, line: &str) -> Result<String> {
+        self.stream
+            .write_all(format!("{line}\n").as_bytes())
+            .context("sending")?;
+        let mut answer = String::new();
+        self.reader
+            .read_line(&mut answer)
+            .context("waiting for the answer")?;
+        if answer.is_empty() {
+            bail!("connection closed");
+        }
+        Ok(answer.trim().to_string())
+    }
+
+    /// The client's local address.
+    ///
+    /// # Errors
+    /// If the socket is gone.
+    pub fn local_addr(&self) -> Result<SocketAddr> {
+        Ok(self.stream.local_addr()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn saw_prefix_formats_addresses_as_the_servers_print_peers() {
+        let v4: SocketAddr = "10.210.0.10:40000".parse().unwrap();
+        let v6: SocketAddr = "[fd00:210::10]:40000".parse().unwrap();
+        let line = |peer: SocketAddr| format!("backend-1 saw {peer}: request 0");
+        assert!(line(v4).starts_with(&saw_prefix("backend-1", v4.ip())));
+        assert!(line(v6).starts_with(&saw_prefix("backend-1", v6.ip())));
+        // A different address must not match (10.210.0.1 is a prefix of 10.210.0.10 as text).
+        let node: IpAddr = "10.210.0.1".parse().unwrap();
+        assert!(!line(v4).starts_with(&saw_prefix("backend-1", node)));
+        assert_eq!(saw_prefix("b", node), "b saw 10.210.0.1:");
+        assert_eq!(
+            saw_prefix("b", "fd00::10".parse().unwrap()),
+            "b saw [fd00::10]:"
+        );
+    }
+}
