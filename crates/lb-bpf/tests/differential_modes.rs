@@ -795,6 +795,7 @@ impl Cluster {
             "{what}: the counters that moved"
         );
         assert_eq!(o.after, want, "{what}: counters");
+        self.assert_pairs(f.node, &what);
         if let Some(out) = out {
             assert_eq!(o.frame, out, "{what}: output frame");
         }
@@ -815,6 +816,32 @@ impl Cluster {
             .find(|(k, _)| **k == key)
             .map(|(_, e)| *e)
             .unwrap_or_else(|| panic!("{n:?}: no conntrack entry {key:?}"))
+    }
+
+    /// Every entry on node `n` has its partner (`lb_conntrack::partner_key`, which GC and
+    /// expiry use to delete flows as pairs) in the table, and the partner's partner is the entry
+    /// itself; only the service entry of a DSR flow on the forwarding node has none. (The kernel
+    /// holds the same entries: the harness compares them after each packet.)
+    fn assert_pairs(&self, n: Node, what: &str) {
+        let ct = self.node(n).engine.conntrack();
+        for (k, e) in ct.iter() {
+            let Some(p) = lb_conntrack::partner_key(k, e) else {
+                assert!(
+                    k.kind == CtKind::Service as u8
+                        && e.flags & (CT_F_DSR | CT_F_BACKEND_SIDE) == CT_F_DSR,
+                    "{what}: {n:?}: no partner key for {k:?} {e:?}"
+                );
+                continue;
+            };
+            let pe = ct
+                .get(&p)
+                .unwrap_or_else(|| panic!("{what}: {n:?}: partner {p:?} of {k:?} missing"));
+            assert_eq!(
+                lb_conntrack::partner_key(&p, pe),
+                Some(*k),
+                "{what}: {n:?}: partner of the partner of {k:?}"
+            );
+        }
     }
 
     fn has_entry(&self, n: Node, key: CtKey) -> bool {

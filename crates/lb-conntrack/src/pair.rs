@@ -2,28 +2,42 @@
 //! and a reverse-NAT entry (backend → client tuple). Whoever deletes one deletes the other, so a
 //! pair is never left half-present.
 
-use lb_api::abi::{CtEntry, CtKey, CtKind, CT_F_SRC_PORT_REWRITTEN};
+use lb_api::abi::{
+    CtEntry, CtKey, CtKind, CT_F_BACKEND_SIDE, CT_F_DSR, CT_F_SNAT, CT_F_SRC_PORT_REWRITTEN,
+};
 use lb_api::flow::FlowTuple;
 
-/// The key of a flow's other entry: the reverse-NAT key for a service entry (from the backend it
-/// holds), the service key for a reverse-NAT entry (from the service address it holds). `None`
-/// for a key of unknown kind.
+/// The key of a flow's other entry: the reverse-NAT key for a service entry, the service key for
+/// a reverse-NAT entry. `None` for a key of unknown kind, and for the service entry of a DSR
+/// flow on the node that forwarded it (its replies never come back there: no reverse half).
 ///
-/// This is the derivation the pipeline uses when it creates a pair (reply tuple: backend →
-/// client; service tuple: client → service address).
+/// This is the layout the pipeline creates:
+/// * service entry, keyed by the client's tuple (to the service address; on the backend's node
+///   of a flow another node translated, to the backend): its reverse entry is keyed by the reply
+///   backend → client as the backend sees the client, i.e. from this node's address under SNAT
+///   (`snat_addr`) and from the rewritten port when the source port was rewritten;
+/// * reverse entry: its service entry is keyed by the client's original address (`snat_addr`
+///   under SNAT) and port (`rewritten_src_port` when rewritten) to the service address it
+///   restores (`nat_addr`), or on the backend's node to the backend itself.
 #[inline(always)]
 #[must_use]
 pub fn partner_key(key: &CtKey, entry: &CtEntry) -> Option<CtKey> {
     let t = key.tuple();
-    // When the collision resolver rewrote the client's source port, the reverse half is keyed by
-    // the rewritten port (kept in the service entry) and remembers the original one (kept in the
-    // reverse entry).
     let rewritten = entry.flags & CT_F_SRC_PORT_REWRITTEN != 0;
+    let snat = entry.flags & CT_F_SNAT != 0;
+    let backend_side = entry.flags & CT_F_BACKEND_SIDE != 0;
     if key.kind == CtKind::Service as u8 {
+        if entry.flags & CT_F_DSR != 0 && !backend_side {
+            return None;
+        }
         let reply = FlowTuple {
-            src: entry.nat_addr,
-            src_port: entry.nat_port,
-            dst: t.src,
+            src: if backend_side { t.dst } else { entry.nat_addr },
+            src_port: if backend_side {
+                t.dst_port
+            } else {
+                entry.nat_port
+            },
+            dst: if snat { entry.snat_addr } else { t.src },
             dst_port: if rewritten {
                 entry.rewritten_src_port
             } else {
@@ -34,14 +48,18 @@ pub fn partner_key(key: &CtKey, entry: &CtEntry) -> Option<CtKey> {
         Some(CtKey::new(&reply, CtKind::ReverseNat))
     } else if key.kind == CtKind::ReverseNat as u8 {
         let client = FlowTuple {
-            src: t.dst,
+            src: if snat { entry.snat_addr } else { t.dst },
             src_port: if rewritten {
                 entry.rewritten_src_port
             } else {
                 t.dst_port
             },
-            dst: entry.nat_addr,
-            dst_port: entry.nat_port,
+            dst: if backend_side { t.src } else { entry.nat_addr },
+            dst_port: if backend_side {
+                t.src_port
+            } else {
+                entry.nat_port
+            },
             ..t
         };
         Some(CtKey::new(&client, CtKind::Service))
