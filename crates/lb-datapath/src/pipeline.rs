@@ -368,15 +368,9 @@ where
     // Work from a copy in the scratch area: the kernel stack is 512 bytes.
     *e = *fwd;
     let backend_side = e.flags & CT_F_BACKEND_SIDE != 0;
-    // The reverse half lives on this node unless DSR sends the replies around it.
-    if e.flags & (CT_F_DSR | CT_F_BACKEND_SIDE) != CT_F_DSR {
-        let rk = reverse_key(
-            t,
-            src_after(e, t),
-            src_port_after(e, t),
-            dst_after(e, t),
-            dst_port_after(e, t),
-        );
+    // The reverse half, keyed as GC and expiry find it (none when DSR sends the replies around
+    // this node).
+    if let Some(rk) = partner_of(fkey, e) {
         match tables.get_mut(&rk) {
             Some(r) => {
                 r.last_seen_ns = now;
@@ -398,6 +392,13 @@ where
     }
     let carry = e.flags & (CT_F_DSR | CT_F_TUNNEL) != 0 && !backend_side;
     Some(done(ctx, tables, carry, Counter::ServiceEstablished))
+}
+
+/// [`partner_key`] as a subprogram of its own in the kernel: inlined, its field selections
+/// spill onto the established path's frame, past the 512-byte stack.
+#[inline(never)]
+fn partner_of(key: &CtKey, e: &CtEntry) -> Option<CtKey> {
+    partner_key(key, e)
 }
 
 /// Removes the flow whose entry under `key` a lookup found past its deadline
@@ -437,27 +438,6 @@ fn src_port_after(e: &CtEntry, t: &FlowTuple) -> u16 {
         e.rewritten_src_port
     } else {
         t.src_port
-    }
-}
-
-/// The destination a flow's packets leave with: the backend (on the backend's node of a flow
-/// another node translated, the packet already has it).
-#[inline(always)]
-fn dst_after<'a>(e: &'a CtEntry, t: &'a FlowTuple) -> &'a [u8; 16] {
-    if e.flags & CT_F_BACKEND_SIDE != 0 {
-        &t.dst
-    } else {
-        &e.nat_addr
-    }
-}
-
-/// The destination port a flow's packets leave with.
-#[inline(always)]
-fn dst_port_after(e: &CtEntry, t: &FlowTuple) -> u16 {
-    if e.flags & CT_F_BACKEND_SIDE != 0 {
-        t.dst_port
-    } else {
-        e.nat_port
     }
 }
 
