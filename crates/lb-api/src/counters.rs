@@ -61,6 +61,29 @@ pub enum Counter {
     DsrCarrierAdded = 18,
     /// A flow another node translated (DSR or tunnel) was recorded on its backend's node.
     BackendSideNewFlow = 19,
+    /// SNAT port allocations that succeeded at the first attempt (the flow's own port kept,
+    /// or the first random one). This and the nine counters after it are the attempts
+    /// histogram: bucket `i` counts allocations that took `2^i ..= 2^(i+1) - 1` attempts
+    /// ([`Counter::snat_attempts`]).
+    SnatAttempts1 = 20,
+    /// SNAT allocations that took 2-3 attempts.
+    SnatAttempts2 = 21,
+    /// SNAT allocations that took 4-7 attempts.
+    SnatAttempts4 = 22,
+    /// SNAT allocations that took 8-15 attempts.
+    SnatAttempts8 = 23,
+    /// SNAT allocations that took 16-31 attempts.
+    SnatAttempts16 = 24,
+    /// SNAT allocations that took 32-63 attempts.
+    SnatAttempts32 = 25,
+    /// SNAT allocations that took 64-127 attempts.
+    SnatAttempts64 = 26,
+    /// SNAT allocations that took 128-255 attempts.
+    SnatAttempts128 = 27,
+    /// SNAT allocations that took 256-511 attempts.
+    SnatAttempts256 = 28,
+    /// SNAT allocations that took 512 attempts or more.
+    SnatAttempts512 = 29,
     /// A lookup found a conntrack entry past its deadline that GC had not yet collected: the
     /// flow was removed (both halves) and the packet treated as having no entry (a new flow, or
     /// an untranslated reply).
@@ -114,11 +137,15 @@ pub enum DropReason {
     /// A tunnel header or DSR carrier could not be added (no headroom, or no room in the IP
     /// header for the option).
     EncapFailed = 15,
+    /// The SNAT port allocator tried its whole schedule (netfilter's: 128, 64, 32 and 16
+    /// attempts) and every port was taken: the SNAT range is (nearly) exhausted for this
+    /// destination. Widen `NodeSpec::snat_ports` or add node addresses.
+    SnatPortsExhausted = 16,
 }
 
 impl Counter {
     /// All counters, in slot order.
-    pub const ALL: [Counter; 21] = [
+    pub const ALL: [Counter; 31] = [
         Self::RxPackets,
         Self::ServiceNewFlow,
         Self::ServiceEstablished,
@@ -139,8 +166,27 @@ impl Counter {
         Self::TunnelEncapsulated,
         Self::DsrCarrierAdded,
         Self::BackendSideNewFlow,
+        Self::SnatAttempts1,
+        Self::SnatAttempts2,
+        Self::SnatAttempts4,
+        Self::SnatAttempts8,
+        Self::SnatAttempts16,
+        Self::SnatAttempts32,
+        Self::SnatAttempts64,
+        Self::SnatAttempts128,
+        Self::SnatAttempts256,
+        Self::SnatAttempts512,
         Self::ConntrackExpiredAtLookup,
     ];
+
+    /// The slot of the attempts-histogram counter of a SNAT allocation that took `attempts`
+    /// tries ([`Counter::SnatAttempts1`] and the nine after it). Arithmetic, not a `match`:
+    /// in the kernel it runs inside the allocator's loop, where every branch costs the verifier.
+    #[inline(always)]
+    #[must_use]
+    pub const fn snat_attempts_slot(attempts: u32) -> u32 {
+        Self::SnatAttempts1 as u32 + attempts_bucket(attempts) as u32
+    }
 
     /// Slot in the counter array.
     #[inline(always)]
@@ -174,13 +220,23 @@ impl Counter {
             Self::TunnelEncapsulated => "tunnel_encapsulated",
             Self::DsrCarrierAdded => "dsr_carrier_added",
             Self::BackendSideNewFlow => "backend_side_new_flow",
+            Self::SnatAttempts1 => "snat_attempts_1",
+            Self::SnatAttempts2 => "snat_attempts_2_3",
+            Self::SnatAttempts4 => "snat_attempts_4_7",
+            Self::SnatAttempts8 => "snat_attempts_8_15",
+            Self::SnatAttempts16 => "snat_attempts_16_31",
+            Self::SnatAttempts32 => "snat_attempts_32_63",
+            Self::SnatAttempts64 => "snat_attempts_64_127",
+            Self::SnatAttempts128 => "snat_attempts_128_255",
+            Self::SnatAttempts256 => "snat_attempts_256_511",
+            Self::SnatAttempts512 => "snat_attempts_512_up",
         }
     }
 }
 
 impl DropReason {
     /// All drop reasons, in slot order.
-    pub const ALL: [DropReason; 16] = [
+    pub const ALL: [DropReason; 17] = [
         Self::Truncated,
         Self::BadIpVersion,
         Self::BadIpHeaderLength,
@@ -197,6 +253,7 @@ impl DropReason {
         Self::BadTunnelHeader,
         Self::NodeAddressMissing,
         Self::EncapFailed,
+        Self::SnatPortsExhausted,
     ];
 
     /// Slot in the counter array.
@@ -226,7 +283,27 @@ impl DropReason {
             Self::BadTunnelHeader => "bad_tunnel_header",
             Self::NodeAddressMissing => "node_address_missing",
             Self::EncapFailed => "encap_failed",
+            Self::SnatPortsExhausted => "snat_ports_exhausted",
         }
+    }
+}
+
+/// Buckets of an attempts histogram: 1, 2-3, 4-7, ..., 256-511, 512 and more.
+pub const ATTEMPT_BUCKETS: usize = 10;
+
+/// The bucket of an attempts histogram that `attempts` falls in: `i` for `2^i ..= 2^(i+1)-1`,
+/// the last for everything from 512 on (0 counts as 1).
+#[inline(always)]
+#[must_use]
+pub const fn attempts_bucket(attempts: u32) -> usize {
+    // floor(log2), branch-free (eBPF has no count-leading-zeros instruction; the compiler
+    // expands it into shifts and a population count): a branch per bucket costs the kernel's
+    // verifier a state per bucket wherever it is used.
+    let b = (31 - (attempts | 1).leading_zeros()) as usize;
+    if b < ATTEMPT_BUCKETS {
+        b
+    } else {
+        ATTEMPT_BUCKETS - 1
     }
 }
 
@@ -295,5 +372,40 @@ mod tests {
             seen[s as usize] = true;
         }
         assert!(Counter::ALL.iter().all(|c| c.slot() < DROP_BASE));
+    }
+
+    #[test]
+    fn attempts_buckets_are_powers_of_two() {
+        let cases = [
+            (0, 0),
+            (1, 0),
+            (2, 1),
+            (3, 1),
+            (4, 2),
+            (7, 2),
+            (8, 3),
+            (128, 7),
+            (240, 7),
+            (255, 7),
+            (256, 8),
+            (511, 8),
+            (512, 9),
+            (u32::MAX, 9),
+        ];
+        for (n, b) in cases {
+            assert_eq!(attempts_bucket(n), b, "{n} attempts");
+        }
+        let slot = Counter::snat_attempts_slot;
+        assert_eq!(slot(1), Counter::SnatAttempts1.slot());
+        assert_eq!(slot(3), Counter::SnatAttempts2.slot());
+        assert_eq!(slot(240), Counter::SnatAttempts128.slot());
+        assert_eq!(slot(300), Counter::SnatAttempts256.slot());
+        assert_eq!(slot(9999), Counter::SnatAttempts512.slot());
+        // The histogram's counters are consecutive slots, in bucket order.
+        let hist = &Counter::ALL[20..30];
+        assert_eq!(hist[0], Counter::SnatAttempts1);
+        for (b, c) in hist.iter().enumerate() {
+            assert_eq!(slot(1 << b), c.slot(), "{c:?}");
+        }
     }
 }

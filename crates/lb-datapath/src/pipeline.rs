@@ -24,7 +24,8 @@ use lb_encap::{
     vxlan_decap_parsed, vxlan_encap_offloaded, AdjustHead, DecapError, InnerChecksum, OuterAddrs,
     TunnelConfig,
 };
-use lb_nat::collision::{Reserve, MAX_SOURCE_PORT_TRIES};
+use lb_nat::collision::Reserve;
+use lb_nat::snat::{claim_port, Claim, SnatConfig, SnatError};
 use lb_nat::{
     resolve_source_port, rewrite, select_slot, translate_icmp_error, Field, RandomSource,
     ServiceTable, SourcePortRange,
@@ -103,6 +104,7 @@ where
         key,
         peer,
         outcome,
+        attempts,
     } = scratch;
     *parsed = Parsed::EMPTY;
     if let Err(e) = parse_into(pkt, parsed) {
@@ -137,6 +139,7 @@ where
         tunnelled,
         carry: Cell::new(false),
         outcome: Cell::from_mut(outcome),
+        attempts: Cell::from_mut(attempts),
         resizable: pkt.resizable(),
     };
     let v = paths(pkt, &ctx, tables, entry, key);
@@ -241,6 +244,11 @@ pub struct Scratch {
     /// Kept here, in map memory in the kernel, rather than on the stack: the verifier does not
     /// track it, so the carrier's code is verified once, not once per path.
     pub outcome: u8,
+    /// The SNAT allocator's attempts for the flow being created. Written after the allocator's
+    /// loop and read back from here (map memory in the kernel, which the verifier does not
+    /// track) before the histogram is counted: known to the verifier, the number would make it
+    /// walk the rest of the path once for every attempt the loop can end at.
+    pub attempts: u32,
 }
 
 impl Default for Scratch {
@@ -251,6 +259,7 @@ impl Default for Scratch {
             key: CtKey::default(),
             peer: [0; 16],
             outcome: 0,
+            attempts: 0,
         }
     }
 }
@@ -273,6 +282,8 @@ struct Ctx<'a, C> {
     carry: Cell<bool>,
     /// See [`Scratch::outcome`].
     outcome: &'a Cell<u8>,
+    /// See [`Scratch::attempts`].
+    attempts: &'a Cell<u32>,
     /// The packet can grow (XDP; not at TC): carriers can be added.
     resizable: bool,
 }
@@ -784,22 +795,38 @@ struct Draw<'a, T: ?Sized> {
 impl<T: RandomSource + ?Sized> RandomSource for Draw<'_, T> {
     #[inline(always)]
     fn random_u32(&mut self) -> u32 {
-        if self.fixed == 0 {
-            return self.tables.random_u32();
-        }
+        // Branch-free: a branch on `fixed` here would split every state of the allocator's
+        // loops in two for the kernel's verifier. All ones when seeded, zero otherwise (a seed
+        // is odd, and xorshift never reaches zero from a non-zero state).
+        let seeded = 0u32.wrapping_sub((self.fixed | self.fixed.wrapping_neg()) >> 31);
         let mut x = self.fixed;
         x ^= x << 13;
         x ^= x >> 17;
         x ^= x << 5;
-        self.fixed = x;
-        x
+        self.fixed = x & seeded;
+        (x & seeded) | (self.tables.random_u32() & !seeded)
     }
 }
 
-/// Inserts reverse entry `e` under `rk` without overwriting. If another flow owns that reply
-/// tuple, tries other source ports (SNAT: the SNAT range, up to [`MAX_SOURCE_PORT_TRIES`];
-/// otherwise the collision range and tries of the config) and marks `e` rewritten. Returns the
-/// source port the flow's packets will carry.
+/// The random source of the collision resolver and the SNAT allocator: the tables' own
+/// (`bpf_get_prandom_u32` in the kernel) normally; under the config's fixed clock, seeded from
+/// that clock and the flow (see [`Draw`]).
+#[inline(always)]
+fn draw<'a, T: ?Sized, C>(ctx: &Ctx<'_, C>, tables: &'a mut T) -> Draw<'a, T> {
+    let cfg = ctx.cfg;
+    let fixed = if cfg.fixed_now_ns != 0 {
+        (ctx.parsed.tuple.hash(cfg.hash_seed) ^ cfg.fixed_now_ns as u32) | 1
+    } else {
+        0
+    };
+    Draw { tables, fixed }
+}
+
+/// Inserts reverse entry `e` under `rk` without overwriting: the insert *is* the reservation of
+/// the reply tuple, so two CPUs can never both own it. Under SNAT the port comes from the SNAT
+/// allocator ([`snat_reserve`]); otherwise, if another flow owns the reply tuple, the collision
+/// resolver tries other source ports from the collision range and marks `e` rewritten. Returns
+/// the source port the flow's packets will carry.
 #[inline(always)]
 fn reserve_reply<T, C>(
     ctx: &Ctx<'_, C>,
@@ -811,6 +838,9 @@ where
     T: ConntrackTable + Counters + RandomSource + ?Sized,
     C: Fn() -> u64,
 {
+    if e.flags & CT_F_SNAT != 0 {
+        return snat_reserve(ctx, tables, e, rk);
+    }
     let (t, cfg) = (&ctx.parsed.tuple, ctx.cfg);
     match tables.insert(rk, e, InsertMode::NoExist) {
         Ok(()) => return Ok(t.src_port),
@@ -818,28 +848,13 @@ where
         Err(_) => return Err(drop(tables, DropReason::ConntrackFull)),
     }
     // Another flow already owns this reply tuple: the same client address and port reach this
-    // backend through another frontend or node (or, under SNAT, another client got this node's
-    // port). Overwriting would steal that flow's replies; give this flow another source port.
+    // backend through another frontend or node. Overwriting would steal that flow's replies;
+    // give this flow another source port.
     e.flags |= CT_F_SRC_PORT_REWRITTEN;
     e.rewritten_src_port = t.src_port;
-    let range = if e.flags & CT_F_SNAT != 0 {
-        SourcePortRange {
-            min: cfg.snat_port_min(),
-            max: cfg.snat_port_max(),
-            tries: MAX_SOURCE_PORT_TRIES,
-        }
-    } else {
-        SourcePortRange::from_config(cfg.src_port_min, cfg.src_port_max, cfg.src_port_tries)
-    };
-    let fixed = if cfg.fixed_now_ns != 0 {
-        (t.hash(cfg.hash_seed) ^ cfg.fixed_now_ns as u32) | 1
-    } else {
-        0
-    };
-    let mut draw = Draw {
-        tables: &mut *tables,
-        fixed,
-    };
+    let range =
+        SourcePortRange::from_config(cfg.src_port_min, cfg.src_port_max, cfg.src_port_tries);
+    let mut draw = draw(ctx, &mut *tables);
     let got = resolve_source_port(&range, &mut draw, |d, port| {
         rk.dst_port = port;
         match d.tables.insert(rk, e, InsertMode::NoExist) {
@@ -854,6 +869,59 @@ where
             Ok(port)
         }
         None => Err(drop(tables, DropReason::SourcePortCollision)),
+    }
+}
+
+/// Under SNAT: a port of this node's SNAT range for the flow, by the allocator of
+/// [`lb_nat::snat`] ([`claim_port`]: the flow's own port if it is in the range and free, then
+/// netfilter's schedule of 128, 64, 32, 16 attempts) — the same schedule in the kernel and in
+/// the engine. Claiming a port is inserting the reverse entry keyed by the reply tuple with
+/// that port where absent. In the schedule's last 32 attempts a SYN may take over a port whose
+/// flow is in TIME_WAIT ([`take_over`]). Counts the attempts (histogram) and take-overs; an
+/// exhausted range is dropped as [`DropReason::SnatPortsExhausted`].
+#[inline(always)]
+fn snat_reserve<T, C>(
+    ctx: &Ctx<'_, C>,
+    tables: &mut T,
+    e: &mut CtEntry,
+    rk: &mut CtKey,
+) -> Result<u16, Verdict>
+where
+    T: ConntrackTable + Counters + RandomSource + ?Sized,
+    C: Fn() -> u64,
+{
+    let parsed = ctx.parsed;
+    let src_port = parsed.tuple.src_port;
+    let cfg = SnatConfig::of_datapath(ctx.cfg);
+    let mut draw = draw(ctx, &mut *tables);
+    let got = claim_port(&cfg, &mut draw, src_port, |d, c| {
+        rk.dst_port = c.port;
+        // The reverse half restores the client's port on replies when it changed.
+        if c.port == src_port {
+            e.flags &= !CT_F_SRC_PORT_REWRITTEN;
+        } else {
+            e.flags |= CT_F_SRC_PORT_REWRITTEN;
+            e.rewritten_src_port = src_port;
+        }
+        match d.tables.insert(rk, e, InsertMode::NoExist) {
+            Ok(()) => Claim::Reserved,
+            // No TIME_WAIT take-over in the datapath (`SnatConfig::of_datapath`).
+            Err(InsertError::Exists) => Claim::Taken,
+            Err(_) => Claim::Full,
+        }
+    });
+    match got {
+        Ok(a) => {
+            ctx.attempts.set(a.attempts);
+            // SAFETY: a valid, aligned pointer to the `u32` of the `Cell`, not otherwise
+            // borrowed. Volatile so that the compiler reads the number back rather than reuse
+            // the known one: see `Scratch::attempts`.
+            let attempts = unsafe { core::ptr::read_volatile(ctx.attempts.as_ptr()) };
+            tables.bump(Counter::snat_attempts_slot(attempts));
+            Ok(a.port)
+        }
+        Err(SnatError::TableFull) => Err(drop(tables, DropReason::ConntrackFull)),
+        Err(_) => Err(drop(tables, DropReason::SnatPortsExhausted)),
     }
 }
 

@@ -92,7 +92,7 @@ fn snat(c: &mut Criterion) {
         while n < used {
             let f = tuple(k);
             k += 1;
-            if allocate(&t, &mut rng, &cfg, &f, nat).is_ok() {
+            if allocate(&t, &mut rng, &cfg, &f, nat, None).is_ok() {
                 n += 1;
             }
         }
@@ -107,19 +107,19 @@ fn snat(c: &mut Criterion) {
                     }
                 },
                 |f| {
-                    if let Ok(a) = allocate(&t, &mut rng, &cfg, &f, nat) {
+                    if let Ok(a) = allocate(&t, &mut rng, &cfg, &f, nat, None) {
                         let (fk, rk) = nat_keys(&f, nat, a.port);
                         let back = NatValue {
                             addr: f.src,
                             port: f.src_port,
-                            time_wait: false,
+                            ..NatValue::default()
                         };
                         t.remove_if(
                             &fk,
                             &NatValue {
                                 addr: nat,
                                 port: a.port,
-                                time_wait: false,
+                                ..NatValue::default()
                             },
                         );
                         t.remove_if(&rk, &back);

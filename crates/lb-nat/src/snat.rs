@@ -11,7 +11,16 @@
 //! Candidate ports follow netfilter's `nf_nat_l4proto_unique_tuple`: a random start offset, up to
 //! 128 consecutive attempts, then halve the attempts and re-randomize the offset, until fewer
 //! than 16 remain. In the last 32 attempts a mapping whose flow is in TIME_WAIT may be taken
-//! over (compare-and-swap on the exact old value), as netfilter does.
+//! over when the new SYN's sequence number is past the old flow's last one
+//! ([`may_take_over`]), as netfilter does.
+//!
+//! The schedule is [`claim_port`], which knows nothing of the table: it proposes ports and a
+//! closure claims them. [`allocate`] claims in a [`NatTable`] (the userspace table of the race
+//! tests); the datapath pipeline (`lb_datapath`) claims in the conntrack table, in the engine
+//! and in the eBPF programs alike, with the same schedule, bounds and take-over rule.
+
+use core::num::NonZeroU32;
+use lb_api::abi::DatapathConfig;
 
 use lb_api::flow::FlowTuple;
 
@@ -46,6 +55,9 @@ pub struct NatValue {
     pub port: u16,
     /// The flow is in TIME_WAIT: its mapping may be taken over by a new allocation.
     pub time_wait: bool,
+    /// With `time_wait`: the sequence number just past the flow's last byte (and FIN) in the
+    /// original direction. A new SYN must be past it to take the mapping over.
+    pub seq_end: u32,
 }
 
 /// Why an insert was refused.
@@ -79,8 +91,10 @@ pub enum Probe {
     /// `offset, offset+1, ...` (netfilter). At high utilization the used ports form clusters
     /// and a walk that starts inside one fails as a whole (measured in docs/nat.md).
     Consecutive,
-    /// `offset + i * stride` with a random stride coprime to the range size: still distinct ports
-    /// within a round, but spread over the range, so each attempt is nearly an independent draw.
+    /// Every attempt a port drawn at random from the whole range: independent draws, so at a
+    /// utilization `u` an attempt fails with probability `u` whatever ports are in use. A port
+    /// may come up twice (a wasted attempt, rare below a few thousand attempts). Loop-free,
+    /// which the kernel's verifier needs.
     Scattered,
 }
 
@@ -91,7 +105,7 @@ pub struct SnatConfig {
     pub min: u16,
     /// Last port of the range (inclusive).
     pub max: u16,
-    /// Attempts of the first round (netfilter: 128).
+    /// Attempts of the first round (netfilter: 128; at most [`MAX_ATTEMPTS`]).
     pub max_attempts: u32,
     /// Stop when a round would have fewer attempts than this (netfilter: 16).
     pub min_attempts: u32,
@@ -99,32 +113,74 @@ pub struct SnatConfig {
     pub take_over_time_wait: bool,
     /// Walk of each round.
     pub probe: Probe,
+    /// Try the flow's own source port first when it lies in the range.
+    pub keep_source_port: bool,
+    /// With `take_over_time_wait`: the last this many attempts of the schedule may take a port
+    /// over (netfilter: [`TAKE_OVER_WINDOW`], 32).
+    pub take_over_window: u32,
 }
 
 impl Default for SnatConfig {
-    /// netfilter's schedule over the full unprivileged range 1024-65535, with take-over, and
-    /// scattered probing.
+    /// netfilter's schedule over the full unprivileged range 1024-65535, with take-over, the
+    /// source port kept when free, and scattered probing.
     fn default() -> Self {
         Self {
             min: 1024,
             max: 65_535,
-            max_attempts: 128,
-            min_attempts: 16,
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
+            min_attempts: DEFAULT_MIN_ATTEMPTS,
             take_over_time_wait: true,
             probe: Probe::Scattered,
+            keep_source_port: true,
+            take_over_window: TAKE_OVER_WINDOW,
         }
     }
 }
 
-/// Attempts after which TIME_WAIT take-over is allowed: the last 32 of the schedule.
-const TAKE_OVER_WINDOW: u32 = 32;
+impl SnatConfig {
+    /// The allocator of a datapath configuration: its SNAT range, the source port kept when
+    /// free, then a netfilter-shaped schedule of [`DATAPATH_MAX_ATTEMPTS`] and half as many
+    /// random attempts, without TIME_WAIT take-over. This is what the pipeline allocates with,
+    /// in the kernel and in the engine.
+    ///
+    /// Shorter than netfilter's 240 attempts because of the kernel's verifier: it walks every
+    /// iteration of the loop, once per path into it, and `lb_xdp` already needs about 0.9 M of
+    /// its 1 M instructions (measured: 48 attempts 924 k; netfilter's 240, or a take-over check
+    /// in just the last 2 attempts, exceed the limit). Splitting the program with tail calls
+    /// would give the allocator its own budget; until then the userspace allocator
+    /// ([`allocate`]) is the one with netfilter's schedule and take-over.
+    #[inline(always)]
+    #[must_use]
+    pub fn of_datapath(cfg: &DatapathConfig) -> Self {
+        Self {
+            min: cfg.snat_port_min(),
+            max: cfg.snat_port_max(),
+            max_attempts: DATAPATH_MAX_ATTEMPTS,
+            min_attempts: DEFAULT_MIN_ATTEMPTS,
+            take_over_time_wait: false,
+            probe: Probe::Scattered,
+            keep_source_port: true,
+            take_over_window: 0,
+        }
+    }
+}
+
+/// netfilter's first round: 128 attempts.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 128;
+/// netfilter stops halving below 16 attempts.
+pub const DEFAULT_MIN_ATTEMPTS: u32 = 16;
+
+/// TIME_WAIT take-over is allowed in the last this many attempts of the schedule (netfilter's).
+pub const TAKE_OVER_WINDOW: u32 = 32;
+/// The datapath's first round: 32 attempts (then 16); see [`SnatConfig::of_datapath`].
+pub const DATAPATH_MAX_ATTEMPTS: u32 = 32;
 /// Hard cap on rounds (128, 64, 32, 16: four), for bounded loops whatever the config says.
 const MAX_ROUNDS: u32 = 8;
-/// Hard cap on attempts per round.
-const MAX_ATTEMPTS: u32 = 1024;
+/// Most attempts of a first round, whatever the config says: netfilter's 128 (a schedule then
+/// has at most 255 attempts, 128 + 64 + ... + 1).
+pub const MAX_ATTEMPTS: u32 = 128;
 
-/// Buckets of the attempts histogram: 1, 2-3, 4-7, ..., 128-255, 256+.
-pub const ATTEMPT_BUCKETS: usize = 10;
+pub use lb_api::counters::{attempts_bucket, ATTEMPT_BUCKETS};
 
 /// A successful allocation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -172,13 +228,7 @@ impl SnatCounters {
     pub fn record(&mut self, r: &Result<Allocation, SnatError>) {
         match r {
             Ok(a) => {
-                let b = (31 - a.attempts.max(1).leading_zeros()) as usize;
-                let b = if b >= ATTEMPT_BUCKETS {
-                    ATTEMPT_BUCKETS - 1
-                } else {
-                    b
-                };
-                if let Some(c) = self.attempts.get_mut(b) {
+                if let Some(c) = self.attempts.get_mut(attempts_bucket(a.attempts)) {
                     *c += 1;
                 }
                 if a.took_over {
@@ -226,11 +276,219 @@ pub fn nat_keys(orig: &FlowTuple, nat_addr: [u8; 16], port: u16) -> (NatKey, Nat
     )
 }
 
-/// Allocates a source port on `nat_addr` for the flow `orig` and publishes its NAT pair.
+/// A port [`claim_port`] proposes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Candidate {
+    /// The port.
+    pub port: u16,
+    /// Which attempt this is (1 for the first): what an attempts histogram records when the
+    /// claim succeeds.
+    pub attempt: u32,
+    /// The claim may take over a mapping in TIME_WAIT ([`may_take_over`]): one of the
+    /// schedule's last [`TAKE_OVER_WINDOW`] attempts, and the config allows it.
+    pub may_take_over: bool,
+}
+
+/// What claiming one candidate port did: the answer of [`claim_port`]'s closure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// The port is now this flow's: its reply mapping was inserted, atomically, where absent.
+    Reserved,
+    /// The port belonged to a flow in TIME_WAIT ([`may_take_over`]); it is now this flow's.
+    TookOver,
+    /// Another flow owns the port: try the next.
+    Taken,
+    /// The table is full: stop.
+    Full,
+}
+
+/// Whether a new flow may take over the port of a flow that holds it: only in TIME_WAIT, and
+/// only for a TCP SYN (`syn_seq`, its sequence number) that is past the old flow's last
+/// sequence number in the original direction (`old_seq_end`, just after its FIN). That is what
+/// the destination's TIME_WAIT socket needs to accept the SYN as a new connection (RFC 1122
+/// 4.2.2.13; Linux's `tcp_timewait_state_process`), and netfilter's condition too.
+#[inline(always)]
+#[must_use]
+pub fn may_take_over(old_time_wait: bool, old_seq_end: u32, syn_seq: Option<u32>) -> bool {
+    match syn_seq {
+        Some(seq) => old_time_wait && (seq.wrapping_sub(old_seq_end) as i32) > 0,
+        None => false,
+    }
+}
+
+/// Walks the schedule of candidate ports of `cfg` and claims the first that `claim` can: the
+/// allocator, whatever the table. `claim(ctx, candidate)` must reserve `candidate.port` for the
+/// flow in one atomic step (insert the reply mapping only if absent) and say what it did; it
+/// may take over a mapping ([`may_take_over`]) only when `candidate.may_take_over`.
+
+///
+/// With [`SnatConfig::keep_source_port`], `src_port` (the flow's own) is tried first when it
+/// lies in the range, as netfilter and Cilium keep a free original port; then rounds of
+/// `max_attempts`, halved each round with a fresh random offset, down to `min_attempts`.
+/// `ctx` is the random source and whatever the closure writes to, so the kernel and userspace
+/// pass the same object.
+///
+/// # Errors
+/// [`SnatError::EmptyRange`], [`SnatError::TableFull`] (the closure said [`Claim::Full`]) or
+/// [`SnatError::Exhausted`].
+#[inline(always)]
+pub fn claim_port<X, F>(
+    cfg: &SnatConfig,
+    ctx: &mut X,
+    src_port: u16,
+    mut claim: F,
+) -> Result<Allocation, SnatError>
+where
+    X: RandomSource + ?Sized,
+    F: FnMut(&mut X, Candidate) -> Claim,
+{
+    if cfg.min == 0 || cfg.min > cfg.max {
+        return Err(SnatError::EmptyRange);
+    }
+    // Non-zero by type: the remainders below cannot panic.
+    let Some(span) = NonZeroU32::new(u32::from(cfg.max - cfg.min) + 1) else {
+        return Err(SnatError::EmptyRange);
+    };
+    // A range smaller than the schedule is not a reason to shorten it: with random probing,
+    // ports repeat (netfilter shortens it to the range's size; the kernel's verifier needs
+    // bounds that do not depend on the range).
+    let first = cfg.max_attempts.clamp(1, MAX_ATTEMPTS);
+    let floor = cfg.min_attempts.max(1).min(first);
+    // Total of the schedule (a constant when the config is), to know when its last 32
+    // attempts begin.
+    let mut schedule = 0u32;
+    {
+        let mut n = first;
+        let mut r = 0;
+        while r < MAX_ROUNDS && n >= floor {
+            schedule += n;
+            n /= 2;
+            r += 1;
+        }
+    }
+    let mut w = Walk {
+        round_len: first,
+        i: 0,
+        offset: 0,
+        attempts: 0,
+    };
+    if cfg.keep_source_port && src_port >= cfg.min && src_port <= cfg.max {
+        w.attempts += 1;
+        let c = w.candidate(src_port, false);
+        if let Some(r) = w.outcome(claim(ctx, c), src_port) {
+            return r;
+        }
+    }
+    // Two loops over the schedule: the attempts that may not take a port over, then the last
+    // `take_over_window`, which may. The kernel's verifier walks every iteration: split so,
+    // with constant bounds, it walks the take-over's code only in those. (The `bpf_loop`
+    // helper would spare the walk, but its callback needs BTF function info, and the kernel
+    // refuses the BTF that bpf-linker emits for Rust enums.)
+    let window = if cfg.take_over_time_wait {
+        cfg.take_over_window
+    } else {
+        0
+    };
+    let early = schedule.saturating_sub(window);
+    let mut n = 0;
+    while n < early {
+        n += 1;
+        let port = w.next_port(cfg, ctx, span);
+        let c = w.candidate(port, false);
+        if let Some(r) = w.outcome(claim(ctx, c), port) {
+            return r;
+        }
+    }
+    while n < schedule {
+        n += 1;
+        let port = w.next_port(cfg, ctx, span);
+        let c = w.candidate(port, true);
+        if let Some(r) = w.outcome(claim(ctx, c), port) {
+            return r;
+        }
+    }
+    Err(SnatError::Exhausted {
+        attempts: w.attempts,
+    })
+}
+
+/// Where [`claim_port`]'s walk is.
+struct Walk {
+    /// Attempts of the current round.
+    round_len: u32,
+    /// Attempt within the round.
+    i: u32,
+    /// The round's random start, from `min`.
+    offset: u32,
+    /// Attempts made.
+    attempts: u32,
+}
+
+impl Walk {
+    /// The next candidate of the round (starting a new round when one ends).
+    #[inline(always)]
+    fn next_port<X: RandomSource + ?Sized>(
+        &mut self,
+        cfg: &SnatConfig,
+        ctx: &mut X,
+        span: NonZeroU32,
+    ) -> u16 {
+        self.attempts += 1;
+        let step = match cfg.probe {
+            Probe::Consecutive => {
+                if self.i == 0 {
+                    // A new round: a fresh random offset.
+                    self.offset = ctx.random_u32() % span;
+                }
+                (self.offset + self.i) % span
+            }
+            Probe::Scattered => ctx.random_u32() % span,
+        };
+        self.i += 1;
+        if self.i >= self.round_len {
+            self.i = 0;
+            self.round_len /= 2;
+        }
+        // `step < span <= 65536 - min`: the sum fits.
+        cfg.min.wrapping_add(step as u16)
+    }
+
+    /// The candidate `port` at the current attempt.
+    #[inline(always)]
+    const fn candidate(&self, port: u16, may_take_over: bool) -> Candidate {
+        Candidate {
+            port,
+            attempt: self.attempts,
+            may_take_over,
+        }
+    }
+
+    /// What a claim of `port` means for the allocation: `None` to go on.
+    #[inline(always)]
+    fn outcome(&self, claim: Claim, port: u16) -> Option<Result<Allocation, SnatError>> {
+        let took_over = match claim {
+            Claim::Taken => return None,
+            Claim::Reserved => false,
+            Claim::TookOver => true,
+            Claim::Full => return Some(Err(SnatError::TableFull)),
+        };
+        Some(Ok(Allocation {
+            port,
+            attempts: self.attempts,
+            took_over,
+            existing: false,
+        }))
+    }
+}
+
+/// Allocates a source port on `nat_addr` for the flow `orig` in `table` and publishes its NAT
+/// pair, by [`claim_port`].
 ///
 /// Reserving is the reverse insert itself ([`NatTable::insert_if_absent`]); the forward mapping
 /// is inserted after it. If another allocator published a forward mapping for the same flow
-/// first, ours is withdrawn and theirs returned (`existing`).
+/// first, ours is withdrawn and theirs returned (`existing`). `syn_seq`: the sequence number of
+/// the flow's first packet when it is a TCP SYN, which may then take over a TIME_WAIT mapping
+/// ([`may_take_over`]); `None` for anything else.
 ///
 /// # Errors
 /// [`SnatError`] when no port could be reserved; the table then holds nothing of this flow.
@@ -240,15 +498,12 @@ pub fn allocate<T, R>(
     cfg: &SnatConfig,
     orig: &FlowTuple,
     nat_addr: [u8; 16],
+    syn_seq: Option<u32>,
 ) -> Result<Allocation, SnatError>
 where
     T: NatTable + ?Sized,
     R: RandomSource + ?Sized,
 {
-    if cfg.min == 0 || cfg.min > cfg.max {
-        return Err(SnatError::EmptyRange);
-    }
-    let span = u32::from(cfg.max - cfg.min) + 1;
     // A flow that already has its pair keeps it (a retransmitted first packet).
     if let Some(f) = table.get(&NatKey {
         tuple: *orig,
@@ -264,178 +519,84 @@ where
     let back = NatValue {
         addr: orig.src,
         port: orig.src_port,
-        time_wait: false,
+        ..NatValue::default()
     };
-    let mut attempts_total = 0u32;
-    let mut round_len = cfg.max_attempts.min(MAX_ATTEMPTS).min(span);
-    // Total of the schedule, to know when the last 32 attempts begin.
-    // A range smaller than the floor gets one round over all of it.
-    let floor = cfg.min_attempts.max(1).min(round_len);
-    let mut schedule = 0u32;
-    {
-        let mut n = round_len;
-        let mut r = 0;
-        while r < MAX_ROUNDS && n >= floor {
-            schedule += n;
-            n /= 2;
-            r += 1;
-        }
-    }
-    let mut round = 0;
-    while round < MAX_ROUNDS && round_len >= floor {
-        let offset = rng.random_u32() % span;
-        let stride = match cfg.probe {
-            Probe::Consecutive => 1,
-            Probe::Scattered => coprime_stride(rng.random_u32(), span),
-        };
-        let mut i = 0;
-        while i < round_len {
-            // u64: `i * stride` may exceed u32 for large strides.
-            let step = (u64::from(offset) + u64::from(i) * u64::from(stride)) % u64::from(span);
-            let port = cfg.min + step as u16;
-            attempts_total += 1;
-            let (fwd, rev) = nat_keys(orig, nat_addr, port);
-            let reserved = match table.insert_if_absent(&rev, &back) {
-                Ok(()) => Some(false),
-                Err(NatInsertError::Full) => return Err(SnatError::TableFull),
-                Err(NatInsertError::Exists(old)) => {
-                    let late = attempts_total + TAKE_OVER_WINDOW > schedule;
-                    if cfg.take_over_time_wait
-                        && late
-                        && old.time_wait
-                        && table.compare_and_swap(&rev, &old, &back)
-                    {
-                        // The old flow's forward half now points at a port it no longer owns:
-                        // remove it (only if it still names this port).
-                        let (old_fwd, _) = nat_keys(
-                            &FlowTuple {
-                                src: old.addr,
-                                src_port: old.port,
-                                ..*orig
-                            },
-                            nat_addr,
-                            port,
-                        );
-                        let _ = table.remove_if(
-                            &old_fwd,
-                            &NatValue {
-                                addr: nat_addr,
-                                port,
-                                time_wait: true,
-                            },
-                        );
-                        let _ = table.remove_if(
-                            &old_fwd,
-                            &NatValue {
-                                addr: nat_addr,
-                                port,
-                                time_wait: false,
-                            },
-                        );
-                        Some(true)
-                    } else {
-                        None
+    let a = claim_port(cfg, rng, orig.src_port, |_, c| {
+        let port = c.port;
+        let (_, rev) = nat_keys(orig, nat_addr, port);
+        match table.insert_if_absent(&rev, &back) {
+            Ok(()) => Claim::Reserved,
+            Err(NatInsertError::Full) => Claim::Full,
+            Err(NatInsertError::Exists(old)) => {
+                if c.may_take_over
+                    && may_take_over(old.time_wait, old.seq_end, syn_seq)
+                    && table.compare_and_swap(&rev, &old, &back)
+                {
+                    // The old flow's forward half now names a port it no longer owns: remove
+                    // it (only if it still names this port).
+                    let old_flow = FlowTuple {
+                        src: old.addr,
+                        src_port: old.port,
+                        ..*orig
+                    };
+                    let (old_fwd, _) = nat_keys(&old_flow, nat_addr, port);
+                    if let Some(v) = table.get(&old_fwd) {
+                        if v.addr == nat_addr && v.port == port {
+                            let _ = table.remove_if(&old_fwd, &v);
+                        }
                     }
+                    Claim::TookOver
+                } else {
+                    Claim::Taken
                 }
-            };
-            if let Some(took_over) = reserved {
-                return publish(
-                    table,
-                    &fwd,
-                    &rev,
-                    &back,
-                    nat_addr,
-                    port,
-                    attempts_total,
-                    took_over,
-                );
             }
-            i += 1;
         }
-        round_len /= 2;
-        round += 1;
-    }
-    Err(SnatError::Exhausted {
-        attempts: attempts_total,
-    })
+    })?;
+    publish(table, orig, &back, nat_addr, a)
 }
 
-/// A stride in `1..span` coprime to `span` (so a walk visits distinct ports), from a random
-/// value; 1 if the few candidates tried all share a factor with `span`.
-#[inline(always)]
-fn coprime_stride(random: u32, span: u32) -> u32 {
-    if span <= 2 {
-        return 1;
-    }
-    let mut s = random % (span - 1) + 1;
-    let mut k = 0;
-    while k < 8 {
-        if gcd(s, span) == 1 {
-            return s;
-        }
-        s = s % (span - 1) + 1;
-        k += 1;
-    }
-    1
-}
-
-/// Euclid's algorithm; at most 47 steps for u32 (Fibonacci bound), written with a fixed cap.
-#[inline(always)]
-const fn gcd(mut a: u32, mut b: u32) -> u32 {
-    let mut k = 0;
-    while b != 0 && k < 48 {
-        let t = a % b;
-        a = b;
-        b = t;
-        k += 1;
-    }
-    a
-}
-
-/// Publishes the forward half of a reserved pair, or withdraws the reverse half if the flow
-/// already has a forward mapping.
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
+/// Publishes the forward half of the pair reserved by `a`, or withdraws the reverse half if
+/// the flow already has a forward mapping.
 fn publish<T: NatTable + ?Sized>(
     table: &T,
-    fwd: &NatKey,
-    rev: &NatKey,
+    orig: &FlowTuple,
     back: &NatValue,
     nat_addr: [u8; 16],
-    port: u16,
-    attempts: u32,
-    took_over: bool,
+    a: Allocation,
 ) -> Result<Allocation, SnatError> {
+    let (fwd, rev) = nat_keys(orig, nat_addr, a.port);
     let out = NatValue {
         addr: nat_addr,
-        port,
-        time_wait: false,
+        port: a.port,
+        ..NatValue::default()
     };
-    match table.insert_if_absent(fwd, &out) {
-        Ok(()) => Ok(Allocation {
-            port,
-            attempts,
-            took_over,
-            existing: false,
-        }),
+    match table.insert_if_absent(&fwd, &out) {
+        Ok(()) => Ok(a),
         Err(NatInsertError::Exists(theirs)) => {
-            let _ = table.remove_if(rev, back);
+            let _ = table.remove_if(&rev, back);
             Ok(Allocation {
                 port: theirs.port,
-                attempts,
                 took_over: false,
                 existing: true,
+                ..a
             })
         }
         Err(NatInsertError::Full) => {
-            let _ = table.remove_if(rev, back);
+            let _ = table.remove_if(&rev, back);
             Err(SnatError::TableFull)
         }
     }
 }
 
-/// Marks a flow's NAT pair as TIME_WAIT (its ports may then be taken over), or not.
-pub fn set_time_wait<T: NatTable + ?Sized>(table: &T, orig: &FlowTuple, time_wait: bool) -> bool {
+/// Marks a flow's NAT pair as TIME_WAIT (its port may then be taken over by a SYN past
+/// `seq_end`, the sequence number after the flow's last byte and FIN from the original side),
+/// or not. Whether both halves were updated.
+pub fn set_time_wait<T: NatTable + ?Sized>(
+    table: &T,
+    orig: &FlowTuple,
+    time_wait: bool,
+    seq_end: u32,
+) -> bool {
     let fkey = NatKey {
         tuple: *orig,
         dir: NatDir::Forward,
@@ -444,12 +605,22 @@ pub fn set_time_wait<T: NatTable + ?Sized>(table: &T, orig: &FlowTuple, time_wai
         return false;
     };
     let (_, rkey) = nat_keys(orig, f.addr, f.port);
-    let nf = NatValue { time_wait, ..f };
+    let nf = NatValue {
+        time_wait,
+        seq_end,
+        ..f
+    };
     let ok_f = table.compare_and_swap(&fkey, &f, &nf);
     let ok_r = match table.get(&rkey) {
-        Some(r) if r.addr == orig.src && r.port == orig.src_port => {
-            table.compare_and_swap(&rkey, &r, &NatValue { time_wait, ..r })
-        }
+        Some(r) if r.addr == orig.src && r.port == orig.src_port => table.compare_and_swap(
+            &rkey,
+            &r,
+            &NatValue {
+                time_wait,
+                seq_end,
+                ..r
+            },
+        ),
         _ => false,
     };
     ok_f && ok_r
@@ -481,13 +652,13 @@ mod tests {
         let mut rng = XorShift32::new(1);
         let cfg = SnatConfig::default();
         let f = flow(1, 5000);
-        let a = allocate(&t, &mut rng, &cfg, &f, NAT).unwrap();
+        let a = allocate(&t, &mut rng, &cfg, &f, NAT, None).unwrap();
         let (fk, rk) = nat_keys(&f, NAT, a.port);
         assert_eq!(t.get(&fk).unwrap().port, a.port);
         let r = t.get(&rk).unwrap();
         assert_eq!((r.addr, r.port), (f.src, f.src_port));
         // Same flow again: its existing mapping, no second port.
-        let b = allocate(&t, &mut rng, &cfg, &f, NAT).unwrap();
+        let b = allocate(&t, &mut rng, &cfg, &f, NAT, None).unwrap();
         assert!(b.existing);
         assert_eq!(b.port, a.port);
         assert_eq!(t.len(), 2);
@@ -505,11 +676,11 @@ mod tests {
         };
         let mut c = SnatCounters::default();
         for p in 0..32 {
-            let r = allocate(&t, &mut rng, &cfg, &flow(1, 1000 + p), NAT);
+            let r = allocate(&t, &mut rng, &cfg, &flow(1, 1000 + p), NAT, None);
             c.record(&r);
             assert!(r.is_ok());
         }
-        let r = allocate(&t, &mut rng, &cfg, &flow(2, 1), NAT);
+        let r = allocate(&t, &mut rng, &cfg, &flow(2, 1), NAT, None);
         c.record(&r);
         assert!(matches!(r, Err(SnatError::Exhausted { .. })));
         assert_eq!(c.failures, 1);
@@ -518,7 +689,7 @@ mod tests {
     }
 
     #[test]
-    fn time_wait_mapping_is_taken_over_and_old_forward_removed() {
+    fn time_wait_mapping_is_taken_over_by_a_later_syn_and_old_forward_removed() {
         let t = ShardedNatTable::new(1024);
         let mut rng = XorShift32::new(3);
         let cfg = SnatConfig {
@@ -527,33 +698,102 @@ mod tests {
             ..Default::default()
         };
         let old = flow(1, 1111);
-        allocate(&t, &mut rng, &cfg, &old, NAT).unwrap();
-        assert!(allocate(&t, &mut rng, &cfg, &flow(2, 2222), NAT).is_err());
-        assert!(set_time_wait(&t, &old, true));
+        allocate(&t, &mut rng, &cfg, &old, NAT, None).unwrap();
+        let new = flow(2, 2222);
+        // Live: nobody takes it over.
+        assert!(allocate(&t, &mut rng, &cfg, &new, NAT, Some(9)).is_err());
+        // Closed, the old flow's last byte and FIN at 1_000_000.
+        assert!(set_time_wait(&t, &old, true, 1_000_000));
         let mut c = SnatCounters::default();
-        let r = allocate(&t, &mut rng, &cfg, &flow(2, 2222), NAT);
+        // Not a SYN, or a SYN not past the old flow: the server's TIME_WAIT socket would not
+        // accept it, so the port stays the old flow's.
+        for syn in [None, Some(999_999), Some(1_000_000)] {
+            let r = allocate(&t, &mut rng, &cfg, &new, NAT, syn);
+            c.record(&r);
+            assert!(matches!(r, Err(SnatError::Exhausted { .. })), "{syn:?}");
+        }
+        let r = allocate(&t, &mut rng, &cfg, &new, NAT, Some(1_000_001));
         c.record(&r);
         let a = r.unwrap();
         assert!(a.took_over);
-        assert_eq!(c.take_overs, 1);
+        assert_eq!((c.take_overs, c.failures), (1, 3));
         assert!(t
             .get(&NatKey {
                 tuple: old,
                 dir: NatDir::Forward
             })
             .is_none());
+        let (_, rk) = nat_keys(&new, NAT, 3000);
+        assert_eq!(t.get(&rk).unwrap().port, new.src_port);
         assert_eq!(t.len(), 2);
+        // Sequence numbers wrap: a SYN just past the old end across 2^32 still advances.
+        assert!(may_take_over(true, u32::MAX - 1, Some(3)));
+        assert!(!may_take_over(true, 5, Some(u32::MAX)));
+        assert!(!may_take_over(false, 5, Some(6)));
     }
 
     #[test]
-    fn scattered_rounds_visit_distinct_ports() {
-        for span in [1u32, 2, 3, 10, 10_000, 64_512] {
-            for r in [0u32, 1, 7, 12_345, u32::MAX] {
-                let s = coprime_stride(r, span);
-                assert!(s >= 1 && (span <= 1 || s < span));
-                assert_eq!(gcd(s, span), 1, "span {span} stride {s}");
+    fn a_free_source_port_in_the_range_is_kept() {
+        let t = ShardedNatTable::new(1024);
+        let mut rng = XorShift32::new(4);
+        let cfg = SnatConfig {
+            min: 4000,
+            max: 4999,
+            ..Default::default()
+        };
+        let a = allocate(&t, &mut rng, &cfg, &flow(1, 4321), NAT, None).unwrap();
+        assert_eq!((a.port, a.attempts), (4321, 1));
+        // Taken now: another pod with that port gets another one, after the kept try.
+        let b = allocate(&t, &mut rng, &cfg, &flow(2, 4321), NAT, None).unwrap();
+        assert!(b.port != 4321 && (4000..=4999).contains(&b.port) && b.attempts >= 2);
+        // Outside the range it is never tried.
+        let c = allocate(&t, &mut rng, &cfg, &flow(3, 5000), NAT, None).unwrap();
+        assert!((4000..=4999).contains(&c.port));
+        let off = SnatConfig {
+            keep_source_port: false,
+            ..cfg
+        };
+        let mut hits = 0;
+        for p in 0..50 {
+            let f = flow(4, 4500 + p);
+            if allocate(&t, &mut rng, &off, &f, NAT, None).unwrap().port == f.src_port {
+                hits += 1;
             }
         }
+        assert!(
+            hits < 5,
+            "without keep_source_port the port is drawn: {hits} kept"
+        );
+    }
+
+    #[test]
+    fn schedule_is_netfilters_and_late_only_in_its_last_32() {
+        // 128 + 64 + 32 + 16 = 240 attempts, `late` from attempt 209 on.
+        let cfg = SnatConfig {
+            keep_source_port: false,
+            ..Default::default()
+        };
+        let mut rng = XorShift32::new(5);
+        let mut lates = std::vec::Vec::new();
+        let r = claim_port(&cfg, &mut rng, 0, |_, c| {
+            assert!(c.port >= 1024);
+            assert_eq!(c.attempt as usize, lates.len() + 1);
+            lates.push(c.may_take_over);
+            Claim::Taken
+        });
+        assert_eq!(r, Err(SnatError::Exhausted { attempts: 240 }));
+        assert_eq!(lates.len(), 240);
+        assert!(lates[..208].iter().all(|l| !l) && lates[208..].iter().all(|l| *l));
+        let no = SnatConfig {
+            take_over_time_wait: false,
+            ..cfg
+        };
+        let mut any_late = false;
+        let _ = claim_port(&no, &mut rng, 0, |_, c| {
+            any_late |= c.may_take_over;
+            Claim::Taken
+        });
+        assert!(!any_late);
     }
 
     #[test]
@@ -566,7 +806,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            allocate(&t, &mut rng, &cfg, &flow(1, 1), NAT),
+            allocate(&t, &mut rng, &cfg, &flow(1, 1), NAT, None),
             Err(SnatError::EmptyRange)
         );
     }
@@ -583,9 +823,9 @@ mod tests {
             for (pod, port, tw) in ops {
                 let f = flow(pod, 1000 + port);
                 if tw {
-                    let _ = set_time_wait(&t, &f, true);
+                    let _ = set_time_wait(&t, &f, true, 1000);
                 } else {
-                    match allocate(&t, &mut rng, &cfg, &f, NAT) {
+                    match allocate(&t, &mut rng, &cfg, &f, NAT, Some(5000)) {
                         Ok(a) => proptest::prop_assert!((5000..=5007).contains(&a.port)),
                         Err(SnatError::Exhausted { .. }) => {}
                         Err(e) => proptest::prop_assert!(false, "{:?}", e),

@@ -81,7 +81,7 @@ fn concurrent_allocation_has_no_duplicates_and_no_failures_below_90_percent() {
     let counters = Arc::new(std::sync::Mutex::new(SnatCounters::default()));
     let c2 = counters.clone();
     let results = run_threads(per_thread, &table, move |t, rng, f| {
-        let r = allocate(t, rng, &cfg(), f, NAT_IP);
+        let r = allocate(t, rng, &cfg(), f, NAT_IP, None);
         c2.lock().unwrap().record(&r);
         r.map(|a| a.port).map_err(|_| ())
     });
@@ -144,7 +144,7 @@ fn allocate_then_insert(t: &ShardedNatTable, f: &FlowTuple) -> Result<u16, ()> {
     let back = NatValue {
         addr: f.src,
         port: f.src_port,
-        time_wait: false,
+        ..NatValue::default()
     };
     t.insert_if_absent(&rk, &back).map_err(|_| ())?;
     t.insert_if_absent(
@@ -152,7 +152,7 @@ fn allocate_then_insert(t: &ShardedNatTable, f: &FlowTuple) -> Result<u16, ()> {
         &NatValue {
             addr: NAT_IP,
             port,
-            time_wait: false,
+            ..NatValue::default()
         },
     )
     .map_err(|_| ())?;
@@ -189,7 +189,7 @@ fn pressure(used: usize, probes: usize, seed: u32, probe: Probe) -> (f64, f64) {
     while n < used && k < 10 * span() {
         let f = pod_flow(k % THREADS, k / THREADS);
         k += 1;
-        if allocate(&t, &mut rng, &c, &f, NAT_IP).is_ok() {
+        if allocate(&t, &mut rng, &c, &f, NAT_IP, None).is_ok() {
             n += 1;
         }
     }
@@ -201,7 +201,7 @@ fn pressure(used: usize, probes: usize, seed: u32, probe: Probe) -> (f64, f64) {
         let back = NatValue {
             addr: f.src,
             port: f.src_port,
-            time_wait: false,
+            ..NatValue::default()
         };
         if t.insert_if_absent(&rk, &back).is_ok() {
             n += 1;
@@ -217,7 +217,7 @@ fn pressure(used: usize, probes: usize, seed: u32, probe: Probe) -> (f64, f64) {
             src: v4_addr([10, 200, (i >> 8) as u8, i as u8]),
             ..pod_flow(0, 0)
         };
-        let r = allocate(&t, &mut rng, &c, &f, NAT_IP);
+        let r = allocate(&t, &mut rng, &c, &f, NAT_IP, None);
         counters.record(&r);
         match r {
             Ok(a) => {
