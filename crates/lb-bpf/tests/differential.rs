@@ -6,12 +6,14 @@
 
 mod common;
 
+use std::net::IpAddr;
+
 use common::tagged;
 
 use lb_api::abi::{CtEntry, CtKey, CtKind, CtState, DatapathConfig};
 use lb_api::counters::{Counter, DropReason};
 use lb_api::events::DropEvent;
-use lb_api::flow::{v4_of, L4Proto};
+use lb_api::flow::{v4_addr, v4_of, L4Proto};
 use lb_api::wire::testing::{
     icmp_v4_error_frame, icmp_v6_error_frame, ip_v4_frame, tcp_v4_frame, tcp_v6_frame,
     udp_v4_frame, udp_v6_frame,
@@ -68,6 +70,14 @@ fn services() -> Vec<ServiceSpec> {
             frontend: "[fd96::10]:53".parse().unwrap(),
             proto: L4Proto::Udp,
             backends: vec![b("[fd01::5]:5353")],
+            ..Default::default()
+        },
+        // The IPv6 twin of service 3.
+        ServiceSpec {
+            id: 8,
+            frontend: "[fd96::11]:80".parse().unwrap(),
+            proto: L4Proto::Tcp,
+            backends: vec![b("[fd01::2]:8080")],
             ..Default::default()
         },
         ServiceSpec {
@@ -143,7 +153,7 @@ fn tunnelled(inner: &[u8], geneve: bool) -> Vec<u8> {
 /// One step of a scenario: a frame, and what the engine must do with it (so that every fixture is
 /// known to exercise what its name says; the kernel must then match the engine exactly).
 struct Step {
-    name: &'static str,
+    name: String,
     frame: Vec<u8>,
     expect: Verdict,
     counter: Option<Counter>,
@@ -151,19 +161,39 @@ struct Step {
 }
 
 fn step(
-    name: &'static str,
+    name: impl Into<String>,
     frame: Vec<u8>,
     expect: Verdict,
     counter: Option<Counter>,
     drop: Option<DropReason>,
 ) -> Step {
     Step {
-        name,
+        name: name.into(),
         frame,
         expect,
         counter,
         drop,
     }
+}
+
+/// The service entry of the flow from a client port to `vip:vport` (either family).
+fn service_entry(
+    engine: &Engine<ManualClock>,
+    client_port: u16,
+    vip: IpAddr,
+    vport: u16,
+) -> CtEntry {
+    engine
+        .conntrack()
+        .iter()
+        .find(|(k, _)| {
+            k.kind == CtKind::Service as u8
+                && k.src_port == client_port
+                && k.dst == addr16(vip)
+                && k.dst_port == vport
+        })
+        .map(|(_, e)| *e)
+        .unwrap_or_else(|| panic!("no service entry for client port {client_port} to {vip}"))
 }
 
 /// The backend the engine chose for a client port (its service entry's NAT address).
@@ -173,17 +203,16 @@ fn backend_of(
     vip: [u8; 4],
     vport: u16,
 ) -> ([u8; 4], u16) {
-    let (_, e) = engine
-        .conntrack()
-        .iter()
-        .find(|(k, _)| {
-            k.kind == CtKind::Service as u8
-                && k.src_port == client_port
-                && v4_of(&k.dst) == vip
-                && k.dst_port == vport
-        })
-        .unwrap_or_else(|| panic!("no service entry for client port {client_port}"));
+    let e = service_entry(engine, client_port, IpAddr::from(vip), vport);
     (v4_of(&e.nat_addr), e.nat_port)
+}
+
+/// An address as the 16-byte field of conntrack keys and entries (IPv4 in the first 4 bytes).
+fn addr16(a: IpAddr) -> [u8; 16] {
+    match a {
+        IpAddr::V4(a) => v4_addr(a.octets()),
+        IpAddr::V6(a) => a.octets(),
+    }
 }
 
 fn sorted_engine_ct(engine: &Engine<ManualClock>) -> Vec<(CtKey, CtEntry)> {
@@ -207,6 +236,8 @@ fn run_scenario(dp: &mut KernelDatapath, program: Program) -> usize {
 
     let mut now = START_NS;
     let mut compared = 0;
+    // Runs one step in both worlds and compares them; returns the frame as it left (`None` if
+    // the step was skipped).
     let mut check = |engine: &mut Engine<ManualClock>, dp: &mut KernelDatapath, s: Step| {
         now += 1_000_000_000;
         let cfg = DatapathConfig {
@@ -226,7 +257,7 @@ fn run_scenario(dp: &mut KernelDatapath, program: Program) -> usize {
                     "{} (lb_tc): skipped, the skb test harness refuses it: {e}",
                     s.name
                 );
-                return;
+                return None;
             }
             Err(e) => panic!("{}: {e}: {:?}", s.name, std::error::Error::source(&e)),
         };
@@ -308,6 +339,7 @@ fn run_scenario(dp: &mut KernelDatapath, program: Program) -> usize {
             program.name()
         );
         compared += 1;
+        Some(user)
     };
 
     use TcpFlags as F;
@@ -941,99 +973,226 @@ fn run_scenario(dp: &mut KernelDatapath, program: Program) -> usize {
             Some(DropReason::NoBackend),
         ),
     );
-    // Find a client port whose flow to service 1 lands on 10.1.0.2, then use the same port
-    // towards VIP2 (whose only backend is 10.1.0.2): the reply tuples collide.
+    collision_scenario(&Family::v4(), &mut engine, dp, &mut check);
+    collision_scenario(&Family::v6(), &mut engine, dp, &mut check);
+    compared
+}
+
+/// One family's addresses for the NodePort source-port-collision scenario.
+struct Family {
+    v6: bool,
+    client: IpAddr,
+    /// A frontend with several backends, `backend` among them (service 1 / 6).
+    vip: IpAddr,
+    /// A second frontend whose only backend is `backend` (service 3 / 8).
+    vip2: IpAddr,
+    backend: IpAddr,
+    router: IpAddr,
+}
+
+impl Family {
+    fn v4() -> Self {
+        Family {
+            v6: false,
+            client: IpAddr::from(CLIENT),
+            vip: IpAddr::from(VIP),
+            vip2: IpAddr::from(VIP2),
+            backend: IpAddr::from([10, 1, 0, 2]),
+            router: IpAddr::from([10, 9, 9, 9]),
+        }
+    }
+
+    fn v6() -> Self {
+        let a = |s: &str| IpAddr::V6(s.parse().unwrap());
+        Family {
+            v6: true,
+            client: a("fd00::1"),
+            vip: a("fd96::10"),
+            vip2: a("fd96::11"),
+            backend: a("fd01::2"),
+            router: a("fd09::9"),
+        }
+    }
+
+    /// A fixture name, marked with the family for IPv6.
+    fn name(&self, s: &str) -> String {
+        if self.v6 {
+            format!("ipv6: {s}")
+        } else {
+            s.to_string()
+        }
+    }
+
+    /// A TCP frame without payload, built from scratch.
+    fn tcp(&self, src: IpAddr, sport: u16, dst: IpAddr, dport: u16, flags: u8) -> Vec<u8> {
+        match (src, dst) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => {
+                tcp_v4_frame(s.octets(), sport, d.octets(), dport, flags, b"")
+            }
+            (IpAddr::V6(s), IpAddr::V6(d)) => {
+                tcp_v6_frame(s.octets(), sport, d.octets(), dport, flags, b"")
+            }
+            other => panic!("mixed families {other:?}"),
+        }
+    }
+
+    /// An ICMP (type, code) or ICMPv6 (type, code) error from `from` to `to` quoting the IP
+    /// datagram of the frame `quoted`, whole or cut to its IP header and 8 transport bytes.
+    fn error(
+        &self,
+        (v4, v6): ((u8, u8), (u8, u8)),
+        from: IpAddr,
+        to: IpAddr,
+        quoted: &[u8],
+        cut: bool,
+    ) -> Vec<u8> {
+        let ip_header = if self.v6 { 40 } else { 20 };
+        let q = &quoted[14..if cut {
+            14 + ip_header + 8
+        } else {
+            quoted.len()
+        }];
+        match (from, to) {
+            (IpAddr::V4(f), IpAddr::V4(t)) => {
+                icmp_v4_error_frame(f.octets(), t.octets(), v4.0, v4.1, [0; 4], q)
+            }
+            (IpAddr::V6(f), IpAddr::V6(t)) => {
+                icmp_v6_error_frame(f.octets(), t.octets(), v6.0, v6.1, [0; 4], q)
+            }
+            other => panic!("mixed families {other:?}"),
+        }
+    }
+}
+
+/// ICMP time exceeded in transit, ICMPv6 time exceeded (hop limit).
+const TIME_EXCEEDED: ((u8, u8), (u8, u8)) = ((11, 0), (3, 0));
+/// ICMP and ICMPv6 port unreachable.
+const PORT_UNREACHABLE: ((u8, u8), (u8, u8)) = ((3, 3), (1, 4));
+
+/// The source-port collision of a NodePort-like setup (incident 2 of the design brief) for one
+/// family: the same client address and port reach `backend` through two frontends, so the
+/// second flow's reply tuple is taken and the resolver gives it a source port of 20000-29999;
+/// the reply gets the client's port back, the next packet is established, and ICMP errors about
+/// the rewritten flow are translated both ways (the client's port in the quote towards the
+/// client, the rewritten one towards the backend). Besides the engine = kernel comparison of
+/// `check`, every frame that leaves is compared with one built from scratch.
+fn collision_scenario(
+    n: &Family,
+    engine: &mut Engine<ManualClock>,
+    dp: &mut KernelDatapath,
+    check: &mut impl FnMut(&mut Engine<ManualClock>, &mut KernelDatapath, Step) -> Option<Vec<u8>>,
+) {
+    use TcpFlags as F;
+    let p = Some;
+    let (client, be) = (n.client, n.backend);
+    // Find a client port whose flow through the first frontend lands on the backend, then use
+    // the same port towards the second frontend (whose only backend it is): the reply tuples
+    // collide.
     let mut colliding = None;
     for port in 43000..43100 {
         check(
-            &mut engine,
+            engine,
             dp,
             step(
-                "tcp SYN, searching a flow on 10.1.0.2",
-                tcp(port, VIP, 80, F::SYN),
+                n.name(&format!("tcp SYN, searching a flow on {be}")),
+                n.tcp(client, port, n.vip, 80, F::SYN),
                 Verdict::Pass,
                 p(Counter::ServiceNewFlow),
                 None,
             ),
         );
-        if backend_of(&engine, port, VIP, 80).0 == [10, 1, 0, 2] {
+        let e = service_entry(engine, port, n.vip, 80);
+        if (e.nat_addr, e.nat_port) == (addr16(be), 8080) {
             colliding = Some(port);
             break;
         }
     }
-    let port = colliding.expect("some flow hashes to 10.1.0.2");
+    let port = colliding.unwrap_or_else(|| panic!("some flow hashes to {be}"));
     // The same client port through the second frontend: the reply tuple is taken, so the
-    // resolver gives the flow another source port (not a drop, not an overwrite).
-    check(
-        &mut engine,
+    // resolver gives the flow another source port (not a drop, not an overwrite). Which one
+    // is only known afterwards.
+    let name = n.name("tcp SYN colliding on the reply tuple (source port rewritten)");
+    let out = check(
+        engine,
         dp,
         step(
-            "tcp SYN colliding on the reply tuple (source port rewritten)",
-            tcp(port, VIP2, 80, F::SYN),
+            name.clone(),
+            n.tcp(client, port, n.vip2, 80, F::SYN),
             Verdict::Pass,
             p(Counter::SourcePortRewritten),
             None,
         ),
     );
-    let (_, e) = engine
-        .conntrack()
-        .iter()
-        .find(|(k, _)| k.kind == 0 && k.src_port == port && v4_of(&k.dst) == VIP2)
-        .expect("the colliding flow has a service entry");
+    let e = service_entry(engine, port, n.vip2, 80);
     let rewritten = e.rewritten_src_port;
     assert!(
-        rewritten != port && rewritten != 0,
-        "a new source port was recorded: {e:?}"
+        rewritten != port && (20_000..=29_999).contains(&rewritten),
+        "{name}: a new source port of the collision range was recorded: {e:?}"
     );
-    check(
-        &mut engine,
-        dp,
-        step(
-            "reply to the rewritten port (original port restored)",
-            tcp_v4_frame([10, 1, 0, 2], 8080, CLIENT, rewritten, F::SYN | F::ACK, b""),
-            Verdict::Pass,
-            p(Counter::ReplyTranslated),
-            None,
-        ),
+    assert_eq!(
+        out,
+        Some(n.tcp(client, rewritten, be, 8080, F::SYN)),
+        "{name}: output frame"
     );
-    check(
-        &mut engine,
+    // A step that passes under `counter` and must leave as `want`.
+    let mut run = |engine: &mut Engine<ManualClock>,
+                   dp: &mut KernelDatapath,
+                   name: &str,
+                   frame: Vec<u8>,
+                   counter: Counter,
+                   want: Vec<u8>| {
+        let name = n.name(name);
+        let out = check(
+            engine,
+            dp,
+            step(name.clone(), frame, Verdict::Pass, p(counter), None),
+        );
+        assert_eq!(out, Some(want), "{name}: output frame");
+    };
+    run(
+        engine,
         dp,
-        step(
-            "rewritten flow, next packet",
-            tcp(port, VIP2, 80, F::ACK),
-            Verdict::Pass,
-            p(Counter::ServiceEstablished),
-            None,
-        ),
+        "reply to the rewritten port (original port restored)",
+        n.tcp(be, 8080, client, rewritten, F::SYN | F::ACK),
+        Counter::ReplyTranslated,
+        n.tcp(n.vip2, 80, client, port, F::SYN | F::ACK),
+    );
+    run(
+        engine,
+        dp,
+        "rewritten flow, next packet",
+        n.tcp(client, port, n.vip2, 80, F::ACK),
+        Counter::ServiceEstablished,
+        n.tcp(client, rewritten, be, 8080, F::ACK),
     );
     // ICMP errors about the rewritten flow: the client's original port comes back in the
     // quote towards the client, the rewritten one towards the backend.
-    let quoted = tcp_v4_frame(CLIENT, rewritten, [10, 1, 0, 2], 8080, F::ACK, b"");
-    let reply = tcp_v4_frame(VIP2, 80, CLIENT, port, F::ACK, b"");
-    for (name, frame) in [
-        (
-            "icmp time exceeded about a rewritten-port flow (to the client)",
-            icmp_v4_error_frame([10, 9, 9, 9], CLIENT, 11, 0, [0; 4], &quoted[14..]),
-        ),
-        (
-            "icmp port unreachable about a rewritten-port reply (to the backend)",
-            icmp_v4_error_frame(CLIENT, VIP2, 3, 3, [0; 4], &reply[14..14 + 28]),
-        ),
-    ] {
-        check(
-            &mut engine,
-            dp,
-            step(
-                name,
-                frame,
-                Verdict::Pass,
-                p(Counter::IcmpErrorTranslated),
-                None,
-            ),
-        );
-    }
-    compared
+    let (sent, as_client_sent) = (
+        n.tcp(client, rewritten, be, 8080, F::ACK),
+        n.tcp(client, port, n.vip2, 80, F::ACK),
+    );
+    run(
+        engine,
+        dp,
+        "icmp time exceeded about a rewritten-port flow (to the client)",
+        n.error(TIME_EXCEEDED, n.router, client, &sent, false),
+        Counter::IcmpErrorTranslated,
+        // Still from the router; the quote as the client sent it.
+        n.error(TIME_EXCEEDED, n.router, client, &as_client_sent, false),
+    );
+    let (reply, as_backend_sent) = (
+        n.tcp(n.vip2, 80, client, port, F::ACK),
+        n.tcp(be, 8080, client, rewritten, F::ACK),
+    );
+    run(
+        engine,
+        dp,
+        "icmp port unreachable about a rewritten-port reply (to the backend)",
+        n.error(PORT_UNREACHABLE, client, n.vip2, &reply, true),
+        Counter::IcmpErrorTranslated,
+        // To the backend; the quote as the backend sent it.
+        n.error(PORT_UNREACHABLE, client, be, &as_backend_sent, true),
+    );
 }
 
 #[test]

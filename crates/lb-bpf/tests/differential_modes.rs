@@ -1,7 +1,7 @@
 //! Differential fixtures for the forwarding modes: SNAT, DSR, the VXLAN tunnel and hybrid, on the
 //! node that picks the backend and on the backend's node, with the source-port collision
-//! resolver and the SNAT port allocator, the MTU limit of the carriers and malformed tunnel
-//! input.
+//! resolver and the SNAT port allocator, ICMP errors about SNAT flows (both ways, IPv4 and
+//! IPv6), the MTU limit of the carriers and malformed tunnel input.
 //!
 //! A small cluster: node A and node C pick backends, the backends run on node B. Each node is a
 //! pair of worlds (the userspace engine and a loaded copy of the kernel programs with their own
@@ -36,7 +36,10 @@ use lb_api::abi::{
 };
 use lb_api::counters::{Counter, Counters, DropReason};
 use lb_api::flow::{v4_addr, L4Proto};
-use lb_api::wire::testing::{tcp_v4_frame, tcp_v6_frame, udp_v4_frame, udp_v6_frame};
+use lb_api::wire::testing::{
+    icmp_v4_error_frame, icmp_v6_error_frame, tcp_v4_frame, tcp_v6_frame, udp_v4_frame,
+    udp_v6_frame,
+};
 use lb_api::wire::TcpFlags as F;
 use lb_api::Verdict;
 use lb_bpf::Program;
@@ -49,6 +52,8 @@ const NODE_A: [u8; 4] = [192, 168, 1, 10];
 const NODE_B: [u8; 4] = [192, 168, 1, 11];
 const NODE_C: [u8; 4] = [192, 168, 1, 12];
 const STRANGER: [u8; 4] = [192, 168, 1, 99];
+/// A router on the way, raising ICMP errors.
+const ROUTER: [u8; 4] = [10, 9, 9, 9];
 const BE: [u8; 4] = [10, 1, 0, 2];
 const VIP_SNAT: [u8; 4] = [10, 96, 0, 20];
 const VIP_DSR: [u8; 4] = [10, 96, 0, 21];
@@ -89,6 +94,9 @@ fn node_b6() -> [u8; 16] {
 }
 fn be6() -> [u8; 16] {
     v6("fd01::2")
+}
+fn router6() -> [u8; 16] {
+    v6("fd09::9")
 }
 fn vip6_snat() -> [u8; 16] {
     v6("fd96::20")
@@ -442,6 +450,48 @@ fn vxlan(src: IpAddr, dst: IpAddr, sport: u16, vni: u32, inner: &[u8]) -> Vec<u8
     }
 }
 
+/// The ICMP errors the SNAT fixtures send.
+#[derive(Debug, Clone, Copy)]
+enum IcmpError {
+    PortUnreachable,
+    /// Fragmentation needed (IPv4) / packet too big (ICMPv6), with an MTU of 1400.
+    TooBig,
+    TimeExceeded,
+}
+
+/// The ICMP/ICMPv6 error `kind` from `from` to `to` quoting the IP datagram of the frame
+/// `quoted`, whole or (`cut`) its IP header and 8 transport bytes, as a router or host sends it
+/// (the `lb_api::wire::testing` builders: checksums computed from scratch).
+fn icmp_error(kind: IcmpError, from: IpAddr, to: IpAddr, quoted: &[u8], cut: bool) -> Vec<u8> {
+    let ip_header = if from.is_ipv6() { 40 } else { 20 };
+    let end = if cut {
+        14 + ip_header + 8
+    } else {
+        quoted.len()
+    };
+    let quote = &quoted[14..end];
+    let mtu = 1400u32.to_be_bytes();
+    match (from, to) {
+        (IpAddr::V4(f), IpAddr::V4(t)) => {
+            let (ty, code, rest) = match kind {
+                IcmpError::PortUnreachable => (3, 3, [0; 4]),
+                IcmpError::TooBig => (3, 4, [0, 0, mtu[2], mtu[3]]),
+                IcmpError::TimeExceeded => (11, 0, [0; 4]),
+            };
+            icmp_v4_error_frame(f.octets(), t.octets(), ty, code, rest, quote)
+        }
+        (IpAddr::V6(f), IpAddr::V6(t)) => {
+            let (ty, code, rest) = match kind {
+                IcmpError::PortUnreachable => (1, 4, [0; 4]),
+                IcmpError::TooBig => (2, 0, mtu),
+                IcmpError::TimeExceeded => (3, 0, [0; 4]),
+            };
+            icmp_v6_error_frame(f.octets(), t.octets(), ty, code, rest, quote)
+        }
+        other => panic!("mixed families {other:?}"),
+    }
+}
+
 /// The outer UDP source port of a VXLAN frame (no VLAN tag on the outer frame).
 fn outer_sport(f: &[u8]) -> u16 {
     let at = if f[12..14] == [0x86, 0xdd] { 54 } else { 34 };
@@ -533,6 +583,10 @@ struct Seen {
     vxlan: Option<(u32, Vec<u8>)>,
     /// ICMP/ICMPv6 type, code and the four bytes after the checksum.
     icmp: Option<(u8, u8, [u8; 4])>,
+    /// ICMP/ICMPv6: what follows those four bytes (an error's quote).
+    icmp_payload: Vec<u8>,
+    /// The (outermost) IP source and destination.
+    addrs: Option<(IpAddr, IpAddr)>,
 }
 
 /// Parses `f` with etherparse and checks the IPv4 header checksum and the TCP, UDP, ICMP and
@@ -605,6 +659,7 @@ fn oracle(what: &str, f: &[u8]) -> Seen {
                 "{what}: ICMP checksum"
             );
             seen.icmp = Some((i.type_u8(), i.code_u8(), i.bytes5to8()));
+            seen.icmp_payload = i.payload().to_vec();
         }
         (TransportSlice::Icmpv6(i), IpAddr::V6(s), IpAddr::V6(d)) => {
             assert!(
@@ -612,10 +667,74 @@ fn oracle(what: &str, f: &[u8]) -> Seen {
                 "{what}: ICMPv6 checksum"
             );
             seen.icmp = Some((i.type_u8(), i.code_u8(), i.bytes5to8()));
+            seen.icmp_payload = i.payload().to_vec();
         }
         (t, _, _) => panic!("{what}: unexpected transport {t:?}"),
     }
+    seen.addrs = Some((src, dst));
     seen
+}
+
+/// An ICMP error as etherparse reads it: its outer addresses, and the addresses and ports of
+/// the datagram it quotes.
+#[derive(Debug, PartialEq, Eq)]
+struct Quoted {
+    outer: (IpAddr, IpAddr),
+    src: (IpAddr, u16),
+    dst: (IpAddr, u16),
+}
+
+/// Reads the quote of the ICMP/ICMPv6 error `f` with etherparse (after [`oracle`] checked the
+/// outer checksums): checks the quoted IPv4 header's checksum and, when the quote holds the
+/// whole datagram, its TCP/UDP checksum too; returns the quoted addresses and ports.
+fn quote_oracle(what: &str, f: &[u8]) -> Quoted {
+    let seen = oracle(what, f);
+    let (ty, _, _) = seen.icmp.expect("an ICMP error");
+    let q = &seen.icmp_payload;
+    let what = format!("{what} (quote, ICMP type {ty})");
+    let tcp_or_udp = [etherparse::IpNumber::TCP, etherparse::IpNumber::UDP];
+    let (src, dst, hlen, total) = if f[12..14] == [0x86, 0xdd] {
+        let h = etherparse::Ipv6HeaderSlice::from_slice(q)
+            .unwrap_or_else(|e| panic!("{what}: not an IPv6 header: {e:?}"));
+        assert!(tcp_or_udp.contains(&h.next_header()), "{what}: {h:?}");
+        let total = 40 + usize::from(h.payload_length());
+        (
+            IpAddr::from(h.source_addr()),
+            IpAddr::from(h.destination_addr()),
+            40,
+            total,
+        )
+    } else {
+        let h = etherparse::Ipv4HeaderSlice::from_slice(q)
+            .unwrap_or_else(|e| panic!("{what}: not an IPv4 header: {e:?}"));
+        assert_eq!(
+            h.header_checksum(),
+            h.to_header().calc_header_checksum(),
+            "{what}: IPv4 header checksum"
+        );
+        assert!(tcp_or_udp.contains(&h.protocol()), "{what}: {h:?}");
+        (
+            IpAddr::from(h.source_addr()),
+            IpAddr::from(h.destination_addr()),
+            h.slice().len(),
+            usize::from(h.total_len()),
+        )
+    };
+    assert!(q.len() >= hlen + 8, "{what}: fewer than 8 transport bytes");
+    let port = |at: usize| u16::from_be_bytes([q[at], q[at + 1]]);
+    if q.len() == total {
+        // The whole datagram: its transport checksum can be checked, as any frame's.
+        let mut eth = f[..14].to_vec();
+        eth.extend_from_slice(q);
+        oracle(&what, &eth);
+    } else {
+        assert!(q.len() < total, "{what}: quote longer than its datagram");
+    }
+    Quoted {
+        outer: seen.addrs.expect("an IP packet"),
+        src: (src, port(hlen)),
+        dst: (dst, port(hlen + 2)),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1014,6 +1133,142 @@ fn snat_scene(
     );
 }
 
+/// ICMP errors about the SNAT flows of [`snat_scene`] (same arguments, run after it), on node
+/// A. Towards the client, about a packet node A sent to the backend from its address and SNAT
+/// port (the first client's port kept, the second client's a port of the SNAT range): the
+/// quote and the outer destination become the client's again, and the outer source the service
+/// when the backend itself answered. Towards the backend, about a reply the client got from
+/// the service: the quote becomes backend → node A's address and SNAT port, the outer
+/// destination the backend, and the outer source node A when the client itself answered. A
+/// router in between keeps its own address. Quotes are whole or cut to 8 transport bytes.
+///
+/// Besides the two worlds agreeing and the output frame being the one built from scratch,
+/// etherparse reads each translated error: valid outer and quoted checksums, and the client's
+/// address and port in the quote, never node A's.
+fn snat_icmp_scene(
+    cl: &mut Cluster,
+    proto: L4Proto,
+    (client, client2, vip, node, be): (IpAddr, IpAddr, IpAddr, IpAddr, IpAddr),
+    cport: u16,
+) {
+    use IcmpError::{PortUnreachable, TimeExceeded, TooBig};
+    let (vport, bport) = if proto == L4Proto::Tcp {
+        (80, 8080)
+    } else {
+        (53, 5353)
+    };
+    let name = |s: &str| {
+        format!(
+            "snat {proto:?} {}: {s}",
+            if vip.is_ipv4() { "v4" } else { "v6" }
+        )
+    };
+    let router = if vip.is_ipv4() {
+        ip(ROUTER)
+    } else {
+        ip6(router6())
+    };
+    // The second client's port of the SNAT range (the first client kept its own).
+    let port = cl
+        .entry(
+            Node::A,
+            key(CtKind::Service, proto, client2, cport, vip, vport),
+        )
+        .rewritten_src_port;
+    assert!(SNAT_PORTS.contains(&port) && port != cport, "{port}");
+    // What the backend (TCP: too big, UDP: port unreachable) and a router (TCP: too big, UDP:
+    // time exceeded) answer a packet from node A with.
+    let (from_peer, from_router) = if proto == L4Proto::Tcp {
+        (TooBig, TooBig)
+    } else {
+        (PortUnreachable, TimeExceeded)
+    };
+    // An error as it arrives and as it must leave: source, destination and the quoted
+    // datagram's addresses and ports.
+    struct Side {
+        from: IpAddr,
+        to: IpAddr,
+        quoted: ((IpAddr, u16), (IpAddr, u16)),
+    }
+    let side = |from, to, src, dst| Side {
+        from,
+        to,
+        quoted: (src, dst),
+    };
+    let cases = [
+        (
+            "error from the backend about the first client's flow (to the client)",
+            from_peer,
+            false,
+            side(be, node, (node, cport), (be, bport)),
+            side(vip, client, (client, cport), (vip, vport)),
+        ),
+        (
+            "error from a router about the second client's flow, SNAT port (to the client)",
+            from_router,
+            true,
+            side(router, node, (node, port), (be, bport)),
+            side(router, client2, (client2, cport), (vip, vport)),
+        ),
+        (
+            "port unreachable from the first client about a reply (to the backend)",
+            PortUnreachable,
+            false,
+            side(client, vip, (vip, vport), (client, cport)),
+            side(node, be, (be, bport), (node, cport)),
+        ),
+        (
+            "time exceeded from a router about a reply to the second client (to the backend)",
+            TimeExceeded,
+            true,
+            side(router, vip, (vip, vport), (client2, cport)),
+            side(router, be, (be, bport), (node, port)),
+        ),
+    ];
+    let error = |kind, s: &Side, cut| {
+        let ((src, sport), (dst, dport)) = s.quoted;
+        let quoted = frame(proto, src, sport, dst, dport, F::ACK, b"data");
+        icmp_error(kind, s.from, s.to, &quoted, cut)
+    };
+    for (what, kind, cut, arrives, leaves) in cases {
+        let what = name(what);
+        let ct = cl.a.engine_conntrack();
+        let o = cl.run(
+            fx(
+                Node::A,
+                &what,
+                error(kind, &arrives, cut),
+                pass(&[Counter::IcmpErrorTranslated]),
+                Same,
+            )
+            .out(error(kind, &leaves, cut)),
+        );
+        // Read back independently: valid checksums, and the quote names the flow as its
+        // receiver knows it (the client's address and port towards the client, node A's
+        // towards the backend).
+        let seen = quote_oracle(&what, &o.frame);
+        assert_eq!(
+            seen,
+            Quoted {
+                outer: (leaves.from, leaves.to),
+                src: leaves.quoted.0,
+                dst: leaves.quoted.1,
+            },
+            "{what}: the translated error as etherparse reads it"
+        );
+        // An error does not keep a flow alive (and the kernel's table is the engine's).
+        assert_eq!(cl.a.engine_conntrack(), ct, "{what}: conntrack changed");
+        if leaves.to == be {
+            assert_eq!(seen.dst.0, node, "{what}: quoted destination");
+        } else {
+            assert!(
+                seen.src.0 != node && seen.src.0 == seen.outer.1,
+                "{what}: the quote must come from the client the error goes to"
+            );
+        }
+    }
+}
+
 fn snat(cl: &mut Cluster) {
     let v4 = (ip(CLIENT), ip(CLIENT2), ip(VIP_SNAT), ip(NODE_A), ip(BE));
     let v6 = (
@@ -1023,10 +1278,46 @@ fn snat(cl: &mut Cluster) {
         ip6(node_a6()),
         ip6(be6()),
     );
-    snat_scene(cl, L4Proto::Tcp, v4, 40_000);
-    snat_scene(cl, L4Proto::Udp, v4, 40_001);
-    snat_scene(cl, L4Proto::Tcp, v6, 40_002);
-    snat_scene(cl, L4Proto::Udp, v6, 40_003);
+    for (proto, addrs, cport) in [
+        (L4Proto::Tcp, v4, 40_000),
+        (L4Proto::Udp, v4, 40_001),
+        (L4Proto::Tcp, v6, 40_002),
+        (L4Proto::Udp, v6, 40_003),
+    ] {
+        snat_scene(cl, proto, addrs, cport);
+        snat_icmp_scene(cl, proto, addrs, cport);
+    }
+    // An error about a port of node A's SNAT range that no flow holds is not about a packet
+    // node A translated: it passes untouched, counted as such.
+    let unowned = *SNAT_PORTS.end();
+    for (fam, node, be, router) in [
+        ("v4", ip(NODE_A), ip(BE), ip(ROUTER)),
+        ("v6", ip6(node_a6()), ip6(be6()), ip6(router6())),
+    ] {
+        for (proto, bport, from, kind, cut) in [
+            (L4Proto::Udp, 5353, be, IcmpError::PortUnreachable, false),
+            (L4Proto::Tcp, 8080, router, IcmpError::TooBig, true),
+        ] {
+            for kind_of in [CtKind::ReverseNat, CtKind::Service] {
+                assert!(
+                    !cl.has_entry(Node::A, key(kind_of, proto, be, bport, node, unowned)),
+                    "port {unowned} is held"
+                );
+            }
+            let quoted = frame(proto, node, unowned, be, bport, F::ACK, b"data");
+            let e = icmp_error(kind, from, node, &quoted, cut);
+            cl.run(
+                fx(
+                    Node::A,
+                    format!("snat {proto:?} {fam}: {kind:?} about a SNAT port no flow holds"),
+                    e.clone(),
+                    pass(&[Counter::PassIcmpErrorNoFlow]),
+                    Same,
+                )
+                .out(e),
+            );
+        }
+    }
 
     // On the backend's node a SNAT flow is an ordinary packet between two addresses.
     cl.run(
