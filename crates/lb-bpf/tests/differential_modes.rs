@@ -1038,7 +1038,7 @@ fn snat_scene(
             Node::A,
             name("new flow leaves from the node address"),
             f(client, cport, vip, vport, F::SYN),
-            pass(&[Counter::ServiceNewFlow]),
+            pass(&[Counter::ServiceNewFlow, Counter::SnatAttempts1]),
             Same,
         )
         .out(f(node, cport, be, bport, F::SYN)),
@@ -1079,7 +1079,8 @@ fn snat_scene(
         Node::A,
         name("second client, same port: a port of the SNAT range"),
         f(client2, cport, vip, vport, F::SYN),
-        pass(&[Counter::ServiceNewFlow, Counter::SourcePortRewritten]),
+        // The client's port (taken), then one random port of the range: 2 attempts.
+        pass(&[Counter::ServiceNewFlow, Counter::SnatAttempts2]),
         Same,
     ));
     let e = cl.entry(
@@ -1340,7 +1341,7 @@ fn snat(cl: &mut Cluster) {
             Node::C,
             "snat: the client's port is node C's only SNAT port",
             syn(CLIENT),
-            pass(&[Counter::ServiceNewFlow]),
+            pass(&[Counter::ServiceNewFlow, Counter::SnatAttempts1]),
             Same,
         )
         .out(tcp_v4_frame(NODE_C, C_SNAT_PORT, BE, 8080, F::SYN, b"")),
@@ -1349,7 +1350,7 @@ fn snat(cl: &mut Cluster) {
         Node::C,
         "snat: SNAT range exhausted (drop, nothing left behind)",
         syn(CLIENT2),
-        dropped(DropReason::SourcePortCollision, &[]),
+        dropped(DropReason::SnatPortsExhausted, &[]),
         Same,
     ));
     assert_eq!(
@@ -1693,7 +1694,7 @@ fn hybrid(cl: &mut Cluster) {
             Node::A,
             "hybrid udp: SNAT",
             udp_v4_frame(CLIENT, 44_001, VIP_HYB, 53, b"query"),
-            pass(&[Counter::ServiceNewFlow]),
+            pass(&[Counter::ServiceNewFlow, Counter::SnatAttempts1]),
             Same,
         )
         .out(udp_v4_frame(NODE_A, 44_001, BE, 5353, b"query")),

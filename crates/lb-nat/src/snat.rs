@@ -8,20 +8,22 @@
 //! a packet never finds a forward mapping without its reverse, and a failure removes what it
 //! inserted (a NAT pair is never left half-present).
 //!
-//! Candidate ports follow netfilter's `nf_nat_l4proto_unique_tuple`: a random start offset, up to
-//! 128 consecutive attempts, then halve the attempts and re-randomize the offset, until fewer
-//! than 16 remain. In the last 32 attempts a mapping whose flow is in TIME_WAIT may be taken
-//! over when the new SYN's sequence number is past the old flow's last one
-//! ([`may_take_over`]), as netfilter does.
+//! The schedule follows netfilter's `nf_nat_l4proto_unique_tuple`: up to 128 attempts, then
+//! halve the attempts, until fewer than 16 remain (the flow's own port first when it is free);
+//! each attempt draws a random port ([`Probe::Scattered`]) or walks on from a random offset
+//! ([`Probe::Consecutive`], netfilter's). In the last 32 attempts a mapping whose flow is in
+//! TIME_WAIT may be taken over when the new SYN's sequence number is past the old flow's last
+//! one ([`may_take_over`]), as netfilter does.
 //!
 //! The schedule is [`claim_port`], which knows nothing of the table: it proposes ports and a
 //! closure claims them. [`allocate`] claims in a [`NatTable`] (the userspace table of the race
 //! tests); the datapath pipeline (`lb_datapath`) claims in the conntrack table, in the engine
-//! and in the eBPF programs alike, with the same schedule, bounds and take-over rule.
+//! and in the eBPF programs alike, with the schedule of [`SnatConfig::of_datapath`]: shorter,
+//! and without take-over, to fit the kernel verifier's budget.
 
 use core::num::NonZeroU32;
-use lb_api::abi::DatapathConfig;
 
+use lb_api::abi::DatapathConfig;
 use lb_api::flow::FlowTuple;
 
 use crate::collision::RandomSource;
@@ -320,11 +322,11 @@ pub fn may_take_over(old_time_wait: bool, old_seq_end: u32, syn_seq: Option<u32>
 /// allocator, whatever the table. `claim(ctx, candidate)` must reserve `candidate.port` for the
 /// flow in one atomic step (insert the reply mapping only if absent) and say what it did; it
 /// may take over a mapping ([`may_take_over`]) only when `candidate.may_take_over`.
-
 ///
 /// With [`SnatConfig::keep_source_port`], `src_port` (the flow's own) is tried first when it
 /// lies in the range, as netfilter and Cilium keep a free original port; then rounds of
-/// `max_attempts`, halved each round with a fresh random offset, down to `min_attempts`.
+/// `max_attempts`, halved each round, down to `min_attempts` (each attempt a random port, or
+/// a consecutive walk from a fresh random offset per round: [`Probe`]).
 /// `ctx` is the random source and whatever the closure writes to, so the kernel and userspace
 /// pass the same object.
 ///
