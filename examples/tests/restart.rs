@@ -72,6 +72,12 @@ fn connections_survive_a_loader_restart() {
         during.starts_with(&backend),
         "same backend while down: {during}"
     );
+    // New flows too: their stage (a tail call into the new-flow program) outlives the agent.
+    let answers = bed.requests(vip, 3, Duration::from_secs(3)).unwrap();
+    assert!(
+        answers.iter().all(Result::is_ok),
+        "new connections while the agent is down: {answers:?}"
+    );
 
     // A new agent loads new programs, reuses the maps and swaps the programs into the links.
     let mut dp2 = KernelDatapath::load_pinned(&dir).unwrap();

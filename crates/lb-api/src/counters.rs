@@ -141,6 +141,10 @@ pub enum DropReason {
     /// attempts) and every port was taken: the SNAT range is (nearly) exhausted for this
     /// destination. Widen `NodeSpec::snat_ports` or add node addresses.
     SnatPortsExhausted = 16,
+    /// The kernel's first-stage program could not tail-call the new-flow stage (its slot in
+    /// the stage array is empty): the programs were not loaded through `KernelDatapath`, or a
+    /// pinned stage array was removed. Reload the datapath.
+    NewFlowStageMissing = 17,
 }
 
 impl Counter {
@@ -236,7 +240,7 @@ impl Counter {
 
 impl DropReason {
     /// All drop reasons, in slot order.
-    pub const ALL: [DropReason; 17] = [
+    pub const ALL: [DropReason; 18] = [
         Self::Truncated,
         Self::BadIpVersion,
         Self::BadIpHeaderLength,
@@ -254,6 +258,7 @@ impl DropReason {
         Self::NodeAddressMissing,
         Self::EncapFailed,
         Self::SnatPortsExhausted,
+        Self::NewFlowStageMissing,
     ];
 
     /// Slot in the counter array.
@@ -284,6 +289,7 @@ impl DropReason {
             Self::NodeAddressMissing => "node_address_missing",
             Self::EncapFailed => "encap_failed",
             Self::SnatPortsExhausted => "snat_ports_exhausted",
+            Self::NewFlowStageMissing => "new_flow_stage_missing",
         }
     }
 }

@@ -76,22 +76,46 @@ pub mod maps {
     pub const DROP_EVENTS: &str = "LB_EVENTS";
     /// Per-CPU reason of the packet being dropped, read when its event is written (not pinned).
     pub const DROP_REASON: &str = "LB_DROP_REASON";
+    /// The XDP pipeline's stage array: the new-flow stage `lb_xdp_tail_calls` into.
+    pub const XDP_STAGES: &str = "LB_XDP_STAGES";
+    /// The TC pipeline's stage array.
+    pub const TC_STAGES: &str = "LB_TC_STAGES";
 }
 
 /// The program variants in the object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Program {
-    /// The pipeline at XDP.
+    /// The pipeline at XDP (its first stage, which tail-calls the new-flow stage).
     Xdp,
-    /// The pipeline at TC (clsact).
+    /// The pipeline at TC (clsact; its first stage).
     Tc,
     /// Parse-only XDP baseline for benchmarks.
     XdpParseOnly,
+    /// The XDP pipeline's new-flow stage, reached by tail call from [`Program::Xdp`]. Run on
+    /// its own it reads the per-CPU scratch area as the last packet's first stage left it.
+    XdpNewFlow,
+    /// The TC pipeline's new-flow stage, reached by tail call from [`Program::Tc`].
+    TcNewFlow,
 }
 
 impl Program {
     /// Every variant: each is loaded through the verifier by [`KernelDatapath::load`].
-    pub const ALL: [Program; 3] = [Program::Xdp, Program::Tc, Program::XdpParseOnly];
+    pub const ALL: [Program; 5] = [
+        Program::Xdp,
+        Program::Tc,
+        Program::XdpParseOnly,
+        Program::XdpNewFlow,
+        Program::TcNewFlow,
+    ];
+
+    /// Whether the program is an XDP program (else a TC classifier).
+    #[must_use]
+    pub const fn is_xdp(self) -> bool {
+        matches!(
+            self,
+            Program::Xdp | Program::XdpParseOnly | Program::XdpNewFlow
+        )
+    }
 
     /// The program's name in the object.
     #[must_use]
@@ -100,24 +124,27 @@ impl Program {
             Program::Xdp => "lb_xdp",
             Program::Tc => "lb_tc",
             Program::XdpParseOnly => "lb_xdp_parse_only",
+            Program::XdpNewFlow => "lb_xdp_new_flow",
+            Program::TcNewFlow => "lb_tc_new_flow",
         }
     }
 
     /// The datapath verdict a program's return code stands for.
     #[must_use]
     pub const fn verdict(self, return_value: u32) -> Option<Verdict> {
-        match self {
-            Program::Xdp | Program::XdpParseOnly => match return_value {
+        if self.is_xdp() {
+            match return_value {
                 1 => Some(Verdict::Drop), // XDP_DROP
                 2 => Some(Verdict::Pass), // XDP_PASS
                 3 => Some(Verdict::Tx),   // XDP_TX
                 _ => None,
-            },
-            Program::Tc => match return_value {
+            }
+        } else {
+            match return_value {
                 0 => Some(Verdict::Pass), // TC_ACT_OK
                 2 => Some(Verdict::Drop), // TC_ACT_SHOT
                 _ => None,
-            },
+            }
         }
     }
 }
@@ -285,7 +312,9 @@ impl KernelDatapath {
                 reason: format!("parsing our own object: {e}"),
             })?;
             // Scratch maps hold per-packet state only, the event ring transient records: pinning
-            // them would tie restarts to their layout for nothing.
+            // them would tie restarts to their layout for nothing. The stage arrays name this
+            // load's programs: they are pinned when the programs are attached (`pin_stages`),
+            // never reused.
             let mut names: Vec<&String> = obj
                 .maps
                 .keys()
@@ -294,6 +323,8 @@ impl KernelDatapath {
                         && n.as_str() != maps::SCRATCH
                         && n.as_str() != maps::DROP_EVENTS
                         && n.as_str() != maps::DROP_REASON
+                        && n.as_str() != maps::XDP_STAGES
+                        && n.as_str() != maps::TC_STAGES
                 })
                 .collect();
             names.sort();
@@ -323,27 +354,29 @@ impl KernelDatapath {
                 program: name,
                 source: aya::programs::ProgramError::UnexpectedProgramType,
             })?;
-            let res = match p {
-                Program::Xdp | Program::XdpParseOnly => {
-                    let x: &mut Xdp = prog.try_into().map_err(|source| Error::Program {
-                        program: name,
-                        source,
-                    })?;
-                    x.load()
-                }
-                Program::Tc => {
-                    let c: &mut SchedClassifier =
-                        prog.try_into().map_err(|source| Error::Program {
-                            program: name,
-                            source,
-                        })?;
-                    c.load()
-                }
+            let res = if p.is_xdp() {
+                let x: &mut Xdp = prog.try_into().map_err(|source| Error::Program {
+                    program: name,
+                    source,
+                })?;
+                x.load()
+            } else {
+                let c: &mut SchedClassifier = prog.try_into().map_err(|source| Error::Program {
+                    program: name,
+                    source,
+                })?;
+                c.load()
             };
             res.map_err(|source| Error::Program {
                 program: name,
                 source,
             })?;
+        }
+        for (stages, program) in [
+            (maps::XDP_STAGES, Program::XdpNewFlow),
+            (maps::TC_STAGES, Program::TcNewFlow),
+        ] {
+            set_stage(&mut ebpf, stages, program)?;
         }
         Ok(Self {
             ebpf,
@@ -390,6 +423,33 @@ impl KernelDatapath {
             reason: e.to_string(),
         })?;
         Ok(Some(links.join(format!("{kind}-{iface}"))))
+    }
+
+    /// Pins stage array `name` (pinned mode, once its first stage is attached): a program array
+    /// is emptied when no process or pin holds it any more, so without the pin a pinned link's
+    /// program would lose its new-flow stage when the loader exits. An earlier loader's array
+    /// (its programs are no longer attached: ours took over the links) is replaced.
+    fn pin_stages(&self, name: &'static str) -> Result<(), Error> {
+        let Some(dir) = &self.pin_dir else {
+            return Ok(());
+        };
+        let path = dir.join("maps").join(name);
+        let pin_err = |reason: String| Error::Pin {
+            path: path.clone(),
+            reason,
+        };
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(pin_err(e.to_string())),
+        }
+        let map = self.ebpf.map(name).ok_or(Error::Map {
+            map: name,
+            source: aya::maps::MapError::InvalidName { name: name.into() },
+        })?;
+        let array = aya::maps::ProgramArray::try_from(map)
+            .map_err(|source| Error::Map { map: name, source })?;
+        array.pin(&path).map_err(|e| pin_err(e.to_string()))
     }
 
     fn map(&mut self, name: &'static str) -> Result<&mut aya::maps::Map, Error> {
@@ -612,6 +672,25 @@ impl KernelDatapath {
         Ok(())
     }
 
+    /// How many instructions the verifier walked to accept `program` (`verified_insns` of
+    /// `BPF_OBJ_GET_INFO_BY_FD`, kernel 5.16 and later): its share of the kernel's limit of a
+    /// million per program. `None` when the kernel does not report it.
+    ///
+    /// # Errors
+    /// [`Error::Program`] if the program's information cannot be read.
+    pub fn verified_instructions(&self, program: Program) -> Result<Option<u32>, Error> {
+        let name = program.name();
+        let prog = self.ebpf.program(name).ok_or(Error::Program {
+            program: name,
+            source: aya::programs::ProgramError::UnexpectedProgramType,
+        })?;
+        let info = prog.info().map_err(|source| Error::Program {
+            program: name,
+            source,
+        })?;
+        Ok(info.verified_instruction_count())
+    }
+
     /// Runs `frame` through `program` `repeat` times with `BPF_PROG_TEST_RUN` (maps are shared
     /// with the live datapath, so a run changes conntrack like a real packet would).
     ///
@@ -635,21 +714,18 @@ impl KernelDatapath {
             repeat,
             ..Default::default()
         };
-        let res = match program {
-            Program::Xdp | Program::XdpParseOnly => {
-                let x: &Xdp = prog.try_into().map_err(|source| Error::Program {
-                    program: name,
-                    source,
-                })?;
-                x.test_run(opts)
-            }
-            Program::Tc => {
-                let c: &SchedClassifier = prog.try_into().map_err(|source| Error::Program {
-                    program: name,
-                    source,
-                })?;
-                c.test_run(opts)
-            }
+        let res = if program.is_xdp() {
+            let x: &Xdp = prog.try_into().map_err(|source| Error::Program {
+                program: name,
+                source,
+            })?;
+            x.test_run(opts)
+        } else {
+            let c: &SchedClassifier = prog.try_into().map_err(|source| Error::Program {
+                program: name,
+                source,
+            })?;
+            c.test_run(opts)
         }
         .map_err(|source| Error::Program {
             program: name,
@@ -714,7 +790,7 @@ impl KernelDatapath {
                 reason: e.to_string(),
             })?;
         }
-        Ok(())
+        self.pin_stages(maps::XDP_STAGES)
     }
 
     /// Attaches the TC pipeline to `iface` in `direction` (adds the clsact qdisc if missing).
@@ -766,8 +842,40 @@ impl KernelDatapath {
                 reason: e.to_string(),
             })?;
         }
-        Ok(())
+        self.pin_stages(maps::TC_STAGES)
     }
+}
+
+/// Puts the loaded `program` into slot 0 of the program array `stages`, where its first stage
+/// tail-calls it.
+fn set_stage(ebpf: &mut Ebpf, stages: &'static str, program: Program) -> Result<(), Error> {
+    let name = program.name();
+    let fd = ebpf
+        .program(name)
+        .ok_or(Error::Program {
+            program: name,
+            source: aya::programs::ProgramError::UnexpectedProgramType,
+        })?
+        .fd()
+        .and_then(|fd| fd.try_clone().map_err(aya::programs::ProgramError::from))
+        .map_err(|source| Error::Program {
+            program: name,
+            source,
+        })?;
+    let map = ebpf.map_mut(stages).ok_or(Error::Map {
+        map: stages,
+        source: aya::maps::MapError::InvalidName {
+            name: stages.into(),
+        },
+    })?;
+    let mut array = aya::maps::ProgramArray::try_from(map).map_err(|source| Error::Map {
+        map: stages,
+        source,
+    })?;
+    array.set(0, &fd, 0).map_err(|source| Error::Map {
+        map: stages,
+        source,
+    })
 }
 
 /// Mounts bpffs at /sys/fs/bpf when `dir` is below it and nothing is mounted there yet (as BPF

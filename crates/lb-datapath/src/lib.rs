@@ -44,4 +44,4 @@ mod pipeline;
 #[cfg(feature = "std")]
 pub mod engine;
 
-pub use pipeline::{now_ns, process, Scratch};
+pub use pipeline::{count_drop, now_ns, process, process_new, process_tracked, Scratch, Step};

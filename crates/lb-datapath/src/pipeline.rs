@@ -56,7 +56,8 @@ fn pass<T: Counters + ?Sized>(tables: &mut T, why: Counter) -> Verdict {
     Verdict::Pass
 }
 
-/// Runs one packet through the datapath and returns what to do with it.
+/// Runs one packet through the datapath and returns what to do with it: [`process_tracked`],
+/// then, for a packet of no tracked flow, [`process_new`].
 ///
 /// * A VXLAN packet from a peer node to this node's tunnel port is decapsulated, and its inner
 ///   packet goes on through the pipeline as if received (tunnel mode); from any other address it
@@ -97,21 +98,59 @@ where
     T: ConntrackTable + ServiceTable + Counters + RandomSource + ?Sized,
     C: Fn() -> u64,
 {
+    match process_tracked(pkt, cfg, clock, tables, scratch) {
+        Step::Done(v) => v,
+        Step::NewFlow => process_new(pkt, cfg, clock, tables, scratch),
+    }
+}
+
+/// Where [`process_tracked`] leaves a packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// The packet is done with: its verdict.
+    Done(Verdict),
+    /// The packet belongs to no tracked flow: [`process_new`] takes it from here, with the
+    /// parse result and the tunnel it came out of in the scratch area.
+    NewFlow,
+}
+
+/// The first stage of [`process`]: parse (and decapsulate what came through the tunnel), ICMP
+/// errors, replies and packets of tracked flows. A packet of no tracked flow is handed on as
+/// [`Step::NewFlow`].
+///
+/// The kernel runs the two stages as two programs: `lb_xdp` ends in a tail call into
+/// `lb_xdp_new_flow` (and `lb_tc` into `lb_tc_new_flow`), so that the verifier's budget of a
+/// million instructions per program covers each stage on its own; the new-flow stage needs it
+/// for the SNAT allocator's schedule. The engine calls both in a row ([`process`]).
+#[inline(always)]
+pub fn process_tracked<P, T, C>(
+    pkt: &mut P,
+    cfg: &DatapathConfig,
+    clock: &C,
+    tables: &mut T,
+    scratch: &mut Scratch,
+) -> Step
+where
+    P: AdjustHead + ?Sized,
+    T: ConntrackTable + ServiceTable + Counters + RandomSource + ?Sized,
+    C: Fn() -> u64,
+{
     tables.bump(Counter::RxPackets.slot());
     let Scratch {
         parsed,
         entry,
-        key,
         peer,
         outcome,
         attempts,
+        tunnelled: tunnelled_slot,
+        ..
     } = scratch;
     *parsed = Parsed::EMPTY;
     if let Err(e) = parse_into(pkt, parsed) {
-        return match e.disposition() {
+        return Step::Done(match e.disposition() {
             Disposition::Pass(c) => pass(tables, c),
             Disposition::Drop(r) => drop(tables, r),
-        };
+        });
     }
     // ICMP errors about a translated flow are translated too; other ICMP messages and other
     // protocols parse (VLAN tags too: the offsets move) and pass.
@@ -120,17 +159,18 @@ where
         Some(L4Proto::Icmp | L4Proto::Icmpv6)
     ) && parsed.fragment == Fragment::None
     {
-        return icmp_error(pkt, parsed, tables, now_ns(cfg, clock));
+        return Step::Done(icmp_error(pkt, parsed, tables, now_ns(cfg, clock)));
     }
     if let Some(v) = untranslated(tables, parsed) {
-        return v;
+        return Step::Done(v);
     }
     let tunnelled = is_tunnel(&parsed.tuple, cfg);
     if tunnelled {
         if let Some(v) = tunnel_ingress(pkt, cfg, tables, parsed, peer) {
-            return v;
+            return Step::Done(v);
         }
     }
+    *tunnelled_slot = u8::from(tunnelled);
     let ctx = Ctx {
         parsed,
         cfg,
@@ -142,12 +182,89 @@ where
         attempts: Cell::from_mut(attempts),
         resizable: pkt.resizable(),
     };
-    let v = paths(pkt, &ctx, tables, entry, key);
+    // Each path builds its keys itself, so that they live in that path's frame only.
+    let v = match reply(pkt, &ctx, tables, entry) {
+        Some(v) => v,
+        None => match established(pkt, &ctx, tables, entry) {
+            Some(v) => v,
+            None => return Step::NewFlow,
+        },
+    };
+    Step::Done(finish(pkt, &ctx, tables, entry, v))
+}
+
+/// The second stage of [`process`], for a packet [`process_tracked`] found no flow of: the
+/// first packet of a flow to a service, or on the backend's node the first packet of a flow
+/// another node translated. Works from the scratch area as the first stage left it.
+#[inline(always)]
+pub fn process_new<P, T, C>(
+    pkt: &mut P,
+    cfg: &DatapathConfig,
+    clock: &C,
+    tables: &mut T,
+    scratch: &mut Scratch,
+) -> Verdict
+where
+    P: AdjustHead + ?Sized,
+    T: ConntrackTable + ServiceTable + Counters + RandomSource + ?Sized,
+    C: Fn() -> u64,
+{
+    let Scratch {
+        parsed,
+        entry,
+        key,
+        peer,
+        outcome,
+        attempts,
+        tunnelled,
+    } = scratch;
+    let ctx = Ctx {
+        parsed,
+        cfg,
+        clock,
+        peer,
+        tunnelled: *tunnelled != 0,
+        carry: Cell::new(false),
+        outcome: Cell::from_mut(outcome),
+        attempts: Cell::from_mut(attempts),
+        resizable: pkt.resizable(),
+    };
+    let v = match new_flow(pkt, &ctx, tables, entry, key) {
+        Some(v) => v,
+        None => backend_side(pkt, &ctx, tables, entry, key),
+    };
+    finish(pkt, &ctx, tables, entry, v)
+}
+
+/// Counts a drop for `reason` (the reason, the total, the drop event) and returns the verdict.
+/// What the kernel programs count when the new-flow stage cannot be reached.
+#[inline(always)]
+pub fn count_drop<T: Counters + ?Sized>(tables: &mut T, reason: DropReason) -> Verdict {
+    drop(tables, reason)
+}
+
+/// A path's verdict `v`, completed: a packet the path left to be carried to its peer node
+/// gets its carrier (and then its outcome counted), a packet too big for the carrier becomes
+/// the ICMP error. Here, once per stage, not in the paths, so that the carrier's frame (and the
+/// tunnel's) does not stack on theirs, and the verifier walks it once per stage rather than
+/// once per path (its checksum loop is long).
+#[inline(always)]
+fn finish<P, T, C>(
+    pkt: &mut P,
+    ctx: &Ctx<'_, C>,
+    tables: &mut T,
+    entry: &CtEntry,
+    v: Verdict,
+) -> Verdict
+where
+    P: AdjustHead + ?Sized,
+    T: Counters + ?Sized,
+    C: Fn() -> u64,
+{
     if ctx.carry.get() {
-        // The path translated the packet and recorded the flow; now the carrier. Added here,
-        // not in the paths, so that its frame (and the tunnel's) does not stack on theirs. The
-        // path's outcome is counted once the carrier is there: a packet gets one outcome.
-        if let Err(d) = to_peer(pkt, &ctx, tables, entry) {
+        // The path translated the packet and recorded the flow; a packet gets one outcome,
+        // counted once the carrier is there.
+        if let Err(d) = to_peer(pkt, ctx, tables, entry) {
             return d;
         }
         tables.bump(u32::from(ctx.outcome.get()));
@@ -156,42 +273,13 @@ where
     if v != TOO_BIG {
         return v;
     }
-    // Built here, at one call site, rather than in each path: the verifier walks a subprogram
-    // again for every distinct state that calls it, and the error's checksum loop is long.
-    too_big(pkt, &ctx, tables, entry.flags)
+    too_big(pkt, ctx, tables, entry.flags)
 }
 
 /// A path's answer for a packet that would exceed the underlay MTU once carried (flags of the
 /// carrier in the scratch entry): [`process`] turns it into the ICMP error. The paths never send
 /// a packet back otherwise.
 const TOO_BIG: Verdict = Verdict::Tx;
-
-/// The reply, established, new-flow and backend-side paths, in that order.
-#[inline(always)]
-fn paths<P, T, C>(
-    pkt: &mut P,
-    ctx: &Ctx<'_, C>,
-    tables: &mut T,
-    entry: &mut CtEntry,
-    key: &mut CtKey,
-) -> Verdict
-where
-    P: AdjustHead + ?Sized,
-    T: ConntrackTable + ServiceTable + Counters + RandomSource + ?Sized,
-    C: Fn() -> u64,
-{
-    // Each path builds its keys itself, so that they live in that path's frame only.
-    if let Some(v) = reply(pkt, ctx, tables, entry) {
-        return v;
-    }
-    if let Some(v) = established(pkt, ctx, tables, entry) {
-        return v;
-    }
-    if let Some(v) = new_flow(pkt, ctx, tables, entry, key) {
-        return v;
-    }
-    backend_side(pkt, ctx, tables, entry, key)
-}
 
 /// The verdict for a parsed packet the datapath does not translate: fragments (the datapath
 /// does not reassemble; first or later, they go to the stack) and protocols other than TCP and
@@ -249,6 +337,9 @@ pub struct Scratch {
     /// track) before the histogram is counted: known to the verifier, the number would make it
     /// walk the rest of the path once for every attempt the loop can end at.
     pub attempts: u32,
+    /// Non-zero when the packet came out of the node-to-node tunnel (set by
+    /// [`process_tracked`] for [`process_new`]).
+    pub tunnelled: u8,
 }
 
 impl Default for Scratch {
@@ -260,6 +351,7 @@ impl Default for Scratch {
             peer: [0; 16],
             outcome: 0,
             attempts: 0,
+            tunnelled: 0,
         }
     }
 }

@@ -18,8 +18,7 @@
 //! The schedule is [`claim_port`], which knows nothing of the table: it proposes ports and a
 //! closure claims them. [`allocate`] claims in a [`NatTable`] (the userspace table of the race
 //! tests); the datapath pipeline (`lb_datapath`) claims in the conntrack table, in the engine
-//! and in the eBPF programs alike, with the schedule of [`SnatConfig::of_datapath`]: shorter,
-//! and without take-over, to fit the kernel verifier's budget.
+//! and in the eBPF programs alike, with the schedule of [`SnatConfig::of_datapath`].
 
 use core::num::NonZeroU32;
 
@@ -141,23 +140,19 @@ impl Default for SnatConfig {
 
 impl SnatConfig {
     /// The allocator of a datapath configuration: its SNAT range, the source port kept when
-    /// free, then a netfilter-shaped schedule of [`DATAPATH_MAX_ATTEMPTS`] and half as many
-    /// random attempts, without TIME_WAIT take-over. This is what the pipeline allocates with,
-    /// in the kernel and in the engine.
+    /// free, then netfilter's schedule (128, 64, 32, 16 random attempts). This is what the
+    /// pipeline allocates with, in the kernel and in the engine.
     ///
-    /// Shorter than netfilter's 240 attempts because of the kernel's verifier: it walks every
-    /// iteration of the loop, once per path into it, and `lb_xdp` already needs about 0.9 M of
-    /// its 1 M instructions (measured: 48 attempts 924 k; netfilter's 240, or a take-over check
-    /// in just the last 2 attempts, exceed the limit). Splitting the program with tail calls
-    /// would give the allocator its own budget; until then the userspace allocator
-    /// ([`allocate`]) is the one with netfilter's schedule and take-over.
+    /// The kernel's verifier walks every attempt of the loop: the schedule fits because the
+    /// new-flow path is a program of its own (a tail call from the first stage), with its own
+    /// budget of a million instructions (docs/nat.md has the figures).
     #[inline(always)]
     #[must_use]
     pub fn of_datapath(cfg: &DatapathConfig) -> Self {
         Self {
             min: cfg.snat_port_min(),
             max: cfg.snat_port_max(),
-            max_attempts: DATAPATH_MAX_ATTEMPTS,
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
             min_attempts: DEFAULT_MIN_ATTEMPTS,
             take_over_time_wait: false,
             probe: Probe::Scattered,
@@ -174,8 +169,6 @@ pub const DEFAULT_MIN_ATTEMPTS: u32 = 16;
 
 /// TIME_WAIT take-over is allowed in the last this many attempts of the schedule (netfilter's).
 pub const TAKE_OVER_WINDOW: u32 = 32;
-/// The datapath's first round: 32 attempts (then 16); see [`SnatConfig::of_datapath`].
-pub const DATAPATH_MAX_ATTEMPTS: u32 = 32;
 /// Hard cap on rounds (128, 64, 32, 16: four), for bounded loops whatever the config says.
 const MAX_ROUNDS: u32 = 8;
 /// Most attempts of a first round, whatever the config says: netfilter's 128 (a schedule then

@@ -5,9 +5,14 @@
 //! [`lb_datapath::process`], the same function the userspace engine runs.
 //!
 //! Programs:
-//! * `lb_xdp`: the pipeline at XDP (ingress, before the stack allocates an skb).
-//! * `lb_tc`: the pipeline at TC (clsact ingress or egress), for interfaces or directions XDP
-//!   cannot serve (translation only: it cannot grow the packet for tunnels and DSR carriers).
+//! * `lb_xdp`: the pipeline at XDP (ingress, before the stack allocates an skb): its first stage
+//!   (parse, ICMP errors, replies, tracked flows), then a tail call into `lb_xdp_new_flow`, the
+//!   new-flow stage, for a packet of no tracked flow. Two programs, because the verifier's
+//!   budget is a million instructions per program and the new-flow stage (the SNAT allocator's
+//!   schedule) needs most of one.
+//! * `lb_tc`, `lb_tc_new_flow`: the pipeline at TC (clsact ingress or egress), for interfaces or
+//!   directions XDP cannot serve (translation only: it cannot grow the packet for tunnels and DSR
+//!   carriers).
 //! * `lb_xdp_parse_only`: parses and passes; the baseline benchmarks are set against.
 #![no_std]
 #![no_main]
@@ -19,7 +24,7 @@ use aya_ebpf::helpers::{
     bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_xdp_adjust_head, bpf_xdp_adjust_tail,
 };
 use aya_ebpf::macros::{classifier, map, xdp};
-use aya_ebpf::maps::{Array, HashMap, PerCpuArray, RingBuf};
+use aya_ebpf::maps::{Array, HashMap, PerCpuArray, ProgramArray, RingBuf};
 use aya_ebpf::programs::{TcContext, XdpContext};
 use lb_api::abi::{
     BackendKey, BackendValue, CtEntry, CtKey, DatapathConfig, NodeKey, ServiceKey, ServiceValue,
@@ -28,6 +33,7 @@ use lb_api::counters::{Counter, Counters, DropReason, COUNTER_SLOTS};
 use lb_api::events::DropEvent;
 use lb_api::wire::{parse, PacketAccess, MAX_HEADER_OFFSET};
 use lb_api::Verdict;
+use lb_datapath::Step;
 use lb_conntrack::{ConntrackTable, InsertError, InsertMode};
 use lb_encap::AdjustHead;
 use lb_nat::{RandomSource, ServiceTable};
@@ -70,6 +76,17 @@ static LB_DROP_REASON: PerCpuArray<DropReason> = PerCpuArray::with_max_entries(1
 /// for the 512-byte stack. Never pinned: its contents do not outlive a packet.
 #[map]
 static LB_SCRATCH: PerCpuArray<lb_datapath::Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// The XDP pipeline's later stages, for tail calls: slot [`NEW_FLOW_STAGE`] holds
+/// `lb_xdp_new_flow` (set by the loader). A program array serves programs of one type only,
+/// hence one per hook.
+#[map]
+static LB_XDP_STAGES: ProgramArray = ProgramArray::with_max_entries(1, 0);
+/// The TC pipeline's later stages: slot [`NEW_FLOW_STAGE`] holds `lb_tc_new_flow`.
+#[map]
+static LB_TC_STAGES: ProgramArray = ProgramArray::with_max_entries(1, 0);
+/// The new-flow stage's slot in the stage arrays.
+const NEW_FLOW_STAGE: u32 = 0;
 
 /// The kernel maps behind the logic crates' table traits.
 struct KernelTables;
@@ -288,31 +305,56 @@ impl PacketAccess for DirectPacket {
     }
 }
 
+/// The stage of the pipeline a program runs.
+#[derive(Clone, Copy)]
+enum Stage {
+    /// [`lb_datapath::process_tracked`].
+    Tracked,
+    /// [`lb_datapath::process_new`].
+    NewFlow,
+}
+
+/// Runs `stage` over the packet with the kernel maps; `None` when the first stage hands the
+/// packet on to the new-flow stage.
 #[inline(always)]
-fn run(pkt: &mut DirectPacket) -> Verdict {
+fn run(pkt: &mut DirectPacket, stage: Stage) -> Option<Verdict> {
     let mut tables = KernelTables;
     let (Some(cfg), Some(scratch)) = (LB_CONFIG.get(0), LB_SCRATCH.get_ptr_mut(0)) else {
         tables.bump(DropReason::NotConfigured.slot());
-        return Verdict::Pass;
+        return Some(Verdict::Pass);
     };
-    // SAFETY: the per-CPU slot is used by this program run only (a CPU runs one at a time), for
-    // the duration of this call.
+    // SAFETY: the per-CPU slot is used by this program run only (a CPU runs one at a time, and
+    // a tail call stays on the CPU), for the duration of this call; the new-flow stage reads
+    // what the first stage of the same packet left there.
     let scratch = unsafe { &mut *scratch };
     // SAFETY: bpf_ktime_get_ns has no preconditions. The pipeline calls it only for packets that
     // touch conntrack.
     let clock = || unsafe { bpf_ktime_get_ns() };
-    lb_datapath::process(pkt, cfg, &clock, &mut tables, scratch)
+    match stage {
+        Stage::Tracked => match lb_datapath::process_tracked(pkt, cfg, &clock, &mut tables, scratch) {
+            Step::Done(v) => Some(v),
+            Step::NewFlow => None,
+        },
+        Stage::NewFlow => Some(lb_datapath::process_new(
+            pkt,
+            cfg,
+            &clock,
+            &mut tables,
+            scratch,
+        )),
+    }
 }
 
-/// The pipeline at XDP.
-#[xdp]
-pub fn lb_xdp(ctx: XdpContext) -> u32 {
-    let mut pkt = DirectPacket {
-        start: ctx.data(),
-        end: ctx.data_end(),
-        xdp: ctx.ctx,
-    };
-    match run(&mut pkt) {
+/// The new-flow stage could not be reached: the packet is dropped, counted.
+#[inline(always)]
+fn stage_missing() -> Verdict {
+    lb_datapath::count_drop(&mut KernelTables, DropReason::NewFlowStageMissing)
+}
+
+/// The XDP action of a verdict (a drop writes its event).
+#[inline(always)]
+fn xdp_action_of(ctx: &XdpContext, v: Verdict) -> u32 {
+    match v {
         Verdict::Pass => xdp_action::XDP_PASS,
         Verdict::Drop => {
             emit_drop_event(ctx.ingress_ifindex() as u32);
@@ -322,18 +364,10 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
     }
 }
 
-/// The pipeline at TC (clsact).
-#[classifier]
-pub fn lb_tc(ctx: TcContext) -> i32 {
-    // Make the headers linear so that direct packet access sees them.
-    let want = core::cmp::min(ctx.len(), MAX_HEADER_OFFSET as u32);
-    let _ = ctx.pull_data(want);
-    let mut pkt = DirectPacket {
-        start: ctx.data(),
-        end: ctx.data_end(),
-        xdp: core::ptr::null_mut(),
-    };
-    match run(&mut pkt) {
+/// The TC action of a verdict (a drop writes its event).
+#[inline(always)]
+fn tc_action_of(ctx: &TcContext, v: Verdict) -> i32 {
+    match v {
         Verdict::Pass | Verdict::Tx => TC_ACT_OK,
         Verdict::Drop => {
             // SAFETY: `skb` is the context pointer the kernel passed to this program; `ifindex`
@@ -342,6 +376,71 @@ pub fn lb_tc(ctx: TcContext) -> i32 {
             TC_ACT_SHOT
         }
     }
+}
+
+#[inline(always)]
+fn xdp_packet(ctx: &XdpContext) -> DirectPacket {
+    DirectPacket {
+        start: ctx.data(),
+        end: ctx.data_end(),
+        xdp: ctx.ctx,
+    }
+}
+
+#[inline(always)]
+fn tc_packet(ctx: &TcContext) -> DirectPacket {
+    // Make the headers linear so that direct packet access sees them.
+    let want = core::cmp::min(ctx.len(), MAX_HEADER_OFFSET as u32);
+    let _ = ctx.pull_data(want);
+    DirectPacket {
+        start: ctx.data(),
+        end: ctx.data_end(),
+        xdp: core::ptr::null_mut(),
+    }
+}
+
+/// The pipeline at XDP: its first stage, then a tail call into [`lb_xdp_new_flow`] for a packet
+/// of no tracked flow.
+#[xdp]
+pub fn lb_xdp(ctx: XdpContext) -> u32 {
+    let v = match run(&mut xdp_packet(&ctx), Stage::Tracked) {
+        Some(v) => v,
+        None => {
+            // SAFETY: `ctx` is this program's context; on success the call does not return.
+            unsafe { LB_XDP_STAGES.tail_call(&ctx, NEW_FLOW_STAGE) };
+            stage_missing()
+        }
+    };
+    xdp_action_of(&ctx, v)
+}
+
+/// The pipeline's new-flow stage at XDP, tail-called by [`lb_xdp`].
+#[xdp]
+pub fn lb_xdp_new_flow(ctx: XdpContext) -> u32 {
+    let v = run(&mut xdp_packet(&ctx), Stage::NewFlow).unwrap_or(Verdict::Pass);
+    xdp_action_of(&ctx, v)
+}
+
+/// The pipeline at TC (clsact): its first stage, then a tail call into [`lb_tc_new_flow`] for a
+/// packet of no tracked flow.
+#[classifier]
+pub fn lb_tc(ctx: TcContext) -> i32 {
+    let v = match run(&mut tc_packet(&ctx), Stage::Tracked) {
+        Some(v) => v,
+        None => {
+            // SAFETY: as in `lb_xdp`.
+            unsafe { LB_TC_STAGES.tail_call(&ctx, NEW_FLOW_STAGE) };
+            stage_missing()
+        }
+    };
+    tc_action_of(&ctx, v)
+}
+
+/// The pipeline's new-flow stage at TC, tail-called by [`lb_tc`].
+#[classifier]
+pub fn lb_tc_new_flow(ctx: TcContext) -> i32 {
+    let v = run(&mut tc_packet(&ctx), Stage::NewFlow).unwrap_or(Verdict::Pass);
+    tc_action_of(&ctx, v)
 }
 
 /// Parse only, then pass: the baseline the pipeline's cost is measured against.
