@@ -35,6 +35,13 @@ proptest! {
             other => panic!("{other:?}"),
         };
         prop_assert_eq!((ours.tuple.src_port, ours.tuple.dst_port), (sp, dp));
+        if let TransportSlice::Tcp(t) = theirs.transport.as_ref().unwrap() {
+            let end = t
+                .sequence_number()
+                .wrapping_add(t.payload().len() as u32)
+                .wrapping_add(u32::from(t.syn()) + u32::from(t.fin()));
+            prop_assert_eq!((ours.tcp_seq, ours.tcp_seq_end), (t.sequence_number(), end));
+        }
         prop_assert_eq!(ours.l4_offset, hdr_start as usize - f.as_ptr() as usize);
         prop_assert_eq!(ours.fragment, Fragment::None);
         let _ = &mut f;

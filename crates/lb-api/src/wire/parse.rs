@@ -7,7 +7,7 @@
 
 use super::headers::{
     EthernetHeader, IcmpHeader, Ipv4Header, Ipv6ExtHeader, Ipv6FragmentHeader, Ipv6Header,
-    TcpHeader, UdpHeader, VlanHeader,
+    TcpFlags, TcpHeader, UdpHeader, VlanHeader,
 };
 use super::{PacketAccess, ETH_P_IPV4, ETH_P_IPV6, MAX_HEADER_OFFSET};
 use crate::counters::{Counter, DropReason};
@@ -178,6 +178,11 @@ pub struct Parsed {
     pub l4_offset: usize,
     /// TCP flags (zero for other protocols).
     pub tcp_flags: u8,
+    /// TCP sequence number (zero for other protocols).
+    pub tcp_seq: u32,
+    /// TCP: the sequence number just past this segment (its data, SYN and FIN each count),
+    /// netfilter's `td_end`. Zero for other protocols.
+    pub tcp_seq_end: u32,
     /// Tag control information of the VLAN tags, outermost first (`vlan_count` are valid).
     pub vlan_tci: [u16; MAX_VLAN_TAGS],
     /// How many VLAN tags the frame carries (0..=2).
@@ -206,6 +211,8 @@ impl Parsed {
         l3_offset: 0,
         l4_offset: 0,
         tcp_flags: 0,
+        tcp_seq: 0,
+        tcp_seq_end: 0,
         vlan_tci: [0; MAX_VLAN_TAGS],
         vlan_count: 0,
         ip_len: 0,
@@ -549,6 +556,12 @@ pub fn parse_into<P: PacketAccess + ?Sized>(pkt: &P, p: &mut Parsed) -> Result<(
             p.tuple.src_port = tcp.src_port.get();
             p.tuple.dst_port = tcp.dst_port.get();
             p.tcp_flags = tcp.flags;
+            p.tcp_seq = tcp.seq.get();
+            // `avail` and `doff * 4` are at most 64 KiB: the sum fits.
+            let data = (avail - doff * 4) as u32;
+            let syn_fin = u32::from(tcp.flags & TcpFlags::SYN != 0)
+                + u32::from(tcp.flags & TcpFlags::FIN != 0);
+            p.tcp_seq_end = p.tcp_seq.wrapping_add(data).wrapping_add(syn_fin);
         }
         Some(L4Proto::Udp) => {
             let udp: UdpHeader = pkt

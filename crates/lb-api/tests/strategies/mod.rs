@@ -23,6 +23,8 @@ pub struct FrameSpec {
     pub sport: u16,
     pub dport: u16,
     pub payload: Vec<u8>,
+    /// TCP sequence number, SYN and FIN flags.
+    pub tcp: (u32, bool, bool),
 }
 
 pub fn frame_spec() -> impl Strategy<Value = FrameSpec> {
@@ -35,6 +37,7 @@ pub fn frame_spec() -> impl Strategy<Value = FrameSpec> {
         any::<([u8; 4], [u8; 4], [u8; 16], [u8; 16])>(),
         any::<(u16, u16)>(),
         proptest::collection::vec(any::<u8>(), 0..64),
+        any::<(u32, bool, bool)>(),
     )
         .prop_map(
             |(
@@ -46,6 +49,7 @@ pub fn frame_spec() -> impl Strategy<Value = FrameSpec> {
                 (src4, dst4, src6, dst6),
                 (sport, dport),
                 payload,
+                tcp,
             )| {
                 FrameSpec {
                     vlans,
@@ -60,6 +64,7 @@ pub fn frame_spec() -> impl Strategy<Value = FrameSpec> {
                     sport,
                     dport,
                     payload,
+                    tcp,
                 }
             },
         )
@@ -105,7 +110,14 @@ pub fn build(s: &FrameSpec) -> Vec<u8> {
         let b = with_vlan.udp(s.sport, s.dport);
         b.write(&mut out, &s.payload).unwrap();
     } else {
-        let b = with_vlan.tcp(s.sport, s.dport, 1, 1000);
+        let (seq, syn, fin) = s.tcp;
+        let mut b = with_vlan.tcp(s.sport, s.dport, seq, 1000);
+        if syn {
+            b = b.syn();
+        }
+        if fin {
+            b = b.fin();
+        }
         b.write(&mut out, &s.payload).unwrap();
     }
     let _ = (SingleVlanHeader::LEN, Ipv6FragmentHeader::LEN);
