@@ -162,7 +162,7 @@ pub const CT_F_TUNNEL: u8 = 0x10;
 /// has no service-side partner on this node.
 pub const CT_F_BACKEND_SIDE: u8 = 0x20;
 
-/// Conntrack entry (80 bytes, 8-aligned).
+/// Conntrack entry (104 bytes, 8-aligned).
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Hash, Default, FromBytes, IntoBytes, KnownLayout, Immutable,
 )]
@@ -204,6 +204,12 @@ pub struct CtEntry {
     pub service_id: u32,
     /// Backend the flow was sent to.
     pub backend_id: u32,
+    /// Service entry of a TCP flow: the sequence number just past the original direction's FIN
+    /// (its data and the FIN counted; netfilter's `td_end`), zero until then. A new SYN may take
+    /// over the flow's SNAT port in TIME_WAIT only past it (`lb_nat::snat::may_take_over`).
+    pub fin_seq_end: u32,
+    /// Zero; keeps the entry a multiple of 8 bytes.
+    pub reserved: u32,
 }
 
 /// Per-state timeouts in nanoseconds, indexed by [`CtState`].
@@ -491,7 +497,7 @@ mod tests {
         // These sizes are part of the kernel/user ABI and of pinned maps: a change breaks a
         // restarted loader that re-attaches to maps of the old layout.
         assert_eq!(size_of::<CtKey>(), 40);
-        assert_eq!(size_of::<CtEntry>(), 96);
+        assert_eq!(size_of::<CtEntry>(), 104);
         assert_eq!(align_of::<CtEntry>(), 8);
         assert_eq!(size_of::<ServiceKey>(), 20);
         assert_eq!(size_of::<ServiceValue>(), 16);

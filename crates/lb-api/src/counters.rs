@@ -84,6 +84,10 @@ pub enum Counter {
     SnatAttempts256 = 28,
     /// SNAT allocations that took 512 attempts or more.
     SnatAttempts512 = 29,
+    /// SNAT ports taken over from a flow in TIME_WAIT (the schedule found no free port; a SYN
+    /// past the old flow's last sequence number took the port of one it met in its last 32
+    /// attempts).
+    SnatTakeOvers = 30,
     /// A lookup found a conntrack entry past its deadline that GC had not yet collected: the
     /// flow was removed (both halves) and the packet treated as having no entry (a new flow, or
     /// an untranslated reply).
@@ -149,7 +153,7 @@ pub enum DropReason {
 
 impl Counter {
     /// All counters, in slot order.
-    pub const ALL: [Counter; 31] = [
+    pub const ALL: [Counter; 32] = [
         Self::RxPackets,
         Self::ServiceNewFlow,
         Self::ServiceEstablished,
@@ -180,6 +184,7 @@ impl Counter {
         Self::SnatAttempts128,
         Self::SnatAttempts256,
         Self::SnatAttempts512,
+        Self::SnatTakeOvers,
         Self::ConntrackExpiredAtLookup,
     ];
 
@@ -234,6 +239,7 @@ impl Counter {
             Self::SnatAttempts128 => "snat_attempts_128_255",
             Self::SnatAttempts256 => "snat_attempts_256_511",
             Self::SnatAttempts512 => "snat_attempts_512_up",
+            Self::SnatTakeOvers => "snat_take_overs",
         }
     }
 }

@@ -31,14 +31,14 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use common::harness::{EngineAndKernel, Outcome};
 use common::tagged;
 use lb_api::abi::{
-    CtEntry, CtKey, CtKind, CT_F_BACKEND_SIDE, CT_F_DSR, CT_F_SNAT, CT_F_SRC_PORT_REWRITTEN,
-    CT_F_TUNNEL,
+    CtEntry, CtKey, CtKind, CtState, CT_F_BACKEND_SIDE, CT_F_DSR, CT_F_SNAT,
+    CT_F_SRC_PORT_REWRITTEN, CT_F_TUNNEL,
 };
 use lb_api::counters::{Counter, Counters, DropReason};
 use lb_api::flow::{v4_addr, L4Proto};
 use lb_api::wire::testing::{
-    icmp_v4_error_frame, icmp_v6_error_frame, tcp_v4_frame, tcp_v6_frame, udp_v4_frame,
-    udp_v6_frame,
+    icmp_v4_error_frame, icmp_v6_error_frame, tcp_v4_frame, tcp_v4_frame_seq, tcp_v6_frame,
+    udp_v4_frame, udp_v6_frame,
 };
 use lb_api::wire::TcpFlags as F;
 use lb_api::Verdict;
@@ -1357,6 +1357,133 @@ fn snat(cl: &mut Cluster) {
         cl.c.engine.conntrack().len(),
         2,
         "only the first flow's pair"
+    );
+    snat_take_over_scene(cl);
+}
+
+/// Node C's only SNAT port, held by a flow that closes: through TIME_WAIT the port stays its
+/// own for anything but a SYN past its FIN (what the backend's TIME_WAIT socket accepts as a
+/// new connection); such a SYN takes it over once the allocator's schedule found no free port.
+fn snat_take_over_scene(cl: &mut Cluster) {
+    let (client, vip, node, be) = (ip(CLIENT), ip(VIP_SNAT), ip(NODE_C), ip(BE));
+    let from_client = |f| tcp_v4_frame(CLIENT, C_SNAT_PORT, VIP_SNAT, 80, f, b"");
+    // Replies of both flows: the same tuple, to node C's port.
+    let from_be = |f| tcp_v4_frame(BE, 8080, NODE_C, C_SNAT_PORT, f, b"");
+    let steps: [(&str, Vec<u8>, Counter); 5] = [
+        (
+            "syn-ack",
+            from_be(F::SYN | F::ACK),
+            Counter::ReplyTranslated,
+        ),
+        ("ack", from_client(F::ACK), Counter::ServiceEstablished),
+        (
+            "client fin",
+            from_client(F::FIN | F::ACK),
+            Counter::ServiceEstablished,
+        ),
+        (
+            "backend fin",
+            from_be(F::FIN | F::ACK),
+            Counter::ReplyTranslated,
+        ),
+        ("last ack", from_client(F::ACK), Counter::ServiceEstablished),
+    ];
+    for (name, frame, c) in steps {
+        let expect = match c {
+            Counter::ReplyTranslated => pass(&[Counter::ReplyTranslated]),
+            _ => pass(&[Counter::ServiceEstablished]),
+        };
+        cl.run(fx(
+            Node::C,
+            format!("snat take-over: {name}"),
+            frame,
+            expect,
+            Same,
+        ));
+    }
+    let old = key(CtKind::Service, L4Proto::Tcp, client, C_SNAT_PORT, vip, 80);
+    let e = cl.entry(Node::C, old);
+    assert_eq!(
+        e.state,
+        CtState::TimeWait as u8,
+        "the old flow is in TIME_WAIT"
+    );
+    assert_eq!(e.fin_seq_end, 1001, "just past the client's FIN (seq 1000)");
+
+    let syn2 = |seq| tcp_v4_frame_seq(CLIENT2, C_SNAT_PORT, VIP_SNAT, 80, F::SYN, seq);
+    // Not past the old flow's FIN: the backend would take it for an old segment.
+    cl.run(fx(
+        Node::C,
+        "snat take-over: a SYN not past the old flow's FIN gets no port",
+        syn2(1000),
+        dropped(DropReason::SnatPortsExhausted, &[]),
+        Same,
+    ));
+    // Not a SYN: only a new connection may take a port over.
+    cl.run(fx(
+        Node::C,
+        "snat take-over: an ACK gets no port",
+        tcp_v4_frame(CLIENT2, C_SNAT_PORT, VIP_SNAT, 80, F::ACK, b""),
+        dropped(DropReason::SnatPortsExhausted, &[]),
+        Same,
+    ));
+    // Past it: the port is taken over after the whole schedule (its own port, then 240).
+    cl.run(
+        fx(
+            Node::C,
+            "snat take-over: a SYN past the old flow's FIN takes the port over",
+            syn2(5000),
+            pass(&[
+                Counter::ServiceNewFlow,
+                Counter::SnatAttempts128,
+                Counter::SnatTakeOvers,
+            ]),
+            Same,
+        )
+        .out(tcp_v4_frame_seq(
+            NODE_C,
+            C_SNAT_PORT,
+            BE,
+            8080,
+            F::SYN,
+            5000,
+        )),
+    );
+    assert!(
+        !cl.has_entry(Node::C, old),
+        "the old flow's service entry is gone"
+    );
+    let rev = key(
+        CtKind::ReverseNat,
+        L4Proto::Tcp,
+        be,
+        8080,
+        node,
+        C_SNAT_PORT,
+    );
+    assert_eq!(
+        cl.entry(Node::C, rev).snat_addr,
+        addr16(ip(CLIENT2)),
+        "the port is the new flow's"
+    );
+    assert_eq!(cl.c.engine.conntrack().len(), 2, "one pair: the new flow's");
+    // Its replies reach the new client.
+    cl.run(
+        fx(
+            Node::C,
+            "snat take-over: the reply reaches the new client",
+            from_be(F::SYN | F::ACK),
+            pass(&[Counter::ReplyTranslated]),
+            Same,
+        )
+        .out(tcp_v4_frame(
+            VIP_SNAT,
+            80,
+            CLIENT2,
+            C_SNAT_PORT,
+            F::SYN | F::ACK,
+            b"",
+        )),
     );
 }
 

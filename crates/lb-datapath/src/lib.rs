@@ -44,4 +44,6 @@ mod pipeline;
 #[cfg(feature = "std")]
 pub mod engine;
 
-pub use pipeline::{count_drop, now_ns, process, process_new, process_tracked, Scratch, Step};
+pub use pipeline::{
+    count_drop, now_ns, process, process_new, process_tracked, Scratch, SnatScratch, Step,
+};

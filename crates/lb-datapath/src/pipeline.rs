@@ -3,15 +3,16 @@
 use core::cell::Cell;
 
 use lb_api::abi::{
-    BackendKey, CtEntry, CtKey, CtKind, DatapathConfig, ForwardingMode, NodeKey, ServiceKey,
-    ServiceValue, CT_F_BACKEND_SIDE, CT_F_DSR, CT_F_SNAT, CT_F_SRC_PORT_REWRITTEN, CT_F_TUNNEL,
+    BackendKey, CtEntry, CtKey, CtKind, CtState, DatapathConfig, ForwardingMode, NodeKey,
+    ServiceKey, ServiceValue, CT_F_BACKEND_SIDE, CT_F_DSR, CT_F_SNAT, CT_F_SRC_PORT_REWRITTEN,
+    CT_F_TUNNEL,
 };
 use lb_api::checksum;
 use lb_api::counters::{Counter, Counters, DropReason};
 use lb_api::flow::{v4_of, FlowTuple, IpFamily, L4Proto};
 use lb_api::wire::{
     parse_into, quoted_into, Disposition, EthernetHeader, Fragment, PacketAccess, Parsed,
-    QuotedDatagram,
+    QuotedDatagram, TcpFlags,
 };
 use lb_api::Verdict;
 use lb_conntrack::{
@@ -25,7 +26,7 @@ use lb_encap::{
     TunnelConfig,
 };
 use lb_nat::collision::Reserve;
-use lb_nat::snat::{claim_port, Claim, SnatConfig, SnatError};
+use lb_nat::snat::{claim_port, may_take_over, Claim, SnatConfig, SnatError};
 use lb_nat::{
     resolve_source_port, rewrite, select_slot, translate_icmp_error, Field, RandomSource,
     ServiceTable, SourcePortRange,
@@ -141,8 +142,8 @@ where
         entry,
         peer,
         outcome,
-        attempts,
         tunnelled: tunnelled_slot,
+        snat,
         ..
     } = scratch;
     *parsed = Parsed::EMPTY;
@@ -179,7 +180,7 @@ where
         tunnelled,
         carry: Cell::new(false),
         outcome: Cell::from_mut(outcome),
-        attempts: Cell::from_mut(attempts),
+        snat: Cell::from_mut(snat),
         resizable: pkt.resizable(),
     };
     // Each path builds its keys itself, so that they live in that path's frame only.
@@ -215,8 +216,8 @@ where
         key,
         peer,
         outcome,
-        attempts,
         tunnelled,
+        snat,
     } = scratch;
     let ctx = Ctx {
         parsed,
@@ -226,7 +227,7 @@ where
         tunnelled: *tunnelled != 0,
         carry: Cell::new(false),
         outcome: Cell::from_mut(outcome),
-        attempts: Cell::from_mut(attempts),
+        snat: Cell::from_mut(snat),
         resizable: pkt.resizable(),
     };
     let v = match new_flow(pkt, &ctx, tables, entry, key) {
@@ -332,14 +333,27 @@ pub struct Scratch {
     /// Kept here, in map memory in the kernel, rather than on the stack: the verifier does not
     /// track it, so the carrier's code is verified once, not once per path.
     pub outcome: u8,
-    /// The SNAT allocator's attempts for the flow being created. Written after the allocator's
-    /// loop and read back from here (map memory in the kernel, which the verifier does not
-    /// track) before the histogram is counted: known to the verifier, the number would make it
-    /// walk the rest of the path once for every attempt the loop can end at.
-    pub attempts: u32,
     /// Non-zero when the packet came out of the node-to-node tunnel (set by
     /// [`process_tracked`] for [`process_new`]).
     pub tunnelled: u8,
+    /// The SNAT allocator's working state.
+    pub snat: SnatScratch,
+}
+
+/// The SNAT allocator's working state in the [`Scratch`] area: map memory in the kernel, which
+/// the verifier does not track. Values it tracked would split the states it walks: the
+/// attempts count after the loop would make it walk the rest of the path once for every
+/// attempt the loop can end at, a noted port every later attempt's state in two.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(C)]
+pub struct SnatScratch {
+    /// Attempts of the allocation for the flow being created. Written after the allocator's
+    /// loop and read back from here before the histogram is counted.
+    pub attempts: u32,
+    /// The port noted for a TIME_WAIT take-over (zero: none).
+    pub take_over: u16,
+    /// The service key of the flow holding a port looked at for a take-over.
+    pub holder: CtKey,
 }
 
 impl Default for Scratch {
@@ -350,8 +364,8 @@ impl Default for Scratch {
             key: CtKey::default(),
             peer: [0; 16],
             outcome: 0,
-            attempts: 0,
             tunnelled: 0,
+            snat: SnatScratch::default(),
         }
     }
 }
@@ -374,10 +388,35 @@ struct Ctx<'a, C> {
     carry: Cell<bool>,
     /// See [`Scratch::outcome`].
     outcome: &'a Cell<u8>,
-    /// See [`Scratch::attempts`].
-    attempts: &'a Cell<u32>,
+    /// See [`Scratch::snat`]: one pointer for its fields (the context lives on the stack).
+    snat: &'a Cell<SnatScratch>,
     /// The packet can grow (XDP; not at TC): carriers can be added.
     resizable: bool,
+}
+
+impl<C> Ctx<'_, C> {
+    /// [`SnatScratch::attempts`].
+    #[inline(always)]
+    fn attempts(&self) -> &Cell<u32> {
+        // SAFETY: `Cell<T>` has the layout of `T`, so a field of the `Cell`'s value is a
+        // `Cell` of the field's type, with the same interior mutability (as
+        // `Cell::as_slice_of_cells` does for slices).
+        unsafe { &*(&raw mut (*self.snat.as_ptr()).attempts).cast::<Cell<u32>>() }
+    }
+
+    /// [`SnatScratch::take_over`].
+    #[inline(always)]
+    fn take_over(&self) -> &Cell<u16> {
+        // SAFETY: as in `attempts`.
+        unsafe { &*(&raw mut (*self.snat.as_ptr()).take_over).cast::<Cell<u16>>() }
+    }
+
+    /// [`SnatScratch::holder`].
+    #[inline(always)]
+    fn holder(&self) -> &Cell<CtKey> {
+        // SAFETY: as in `attempts`.
+        unsafe { &*(&raw mut (*self.snat.as_ptr()).holder).cast::<Cell<CtKey>>() }
+    }
 }
 
 impl<C: Fn() -> u64> Ctx<'_, C> {
@@ -468,6 +507,11 @@ where
         now,
         &ctx.cfg.timeouts,
     );
+    // Where the client's side ended: a SYN must be past it to take the flow's SNAT port over
+    // once the flow is in TIME_WAIT.
+    if parsed.tcp_flags & TcpFlags::FIN != 0 {
+        fwd.fin_seq_end = parsed.tcp_seq_end;
+    }
     // Work from a copy in the scratch area: the kernel stack is 512 bytes.
     *e = *fwd;
     let backend_side = e.flags & CT_F_BACKEND_SIDE != 0;
@@ -968,9 +1012,11 @@ where
 /// [`lb_nat::snat`] ([`claim_port`]: the flow's own port if it is in the range and free, then
 /// netfilter's schedule of 128, 64, 32, 16 attempts) — the same schedule in the kernel and in
 /// the engine. Claiming a port is inserting the reverse entry keyed by the reply tuple with
-/// that port where absent. In the schedule's last 32 attempts a SYN may take over a port whose
-/// flow is in TIME_WAIT ([`take_over`]). Counts the attempts (histogram) and take-overs; an
-/// exhausted range is dropped as [`DropReason::SnatPortsExhausted`].
+/// that port where absent. In the schedule's last 32 attempts a TCP SYN notes a port whose
+/// flow is in TIME_WAIT and ended before the SYN's sequence number ([`note_take_over`]); with
+/// no free port at the end, it takes that port over ([`take_over`]). Counts the attempts
+/// (histogram) and take-overs; an exhausted range is dropped as
+/// [`DropReason::SnatPortsExhausted`].
 #[inline(always)]
 fn snat_reserve<T, C>(
     ctx: &Ctx<'_, C>,
@@ -985,36 +1031,167 @@ where
     let parsed = ctx.parsed;
     let src_port = parsed.tuple.src_port;
     let cfg = SnatConfig::of_datapath(ctx.cfg);
-    let mut draw = draw(ctx, &mut *tables);
-    let got = claim_port(&cfg, &mut draw, src_port, |d, c| {
-        rk.dst_port = c.port;
-        // The reverse half restores the client's port on replies when it changed.
-        if c.port == src_port {
-            e.flags &= !CT_F_SRC_PORT_REWRITTEN;
-        } else {
-            e.flags |= CT_F_SRC_PORT_REWRITTEN;
-            e.rewritten_src_port = src_port;
-        }
-        match d.tables.insert(rk, e, InsertMode::NoExist) {
-            Ok(()) => Claim::Reserved,
-            // No TIME_WAIT take-over in the datapath (`SnatConfig::of_datapath`).
-            Err(InsertError::Exists) => Claim::Taken,
-            Err(_) => Claim::Full,
-        }
-    });
+    ctx.take_over().set(0);
+    // Both closures point the reverse key and entry at their port: they reach them through
+    // the allocator's context.
+    let mut claimer = Claimer {
+        draw: draw(ctx, &mut *tables),
+        rk,
+        e,
+    };
+    let got = claim_port(
+        &cfg,
+        &mut claimer,
+        src_port,
+        |d, c| {
+            claim_key(d.rk, d.e, c.port, src_port);
+            match d.draw.tables.insert(d.rk, d.e, InsertMode::NoExist) {
+                Ok(()) => Claim::Reserved,
+                Err(InsertError::Exists) => {
+                    if c.may_take_over {
+                        note_take_over(d.draw.tables, d.rk, ctx);
+                    }
+                    Claim::Taken
+                }
+                Err(_) => Claim::Full,
+            }
+        },
+        |d| {
+            let port = ctx.take_over().get();
+            if port == 0 {
+                return None;
+            }
+            claim_key(d.rk, d.e, port, src_port);
+            take_over(d.draw.tables, d.rk, d.e, ctx).then_some(port)
+        },
+    );
     match got {
         Ok(a) => {
-            ctx.attempts.set(a.attempts);
+            ctx.attempts().set(a.attempts);
             // SAFETY: a valid, aligned pointer to the `u32` of the `Cell`, not otherwise
             // borrowed. Volatile so that the compiler reads the number back rather than reuse
-            // the known one: see `Scratch::attempts`.
-            let attempts = unsafe { core::ptr::read_volatile(ctx.attempts.as_ptr()) };
+            // the known one: see `SnatScratch`.
+            let attempts = unsafe { core::ptr::read_volatile(ctx.attempts().as_ptr()) };
             tables.bump(Counter::snat_attempts_slot(attempts));
             Ok(a.port)
         }
         Err(SnatError::TableFull) => Err(drop(tables, DropReason::ConntrackFull)),
         Err(_) => Err(drop(tables, DropReason::SnatPortsExhausted)),
     }
+}
+
+/// The SNAT allocator's context in the pipeline: the random source, and the reverse key and
+/// entry of the flow, which each claim points at its port.
+struct Claimer<'a, T: ?Sized> {
+    draw: Draw<'a, T>,
+    rk: &'a mut CtKey,
+    e: &'a mut CtEntry,
+}
+
+impl<T: RandomSource + ?Sized> RandomSource for Claimer<'_, T> {
+    #[inline(always)]
+    fn random_u32(&mut self) -> u32 {
+        self.draw.random_u32()
+    }
+}
+
+/// Points reverse key `rk` and reverse entry `e` at SNAT port `port`: the entry restores the
+/// client's port on replies when it changed.
+#[inline(always)]
+fn claim_key(rk: &mut CtKey, e: &mut CtEntry, port: u16, src_port: u16) {
+    rk.dst_port = port;
+    if port == src_port {
+        e.flags &= !CT_F_SRC_PORT_REWRITTEN;
+    } else {
+        e.flags |= CT_F_SRC_PORT_REWRITTEN;
+        e.rewritten_src_port = src_port;
+    }
+}
+
+/// Whether the packet (a new flow's first) may take over the port of reverse entry `rk`:
+/// its flow is a SNAT flow in TIME_WAIT and the packet a TCP SYN past that flow's FIN
+/// ([`may_take_over`]). The flow's service key is left in `holder`.
+///
+/// The service key is derived here for SNAT reverse entries only ([`partner_key`] does it for
+/// every kind): the kernel's verifier walks this once per attempt of the take-over window.
+#[inline(always)]
+fn time_wait_holder<T: ConntrackTable + ?Sized>(
+    tables: &mut T,
+    rk: &CtKey,
+    parsed: &Parsed,
+    holder: &Cell<CtKey>,
+) -> bool {
+    if parsed.tcp_flags & (TcpFlags::SYN | TcpFlags::ACK) != TcpFlags::SYN
+        || parsed.tuple.proto != L4Proto::Tcp as u8
+    {
+        return false;
+    }
+    let Some(rev) = tables.get_mut(rk) else {
+        return false;
+    };
+    if rev.flags & CT_F_SNAT == 0 {
+        return false;
+    }
+    // SAFETY: the `Cell`'s value is not otherwise borrowed while this reference lives (the
+    // `Cell` is only used through this function); written field by field in place (map memory
+    // in the kernel), not built on the stack.
+    let fk = unsafe { &mut *holder.as_ptr() };
+    fk.src = rev.snat_addr;
+    fk.src_port = if rev.flags & CT_F_SRC_PORT_REWRITTEN != 0 {
+        rev.rewritten_src_port
+    } else {
+        rk.dst_port
+    };
+    fk.dst = rev.nat_addr;
+    fk.dst_port = rev.nat_port;
+    fk.proto = rk.proto;
+    fk.family = rk.family;
+    fk.kind = CtKind::Service as u8;
+    fk.pad = 0;
+    let Some(fwd) = tables.get_mut(fk) else {
+        return false;
+    };
+    let time_wait = fwd.state == CtState::TimeWait as u8;
+    may_take_over(time_wait, fwd.fin_seq_end, Some(parsed.tcp_seq))
+}
+
+/// In the take-over window: notes the port of `rk` in the scratch area when its flow may be
+/// taken over ([`time_wait_holder`]) and no port is noted yet.
+#[inline(never)]
+fn note_take_over<T: ConntrackTable + ?Sized, C>(tables: &mut T, rk: &CtKey, ctx: &Ctx<'_, C>) {
+    if ctx.take_over().get() == 0 && time_wait_holder(tables, rk, ctx.parsed, ctx.holder()) {
+        ctx.take_over().set(rk.dst_port);
+    }
+}
+
+/// Takes the port of `rk` over from its flow in TIME_WAIT for the new flow of reverse entry
+/// `e`: removes the old flow's service entry, then its reverse entry, and inserts `e` where
+/// absent. Whether the port is now the new flow's; counted as a take-over when it is.
+///
+/// Removing the old service entry is what decides between allocators that noted the same
+/// port: a delete succeeds once, so only one of them goes on to remove the reverse entry
+/// (which, until then, still is the old flow's).
+#[inline(never)]
+fn take_over<T: ConntrackTable + Counters + ?Sized, C>(
+    tables: &mut T,
+    rk: &CtKey,
+    e: &CtEntry,
+    ctx: &Ctx<'_, C>,
+) -> bool {
+    if !time_wait_holder(tables, rk, ctx.parsed, ctx.holder()) {
+        return false;
+    }
+    // SAFETY: as in `time_wait_holder`, which wrote it.
+    let fk = unsafe { &*ctx.holder().as_ptr() };
+    if !tables.remove(fk) {
+        return false;
+    }
+    tables.remove(rk);
+    if tables.insert(rk, e, InsertMode::NoExist).is_err() {
+        return false;
+    }
+    tables.bump(Counter::SnatTakeOvers.slot());
+    true
 }
 
 /// Stamps a new flow's entry: created now, in the state its first packet puts it in.

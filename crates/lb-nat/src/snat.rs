@@ -20,6 +20,7 @@
 //! tests); the datapath pipeline (`lb_datapath`) claims in the conntrack table, in the engine
 //! and in the eBPF programs alike, with the schedule of [`SnatConfig::of_datapath`].
 
+use core::cell::Cell;
 use core::num::NonZeroU32;
 
 use lb_api::abi::DatapathConfig;
@@ -140,8 +141,9 @@ impl Default for SnatConfig {
 
 impl SnatConfig {
     /// The allocator of a datapath configuration: its SNAT range, the source port kept when
-    /// free, then netfilter's schedule (128, 64, 32, 16 random attempts). This is what the
-    /// pipeline allocates with, in the kernel and in the engine.
+    /// free, then netfilter's schedule (128, 64, 32, 16 random attempts) with TIME_WAIT
+    /// take-over in its last 32. This is what the pipeline allocates with, in the kernel and in
+    /// the engine.
     ///
     /// The kernel's verifier walks every attempt of the loop: the schedule fits because the
     /// new-flow path is a program of its own (a tail call from the first stage), with its own
@@ -154,10 +156,10 @@ impl SnatConfig {
             max: cfg.snat_port_max(),
             max_attempts: DEFAULT_MAX_ATTEMPTS,
             min_attempts: DEFAULT_MIN_ATTEMPTS,
-            take_over_time_wait: false,
+            take_over_time_wait: true,
             probe: Probe::Scattered,
             keep_source_port: true,
-            take_over_window: 0,
+            take_over_window: TAKE_OVER_WINDOW,
         }
     }
 }
@@ -279,8 +281,9 @@ pub struct Candidate {
     /// Which attempt this is (1 for the first): what an attempts histogram records when the
     /// claim succeeds.
     pub attempt: u32,
-    /// The claim may take over a mapping in TIME_WAIT ([`may_take_over`]): one of the
-    /// schedule's last [`TAKE_OVER_WINDOW`] attempts, and the config allows it.
+    /// One of the schedule's last [`TAKE_OVER_WINDOW`] attempts, with take-over allowed: when
+    /// the port is taken by a flow that may be taken over ([`may_take_over`]), the claim notes
+    /// it (the first such port) for the take-over at the end of the schedule.
     pub may_take_over: bool,
 }
 
@@ -289,8 +292,6 @@ pub struct Candidate {
 pub enum Claim {
     /// The port is now this flow's: its reply mapping was inserted, atomically, where absent.
     Reserved,
-    /// The port belonged to a flow in TIME_WAIT ([`may_take_over`]); it is now this flow's.
-    TookOver,
     /// Another flow owns the port: try the next.
     Taken,
     /// The table is full: stop.
@@ -313,29 +314,39 @@ pub fn may_take_over(old_time_wait: bool, old_seq_end: u32, syn_seq: Option<u32>
 
 /// Walks the schedule of candidate ports of `cfg` and claims the first that `claim` can: the
 /// allocator, whatever the table. `claim(ctx, candidate)` must reserve `candidate.port` for the
-/// flow in one atomic step (insert the reply mapping only if absent) and say what it did; it
-/// may take over a mapping ([`may_take_over`]) only when `candidate.may_take_over`.
+/// flow in one atomic step (insert the reply mapping only if absent) and say what it did.
 ///
 /// With [`SnatConfig::keep_source_port`], `src_port` (the flow's own) is tried first when it
 /// lies in the range, as netfilter and Cilium keep a free original port; then rounds of
 /// `max_attempts`, halved each round, down to `min_attempts` (each attempt a random port, or
 /// a consecutive walk from a fresh random offset per round: [`Probe`]).
-/// `ctx` is the random source and whatever the closure writes to, so the kernel and userspace
+///
+/// TIME_WAIT take-over ([`SnatConfig::take_over_time_wait`]): in the schedule's last
+/// `take_over_window` attempts ([`Candidate::may_take_over`]) `claim` notes the first taken
+/// port whose flow may be taken over ([`may_take_over`]); when the schedule ends without a
+/// free port, `take_over(ctx)` takes the noted port over (ends the old flow's mapping and
+/// reserves the port, atomically against other allocators) and returns it, or `None`. Unlike
+/// netfilter, which takes over at the first such collision, a free port later in the window
+/// is preferred: a take-over ends the old flow's protection against stray segments.
+///
+/// `ctx` is the random source and whatever the closures write to, so the kernel and userspace
 /// pass the same object.
 ///
 /// # Errors
 /// [`SnatError::EmptyRange`], [`SnatError::TableFull`] (the closure said [`Claim::Full`]) or
 /// [`SnatError::Exhausted`].
 #[inline(always)]
-pub fn claim_port<X, F>(
+pub fn claim_port<X, F, G>(
     cfg: &SnatConfig,
     ctx: &mut X,
     src_port: u16,
     mut claim: F,
+    take_over: G,
 ) -> Result<Allocation, SnatError>
 where
     X: RandomSource + ?Sized,
     F: FnMut(&mut X, Candidate) -> Claim,
+    G: FnOnce(&mut X) -> Option<u16>,
 {
     if cfg.min == 0 || cfg.min > cfg.max {
         return Err(SnatError::EmptyRange);
@@ -402,6 +413,16 @@ where
             return r;
         }
     }
+    if window > 0 {
+        if let Some(port) = take_over(ctx) {
+            return Ok(Allocation {
+                port,
+                attempts: w.attempts,
+                took_over: true,
+                existing: false,
+            });
+        }
+    }
     Err(SnatError::Exhausted {
         attempts: w.attempts,
     })
@@ -461,18 +482,16 @@ impl Walk {
     /// What a claim of `port` means for the allocation: `None` to go on.
     #[inline(always)]
     fn outcome(&self, claim: Claim, port: u16) -> Option<Result<Allocation, SnatError>> {
-        let took_over = match claim {
-            Claim::Taken => return None,
-            Claim::Reserved => false,
-            Claim::TookOver => true,
-            Claim::Full => return Some(Err(SnatError::TableFull)),
-        };
-        Some(Ok(Allocation {
-            port,
-            attempts: self.attempts,
-            took_over,
-            existing: false,
-        }))
+        match claim {
+            Claim::Taken => None,
+            Claim::Reserved => Some(Ok(Allocation {
+                port,
+                attempts: self.attempts,
+                took_over: false,
+                existing: false,
+            })),
+            Claim::Full => Some(Err(SnatError::TableFull)),
+        }
     }
 }
 
@@ -516,37 +535,53 @@ where
         port: orig.src_port,
         ..NatValue::default()
     };
-    let a = claim_port(cfg, rng, orig.src_port, |_, c| {
-        let port = c.port;
-        let (_, rev) = nat_keys(orig, nat_addr, port);
-        match table.insert_if_absent(&rev, &back) {
-            Ok(()) => Claim::Reserved,
-            Err(NatInsertError::Full) => Claim::Full,
-            Err(NatInsertError::Exists(old)) => {
-                if c.may_take_over
-                    && may_take_over(old.time_wait, old.seq_end, syn_seq)
-                    && table.compare_and_swap(&rev, &old, &back)
-                {
-                    // The old flow's forward half now names a port it no longer owns: remove
-                    // it (only if it still names this port).
-                    let old_flow = FlowTuple {
-                        src: old.addr,
-                        src_port: old.port,
-                        ..*orig
-                    };
-                    let (old_fwd, _) = nat_keys(&old_flow, nat_addr, port);
-                    if let Some(v) = table.get(&old_fwd) {
-                        if v.addr == nat_addr && v.port == port {
-                            let _ = table.remove_if(&old_fwd, &v);
-                        }
+    // The first taken port of the take-over window whose mapping may be taken over, and that
+    // mapping as it was seen.
+    let noted: Cell<Option<(u16, NatValue)>> = Cell::new(None);
+    let a = claim_port(
+        cfg,
+        rng,
+        orig.src_port,
+        |_, c| {
+            let (_, rev) = nat_keys(orig, nat_addr, c.port);
+            match table.insert_if_absent(&rev, &back) {
+                Ok(()) => Claim::Reserved,
+                Err(NatInsertError::Full) => Claim::Full,
+                Err(NatInsertError::Exists(old)) => {
+                    if c.may_take_over
+                        && noted.get().is_none()
+                        && may_take_over(old.time_wait, old.seq_end, syn_seq)
+                    {
+                        noted.set(Some((c.port, old)));
                     }
-                    Claim::TookOver
-                } else {
                     Claim::Taken
                 }
             }
-        }
-    })?;
+        },
+        |_| {
+            let (port, old) = noted.get()?;
+            let (_, rev) = nat_keys(orig, nat_addr, port);
+            // Atomic: only if the mapping is still the one seen in TIME_WAIT (another
+            // allocator may have taken it over meanwhile).
+            if !table.compare_and_swap(&rev, &old, &back) {
+                return None;
+            }
+            // The old flow's forward half now names a port it no longer owns: remove it (only
+            // if it still names this port).
+            let old_flow = FlowTuple {
+                src: old.addr,
+                src_port: old.port,
+                ..*orig
+            };
+            let (old_fwd, _) = nat_keys(&old_flow, nat_addr, port);
+            if let Some(v) = table.get(&old_fwd) {
+                if v.addr == nat_addr && v.port == port {
+                    let _ = table.remove_if(&old_fwd, &v);
+                }
+            }
+            Some(port)
+        },
+    )?;
     publish(table, orig, &back, nat_addr, a)
 }
 
@@ -770,13 +805,27 @@ mod tests {
         };
         let mut rng = XorShift32::new(5);
         let mut lates = std::vec::Vec::new();
-        let r = claim_port(&cfg, &mut rng, 0, |_, c| {
-            assert!(c.port >= 1024);
-            assert_eq!(c.attempt as usize, lates.len() + 1);
-            lates.push(c.may_take_over);
-            Claim::Taken
-        });
+        let mut asked = 0;
+        let r = claim_port(
+            &cfg,
+            &mut rng,
+            0,
+            |_, c| {
+                assert!(c.port >= 1024);
+                assert_eq!(c.attempt as usize, lates.len() + 1);
+                lates.push(c.may_take_over);
+                Claim::Taken
+            },
+            |_| {
+                asked += 1;
+                None
+            },
+        );
         assert_eq!(r, Err(SnatError::Exhausted { attempts: 240 }));
+        assert_eq!(
+            asked, 1,
+            "an exhausted schedule asks for the take-over once"
+        );
         assert_eq!(lates.len(), 240);
         assert!(lates[..208].iter().all(|l| !l) && lates[208..].iter().all(|l| *l));
         let no = SnatConfig {
@@ -784,11 +833,54 @@ mod tests {
             ..cfg
         };
         let mut any_late = false;
-        let _ = claim_port(&no, &mut rng, 0, |_, c| {
-            any_late |= c.may_take_over;
-            Claim::Taken
-        });
+        let _ = claim_port(
+            &no,
+            &mut rng,
+            0,
+            |_, c| {
+                any_late |= c.may_take_over;
+                Claim::Taken
+            },
+            |_| panic!("no take-over when the config has none"),
+        );
         assert!(!any_late);
+    }
+
+    #[test]
+    fn a_free_port_in_the_window_beats_a_take_over() {
+        let cfg = SnatConfig {
+            keep_source_port: false,
+            ..Default::default()
+        };
+        let mut rng = XorShift32::new(9);
+        let (mut noted, mut free) = (None, 0);
+        let r = claim_port(
+            &cfg,
+            &mut rng,
+            0,
+            |_, c| match c.attempt {
+                // A port whose flow is in TIME_WAIT, met early in the window: noted only.
+                215 => {
+                    assert!(c.may_take_over);
+                    noted = Some(c.port);
+                    Claim::Taken
+                }
+                230 => {
+                    free = c.port;
+                    Claim::Reserved
+                }
+                _ => Claim::Taken,
+            },
+            |_| panic!("a free port was found: no take-over"),
+        );
+        let a = r.unwrap();
+        assert!(noted.is_some());
+        assert_eq!((a.port, a.attempts, a.took_over), (free, 230, false));
+        // The same walk with no free port ends in the take-over of the noted port.
+        let mut rng = XorShift32::new(9);
+        let r = claim_port(&cfg, &mut rng, 0, |_, _| Claim::Taken, |_| noted);
+        let a = r.unwrap();
+        assert_eq!((Some(a.port), a.attempts, a.took_over), (noted, 240, true));
     }
 
     #[test]

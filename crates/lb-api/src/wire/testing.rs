@@ -88,6 +88,23 @@ pub fn tcp_v4_frame(
     ipv4_frame(src, dst, 6, &tcp)
 }
 
+/// [`tcp_v4_frame`] with sequence number `seq` (the builders use 1000).
+#[must_use]
+pub fn tcp_v4_frame_seq(
+    src: [u8; 4],
+    sport: u16,
+    dst: [u8; 4],
+    dport: u16,
+    flags: u8,
+    seq: u32,
+) -> Vec<u8> {
+    let mut tcp = tcp_segment(sport, dport, flags, b"");
+    tcp[4..8].copy_from_slice(&seq.to_be_bytes());
+    let c = checksum::l4_checksum_v4(src, dst, 6, &tcp);
+    tcp[16..18].copy_from_slice(&c.to_be_bytes());
+    ipv4_frame(src, dst, 6, &tcp)
+}
+
 /// An Ethernet/IPv4/UDP frame with a valid checksum.
 #[must_use]
 pub fn udp_v4_frame(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, payload: &[u8]) -> Vec<u8> {
