@@ -40,6 +40,12 @@ pub struct CtKey {
     pub kind: u8,
     /// Zero.
     pub pad: u8,
+    /// Zero, except in the service entry, on the backend's node, of a flow that another node
+    /// translated and sent through the tunnel: the node it came from. Flows that several nodes
+    /// forward from one client address and port to one backend arrive with one tuple; their
+    /// origins tell them apart (incident 2). DSR flows need no origin: their service entry on
+    /// the backend's node is keyed by the service address the carrier brings.
+    pub origin: [u8; 16],
 }
 
 impl CtKey {
@@ -56,7 +62,18 @@ impl CtKey {
             family: t.family,
             kind: kind as u8,
             pad: 0,
+            origin: [0; 16],
         }
+    }
+
+    /// The service key, on the backend's node, of a flow that came through the tunnel from
+    /// node `origin` (see [`CtKey::origin`]).
+    #[inline(always)]
+    #[must_use]
+    pub const fn from_origin(t: &FlowTuple, origin: [u8; 16]) -> Self {
+        let mut k = Self::new(t, CtKind::Service);
+        k.origin = origin;
+        k
     }
 
     /// The tuple this key was made from.
@@ -496,7 +513,7 @@ mod tests {
     fn abi_sizes_are_stable() {
         // These sizes are part of the kernel/user ABI and of pinned maps: a change breaks a
         // restarted loader that re-attaches to maps of the old layout.
-        assert_eq!(size_of::<CtKey>(), 40);
+        assert_eq!(size_of::<CtKey>(), 56);
         assert_eq!(size_of::<CtEntry>(), 104);
         assert_eq!(align_of::<CtEntry>(), 8);
         assert_eq!(size_of::<ServiceKey>(), 20);

@@ -983,6 +983,23 @@ fn key(kind: CtKind, proto: L4Proto, src: IpAddr, sport: u16, dst: IpAddr, dport
         family: if src.is_ipv4() { 4 } else { 6 },
         kind: kind as u8,
         pad: 0,
+        origin: [0; 16],
+    }
+}
+
+/// [`key`] of a service entry on the backend's node of a flow that came through the tunnel
+/// from node `origin`.
+fn key_from(
+    origin: IpAddr,
+    proto: L4Proto,
+    src: IpAddr,
+    sport: u16,
+    dst: IpAddr,
+    dport: u16,
+) -> CtKey {
+    CtKey {
+        origin: addr16(origin),
+        ..key(CtKind::Service, proto, src, sport, dst, dport)
     }
 }
 

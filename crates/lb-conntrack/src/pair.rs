@@ -4,6 +4,7 @@
 
 use lb_api::abi::{
     CtEntry, CtKey, CtKind, CT_F_BACKEND_SIDE, CT_F_DSR, CT_F_SNAT, CT_F_SRC_PORT_REWRITTEN,
+    CT_F_TUNNEL,
 };
 use lb_api::flow::FlowTuple;
 
@@ -11,14 +12,19 @@ use lb_api::flow::FlowTuple;
 /// a reverse-NAT entry. `None` for a key of unknown kind, and for the service entry of a DSR
 /// flow on the node that forwarded it (its replies never come back there: no reverse half).
 ///
-/// This is the layout the pipeline creates:
-/// * service entry, keyed by the client's tuple (to the service address; on the backend's node
-///   of a flow another node translated, to the backend): its reverse entry is keyed by the reply
-///   backend → client as the backend sees the client, i.e. from this node's address under SNAT
-///   (`snat_addr`) and from the rewritten port when the source port was rewritten;
+/// This is the layout the pipeline creates, on every node alike:
+/// * service entry, keyed by the tuple the client sent (to the service address), holding the
+///   backend (`nat_addr`, `nat_port`): its reverse entry is keyed by the reply backend → client
+///   as the backend sees the client, i.e. from this node's address under SNAT (`snat_addr`) and
+///   from the rewritten port when the source port was rewritten;
 /// * reverse entry: its service entry is keyed by the client's original address (`snat_addr`
-///   under SNAT) and port (`rewritten_src_port` when rewritten) to the service address it
-///   restores (`nat_addr`), or on the backend's node to the backend itself.
+///   under SNAT) and port (`rewritten_src_port` when rewritten) to the address the client sent
+///   to, which replies get as their source (`nat_addr`, `nat_port`).
+///
+/// On the backend's node of a flow another node translated, "the tuple the client sent" is
+/// what reaches this node: under DSR the service address comes with the carrier (so it is the
+/// client's own tuple), through the tunnel it is the backend, and the key's
+/// [`origin`](CtKey::origin) is the node the flow came from (`tunnel_peer`).
 #[inline(always)]
 #[must_use]
 pub fn partner_key(key: &CtKey, entry: &CtEntry) -> Option<CtKey> {
@@ -31,12 +37,8 @@ pub fn partner_key(key: &CtKey, entry: &CtEntry) -> Option<CtKey> {
             return None;
         }
         let reply = FlowTuple {
-            src: if backend_side { t.dst } else { entry.nat_addr },
-            src_port: if backend_side {
-                t.dst_port
-            } else {
-                entry.nat_port
-            },
+            src: entry.nat_addr,
+            src_port: entry.nat_port,
             dst: if snat { entry.snat_addr } else { t.src },
             dst_port: if rewritten {
                 entry.rewritten_src_port
@@ -54,15 +56,15 @@ pub fn partner_key(key: &CtKey, entry: &CtEntry) -> Option<CtKey> {
             } else {
                 t.dst_port
             },
-            dst: if backend_side { t.src } else { entry.nat_addr },
-            dst_port: if backend_side {
-                t.src_port
-            } else {
-                entry.nat_port
-            },
+            dst: entry.nat_addr,
+            dst_port: entry.nat_port,
             ..t
         };
-        Some(CtKey::new(&client, CtKind::Service))
+        let mut k = CtKey::new(&client, CtKind::Service);
+        if backend_side && entry.flags & CT_F_TUNNEL != 0 {
+            k.origin = entry.tunnel_peer;
+        }
+        Some(k)
     } else {
         None
     }

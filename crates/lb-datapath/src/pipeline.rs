@@ -144,7 +144,7 @@ where
         outcome,
         tunnelled: tunnelled_slot,
         snat,
-        ..
+        key,
     } = scratch;
     *parsed = Parsed::EMPTY;
     if let Err(e) = parse_into(pkt, parsed) {
@@ -184,9 +184,9 @@ where
         resizable: pkt.resizable(),
     };
     // Each path builds its keys itself, so that they live in that path's frame only.
-    let v = match reply(pkt, &ctx, tables, entry) {
+    let v = match reply(pkt, &ctx, tables, entry, key) {
         Some(v) => v,
-        None => match established(pkt, &ctx, tables, entry) {
+        None => match established(pkt, &ctx, tables, entry, key) {
             Some(v) => v,
             None => return Step::NewFlow,
         },
@@ -478,13 +478,15 @@ where
     untranslated(tables, parsed)
 }
 
-/// A packet of a tracked flow: `None` when its forward key has no entry (a new flow).
+/// A packet of a tracked flow: `None` when its forward key has no entry (a new flow). `e` and
+/// `fkey` are scratch space (the key in the stack frame would overflow the kernel's 512 bytes).
 #[inline(never)]
 fn established<P, T, C>(
     pkt: &mut P,
     ctx: &Ctx<'_, C>,
     tables: &mut T,
     e: &mut CtEntry,
+    fkey: &mut CtKey,
 ) -> Option<Verdict>
 where
     P: AdjustHead + ?Sized,
@@ -492,8 +494,8 @@ where
     C: Fn() -> u64,
 {
     let parsed = ctx.parsed;
-    let t = &parsed.tuple;
-    let fkey = &CtKey::new(t, CtKind::Service);
+    flow_key(pkt, ctx, fkey);
+    let fkey = &*fkey;
     let fwd = tables.get_mut(fkey)?;
     let now = ctx.now();
     if is_expired(fwd, now) {
@@ -515,22 +517,7 @@ where
     // Work from a copy in the scratch area: the kernel stack is 512 bytes.
     *e = *fwd;
     let backend_side = e.flags & CT_F_BACKEND_SIDE != 0;
-    // The reverse half, keyed as GC and expiry find it (none when DSR sends the replies around
-    // this node).
-    if let Some(rk) = partner_of(fkey, e) {
-        match tables.get_mut(&rk) {
-            Some(r) => {
-                r.last_seen_ns = now;
-                r.expires_ns = e.expires_ns;
-            }
-            None => {
-                // Lost (evicted): rebuild it from the forward half.
-                make_reverse(e, t);
-                let _ = tables.insert(&rk, e, InsertMode::NoExist);
-                *e = *tables.get_mut(fkey)?;
-            }
-        }
-    }
+    refresh_reverse(tables, fkey, e, now)?;
     if e.flags & (CT_F_DSR | CT_F_TUNNEL) != 0 && !backend_side && exceeds_mtu(ctx, e.flags) {
         return Some(TOO_BIG);
     }
@@ -539,6 +526,54 @@ where
     }
     let carry = e.flags & (CT_F_DSR | CT_F_TUNNEL) != 0 && !backend_side;
     Some(done(ctx, tables, carry, Counter::ServiceEstablished))
+}
+
+/// The service key of the flow a packet belongs to, as [`new_flow`] or [`backend_side`]
+/// recorded it: the packet's tuple; on the backend's node of a flow another node translated,
+/// with the service address a DSR carrier brings as destination (the tuple the client sent),
+/// or, out of the tunnel, with the node it came from as [`CtKey::origin`]. Flows that several
+/// nodes forward from one client address and port to one backend arrive with one tuple; these
+/// keys tell them apart.
+#[inline(always)]
+fn flow_key<P: PacketAccess + ?Sized, C>(pkt: &P, ctx: &Ctx<'_, C>, k: &mut CtKey) {
+    let t = &ctx.parsed.tuple;
+    *k = CtKey::new(t, CtKind::Service);
+    if ctx.tunnelled {
+        k.origin = *ctx.peer;
+    } else if let Some(svc) = dsr_extract(pkt, ctx.parsed) {
+        k.dst = svc.addr;
+        k.dst_port = svc.port;
+    }
+}
+
+/// Keeps the reverse half of a tracked flow (service entry `e`, key `fkey`) in step: its timers
+/// follow the service entry's; lost (evicted), it is rebuilt from the service entry. None when
+/// DSR sends the replies around this node. `None` if the service entry is gone meanwhile.
+///
+/// A subprogram of its own in the kernel: the reverse key lives in its frame, not in
+/// [`established`]'s, which is on the deepest call chain of the first stage.
+#[inline(never)]
+fn refresh_reverse<T: ConntrackTable + ?Sized>(
+    tables: &mut T,
+    fkey: &CtKey,
+    e: &mut CtEntry,
+    now: u64,
+) -> Option<()> {
+    let Some(rk) = partner_key(fkey, e) else {
+        return Some(());
+    };
+    match tables.get_mut(&rk) {
+        Some(r) => {
+            r.last_seen_ns = now;
+            r.expires_ns = e.expires_ns;
+        }
+        None => {
+            make_reverse(e, (&fkey.src, fkey.src_port), (&fkey.dst, fkey.dst_port));
+            let _ = tables.insert(&rk, e, InsertMode::NoExist);
+            *e = *tables.get_mut(fkey)?;
+        }
+    }
+    Some(())
 }
 
 /// [`partner_key`] as a subprogram of its own in the kernel: inlined, its field selections
@@ -631,43 +666,41 @@ fn reverse_key(
     CtKey::new(&reply, CtKind::ReverseNat)
 }
 
-/// Turns a flow's service entry into its reverse-NAT entry: same timers; the service address
-/// (the original destination) to restore as the replies' source; the client's original port and
-/// (SNAT) address to restore as their destination.
+/// Turns a flow's service entry into its reverse-NAT entry: same timers; the address the
+/// client sent to (`dst`: the service's; through the tunnel, the backend's) to restore as the
+/// replies' source; the client's original port and (SNAT) address (`src`) to restore as their
+/// destination. `src` and `dst` are the service entry's key (the arguments go field by field:
+/// a tuple built for the call would take 40 bytes of the kernel's 512-byte stack).
 #[inline(always)]
-fn make_reverse(e: &mut CtEntry, t: &FlowTuple) {
-    // On the backend's node the packet already goes to the backend: the service address came
-    // with the DSR carrier and is in the entry.
-    if e.flags & CT_F_BACKEND_SIDE == 0 {
-        e.nat_addr = t.dst;
-        e.nat_port = t.dst_port;
-    }
+fn make_reverse(e: &mut CtEntry, src: (&[u8; 16], u16), dst: (&[u8; 16], u16)) {
+    e.nat_addr = *dst.0;
+    e.nat_port = dst.1;
     if e.flags & CT_F_SRC_PORT_REWRITTEN != 0 {
-        e.rewritten_src_port = t.src_port;
+        e.rewritten_src_port = src.1;
     }
     if e.flags & CT_F_SNAT != 0 {
-        e.snat_addr = t.src;
+        e.snat_addr = *src.0;
     }
     e.packets_orig = 0;
     e.packets_reply = 0;
 }
 
-/// A reply of a tracked flow: `None` when the packet's tuple has no reverse-NAT entry.
+/// A reply of a tracked flow: `None` when the packet's tuple has no reverse-NAT entry. `rev`
+/// and `rkey` are scratch space (the kernel stack is 512 bytes).
 #[inline(never)]
 fn reply<P, T, C>(
     pkt: &mut P,
     ctx: &Ctx<'_, C>,
     tables: &mut T,
     rev: &mut CtEntry,
+    rkey: &mut CtKey,
 ) -> Option<Verdict>
 where
     P: AdjustHead + ?Sized,
     T: ConntrackTable + ServiceTable + Counters + RandomSource + ?Sized,
     C: Fn() -> u64,
 {
-    let t = &ctx.parsed.tuple;
-    let rkey = &CtKey::new(t, CtKind::ReverseNat);
-    // Work from a copy in the scratch area: the kernel stack is 512 bytes.
+    *rkey = CtKey::new(&ctx.parsed.tuple, CtKind::ReverseNat);
     *rev = *tables.get_mut(rkey)?;
     Some(reply_translate(pkt, ctx, tables, rkey, rev))
 }
@@ -689,26 +722,20 @@ where
     let (parsed, cfg) = (ctx.parsed, ctx.cfg);
     let t = &parsed.tuple;
     // Where the reply goes back to: the client's original address and port.
-    let client_port = src_port_after(rev, &t.reversed());
+    let client_port = if rev.flags & CT_F_SRC_PORT_REWRITTEN != 0 {
+        rev.rewritten_src_port
+    } else {
+        t.dst_port
+    };
     let client_addr = if rev.flags & CT_F_SNAT != 0 {
         &rev.snat_addr
     } else {
         &t.dst
     };
-    let backend_side = rev.flags & CT_F_BACKEND_SIDE != 0;
-    // The flow's forward half: client -> service, or on the backend's node client -> backend.
-    let client = FlowTuple {
-        src: *client_addr,
-        src_port: client_port,
-        dst: if backend_side { t.src } else { rev.nat_addr },
-        dst_port: if backend_side {
-            t.src_port
-        } else {
-            rev.nat_port
-        },
-        ..*t
+    // The flow's service entry.
+    let Some(fkey) = partner_of(rkey, rev) else {
+        return pass(tables, Counter::PassNotService);
     };
-    let fkey = CtKey::new(&client, CtKind::Service);
     let now = ctx.now();
     let expires = match tables.get_mut(&fkey) {
         // The service entry owns the flow's deadline (the reverse half carries a copy).
@@ -735,7 +762,8 @@ where
     }
     // On the backend's node of a tunnelled flow, the reply goes back through the tunnel
     // untranslated: the node that translated the flow translates it back.
-    let tunnel_back = backend_side && rev.flags & CT_F_TUNNEL != 0;
+    let tunnel_back =
+        rev.flags & (CT_F_BACKEND_SIDE | CT_F_TUNNEL) == CT_F_BACKEND_SIDE | CT_F_TUNNEL;
     if tunnel_back {
         if exceeds_mtu(ctx, rev.flags) {
             return TOO_BIG;
@@ -1296,7 +1324,7 @@ where
     *rk = CtKey::default();
     // Under DSR the replies never come back here: no reverse half.
     if flags & CT_F_DSR == 0 {
-        make_reverse(e, t);
+        make_reverse(e, (&t.src, t.src_port), (&t.dst, t.dst_port));
         let client = if flags & CT_F_SNAT != 0 {
             &node
         } else {
@@ -1352,32 +1380,36 @@ where
 {
     let parsed = ctx.parsed;
     let t = &parsed.tuple;
+    // Keyed by the tuple the client sent and, out of the tunnel, the node it came from.
+    let fkey = &mut CtKey::default();
+    flow_key(pkt, ctx, fkey);
     *e = CtEntry::default();
     if ctx.tunnelled {
         e.flags = CT_F_BACKEND_SIDE | CT_F_TUNNEL;
         e.tunnel_peer = *ctx.peer;
-    } else if let Some(svc) = dsr_extract(pkt, parsed) {
+    } else if u128::from_ne_bytes(fkey.dst) != u128::from_ne_bytes(t.dst)
+        || fkey.dst_port != t.dst_port
+    {
+        // A DSR carrier named the service.
         e.flags = CT_F_BACKEND_SIDE | CT_F_DSR;
-        e.nat_addr = svc.addr;
-        e.nat_port = svc.port;
     } else {
         return pass(tables, Counter::PassNotService);
     }
     start_entry(e, ctx, ctx.now());
-    make_reverse(e, t);
+    make_reverse(e, (&fkey.src, fkey.src_port), (&fkey.dst, fkey.dst_port));
     *rk = reverse_key(t, &t.src, t.src_port, &t.dst, t.dst_port);
     let client_port = match reserve_reply(ctx, tables, e, rk) {
         Ok(p) => p,
         Err(v) => return v,
     };
+    // The packet already goes to the backend.
+    e.nat_addr = t.dst;
+    e.nat_port = t.dst_port;
     if client_port != t.src_port {
         e.rewritten_src_port = client_port;
     }
     e.packets_orig = 1;
-    if tables
-        .insert(&CtKey::new(t, CtKind::Service), e, InsertMode::NoExist)
-        .is_err()
-    {
+    if tables.insert(fkey, e, InsertMode::NoExist).is_err() {
         tables.remove(rk);
         return drop(tables, DropReason::ConntrackFull);
     }
