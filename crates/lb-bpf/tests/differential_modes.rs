@@ -1596,6 +1596,13 @@ fn dsr_scene(cl: &mut Cluster, v6: bool, cport: u16) {
         (addr16(vip), 80),
         "the service address came with the carrier"
     );
+    // The service half is keyed by the tuple the client sent (the carrier names the service),
+    // and holds the backend.
+    let fwd = cl.entry(
+        Node::B,
+        key(CtKind::Service, L4Proto::Tcp, client, cport, vip, 80),
+    );
+    assert_eq!((fwd.nat_addr, fwd.nat_port), (addr16(be), 8080));
     cl.run(
         fx(
             Node::B,
@@ -1757,6 +1764,13 @@ fn tunnel(cl: &mut Cluster) {
                 addr16(node_a),
                 "the reply goes back to node A"
             );
+            // The service half is keyed by the tuple and the node the flow came from.
+            let fwd = cl.entry(Node::B, key_from(node_a, proto, client, cport, be, bport));
+            assert_eq!(fwd.tunnel_peer, addr16(node_a));
+            assert!(!cl.has_entry(
+                Node::B,
+                key(CtKind::Service, proto, client, cport, be, bport)
+            ));
         }
         cl.run(
             fx(
@@ -1894,6 +1908,7 @@ fn backend_side_collisions(cl: &mut Cluster) {
         pass(&[Counter::BackendSideNewFlow, Counter::SourcePortRewritten]),
         Same,
     ));
+    // Keyed by the tuple the client sent, to node A's NodePort (the carrier names it).
     let e = cl.entry(
         Node::B,
         key(
@@ -1901,10 +1916,11 @@ fn backend_side_collisions(cl: &mut Cluster) {
             L4Proto::Tcp,
             ip(CLIENT),
             cport,
-            ip(BE),
-            8080,
+            ip(NODE_A),
+            NODEPORT_DSR,
         ),
     );
+    assert_eq!((e.nat_addr, e.nat_port), (addr16(ip(BE)), 8080));
     let port = e.rewritten_src_port;
     assert_eq!(
         e.flags & (CT_F_SRC_PORT_REWRITTEN | CT_F_DSR | CT_F_BACKEND_SIDE),
@@ -2001,14 +2017,7 @@ fn backend_side_collisions(cl: &mut Cluster) {
     } else {
         let e = cl.entry(
             Node::B,
-            key(
-                CtKind::Service,
-                L4Proto::Tcp,
-                ip(CLIENT),
-                cport,
-                ip(BE),
-                8080,
-            ),
+            key_from(ip(NODE_A), L4Proto::Tcp, ip(CLIENT), cport, ip(BE), 8080),
         );
         let port = e.rewritten_src_port;
         assert!(COLLISION_PORTS.contains(&port), "{port}");
@@ -2470,24 +2479,23 @@ fn engine_and_kernel_agree_on_forwarding_modes() {
     }
 }
 
-/// Finding (both worlds agree, and both are wrong): the backend's node cannot tell two flows
-/// apart that other nodes forwarded, keeping the client's address, from the same client
-/// address and port to the same backend. Their packets carry the same 5-tuple (client →
-/// backend), which is the key of the backend-side service entry, so the second flow's first
-/// packet is taken for a packet of the first (`established`), is never given another source
-/// port, and its replies leave from the first flow's service (DSR) or go back through the
-/// tunnel to the first flow's node. The resolver on the backend's node only sees collisions
-/// with flows the node translated itself (`backend_side_collisions`). This is incident 2 of
-/// the design brief with the frontends on two nodes; the fix needs the backend-side key to
-/// tell the flows apart (the carrier's service address for DSR; for the tunnel, which does not
-/// carry it, the peer node), a change to the conntrack key layout left to the pipeline's owner.
+/// Incident 2 with the frontends on two other nodes: a client reaches node A's and node C's
+/// NodePorts from one source port, and both nodes pick the same backend on node B, keeping the
+/// client's address (DSR, then the tunnel). Both flows reach node B with one tuple, client ->
+/// backend. Node B keeps them apart by the service entry's key: under DSR the tuple the client
+/// sent (the carrier names the NodePort), through the tunnel the tuple and the node it came
+/// from. The second flow's first packet is a new flow, its reply tuple collides with the
+/// first's, so it gets another source port; each flow's replies go back the way it came. Every
+/// packet runs through the engine and the kernel (XDP: TC cannot decapsulate), compared.
 #[test]
-#[ignore = "finding: colliding flows from two other nodes are merged on the backend's node"]
 fn backend_side_resolves_flows_forwarded_by_two_nodes() {
     if !common::privileged("backend_side_resolves_flows_forwarded_by_two_nodes") {
         return;
     }
     let mut cl = Cluster::new(Program::Xdp);
+    let reply = |port| tcp_v4_frame(BE, 8080, CLIENT, port, F::SYN | F::ACK, b"");
+
+    // DSR.
     let cport = 49_000;
     let via = |node: [u8; 4], port, flags| {
         with_ipv4_option(
@@ -2495,46 +2503,139 @@ fn backend_side_resolves_flows_forwarded_by_two_nodes() {
             &dsr_v4_option(node, NODEPORT_DSR),
         )
     };
-    cl.run(fx(
-        Node::B,
-        "dsr via node A",
-        via(NODE_A, cport, F::SYN),
-        pass(&[Counter::BackendSideNewFlow]),
-        Same,
-    ));
-    cl.run(fx(
+    cl.run(
+        fx(
+            Node::B,
+            "dsr via node A",
+            via(NODE_A, cport, F::SYN),
+            pass(&[Counter::BackendSideNewFlow]),
+            Same,
+        )
+        .out(via(NODE_A, cport, F::SYN)),
+    );
+    let o = cl.run(fx(
         Node::B,
         "dsr via node C, same client port: a new flow, source port rewritten",
         via(NODE_C, cport, F::SYN),
         pass(&[Counter::BackendSideNewFlow, Counter::SourcePortRewritten]),
         Same,
     ));
-    let port = cl
-        .node(Node::B)
-        .engine
-        .conntrack()
-        .iter()
-        .filter(|(k, e)| k.src_port == cport && e.flags & CT_F_SRC_PORT_REWRITTEN != 0)
-        .map(|(_, e)| e.rewritten_src_port)
-        .find(|p| COLLISION_PORTS.contains(p))
-        .expect("the second flow's port");
+    let second = |node: [u8; 4]| {
+        key(
+            CtKind::Service,
+            L4Proto::Tcp,
+            ip(CLIENT),
+            cport,
+            ip(node),
+            NODEPORT_DSR,
+        )
+    };
+    let port = cl.entry(Node::B, second(NODE_C)).rewritten_src_port;
+    assert!(COLLISION_PORTS.contains(&port), "{port}");
+    assert_eq!(o.frame, via(NODE_C, port, F::SYN));
+    assert_eq!(
+        cl.entry(Node::B, second(NODE_A)).flags & CT_F_SRC_PORT_REWRITTEN,
+        0,
+        "the first flow keeps its port"
+    );
+    for (name, node, port) in [("A", NODE_A, cport), ("C", NODE_C, port)] {
+        cl.run(
+            fx(
+                Node::B,
+                format!("dsr: node {name}'s flow, established, its own port"),
+                via(node, cport, F::ACK),
+                pass(&[Counter::ServiceEstablished]),
+                Same,
+            )
+            .out(via(node, port, F::ACK)),
+        );
+        cl.run(
+            fx(
+                Node::B,
+                format!("dsr: reply to node {name}'s flow leaves from its NodePort"),
+                reply(port),
+                pass(&[Counter::ReplyTranslated]),
+                Same,
+            )
+            .out(tcp_v4_frame(
+                node,
+                NODEPORT_DSR,
+                CLIENT,
+                cport,
+                F::SYN | F::ACK,
+                b"",
+            )),
+        );
+    }
+
+    // Tunnel.
+    let cport = 49_001;
+    let from = |node: [u8; 4], flags| {
+        with_macs(
+            &vxlan_v4(
+                node,
+                NODE_B,
+                50_010,
+                VNI,
+                &tcp_v4_frame(CLIENT, cport, BE, 8080, flags, b""),
+            ),
+            B_MAC,
+            ROUTER_MAC,
+        )
+    };
+    let delivered = |port, flags| {
+        with_macs(
+            &tcp_v4_frame(CLIENT, port, BE, 8080, flags, b""),
+            B_MAC,
+            ROUTER_MAC,
+        )
+    };
     cl.run(
         fx(
             Node::B,
-            "reply to the second flow leaves from node C's NodePort",
-            tcp_v4_frame(BE, 8080, CLIENT, port, F::SYN | F::ACK, b""),
-            pass(&[Counter::ReplyTranslated]),
+            "tunnel from node A",
+            from(NODE_A, F::SYN),
+            pass(&[Counter::TunnelDecapsulated, Counter::BackendSideNewFlow]),
             Same,
         )
-        .out(tcp_v4_frame(
-            NODE_C,
-            NODEPORT_DSR,
-            CLIENT,
-            cport,
-            F::SYN | F::ACK,
-            b"",
-        )),
+        .out(delivered(cport, F::SYN)),
     );
+    let o = cl.run(fx(
+        Node::B,
+        "tunnel from node C, same client port: a new flow, source port rewritten",
+        from(NODE_C, F::SYN),
+        pass(&[
+            Counter::TunnelDecapsulated,
+            Counter::BackendSideNewFlow,
+            Counter::SourcePortRewritten,
+        ]),
+        Same,
+    ));
+    let origin = |node: [u8; 4]| key_from(ip(node), L4Proto::Tcp, ip(CLIENT), cport, ip(BE), 8080);
+    let port = cl.entry(Node::B, origin(NODE_C)).rewritten_src_port;
+    assert!(COLLISION_PORTS.contains(&port), "{port}");
+    assert_eq!(o.frame, delivered(port, F::SYN));
+    for (name, node, port) in [("A", NODE_A, cport), ("C", NODE_C, port)] {
+        cl.run(
+            fx(
+                Node::B,
+                format!("tunnel: node {name}'s flow, established, its own port"),
+                from(node, F::ACK),
+                pass(&[Counter::TunnelDecapsulated, Counter::ServiceEstablished]),
+                Same,
+            )
+            .out(delivered(port, F::ACK)),
+        );
+        let o = cl.run(fx(
+            Node::B,
+            format!("tunnel: reply to node {name}'s flow goes back to node {name}"),
+            reply(port),
+            pass(&[Counter::ReplyTranslated, Counter::TunnelEncapsulated]),
+            Same,
+        ));
+        let s = u16::from_be_bytes([o.frame[34], o.frame[35]]);
+        assert_eq!(o.frame, vxlan_v4(NODE_B, node, s, VNI, &reply(cport)));
+    }
 }
 
 /// Finding (both worlds agree): the IPv4 DSR option is appended after the options a packet
