@@ -341,6 +341,9 @@ mod hash {
                     | u64::from(key.kind) << 48
                     | u64::from(key.pad) << 56,
             );
+            // Zero except in the backend-side entries of tunnelled flows; hashed so that flows
+            // from several nodes with one tuple do not share a home slot.
+            h.write_u128(u128::from_ne_bytes(key.origin));
             h.finish()
         }
 
