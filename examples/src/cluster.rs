@@ -13,11 +13,15 @@
 //!   backend-1 10.211.1.2 fd00:211:1::2  backend-2 10.211.2.2 fd00:211:2::2
 //! ```
 //!
+//! [`Cluster::with_nodes`] adds node-3 (10.210.0.3, fd00:210::3) on the same LAN, a frontend
+//! without a pod: a client reaching the NodePorts of node-1 and node-3 at once reaches a backend
+//! on neither, which is where two forwarded flows from one client port meet (incident 2).
+//!
 //! Routing, so that packets the datapath rewrites and returns with `XDP_PASS` land where each mode
 //! needs them:
 //! - the client routes the service VIPs ([`VIP_V4`], [`VIP_V6`]) via node-1, reaches both nodes'
 //!   addresses on the LAN (NodePort), and each pod CIDR via the node hosting it;
-//! - each node routes the other node's pod CIDR via that node's LAN address; node-to-client traffic
+//! - each node routes the other nodes' pod CIDRs via their LAN addresses; node-to-client traffic
 //!   is on-link, so in DSR mode the backend's node returns replies straight to the client;
 //! - backends route everything via their node; nodes forward (IPv4 and IPv6), `rp_filter` is off
 //!   everywhere (DSR replies leave with the VIP as source), nodes accept received packets that
@@ -46,13 +50,23 @@ pub const PREFIX: &str = "lbcl-";
 pub const CLIENT_V4: Ipv4Addr = Ipv4Addr::new(10, 210, 0, 10);
 /// The client's LAN address (IPv6).
 pub const CLIENT_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x210, 0, 0, 0, 0, 0, 0x10);
-/// The nodes' LAN addresses (node-1, node-2): NodePorts and the underlay.
-pub const NODE_V4: [Ipv4Addr; 2] = [Ipv4Addr::new(10, 210, 0, 1), Ipv4Addr::new(10, 210, 0, 2)];
+/// Most nodes a cluster can have ([`Cluster::with_nodes`]).
+pub const MAX_NODES: usize = 3;
+/// The nodes' LAN addresses (node-1, node-2, and node-3 when the cluster has it): NodePorts and
+/// the underlay.
+pub const NODE_V4: [Ipv4Addr; MAX_NODES] = [
+    Ipv4Addr::new(10, 210, 0, 1),
+    Ipv4Addr::new(10, 210, 0, 2),
+    Ipv4Addr::new(10, 210, 0, 3),
+];
 /// The nodes' LAN addresses (IPv6).
-pub const NODE_V6: [Ipv6Addr; 2] = [
+pub const NODE_V6: [Ipv6Addr; MAX_NODES] = [
     Ipv6Addr::new(0xfd00, 0x210, 0, 0, 0, 0, 0, 1),
     Ipv6Addr::new(0xfd00, 0x210, 0, 0, 0, 0, 0, 2),
+    Ipv6Addr::new(0xfd00, 0x210, 0, 0, 0, 0, 0, 3),
 ];
+/// How many nodes host a backend pod (node-1 and node-2; node-3 is a frontend only).
+pub const POD_NODES: usize = 2;
 /// The backends' pod addresses (backend-1 on node-1, backend-2 on node-2).
 pub const BACKEND_V4: [Ipv4Addr; 2] = [Ipv4Addr::new(10, 211, 1, 2), Ipv4Addr::new(10, 211, 2, 2)];
 /// The backends' pod addresses (IPv6).
@@ -70,9 +84,9 @@ pub const VIP_PORT: u16 = 80;
 pub const NODE_PORT: u16 = 30080;
 /// Each node's LAN interface (and the client's).
 pub const LAN_IF: &str = "eth0";
-/// The bridge ports (in the LAN namespace) of node-1's and node-2's LAN links: what a node sends
-/// arrives there, what the bridge sends the node leaves there.
-pub const NODE_LAN_PORTS: [&str; 2] = ["n1", "n2"];
+/// The bridge ports (in the LAN namespace) of the nodes' LAN links: what a node sends arrives
+/// there, what the bridge sends the node leaves there.
+pub const NODE_LAN_PORTS: [&str; MAX_NODES] = ["n1", "n2", "n3"];
 /// The host side of the pod veth on each node.
 pub const POD_IF: &str = "pod1";
 /// Underlay MTU of every link.
@@ -100,7 +114,7 @@ impl Family {
     /// Node `i`'s LAN address (0: node-1).
     #[must_use]
     pub fn node(self, i: usize) -> IpAddr {
-        self.pick(NODE_V4[i % 2], NODE_V6[i % 2])
+        self.pick(NODE_V4[i % MAX_NODES], NODE_V6[i % MAX_NODES])
     }
 
     /// Backend `i`'s pod address (0: backend-1).
@@ -132,17 +146,17 @@ impl std::fmt::Display for Family {
     }
 }
 
-/// One node's identity as the datapath needs it: its own addresses, the underlay MTU, and its peer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// One node's identity as the datapath needs it: its own addresses, the underlay MTU, and its
+/// peers.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeAddrs {
     /// This node's IPv4 LAN address.
     pub v4: Ipv4Addr,
     /// This node's IPv6 LAN address.
     pub v6: Ipv6Addr,
-    /// The other node's IPv4 LAN address.
-    pub peer_v4: Ipv4Addr,
-    /// The other node's IPv6 LAN address.
-    pub peer_v6: Ipv6Addr,
+    /// Every other node's LAN addresses (IPv4, then IPv6, node by node): the nodes it exchanges
+    /// tunnel packets with.
+    pub peers: Vec<IpAddr>,
     /// Underlay MTU.
     pub mtu: u16,
 }
@@ -156,38 +170,60 @@ pub struct LinkStats {
     pub tx_packets: u64,
 }
 
-/// The two-node topology; dropping it removes every namespace.
+/// The two-node (or three-node) topology; dropping it removes every namespace.
 #[derive(Debug)]
 pub struct Cluster {
     /// The client's namespace.
     pub client: String,
     /// The namespace holding the LAN bridge.
     pub lan: String,
-    /// node-1's and node-2's namespaces.
-    pub nodes: [String; 2],
+    /// The nodes' namespaces: node-1's, node-2's, and node-3's when the cluster has it.
+    pub nodes: Vec<String>,
     /// backend-1's (on node-1) and backend-2's (on node-2) namespaces.
     pub backends: [String; 2],
     namespaces: Namespaces,
 }
 
 impl Cluster {
-    /// Builds the topology. `tag` distinguishes concurrent users (tests) in one process.
+    /// Builds the two-node topology. `tag` distinguishes concurrent users (tests) in one
+    /// process.
     ///
     /// # Errors
     /// When a namespace, link, address or route cannot be created (not root, iproute2 or ethtool
     /// missing); whatever was created is removed again.
     pub fn create(tag: &str) -> Result<Self> {
-        let ns = Namespaces::create(PREFIX, tag, &["lan", "c", "n1", "n2", "b1", "b2"])?;
+        Self::with_nodes(tag, 2)
+    }
+
+    /// Builds the topology with `nodes` nodes (2 or 3): node-3 joins the LAN as a frontend
+    /// without a pod, routing both pod CIDRs via their nodes. Two nodes give exactly
+    /// [`Cluster::create`]'s topology.
+    ///
+    /// # Errors
+    /// If `nodes` is not 2 or 3, or as [`Cluster::create`].
+    pub fn with_nodes(tag: &str, nodes: usize) -> Result<Self> {
+        if !(POD_NODES..=MAX_NODES).contains(&nodes) {
+            bail!("a cluster has {POD_NODES} to {MAX_NODES} nodes, not {nodes}");
+        }
+        // Each node's namespace role is named like its bridge port (n1, n2, n3).
+        let mut roles = vec!["lan", "c"];
+        roles.extend(NODE_LAN_PORTS.iter().take(nodes));
+        roles.extend(["b1", "b2"]);
+        let ns = Namespaces::create(PREFIX, tag, &roles)?;
         let cluster = Cluster {
             client: ns.name("c"),
             lan: ns.name("lan"),
-            nodes: [ns.name("n1"), ns.name("n2")],
+            nodes: NODE_LAN_PORTS
+                .iter()
+                .take(nodes)
+                .map(|n| ns.name(n))
+                .collect(),
             backends: [ns.name("b1"), ns.name("b2")],
             namespaces: ns,
         };
         cluster
             .wire()
-            .with_context(|| format!("building the two-node cluster {tag}"))?;
+            .with_context(|| format!("building the {nodes}-node cluster {tag}"))?;
         Ok(cluster)
     }
 
@@ -219,21 +255,10 @@ impl Cluster {
         }
 
         // The client and the nodes on the LAN: `eth0` inside each, a bridge port in `lan`.
-        let lan_hosts = [
-            (self.client.as_str(), "c", CLIENT_V4, CLIENT_V6),
-            (
-                self.nodes[0].as_str(),
-                NODE_LAN_PORTS[0],
-                NODE_V4[0],
-                NODE_V6[0],
-            ),
-            (
-                self.nodes[1].as_str(),
-                NODE_LAN_PORTS[1],
-                NODE_V4[1],
-                NODE_V6[1],
-            ),
-        ];
+        let mut lan_hosts = vec![(self.client.as_str(), "c", CLIENT_V4, CLIENT_V6)];
+        for (i, node) in self.nodes.iter().enumerate() {
+            lan_hosts.push((node.as_str(), NODE_LAN_PORTS[i], NODE_V4[i], NODE_V6[i]));
+        }
         for (ns, port, v4, v6) in lan_hosts {
             ip(&[
                 "-n", lan, "link", "add", port, "type", "veth", "peer", "name", LAN_IF, "netns", ns,
@@ -257,8 +282,8 @@ impl Cluster {
             full_checksums(ns, LAN_IF)?;
         }
 
-        // A pod on each node: `pod1` on the node, `eth0` in the pod.
-        for i in 0..2 {
+        // A pod on node-1 and node-2: `pod1` on the node, `eth0` in the pod.
+        for i in 0..POD_NODES {
             let (node, pod) = (self.nodes[i].as_str(), self.backends[i].as_str());
             let net = i + 1;
             let (gw4, gw6) = (pod_gateway_v4(i), pod_gateway_v6(i));
@@ -322,42 +347,6 @@ impl Cluster {
                 "via",
                 &gw6.to_string(),
             ])?;
-            // accept_local: after SNAT or VXLAN encapsulation in XDP, a packet carries the node's
-            // own IPv4 address as source and is handed to the stack (XDP_PASS) to be routed; the
-            // stack drops received packets with a local source as martians unless this is set.
-            // No ICMP redirects: a node forwards the client's service traffic back out of the
-            // LAN link it came in on, and each redirect would also take the tokens the node's
-            // ICMP errors to the client are rate-limited by (shared per peer).
-            for sysctl in [
-                "net.ipv4.ip_forward=1",
-                "net.ipv6.conf.all.forwarding=1",
-                "net.ipv4.conf.all.accept_local=1",
-                "net.ipv4.conf.all.send_redirects=0",
-                &format!("net.ipv4.conf.{LAN_IF}.send_redirects=0"),
-            ] {
-                in_ns(node, &["sysctl", "-qw", sysctl])?;
-            }
-            // The other node's pod CIDR is behind the other node.
-            let (peer, peer_net) = (1 - i, 2 - i);
-            ip(&[
-                "-n",
-                node,
-                "route",
-                "add",
-                &format!("10.211.{peer_net}.0/24"),
-                "via",
-                &NODE_V4[peer].to_string(),
-            ])?;
-            ip(&[
-                "-n",
-                node,
-                "-6",
-                "route",
-                "add",
-                &format!("fd00:211:{peer_net}::/64"),
-                "via",
-                &NODE_V6[peer].to_string(),
-            ])?;
             // The client reaches each pod CIDR through the node hosting it (plain routing checks).
             let c = self.client.as_str();
             ip(&[
@@ -379,6 +368,47 @@ impl Cluster {
                 "via",
                 &NODE_V6[i].to_string(),
             ])?;
+        }
+        for (i, node) in self.nodes.iter().enumerate() {
+            let node = node.as_str();
+            // accept_local: after SNAT or VXLAN encapsulation in XDP, a packet carries the node's
+            // own IPv4 address as source and is handed to the stack (XDP_PASS) to be routed; the
+            // stack drops received packets with a local source as martians unless this is set.
+            // No ICMP redirects: a node forwards the client's service traffic back out of the
+            // LAN link it came in on, and each redirect would also take the tokens the node's
+            // ICMP errors to the client are rate-limited by (shared per peer).
+            for sysctl in [
+                "net.ipv4.ip_forward=1",
+                "net.ipv6.conf.all.forwarding=1",
+                "net.ipv4.conf.all.accept_local=1",
+                "net.ipv4.conf.all.send_redirects=0",
+                &format!("net.ipv4.conf.{LAN_IF}.send_redirects=0"),
+            ] {
+                in_ns(node, &["sysctl", "-qw", sysctl])?;
+            }
+            // Every other node's pod CIDR is behind that node.
+            for peer in (0..POD_NODES).filter(|&p| p != i) {
+                let peer_net = peer + 1;
+                ip(&[
+                    "-n",
+                    node,
+                    "route",
+                    "add",
+                    &format!("10.211.{peer_net}.0/24"),
+                    "via",
+                    &NODE_V4[peer].to_string(),
+                ])?;
+                ip(&[
+                    "-n",
+                    node,
+                    "-6",
+                    "route",
+                    "add",
+                    &format!("fd00:211:{peer_net}::/64"),
+                    "via",
+                    &NODE_V6[peer].to_string(),
+                ])?;
+            }
         }
         // The service VIPs via node-1 (where the client's traffic enters the cluster).
         let c = self.client.as_str();
@@ -404,15 +434,18 @@ impl Cluster {
         Ok(())
     }
 
-    /// Node `i`'s identity (0: node-1).
+    /// Node `i`'s identity (0: node-1) in a cluster of `nodes` nodes: every other node is a
+    /// peer, so that tunnels between any two of them are accepted.
     #[must_use]
-    pub fn node_addrs(i: usize) -> NodeAddrs {
-        let peer = 1 - i % 2;
+    pub fn node_addrs(i: usize, nodes: usize) -> NodeAddrs {
+        let i = i % MAX_NODES;
         NodeAddrs {
-            v4: NODE_V4[i % 2],
-            v6: NODE_V6[i % 2],
-            peer_v4: NODE_V4[peer],
-            peer_v6: NODE_V6[peer],
+            v4: NODE_V4[i],
+            v6: NODE_V6[i],
+            peers: (0..nodes.min(MAX_NODES))
+                .filter(|&p| p != i)
+                .flat_map(|p| [IpAddr::V4(NODE_V4[p]), IpAddr::V6(NODE_V6[p])])
+                .collect(),
             mtu: LAN_MTU,
         }
     }

@@ -153,6 +153,7 @@ pub fn traffic(
 }
 
 /// Every reply from `vip` that reached the client came from node `via`'s MAC, and there was one.
+/// `macs` are the nodes' MACs, node-1's first.
 ///
 /// # Errors
 /// Which replies came from elsewhere, or that none came.
@@ -160,7 +161,7 @@ pub fn reply_path(
     frames: &[Frame],
     vip: SocketAddr,
     proto: L4Proto,
-    macs: &[[u8; 6]; 2],
+    macs: &[[u8; 6]],
     via: usize,
 ) -> Result<String, String> {
     let want = if proto == L4Proto::Tcp { 6 } else { 17 };

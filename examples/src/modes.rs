@@ -1,8 +1,8 @@
-//! The datapath deployed on both nodes of a [`Cluster`](crate::cluster::Cluster) in one
+//! The datapath deployed on every node of a [`Cluster`](crate::cluster::Cluster) in one
 //! forwarding mode: each node loads its own [`KernelDatapath`] (its own maps, its own pin
-//! directory), knows its identity (addresses, MTU, peers), carries every service (kube-proxy's
-//! model: each node serves every VIP and its own NodePort), and has XDP on its LAN interface and
-//! on the host side of its pod veth.
+//! directory), knows its identity (addresses, MTU, peers: every other node), carries every
+//! service (kube-proxy's model: each node serves every VIP and its own NodePort), and has XDP on
+//! its LAN interface and on the host side of its pod veth (node-3 has none).
 //!
 //! The end-to-end mode matrix (`tests/modes.rs`), the mode benchmark (`lb-mode-bench`) and the
 //! demo share this one deployment, so they measure and show the same thing.
@@ -121,15 +121,15 @@ impl ServicePlan {
     }
 }
 
-/// The datapath running on both nodes; dropping it detaches and unloads everything (and removes
+/// The datapath running on every node; dropping it detaches and unloads everything (and removes
 /// the pin directories).
 pub struct Deployment {
-    /// node-1's and node-2's datapaths (`None` while a node's loader is "restarting").
-    pub nodes: [Option<KernelDatapath>; 2],
+    /// Each node's datapath, node-1's first (`None` while a node's loader is "restarting").
+    pub nodes: Vec<Option<KernelDatapath>>,
     /// The per-node pin directories.
-    pub pin_dirs: [PathBuf; 2],
+    pub pin_dirs: Vec<PathBuf>,
     /// The XDP mode each node's programs run in (native or generic).
-    pub xdp_modes: [&'static str; 2],
+    pub xdp_modes: Vec<&'static str>,
     /// The forwarding mode.
     pub mode: Mode,
     plans: Vec<ServicePlan>,
@@ -167,7 +167,7 @@ pub use with_modes::{deploy, engine_like, restart_node};
 mod with_modes {
     //! Everything that speaks the loader's forwarding-mode API: one place to adapt when it moves.
 
-    use std::net::{IpAddr, SocketAddr};
+    use std::net::SocketAddr;
     use std::path::PathBuf;
 
     use anyhow::{Context, Result};
@@ -179,7 +179,7 @@ mod with_modes {
     use lb_nat::control::{BackendSpec, ForwardingMode, NodeSpec, ServiceSpec};
 
     use super::{Deployment, Mode, ServicePlan};
-    use crate::cluster::{Cluster, LAN_IF, POD_IF};
+    use crate::cluster::{Cluster, LAN_IF, POD_IF, POD_NODES};
     use crate::netns::within;
 
     fn forwarding(mode: Mode) -> ForwardingMode {
@@ -216,13 +216,14 @@ mod with_modes {
             .collect()
     }
 
-    fn node_spec(node: usize) -> NodeSpec {
-        let me = Cluster::node_addrs(node);
+    /// Node `node`'s identity in a cluster of `nodes` nodes.
+    fn node_spec(node: usize, nodes: usize) -> NodeSpec {
+        let me = Cluster::node_addrs(node, nodes);
         NodeSpec {
             address_v4: Some(me.v4),
             address_v6: Some(me.v6),
             underlay_mtu: me.mtu,
-            peers: vec![IpAddr::V4(me.peer_v4), IpAddr::V6(me.peer_v6)],
+            peers: me.peers,
             ..NodeSpec::default()
         }
     }
@@ -241,7 +242,7 @@ mod with_modes {
     /// If the engine refuses the node's identity or a service (then so would the kernel have).
     pub fn engine_like(d: &Deployment, node: usize) -> Result<Engine> {
         let mut engine = Engine::with_clock(4096, node_config(node), MonotonicClock);
-        engine.set_node(&node_spec(node))?;
+        engine.set_node(&node_spec(node, d.nodes.len()))?;
         for spec in specs(d.mode, &d.plans, node) {
             engine.upsert_service(&spec)?;
         }
@@ -290,15 +291,21 @@ mod with_modes {
         let mut dp = KernelDatapath::load_pinned(dir)
             .with_context(|| format!("loading node-{}'s datapath", node + 1))?;
         dp.set_config(&node_config(node))?;
-        dp.set_node(&node_spec(node))
+        dp.set_node(&node_spec(node, cluster.nodes.len()))
             .with_context(|| format!("node-{}'s identity", node + 1))?;
         for spec in specs(mode, plans, node) {
             dp.upsert_service(&spec)
                 .with_context(|| format!("service {} on node-{}", spec.frontend, node + 1))?;
         }
+        // Only nodes with a pod have a pod link.
+        let ifaces: &[&str] = if node < POD_NODES {
+            &[LAN_IF, POD_IF]
+        } else {
+            &[LAN_IF]
+        };
         let xdp = within(&cluster.nodes[node], || -> Result<&'static str> {
             let mut native = true;
-            for iface in [LAN_IF, POD_IF] {
+            for &iface in ifaces {
                 if dp.attach_xdp(iface, XdpMode::Driver).is_err() {
                     native = false;
                     dp.attach_xdp(iface, XdpMode::Skb).with_context(|| {
@@ -315,7 +322,7 @@ mod with_modes {
         Ok((dp, xdp))
     }
 
-    /// Deploys `mode` with `plans` on both nodes of `cluster`. `tag` keeps pin directories of
+    /// Deploys `mode` with `plans` on every node of `cluster`. `tag` keeps pin directories of
     /// concurrent deployments apart.
     ///
     /// # Errors
@@ -327,15 +334,15 @@ mod with_modes {
         tag: &str,
     ) -> Result<Deployment> {
         remove_leftover_pins();
-        let pin_dirs = [pin_dir(tag, 0), pin_dir(tag, 1)];
+        let count = cluster.nodes.len();
         let mut d = Deployment {
-            nodes: [None, None],
-            pin_dirs,
-            xdp_modes: [""; 2],
+            nodes: (0..count).map(|_| None).collect(),
+            pin_dirs: (0..count).map(|n| pin_dir(tag, n)).collect(),
+            xdp_modes: vec![""; count],
             mode,
             plans: plans.to_vec(),
         };
-        for node in 0..2 {
+        for node in 0..count {
             let (dp, xdp) = load_node(cluster, &d.pin_dirs[node], mode, plans, node)?;
             d.nodes[node] = Some(dp);
             d.xdp_modes[node] = xdp;
