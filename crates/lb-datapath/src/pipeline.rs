@@ -540,10 +540,20 @@ fn flow_key<P: PacketAccess + ?Sized, C>(pkt: &P, ctx: &Ctx<'_, C>, k: &mut CtKe
     *k = CtKey::new(t, CtKind::Service);
     if ctx.tunnelled {
         k.origin = *ctx.peer;
-    } else if let Some(svc) = dsr_extract(pkt, ctx.parsed) {
-        k.dst = svc.addr;
-        k.dst_port = svc.port;
+    } else if may_carry_dsr(ctx.parsed) {
+        if let Some(svc) = dsr_extract(pkt, ctx.parsed) {
+            k.dst = svc.addr;
+            k.dst_port = svc.port;
+        }
     }
+}
+
+/// Whether a packet has IPv4 options or an IPv6 destination options header, where a DSR carrier
+/// would be: most packets have neither, and skip the search.
+#[inline(always)]
+fn may_carry_dsr(parsed: &Parsed) -> bool {
+    parsed.ipv6_dest_opts != 0
+        || (parsed.tuple.family == IpFamily::V4 as u8 && parsed.l4_offset > parsed.l3_offset + 20)
 }
 
 /// Keeps the reverse half of a tracked flow (service entry `e`, key `fkey`) in step: its timers
