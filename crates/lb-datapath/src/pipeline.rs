@@ -183,7 +183,8 @@ where
         snat: Cell::from_mut(snat),
         resizable: pkt.resizable(),
     };
-    // Each path builds its keys itself, so that they live in that path's frame only.
+    // The paths build their keys in the scratch area (`key`): a 56-byte key in their frames
+    // would take the first stage's deepest call chain past the kernel's 512-byte stack.
     let v = match reply(pkt, &ctx, tables, entry, key) {
         Some(v) => v,
         None => match established(pkt, &ctx, tables, entry, key) {
@@ -557,8 +558,9 @@ fn may_carry_dsr(parsed: &Parsed) -> bool {
 }
 
 /// Keeps the reverse half of a tracked flow (service entry `e`, key `fkey`) in step: its timers
-/// follow the service entry's; lost (evicted), it is rebuilt from the service entry. None when
-/// DSR sends the replies around this node. `None` if the service entry is gone meanwhile.
+/// follow the service entry's; lost (evicted), it is rebuilt from the service entry. A DSR flow
+/// on the node that forwarded it has no reverse half (its replies go around this node). `None`
+/// if the service entry is gone meanwhile.
 ///
 /// A subprogram of its own in the kernel: the reverse key lives in its frame, not in
 /// [`established`]'s, which is on the deepest call chain of the first stage.
@@ -586,8 +588,9 @@ fn refresh_reverse<T: ConntrackTable + ?Sized>(
     Some(())
 }
 
-/// [`partner_key`] as a subprogram of its own in the kernel: inlined, its field selections
-/// spill onto the established path's frame, past the 512-byte stack.
+/// [`partner_key`] as a subprogram of its own in the kernel, so that its field selections do not
+/// spill onto the reply path's frame, which is on the first stage's deepest call chain (inlined
+/// into the established path, they once took it past the 512-byte stack).
 #[inline(never)]
 fn partner_of(key: &CtKey, e: &CtEntry) -> Option<CtKey> {
     partner_key(key, e)
@@ -679,8 +682,7 @@ fn reverse_key(
 /// Turns a flow's service entry into its reverse-NAT entry: same timers; the address the
 /// client sent to (`dst`: the service's; through the tunnel, the backend's) to restore as the
 /// replies' source; the client's original port and (SNAT) address (`src`) to restore as their
-/// destination. `src` and `dst` are the service entry's key (the arguments go field by field:
-/// a tuple built for the call would take 40 bytes of the kernel's 512-byte stack).
+/// destination. `src` and `dst` are the address and port fields of the service entry's key.
 #[inline(always)]
 fn make_reverse(e: &mut CtEntry, src: (&[u8; 16], u16), dst: (&[u8; 16], u16)) {
     e.nat_addr = *dst.0;
