@@ -15,18 +15,7 @@ use lb_examples::traffic::{
     BACKEND_PORT, HTTP_PORT,
 };
 
-fn privileged(test: &str) -> bool {
-    if lb_bpf::is_privileged() {
-        return true;
-    }
-    let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
-    assert!(
-        !ci,
-        "{test}: needs root but CI=true: privileged tests must not be skipped in CI"
-    );
-    eprintln!("SKIPPED {test}: needs root");
-    false
-}
+use lb_bpf::privileged_test as privileged;
 
 const TIMEOUT: Duration = Duration::from_secs(3);
 

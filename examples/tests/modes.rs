@@ -40,18 +40,7 @@ use lb_examples::traffic::{udp_exchange, Conversation, BACKEND_PORT};
 const TIMEOUT: Duration = Duration::from_secs(3);
 const PROTOS: [L4Proto; 2] = [L4Proto::Tcp, L4Proto::Udp];
 
-fn privileged(test: &str) -> bool {
-    if lb_bpf::is_privileged() {
-        return true;
-    }
-    let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
-    assert!(
-        !ci,
-        "{test}: needs root but CI=true: privileged tests must not be skipped in CI"
-    );
-    eprintln!("SKIPPED {test}: needs root");
-    false
-}
+use lb_bpf::privileged_test as privileged;
 
 fn proto_name(p: L4Proto) -> &'static str {
     if p == L4Proto::Tcp {

@@ -42,18 +42,7 @@ const ROUNDS: usize = 4;
 
 static SIGNALS: Once = Once::new();
 
-fn privileged(test: &str) -> bool {
-    if lb_bpf::is_privileged() {
-        return true;
-    }
-    let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
-    assert!(
-        !ci,
-        "{test}: needs root but CI=true: privileged tests must not be skipped in CI"
-    );
-    eprintln!("SKIPPED {test}: needs root");
-    false
-}
+use lb_bpf::privileged_test as privileged;
 
 /// The NodePort in both families and protocols, backend-2 its only backend.
 fn plans() -> Vec<ServicePlan> {

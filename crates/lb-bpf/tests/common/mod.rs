@@ -1,18 +1,9 @@
 //! Shared by the privileged integration tests.
 #![allow(dead_code)]
 
-/// Whether a privileged test may run. Without root it reports the skip loudly; under CI
-/// (`CI=true`) a skip is a failure, so a CI run can never pass without the kernel tests.
+/// Whether a privileged test may run: [`lb_bpf::privileged_test`].
 pub fn privileged(test: &str) -> bool {
-    if lb_bpf::is_privileged() {
-        return true;
-    }
-    let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
-    assert!(!ci, "{test}: needs root (BPF, network namespaces) but CI=true: privileged tests must not be skipped in CI");
-    eprintln!(
-        "SKIPPED {test}: needs root (BPF, network namespaces); run `sudo -E cargo xtask test`"
-    );
-    false
+    lb_bpf::privileged_test(test)
 }
 
 /// `frame` with an 802.1Q (or, outermost, 802.1ad) tag inserted after the MACs.
