@@ -145,6 +145,126 @@ pub const fn pseudo_sum_v4(src: [u8; 4], dst: [u8; 4], proto: u8, len: u16) -> u
         + len as u32
 }
 
+/// Flags of [`PacketAccess::l4_csum_replace`](crate::wire::PacketAccess::l4_csum_replace):
+/// the kernel's `bpf_l4_csum_replace` flags bit for bit, so that the TC program hands them to
+/// the helper unchanged.
+pub mod l4_flags {
+    /// The change is given as a sum difference ([`super::diff_u32`], [`super::diff_u128`]) in
+    /// `to` (`from` is zero), not as a field's old and new value.
+    pub const DIFF: u64 = 0;
+    /// The changed field is 2 bytes (a port).
+    pub const SIZE_2: u64 = 2;
+    /// The changed field is 4 bytes.
+    pub const SIZE_4: u64 = 4;
+    /// The field's size bits.
+    pub const SIZE_MASK: u64 = 0xf;
+    /// The change is in the pseudo-header (an address): a partial checksum's seed covers it,
+    /// so the seed changes with it (`BPF_F_PSEUDO_HDR`).
+    pub const PSEUDO_HDR: u64 = 1 << 4;
+    /// UDP: a zero field means "no checksum" and stays zero; a result of zero is written as
+    /// `0xffff` (`BPF_F_MARK_MANGLED_0`).
+    pub const MARK_MANGLED_0: u64 = 1 << 5;
+    /// With [`MARK_MANGLED_0`]: update a zero field too (IPv6 UDP, where zero is not "no
+    /// checksum") (`BPF_F_MARK_ENFORCE`).
+    pub const MARK_ENFORCE: u64 = 1 << 6;
+    /// The packet is IPv6: a pseudo-header change does not change the sum of a
+    /// `CHECKSUM_COMPLETE` skb (no IP header checksum cancels it there) (`BPF_F_IPV6`).
+    pub const IPV6: u64 = 1 << 7;
+    /// Not a kernel flag: the datapath found the checksum partial by its field
+    /// ([`crate::wire::Parsed::checksum_partial`]) where the hook cannot see the skb's state
+    /// (XDP). The TC program, whose helper knows the state, never passes it on.
+    pub const FOUND_PARTIAL: u64 = 1 << 63;
+    /// The bits the kernel's helper takes.
+    pub const KERNEL_MASK: u64 = 0xff;
+}
+
+/// The one's-complement sum difference of a 4-byte field changing from `old` to `new`
+/// (`~old + new`, folded): what [`l4_flags::DIFF`] updates take.
+#[inline(always)]
+#[must_use]
+pub const fn diff_u32(old: [u8; 4], new: [u8; 4]) -> u32 {
+    !update_u32(0xffff, old, new) as u32
+}
+
+/// The sum difference of the packet's field at `at` changing to `new` (4 or 16 bytes: an
+/// address), read word by word from the packet: no copy of the old field on the stack.
+/// `None` if the field is outside the packet.
+///
+/// Not inlined: in the kernel it is a BPF subprogram of its own, whose loads of the 16 bytes
+/// of an IPv6 address do not spill onto the frame of the rewrite that calls it (which is on
+/// the deepest call chain of the pipeline).
+#[inline(never)]
+pub fn field_diff<P: crate::wire::PacketAccess + ?Sized>(
+    pkt: &P,
+    at: usize,
+    new: &[u8],
+) -> Option<u32> {
+    let mut sum = 0u32;
+    for (i, w) in new.chunks_exact(2).enumerate() {
+        let old: [u8; 2] = pkt.load(at + 2 * i)?;
+        if let [a, b] = w {
+            sum += u32::from(!u16::from_be_bytes(old)) + u32::from(u16::from_be_bytes([*a, *b]));
+        }
+    }
+    Some(u32::from(fold(sum)))
+}
+
+/// [`diff_u32`] of a 16-byte field (an IPv6 address).
+#[inline(always)]
+#[must_use]
+pub fn diff_u128(old: [u8; 16], new: [u8; 16]) -> u32 {
+    u32::from(!update_u128(0xffff, old, new))
+}
+
+/// The transport checksum field `check` after a covered field changed from `from` to `to`
+/// (big-endian values of the size `flags` gives, see [`l4_flags`]; with [`l4_flags::DIFF`],
+/// `to` is the sum difference): what the kernel's `bpf_l4_csum_replace` writes, for a packet
+/// whose checksum is complete or, with `partial`, `CHECKSUM_PARTIAL`.
+///
+/// A partial checksum's field holds the sum of the pseudo-header only; the device (or the
+/// stack) adds the rest when the packet leaves. So an address change moves that sum the other
+/// way round from a complete checksum's update (`seed - from + to`), and a port change does
+/// not touch it at all: the port is summed later, as it is then.
+#[inline(always)]
+#[must_use]
+pub fn l4_replace(check: u16, partial: bool, from: u32, to: u32, flags: u64) -> u16 {
+    let mangled_0 = flags & l4_flags::MARK_MANGLED_0 != 0;
+    if mangled_0 && flags & l4_flags::MARK_ENFORCE == 0 && check == 0 {
+        return 0;
+    }
+    let diff = match flags & l4_flags::SIZE_MASK {
+        l4_flags::SIZE_4 => diff_u32(from.to_be_bytes(), to.to_be_bytes()),
+        l4_flags::SIZE_2 => u32::from(!(from as u16)) + (to & 0xffff),
+        _ => to,
+    };
+    // Branch-free in `partial` (the kernel's verifier would walk both ways of every update):
+    // a complete checksum is the complement of its sum, a partial one the sum itself; a
+    // partial one takes no change outside the pseudo-header.
+    let keep = 0u16.wrapping_sub(u16::from(partial)); // all ones when partial
+    let diff = u32::from(fold(diff));
+    let diff = if flags & l4_flags::PSEUDO_HDR != 0 {
+        diff
+    } else {
+        diff & u32::from(!keep)
+    };
+    let c = fold(u32::from(check ^ !keep) + diff) ^ !keep;
+    if mangled_0 && c == 0 {
+        0xffff
+    } else {
+        c
+    }
+}
+
+/// Whether a TCP/UDP checksum field `check` holds its packet's pseudo-header sum
+/// (`pseudo_sum`, unfolded), which is what a partial checksum (`CHECKSUM_PARTIAL`) looks like
+/// on the wire of a virtual device. A complete checksum equals it with odds of about 1 in
+/// 65536; the XDP hook, which cannot see the skb's state, hands such packets to TC.
+#[inline(always)]
+#[must_use]
+pub const fn looks_partial(check: u16, pseudo_sum: u32) -> bool {
+    check == fold(pseudo_sum)
+}
+
 /// Folds a 32-bit one's-complement sum and complements it: the value of a checksum field.
 #[inline(always)]
 #[must_use]

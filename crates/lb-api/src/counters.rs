@@ -4,10 +4,12 @@
 use zerocopy::{Immutable, IntoBytes, KnownLayout, TryFromBytes};
 
 /// Number of counter slots (the size of the kernel's per-CPU counter array).
-pub const COUNTER_SLOTS: u32 = 64;
+pub const COUNTER_SLOTS: u32 = 128;
 
-/// First slot used by drop reasons; `DropReason as u32 + DROP_BASE` is a reason's slot.
-pub const DROP_BASE: u32 = 32;
+/// First slot used by drop reasons; `DropReason as u32 + DROP_BASE` is a reason's slot. Slots
+/// below it are [`Counter`]s, with room for 64 of them: a new counter takes a free slot and
+/// moves no drop reason.
+pub const DROP_BASE: u32 = 64;
 
 /// Events the datapath counts that are not drops.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -92,6 +94,12 @@ pub enum Counter {
     /// flow was removed (both halves) and the packet treated as having no entry (a new flow, or
     /// an untranslated reply).
     ConntrackExpiredAtLookup = 31,
+    /// At XDP on a virtual device (a veth), a TCP/UDP packet whose checksum field held its
+    /// pseudo-header sum, which is what a partial checksum (`CHECKSUM_PARTIAL`, a local
+    /// sender's with the default offload) looks like: its rewrites moved that sum, for the
+    /// device or the stack to complete (see `PacketAccess::partial_by_field`). Not an outcome:
+    /// the packet is counted under one as well.
+    ChecksumPartialAtXdp = 32,
 }
 
 /// Why the datapath dropped a packet. Every drop is counted under exactly one reason.
@@ -153,7 +161,7 @@ pub enum DropReason {
 
 impl Counter {
     /// All counters, in slot order.
-    pub const ALL: [Counter; 32] = [
+    pub const ALL: [Counter; 33] = [
         Self::RxPackets,
         Self::ServiceNewFlow,
         Self::ServiceEstablished,
@@ -186,6 +194,7 @@ impl Counter {
         Self::SnatAttempts512,
         Self::SnatTakeOvers,
         Self::ConntrackExpiredAtLookup,
+        Self::ChecksumPartialAtXdp,
     ];
 
     /// The slot of the attempts-histogram counter of a SNAT allocation that took `attempts`
@@ -240,6 +249,7 @@ impl Counter {
             Self::SnatAttempts256 => "snat_attempts_256_511",
             Self::SnatAttempts512 => "snat_attempts_512_up",
             Self::SnatTakeOvers => "snat_take_overs",
+            Self::ChecksumPartialAtXdp => "checksum_partial_at_xdp",
         }
     }
 }

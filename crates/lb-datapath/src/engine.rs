@@ -58,6 +58,17 @@ pub const HEADROOM: usize = 256;
 /// frame).
 const TAILROOM: usize = 1024;
 
+/// What the kernel keeps beside a packet's bytes at TC (in the skb), as far as the datapath
+/// reads it: the engine's model of it, so that the one pipeline decides as it does in the
+/// kernel.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SkbMeta {
+    /// The transport checksum is partial (`CHECKSUM_PARTIAL`): its field holds the
+    /// pseudo-header sum, and the device or the stack adds the rest when the packet leaves.
+    /// What a local sender's packets are on a veth with the default checksum offload.
+    pub checksum_partial: bool,
+}
+
 /// A packet whose bytes can be rewritten but whose length cannot change: the TC hook's packet
 /// as the eBPF program sees it (its `adjust_head`/`adjust_tail` always fail).
 struct FixedLenPacket<'a>(SlicePacket<'a>);
@@ -73,6 +84,10 @@ impl PacketAccess for FixedLenPacket<'_> {
 
     fn store<T: IntoBytes + Immutable>(&mut self, offset: usize, value: &T) -> Option<()> {
         self.0.store(offset, value)
+    }
+
+    fn checksum_partial(&self) -> bool {
+        self.0.checksum_partial()
     }
 }
 
@@ -161,6 +176,9 @@ pub struct Engine<C: Clock = MonotonicClock> {
     /// packet).
     buf: Vec<u8>,
     drop_events: VecDeque<DropEvent>,
+    /// [`process`](Self::process) runs as XDP on a virtual device (see
+    /// [`set_xdp_virtual_device`](Self::set_xdp_virtual_device)).
+    xdp_virtual_device: bool,
 }
 
 impl Engine<MonotonicClock> {
@@ -190,6 +208,7 @@ impl<C: Clock> Engine<C> {
             scratch: crate::Scratch::default(),
             buf: Vec::new(),
             drop_events: VecDeque::new(),
+            xdp_virtual_device: false,
         }
     }
 
@@ -200,9 +219,10 @@ impl<C: Clock> Engine<C> {
         self.buf.resize(HEADROOM, 0);
         self.buf.extend_from_slice(frame);
         self.buf.resize(HEADROOM + frame.len() + TAILROOM, 0);
-        let Some(mut pkt) = HeadroomPacket::new(&mut self.buf, HEADROOM, frame.len()) else {
+        let Some(pkt) = HeadroomPacket::new(&mut self.buf, HEADROOM, frame.len()) else {
             return Verdict::Drop;
         };
+        let mut pkt = pkt.on_virtual_device(self.xdp_virtual_device);
         let clock = || self.clock.now_ns();
         let verdict = crate::process(
             &mut pkt,
@@ -224,7 +244,16 @@ impl<C: Clock> Engine<C> {
     /// packet gets the verdict the pipeline gives such a failure. The reference for the TC
     /// program in differential tests.
     pub fn process_fixed_len(&mut self, frame: &mut [u8]) -> Verdict {
-        let mut pkt = FixedLenPacket(SlicePacket::new(frame));
+        self.process_tc(frame, SkbMeta::default())
+    }
+
+    /// [`process_fixed_len`](Self::process_fixed_len) of a packet with the skb state `meta`
+    /// (a partial checksum: what a local sender's packets are at TC on a veth).
+    pub fn process_tc(&mut self, frame: &mut [u8], meta: SkbMeta) -> Verdict {
+        let mut pkt = FixedLenPacket(SlicePacket::with_partial_checksum(
+            frame,
+            meta.checksum_partial,
+        ));
         let clock = || self.clock.now_ns();
         let verdict = crate::process(
             &mut pkt,
@@ -244,6 +273,15 @@ impl<C: Clock> Engine<C> {
             let tuple = self.scratch.parsed.tuple;
             self.queue_drop_event(DropEvent::new(reason, &tuple, now, 0));
         }
+    }
+
+    /// Whether [`process`](Self::process) runs as XDP on a virtual device (a veth), whose
+    /// packets may carry partial checksums that only their field shows: the kernel's XDP
+    /// program on a device the loader registered with
+    /// `KernelDatapath::set_xdp_partial_checksums` (it does so itself for a device with no bus
+    /// device behind it). Off by default, as on a NIC.
+    pub fn set_xdp_virtual_device(&mut self, virtual_device: bool) {
+        self.xdp_virtual_device = virtual_device;
     }
 
     /// Sets this node's identity (addresses, peers, tunnel parameters).

@@ -172,6 +172,9 @@ where
         }
     }
     *tunnelled_slot = u8::from(tunnelled);
+    if note_partial_checksum(pkt, parsed) {
+        tables.bump(Counter::ChecksumPartialAtXdp.slot());
+    }
     let ctx = Ctx {
         parsed,
         cfg,
@@ -944,9 +947,20 @@ fn tunnel_carry<P: AdjustHead + ?Sized>(
 
 /// The packet's inner transport segment, as [`vxlan_encap_offloaded`] needs it: where it is
 /// and the sum of its pseudo-header, from the addresses the packet carries now (translated).
-/// The addresses are summed in place, not copied onto the stack.
 #[inline(never)]
 fn inner_checksum<P: PacketAccess + ?Sized>(pkt: &P, parsed: &Parsed) -> Option<InnerChecksum> {
+    let ip_end = parsed.l3_offset + usize::from(parsed.ip_len);
+    Some(InnerChecksum::new(
+        parsed.l4_offset,
+        ip_end,
+        pseudo_sum(pkt, parsed)?,
+    ))
+}
+
+/// The sum of the packet's transport pseudo-header (addresses, protocol, transport length),
+/// unfolded. The addresses are summed in place, not copied onto the stack.
+#[inline(always)]
+fn pseudo_sum<P: PacketAccess + ?Sized>(pkt: &P, parsed: &Parsed) -> Option<u32> {
     let l3 = parsed.l3_offset;
     let ip_end = l3 + usize::from(parsed.ip_len);
     let l4_len = ip_end.checked_sub(parsed.l4_offset)? as u32;
@@ -956,8 +970,40 @@ fn inner_checksum<P: PacketAccess + ?Sized>(pkt: &P, parsed: &Parsed) -> Option<
         (l3 + 12, 8)
     };
     let addrs = checksum::sum_packet(pkt, addrs_at, addrs_len, 0)?;
-    let pseudo = addrs + (l4_len >> 16) + (l4_len & 0xffff) + u32::from(parsed.tuple.proto);
-    Some(InnerChecksum::new(parsed.l4_offset, ip_end, pseudo))
+    Some(addrs + (l4_len >> 16) + (l4_len & 0xffff) + u32::from(parsed.tuple.proto))
+}
+
+/// Notes (in [`Parsed::checksum_partial`]) whether the packet's checksum is to be taken for partial
+/// where the hook cannot see its state ([`PacketAccess::partial_by_field`]: XDP on a veth): its field tells
+/// ([`looks_partial`]). The rewrites then move the partial sum instead of the
+/// checksum. A subprogram of its own in the kernel: the device lookup's key stays off the
+/// first stage's frame.
+///
+/// Returns what it noted, and the caller uses it: a subprogram that returns nothing may exit
+/// with a stack pointer left in its return register (by the checksum loop's `black_box`),
+/// which the verifier refuses.
+#[inline(never)]
+fn note_partial_checksum<P: PacketAccess + ?Sized>(pkt: &P, parsed: &mut Parsed) -> bool {
+    let partial = looks_partial(pkt, parsed) && pkt.partial_by_field();
+    parsed.checksum_partial = partial;
+    partial
+}
+
+/// Whether the TCP/UDP packet's checksum field holds its pseudo-header sum, as a partial
+/// checksum (`CHECKSUM_PARTIAL`) does ([`checksum::looks_partial`]). A subprogram of its own in
+/// the kernel: it runs for every TCP/UDP packet, before any path.
+#[inline(always)]
+fn looks_partial<P: PacketAccess + ?Sized>(pkt: &P, parsed: &Parsed) -> bool {
+    let at = parsed.l4_offset
+        + if parsed.tuple.proto == L4Proto::Tcp as u8 {
+            16
+        } else {
+            6
+        };
+    let (Some(check), Some(pseudo)) = (pkt.load::<[u8; 2]>(at), pseudo_sum(pkt, parsed)) else {
+        return false;
+    };
+    checksum::looks_partial(u16::from_be_bytes(check), pseudo)
 }
 
 /// The collision resolver's random source: the tables' own (`bpf_get_prandom_u32` in the kernel)

@@ -35,6 +35,8 @@ pub struct HeadroomPacket<'a> {
     buf: &'a mut [u8],
     start: usize,
     end: usize,
+    /// See [`PacketAccess::partial_by_field`].
+    partial_by_field: bool,
 }
 
 impl<'a> HeadroomPacket<'a> {
@@ -48,7 +50,17 @@ impl<'a> HeadroomPacket<'a> {
             buf,
             start: headroom,
             end,
+            partial_by_field: false,
         })
+    }
+
+    /// The packet as XDP sees it on a device that hands up local senders' packets as they are
+    /// (a veth): its checksum may be partial, and only its field tells
+    /// ([`PacketAccess::partial_by_field`]).
+    #[must_use]
+    pub fn on_virtual_device(mut self, virtual_device: bool) -> Self {
+        self.partial_by_field = virtual_device;
+        self
     }
 
     /// The frame's bytes.
@@ -87,6 +99,10 @@ impl PacketAccess for HeadroomPacket<'_> {
         }
         self.buf.get_mut(a..b)?.copy_from_slice(value.as_bytes());
         Some(())
+    }
+
+    fn partial_by_field(&self) -> bool {
+        self.partial_by_field
     }
 }
 

@@ -1,6 +1,6 @@
 //! Address and port rewrites with incremental checksum updates (RFC 1624).
 
-use lb_api::checksum::{udp_v4_fixup, udp_v6_fixup, update_u128, update_u16, update_u32};
+use lb_api::checksum::{field_diff, l4_flags, update_u32};
 use lb_api::flow::{v4_of, IpFamily, L4Proto};
 use lb_api::wire::{PacketAccess, Parsed};
 use zerocopy::network_endian::U16;
@@ -38,10 +38,11 @@ pub fn rewrite<P: PacketAccess + ?Sized>(
 }
 
 /// Rewrites the IPv6 address and the TCP/UDP port of `field`, updating the L4 checksum
-/// (pseudo-header address and port) incrementally; IPv6 has no header checksum, and a UDP
+/// (pseudo-header address and port) through [`PacketAccess::l4_csum_replace`], which applies
+/// the packet's checksum state (complete or partial); IPv6 has no header checksum, and a UDP
 /// checksum that comes out zero is sent as `0xffff` (zero is invalid in IPv6).
 ///
-/// Returns `None`, leaving the packet unchanged, if a header cannot be read; never panics.
+/// Returns `None` if a header cannot be read; never panics.
 #[inline(always)]
 pub fn rewrite_v6<P: PacketAccess + ?Sized>(
     pkt: &mut P,
@@ -56,23 +57,25 @@ pub fn rewrite_v6<P: PacketAccess + ?Sized>(
             Field::Source => IPV6_SRC,
             Field::Destination => IPV6_DST,
         };
-    let old: [u8; 16] = pkt.load(at)?;
-    rewrite_port(
-        pkt,
-        parsed,
-        field,
-        port,
-        |c| update_u128(c, old, *addr),
-        udp_v6_fixup,
-    )?;
+    if let Some((check_at, flags)) = l4_checksum(parsed) {
+        let diff = field_diff(pkt, at, addr)?;
+        pkt.l4_csum_replace(
+            check_at,
+            0,
+            diff,
+            flags | l4_flags::DIFF | l4_flags::PSEUDO_HDR,
+        )?;
+        rewrite_port(pkt, parsed, field, port, check_at, flags)?;
+    }
     pkt.store(at, addr)
 }
 
 /// Rewrites the IPv4 address and the TCP/UDP port of `field`, updating the IPv4 header checksum
-/// and the L4 checksum (pseudo-header address and port) incrementally.
+/// and, through [`PacketAccess::l4_csum_replace`], the L4 checksum (pseudo-header address and
+/// port) per the packet's checksum state.
 ///
-/// Returns `None`, leaving the packet unchanged, if a header cannot be read (the packet changed
-/// size since `parsed` was computed); never panics.
+/// Returns `None` if a header cannot be read (the packet changed size since `parsed` was
+/// computed); never panics.
 #[inline(always)]
 pub fn rewrite_v4<P: PacketAccess + ?Sized>(
     pkt: &mut P,
@@ -87,15 +90,18 @@ pub fn rewrite_v4<P: PacketAccess + ?Sized>(
             Field::Destination => IPV4_DST,
         };
     let old: [u8; 4] = pkt.load(at)?;
+    if let Some((check_at, flags)) = l4_checksum(parsed) {
+        pkt.l4_csum_replace(
+            check_at,
+            u32::from_be_bytes(old),
+            u32::from_be_bytes(addr),
+            flags | l4_flags::SIZE_4 | l4_flags::PSEUDO_HDR,
+        )?;
+        rewrite_port(pkt, parsed, field, port, check_at, flags)?;
+    }
+    // The header checksum is always complete: updated in place (which keeps a
+    // `CHECKSUM_COMPLETE` skb's sum right, the change and its update cancelling out).
     let check: U16 = pkt.load(parsed.l3_offset + IPV4_CHECK)?;
-    rewrite_port(
-        pkt,
-        parsed,
-        field,
-        port,
-        |c| update_u32(c, old, addr),
-        |c| c,
-    )?;
     pkt.store(at, &addr)?;
     pkt.store(
         parsed.l3_offset + IPV4_CHECK,
@@ -112,42 +118,56 @@ pub(crate) const IPV6_DST: usize = 24;
 pub(crate) const TCP_CHECK: usize = 16;
 pub(crate) const UDP_CHECK: usize = 6;
 
-/// Rewrites the TCP/UDP port of `field` and updates the L4 checksum for it and for the address
-/// change (`pseudo`, which folds the address into the checksum). `udp_v6` fixes a UDP checksum
-/// that comes out zero (IPv6); IPv4 UDP keeps "no checksum" (zero) as it is. Other protocols
-/// are left alone.
+/// The bit of [`l4_flags::FOUND_PARTIAL`].
+const FOUND_PARTIAL_SHIFT: u32 = l4_flags::FOUND_PARTIAL.trailing_zeros();
+
+/// Where the packet's TCP/UDP checksum is and the [`l4_flags`] its updates take: UDP over IPv4
+/// keeps "no checksum" (zero) as it is, UDP over IPv6 has no such value; both send a computed
+/// zero as `0xffff`. `None` for other protocols, whose checksums the rewrites leave alone.
+#[inline(always)]
+fn l4_checksum(parsed: &Parsed) -> Option<(usize, u64)> {
+    let v6 = parsed.tuple.family == IpFamily::V6 as u8;
+    // Arithmetic, not a branch: the verifier would walk every rewrite twice.
+    let family = if v6 { l4_flags::IPV6 } else { 0 }
+        | (u64::from(parsed.checksum_partial) << FOUND_PARTIAL_SHIFT);
+    match L4Proto::from_u8(parsed.tuple.proto) {
+        Some(L4Proto::Tcp) => Some((parsed.l4_offset + TCP_CHECK, family)),
+        Some(L4Proto::Udp) => {
+            let zero = if v6 {
+                l4_flags::MARK_MANGLED_0 | l4_flags::MARK_ENFORCE
+            } else {
+                l4_flags::MARK_MANGLED_0
+            };
+            Some((parsed.l4_offset + UDP_CHECK, family | zero))
+        }
+        _ => None,
+    }
+}
+
+/// Rewrites the TCP/UDP port of `field` and updates the L4 checksum at `check_at` for it
+/// (`flags` from [`l4_checksum`]).
 #[inline(always)]
 fn rewrite_port<P: PacketAccess + ?Sized>(
     pkt: &mut P,
     parsed: &Parsed,
     field: Field,
     port: u16,
-    pseudo: impl FnOnce(u16) -> u16,
-    udp_v6: impl FnOnce(u16) -> u16,
+    check_at: usize,
+    flags: u64,
 ) -> Option<()> {
-    let l4 = parsed.l4_offset;
-    let port_at = l4
+    let port_at = parsed.l4_offset
         + match field {
             Field::Source => 0,
             Field::Destination => 2,
         };
-    let (check_at, udp) = match L4Proto::from_u8(parsed.tuple.proto) {
-        Some(L4Proto::Tcp) => (l4 + TCP_CHECK, false),
-        Some(L4Proto::Udp) => (l4 + UDP_CHECK, true),
-        _ => return Some(()),
-    };
     let old_port: U16 = pkt.load(port_at)?;
-    let check: U16 = pkt.load(check_at)?;
-    let c = update_u16(pseudo(check.get()), old_port.get(), port);
-    let c = if !udp {
-        c
-    } else if parsed.tuple.family == IpFamily::V6 as u8 {
-        udp_v6(c)
-    } else {
-        udp_v4_fixup(check.get(), c)
-    };
-    pkt.store(port_at, &U16::new(port))?;
-    pkt.store(check_at, &U16::new(c))
+    pkt.l4_csum_replace(
+        check_at,
+        u32::from(old_port.get()),
+        u32::from(port),
+        flags | l4_flags::SIZE_2,
+    )?;
+    pkt.store(port_at, &U16::new(port))
 }
 
 #[cfg(test)]
@@ -195,6 +215,97 @@ mod tests {
             rewrite(&mut pkt, &parsed, field, &new, np).unwrap();
             prop_assert_eq!(&frame[..], &expect[..]);
         }
+    }
+
+    /// What a device (or `skb_checksum_help`) does to a partial checksum when the packet
+    /// leaves: sums the transport segment from the checksum's start, the seed in its field
+    /// included, and writes the complement.
+    fn complete_partial(frame: &mut [u8], l4: usize, check_at: usize) {
+        let sum = lb_api::checksum::sum(&frame[l4..], 0);
+        let c = lb_api::checksum::finish(sum);
+        frame[check_at..check_at + 2].copy_from_slice(&c.to_be_bytes());
+    }
+
+    /// Turns a frame's complete transport checksum into the seed a local sender with checksum
+    /// offload leaves there (`CHECKSUM_PARTIAL`): the pseudo-header sum, folded.
+    fn make_partial(frame: &mut [u8]) -> (usize, usize) {
+        let p = parse(&SlicePacket::new(frame)).unwrap();
+        let (l3, l4) = (p.l3_offset, p.l4_offset);
+        let check_at = l4
+            + if p.tuple.proto == 6 {
+                TCP_CHECK
+            } else {
+                UDP_CHECK
+            };
+        let len = (l3 + usize::from(p.ip_len) - l4) as u32;
+        let pseudo = if p.tuple.family == IpFamily::V6 as u8 {
+            let (s, d): ([u8; 16], [u8; 16]) = (p.tuple.src, p.tuple.dst);
+            lb_api::checksum::pseudo_sum_v6(&s, &d, p.tuple.proto, len)
+        } else {
+            lb_api::checksum::pseudo_sum_v4(
+                v4_of(&p.tuple.src),
+                v4_of(&p.tuple.dst),
+                p.tuple.proto,
+                len as u16,
+            )
+        };
+        let seed = !lb_api::checksum::finish(pseudo);
+        assert!(lb_api::checksum::looks_partial(seed, pseudo));
+        frame[check_at..check_at + 2].copy_from_slice(&seed.to_be_bytes());
+        (l4, check_at)
+    }
+
+    proptest! {
+        /// A partial checksum (the seed a local sender leaves, `CHECKSUM_PARTIAL`) rewritten
+        /// per the partial rule, then completed as the device completes it, gives the checksum
+        /// of a frame built from scratch with the new address and port: IPv4 and IPv6, TCP
+        /// and UDP, source and destination.
+        #[test]
+        fn partial_rewrite_completes_to_fresh_frame(src in any::<[u8; 16]>(), dst in any::<[u8; 16]>(), new in any::<[u8; 16]>(),
+                                                   sp in 1u16.., dp in 1u16.., np in 1u16.., flags in any::<u8>(),
+                                                   payload in proptest::collection::vec(any::<u8>(), 0..40),
+                                                   udp in any::<bool>(), v6 in any::<bool>(), source in any::<bool>()) {
+            let build = |s: [u8; 16], sp: u16, d: [u8; 16], dp: u16| match (v6, udp) {
+                (true, true) => udp_v6_frame(s, sp, d, dp, &payload),
+                (true, false) => tcp_v6_frame(s, sp, d, dp, flags, &payload),
+                (false, true) => udp_v4_frame(v4_of(&s), sp, v4_of(&d), dp, &payload),
+                (false, false) => tcp_v4_frame(v4_of(&s), sp, v4_of(&d), dp, flags, &payload),
+            };
+            let v4new = { let mut a = [0u8; 16]; a[..4].copy_from_slice(&new[..4]); a };
+            let new = if v6 { new } else { v4new };
+            let (src, dst) = if v6 { (src, dst) } else {
+                let (mut a, mut b) = ([0u8; 16], [0u8; 16]);
+                a[..4].copy_from_slice(&src[..4]);
+                b[..4].copy_from_slice(&dst[..4]);
+                (a, b)
+            };
+            let mut frame = build(src, sp, dst, dp);
+            let (l4, check_at) = make_partial(&mut frame);
+            let mut pkt = SlicePacket::with_partial_checksum(&mut frame, true);
+            let parsed = parse(&pkt).unwrap();
+            let (field, mut expect) = if source { (Field::Source, build(new, np, dst, dp)) }
+                                      else { (Field::Destination, build(src, sp, new, np)) };
+            rewrite(&mut pkt, &parsed, field, &new, np).unwrap();
+            // The seed is right for the new addresses: it completes to the fresh frame's checksum.
+            complete_partial(&mut frame, l4, check_at);
+            if udp && expect[check_at..check_at + 2] == [0, 0] { expect[check_at..check_at + 2].copy_from_slice(&[0xff, 0xff]); }
+            // 0x0000 and 0xffff are one checksum (one's complement).
+            let norm = |f: &mut [u8]| if f[check_at..check_at + 2] == [0xff, 0xff] { f[check_at..check_at + 2].copy_from_slice(&[0, 0]); };
+            norm(&mut frame); norm(&mut expect);
+            prop_assert_eq!(&frame[..], &expect[..]);
+        }
+    }
+
+    #[test]
+    fn partial_port_change_leaves_the_seed() {
+        let mut f = tcp_v4_frame([1, 1, 1, 1], 5, [2, 2, 2, 2], 6, 0x02, b"x");
+        let (_, check_at) = make_partial(&mut f);
+        let seed = [f[check_at], f[check_at + 1]];
+        let mut pkt = SlicePacket::with_partial_checksum(&mut f, true);
+        let parsed = parse(&pkt).unwrap();
+        // Same address, another port: the seed covers no port.
+        rewrite_v4(&mut pkt, &parsed, Field::Source, [1, 1, 1, 1], 7).unwrap();
+        assert_eq!([f[check_at], f[check_at + 1]], seed);
     }
 
     #[test]

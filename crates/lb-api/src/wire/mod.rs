@@ -55,18 +55,61 @@ pub trait PacketAccess {
     /// Overwrites the bytes at `offset` with `value`, or returns `None` (writing nothing) if the
     /// packet ends before `offset + size_of::<T>()`.
     fn store<T: IntoBytes + Immutable>(&mut self, offset: usize, value: &T) -> Option<()>;
+
+    /// Whether the hook cannot see the state of the packet's transport checksum although it may
+    /// be partial: XDP on a device that hands up local senders' packets as they are (a veth,
+    /// whose peer sends with the default checksum offload). The kernel keeps that state in the
+    /// skb (`CHECKSUM_PARTIAL`: the field holds the pseudo-header sum, the device or the stack
+    /// adds the rest when the packet leaves), and nothing shows it to an XDP program. The
+    /// datapath then decides by the field ([`crate::checksum::looks_partial`]) and notes the
+    /// result in [`Parsed::checksum_partial`], from where its checksum updates carry it
+    /// ([`crate::checksum::l4_flags::FOUND_PARTIAL`]). TC sees the state (the kernel's
+    /// checksum helpers read it), and a NIC never hands up a partial checksum: `false` there.
+    fn partial_by_field(&self) -> bool {
+        false
+    }
+
+    /// Whether the packet's transport checksum is partial: packet metadata, as the kernel keeps
+    /// it in the skb (the engine's model of TC). Used by the default [`Self::l4_csum_replace`].
+    fn checksum_partial(&self) -> bool {
+        false
+    }
+
+    /// Updates the transport checksum field at `at` for a covered field changing from `from`
+    /// to `to` (its size and kind in `flags`, [`crate::checksum::l4_flags`]), as the kernel's
+    /// `bpf_l4_csum_replace` does: per [`Self::checksum_partial`] or, where the datapath found
+    /// it by the field, [`crate::checksum::l4_flags::FOUND_PARTIAL`]
+    /// ([`crate::checksum::l4_replace`]). The TC program calls the helper itself, which also
+    /// keeps a `CHECKSUM_COMPLETE` skb's sum right. `None` if the field is outside the packet.
+    fn l4_csum_replace(&mut self, at: usize, from: u32, to: u32, flags: u64) -> Option<()> {
+        let check: zerocopy::network_endian::U16 = self.load(at)?;
+        let partial =
+            self.checksum_partial() || flags & crate::checksum::l4_flags::FOUND_PARTIAL != 0;
+        let c = crate::checksum::l4_replace(check.get(), partial, from, to, flags);
+        self.store(at, &zerocopy::network_endian::U16::new(c))
+    }
 }
 
 /// [`PacketAccess`] over a mutable byte slice: the userspace implementation.
 #[derive(Debug)]
 pub struct SlicePacket<'a> {
     bytes: &'a mut [u8],
+    partial: bool,
 }
 
 impl<'a> SlicePacket<'a> {
-    /// Wraps a frame that starts with its Ethernet header.
+    /// Wraps a frame that starts with its Ethernet header, with complete checksums.
     pub fn new(bytes: &'a mut [u8]) -> Self {
-        Self { bytes }
+        Self {
+            bytes,
+            partial: false,
+        }
+    }
+
+    /// Wraps a frame whose transport checksum is partial (`partial`: the skb's
+    /// `CHECKSUM_PARTIAL`), see [`PacketAccess::checksum_partial`].
+    pub fn with_partial_checksum(bytes: &'a mut [u8], partial: bool) -> Self {
+        Self { bytes, partial }
     }
 
     /// The frame's bytes, as rewritten so far.
@@ -95,5 +138,9 @@ impl PacketAccess for SlicePacket<'_> {
         let dst = self.bytes.get_mut(offset..end)?;
         dst.copy_from_slice(value.as_bytes());
         Some(())
+    }
+
+    fn checksum_partial(&self) -> bool {
+        self.partial
     }
 }

@@ -195,6 +195,11 @@ pub struct Parsed {
     pub icmp: IcmpInfo,
     /// Offset of the first IPv6 destination options header (DSR carrier), zero if none.
     pub ipv6_dest_opts: u16,
+    /// The transport checksum is partial (`CHECKSUM_PARTIAL`), as the datapath found by the
+    /// field where the hook cannot see the skb's state (see
+    /// [`PacketAccess::partial_by_field`](super::PacketAccess::partial_by_field)). The parser
+    /// leaves it `false`; rewrites pass it on to the checksum updates.
+    pub checksum_partial: bool,
 }
 
 impl Parsed {
@@ -223,6 +228,7 @@ impl Parsed {
             quote_offset: 0,
         },
         ipv6_dest_opts: 0,
+        checksum_partial: false,
     };
 
     /// The address family of the packet.

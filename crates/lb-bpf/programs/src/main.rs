@@ -19,9 +19,10 @@
 
 use core::mem::size_of;
 
-use aya_ebpf::bindings::{xdp_action, xdp_md, TC_ACT_OK, TC_ACT_SHOT};
+use aya_ebpf::bindings::{__sk_buff, xdp_action, xdp_md, TC_ACT_OK, TC_ACT_SHOT};
 use aya_ebpf::helpers::{
-    bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_xdp_adjust_head, bpf_xdp_adjust_tail,
+    bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_l4_csum_replace, bpf_xdp_adjust_head,
+    bpf_xdp_adjust_tail,
 };
 use aya_ebpf::macros::{classifier, map, xdp};
 use aya_ebpf::maps::{Array, HashMap, PerCpuArray, ProgramArray, RingBuf};
@@ -29,6 +30,7 @@ use aya_ebpf::programs::{TcContext, XdpContext};
 use lb_api::abi::{
     BackendKey, BackendValue, CtEntry, CtKey, DatapathConfig, NodeKey, ServiceKey, ServiceValue,
 };
+use lb_api::checksum::l4_flags;
 use lb_api::counters::{Counter, Counters, DropReason, COUNTER_SLOTS};
 use lb_api::events::DropEvent;
 use lb_api::wire::{parse, PacketAccess, MAX_HEADER_OFFSET};
@@ -40,6 +42,7 @@ use lb_nat::{RandomSource, ServiceTable};
 use zerocopy_shim::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 mod zerocopy_shim {
+    pub use lb_api::__zerocopy::network_endian::U16;
     pub use lb_api::__zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 }
 
@@ -55,6 +58,10 @@ static LB_BACKENDS: HashMap<BackendKey, BackendValue> = HashMap::with_max_entrie
 /// Peer nodes: tunnel packets are accepted from these only.
 #[map]
 static LB_NODES: HashMap<NodeKey, u32> = HashMap::with_max_entries(1_024, 0);
+/// XDP devices whose packets may carry partial checksums that only their field shows (veths:
+/// their peer's local senders use checksum offload), by interface index; set by the loader.
+#[map]
+static LB_XDP_PARTIAL: HashMap<u32, u8> = HashMap::with_max_entries(1_024, 0);
 /// The datapath configuration (one entry).
 #[map]
 static LB_CONFIG: Array<DatapathConfig> = Array::with_max_entries(1, 0);
@@ -216,35 +223,51 @@ fn emit_drop_event(ifindex: u32) {
 }
 
 /// [`PacketAccess`] over `data`/`data_end`: every access is checked against `data_end` with a
-/// pointer comparison the verifier can follow. At XDP (`xdp` set) the packet can grow and shrink
-/// at its head and tail ([`AdjustHead`]); at TC it cannot (encapsulation and DSR carriers are
-/// XDP's job), and such a packet is dropped with `EncapFailed`.
-struct DirectPacket {
+/// pointer comparison the verifier can follow. At XDP (`TC` false; `ctx` the `xdp_md`) the
+/// packet can grow and shrink at its head and tail ([`AdjustHead`]); at TC (`ctx` the
+/// `__sk_buff`) it cannot (encapsulation and DSR carriers are XDP's job), and such a packet is
+/// dropped with `EncapFailed`; its checksums are updated through the kernel's helpers, which
+/// know the skb's checksum state.
+struct DirectPacket<const TC: bool> {
     start: usize,
     end: usize,
-    xdp: *mut xdp_md,
+    /// The program's context (null: none, as for the parse-only baseline).
+    ctx: *mut core::ffi::c_void,
 }
 
-impl DirectPacket {
-    /// Re-reads `data`/`data_end` after the packet moved.
+/// The XDP packet.
+type XdpPacket = DirectPacket<false>;
+/// The TC packet.
+type TcPacket = DirectPacket<true>;
+
+impl<const TC: bool> DirectPacket<TC> {
+    /// Re-reads `data`/`data_end` after the packet moved (or a helper that may move it ran:
+    /// the verifier forgets every packet pointer after such a call).
     #[inline(always)]
     fn reload(&mut self) {
-        // SAFETY: `xdp` is the program's context pointer, valid for the whole run.
-        let md = unsafe { &*self.xdp };
-        self.start = md.data as usize;
-        self.end = md.data_end as usize;
+        if TC {
+            // SAFETY: `ctx` is the program's `__sk_buff`, valid for the whole run.
+            let skb = unsafe { &*self.ctx.cast::<__sk_buff>() };
+            self.start = skb.data as usize;
+            self.end = skb.data_end as usize;
+        } else {
+            // SAFETY: `ctx` is the program's `xdp_md`, valid for the whole run.
+            let md = unsafe { &*self.ctx.cast::<xdp_md>() };
+            self.start = md.data as usize;
+            self.end = md.data_end as usize;
+        }
     }
 }
 
-impl AdjustHead for DirectPacket {
+impl<const TC: bool> AdjustHead for DirectPacket<TC> {
     #[inline(always)]
     fn adjust_head(&mut self, delta: i32) -> Option<()> {
-        if self.xdp.is_null() {
+        if TC || self.ctx.is_null() {
             return None;
         }
-        // SAFETY: `xdp` is the program's context; the helper checks the headroom and the new
+        // SAFETY: `ctx` is the program's context; the helper checks the headroom and the new
         // start itself and fails without changing anything.
-        if unsafe { bpf_xdp_adjust_head(self.xdp, delta) } != 0 {
+        if unsafe { bpf_xdp_adjust_head(self.ctx.cast(), delta) } != 0 {
             return None;
         }
         self.reload();
@@ -253,11 +276,11 @@ impl AdjustHead for DirectPacket {
 
     #[inline(always)]
     fn adjust_tail(&mut self, delta: i32) -> Option<()> {
-        if self.xdp.is_null() {
+        if TC || self.ctx.is_null() {
             return None;
         }
         // SAFETY: as above; the helper checks the tailroom and the minimum length.
-        if unsafe { bpf_xdp_adjust_tail(self.xdp, delta) } != 0 {
+        if unsafe { bpf_xdp_adjust_tail(self.ctx.cast(), delta) } != 0 {
             return None;
         }
         self.reload();
@@ -266,11 +289,11 @@ impl AdjustHead for DirectPacket {
 
     #[inline(always)]
     fn resizable(&self) -> bool {
-        !self.xdp.is_null()
+        !TC && !self.ctx.is_null()
     }
 }
 
-impl PacketAccess for DirectPacket {
+impl<const TC: bool> PacketAccess for DirectPacket<TC> {
     #[inline(always)]
     fn len(&self) -> usize {
         self.end - self.start
@@ -303,6 +326,46 @@ impl PacketAccess for DirectPacket {
         unsafe { core::ptr::write_unaligned(p as *mut T, core::ptr::read(value)) };
         Some(())
     }
+
+    /// At XDP on a device the loader registered (a veth): XDP cannot see the skb's checksum
+    /// state there. TC can (its helper reads it), and a NIC hands up no partial checksums.
+    #[inline(always)]
+    fn partial_by_field(&self) -> bool {
+        if TC || self.ctx.is_null() {
+            return false;
+        }
+        // SAFETY: `ctx` is the program's `xdp_md`; `ingress_ifindex` is a readable field.
+        let ifindex = unsafe { (*self.ctx.cast::<xdp_md>()).ingress_ifindex };
+        LB_XDP_PARTIAL.get_ptr(&ifindex).is_some()
+    }
+
+    /// At TC through `bpf_l4_csum_replace`, which knows the skb's checksum state (complete,
+    /// partial, or `CHECKSUM_COMPLETE` with its sum to keep right); at XDP, by the state the
+    /// pipeline found by the field (`FOUND_PARTIAL`, [`lb_api::checksum::l4_replace`]).
+    #[inline(always)]
+    fn l4_csum_replace(&mut self, at: usize, from: u32, to: u32, flags: u64) -> Option<()> {
+        if !TC {
+            let check: zerocopy_shim::U16 = self.load(at)?;
+            let partial = flags >> 63 != 0; // FOUND_PARTIAL, without a branch
+            let c = lb_api::checksum::l4_replace(check.get(), partial, from, to, flags);
+            return self.store(at, &zerocopy_shim::U16::new(c));
+        }
+        if at > MAX_HEADER_OFFSET {
+            return None;
+        }
+        // The helper sums the values as they lie in memory (network order).
+        let flags = flags & l4_flags::KERNEL_MASK;
+        let (from, to) = if flags & l4_flags::SIZE_MASK == 4 {
+            (u64::from(from.to_be()), u64::from(to.to_be()))
+        } else {
+            (u64::from((from as u16).to_be()), u64::from((to as u16).to_be()))
+        };
+        // SAFETY: `ctx` is the program's `__sk_buff`; the helper checks the offset against the
+        // packet and fails without writing.
+        let r = unsafe { bpf_l4_csum_replace(self.ctx.cast(), at as u32, from, to, flags) };
+        self.reload();
+        (r == 0).then_some(())
+    }
 }
 
 /// The stage of the pipeline a program runs.
@@ -317,7 +380,7 @@ enum Stage {
 /// Runs `stage` over the packet with the kernel maps; `None` when the first stage hands the
 /// packet on to the new-flow stage.
 #[inline(always)]
-fn run(pkt: &mut DirectPacket, stage: Stage) -> Option<Verdict> {
+fn run<const TC: bool>(pkt: &mut DirectPacket<TC>, stage: Stage) -> Option<Verdict> {
     let mut tables = KernelTables;
     let (Some(cfg), Some(scratch)) = (LB_CONFIG.get(0), LB_SCRATCH.get_ptr_mut(0)) else {
         tables.bump(DropReason::NotConfigured.slot());
@@ -379,23 +442,23 @@ fn tc_action_of(ctx: &TcContext, v: Verdict) -> i32 {
 }
 
 #[inline(always)]
-fn xdp_packet(ctx: &XdpContext) -> DirectPacket {
+fn xdp_packet(ctx: &XdpContext) -> XdpPacket {
     DirectPacket {
         start: ctx.data(),
         end: ctx.data_end(),
-        xdp: ctx.ctx,
+        ctx: ctx.ctx.cast(),
     }
 }
 
 #[inline(always)]
-fn tc_packet(ctx: &TcContext) -> DirectPacket {
+fn tc_packet(ctx: &TcContext) -> TcPacket {
     // Make the headers linear so that direct packet access sees them.
     let want = core::cmp::min(ctx.len(), MAX_HEADER_OFFSET as u32);
     let _ = ctx.pull_data(want);
     DirectPacket {
         start: ctx.data(),
         end: ctx.data_end(),
-        xdp: core::ptr::null_mut(),
+        ctx: ctx.skb.skb.cast(),
     }
 }
 
@@ -446,10 +509,10 @@ pub fn lb_tc_new_flow(ctx: TcContext) -> i32 {
 /// Parse only, then pass: the baseline the pipeline's cost is measured against.
 #[xdp]
 pub fn lb_xdp_parse_only(ctx: XdpContext) -> u32 {
-    let pkt = DirectPacket {
+    let pkt = XdpPacket {
         start: ctx.data(),
         end: ctx.data_end(),
-        xdp: core::ptr::null_mut(),
+        ctx: core::ptr::null_mut(),
     };
     match parse(&pkt) {
         Ok(p) => {
