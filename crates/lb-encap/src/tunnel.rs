@@ -519,7 +519,9 @@ pub fn vxlan_decap_parsed<P: AdjustHead + ?Sized>(
         }
     }
     let strip = vx_off + VxlanHeader::LEN;
-    if pkt.len() < strip + EthernetHeader::LEN {
+    // The inner frame lies inside the outer datagram: bytes past its end (link padding, or a
+    // trailer someone appended) are no inner frame.
+    if strip + EthernetHeader::LEN > p.l3_offset + usize::from(p.ip_len) {
         return Err(DecapError::NotTunnel);
     }
     pkt.adjust_head(strip as i32)

@@ -141,3 +141,21 @@ fn decap_refuses_wrong_vni_and_missing_flag() {
     let mut p = HeadroomPacket::new(&mut b, 0, n).unwrap();
     assert_eq!(vxlan_decap(&mut p, 4790, None), Err(DecapError::NotTunnel));
 }
+
+#[test]
+fn decap_refuses_an_inner_frame_past_the_outer_datagram() {
+    // A valid VXLAN header whose outer IPv4 and UDP lengths end right after it: the "inner
+    // frame" behind is a trailer, not part of the datagram (found by the scapy barrage).
+    let inner = tcp_v4_frame([10, 0, 0, 1], 1000, [10, 0, 0, 2], 80, 0x02, b"");
+    let mut f = encap(&inner, &cfg(v4()), 7).unwrap();
+    let (ip, udp) = (14, 14 + 20);
+    f[ip + 2..ip + 4].copy_from_slice(&36u16.to_be_bytes());
+    f[ip + 10..ip + 12].copy_from_slice(&[0, 0]);
+    let c = lb_api::checksum::checksum(&f[ip..ip + 20]);
+    f[ip + 10..ip + 12].copy_from_slice(&c.to_be_bytes());
+    f[udp + 4..udp + 6].copy_from_slice(&16u16.to_be_bytes());
+    let len = f.len();
+    let mut p = HeadroomPacket::new(&mut f, 0, len).unwrap();
+    assert_eq!(vxlan_decap(&mut p, 4789, None), Err(DecapError::NotTunnel));
+    assert_eq!(p.bytes().len(), len, "the packet is unchanged");
+}
