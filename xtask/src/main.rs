@@ -12,7 +12,8 @@ use clap::{Parser, Subcommand};
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 /// Debian packages: LLVM 22 for bpf-linker; iproute2 and ethtool for the namespace tests and demo.
-/// tshark is the independent decoder of our Geneve/DSR/ICMP output (the kernel has no geneve).
+/// tshark is the independent decoder of our Geneve/DSR/ICMP output (the kernel has no geneve);
+/// scapy crafts the malformed frames of the malformed-link test.
 /// wrk is the load generator of the per-mode connection-rate and latency benchmark.
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
@@ -20,6 +21,7 @@ const APT_PACKAGES: &[&str] = &[
     "ethtool",
     "procps",
     "tshark",
+    "python3-scapy",
     "wrk",
 ];
 /// Logic crates that must build for the BPF target.
