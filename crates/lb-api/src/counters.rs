@@ -157,6 +157,12 @@ pub enum DropReason {
     /// the stage array is empty): the programs were not loaded through `KernelDatapath`, or a
     /// pinned stage array was removed. Reload the datapath.
     NewFlowStageMissing = 17,
+    /// The IPv4 header checksum is wrong: the stack would drop the packet before routing it,
+    /// so the datapath does not start a flow for it.
+    BadIpChecksum = 18,
+    /// UDP over IPv6 to a service with a zero checksum, which IPv6 does not allow (RFC 8200
+    /// 8.1): the backend would drop it, so no flow is started for it.
+    ZeroUdpChecksumV6 = 19,
 }
 
 impl Counter {
@@ -256,7 +262,7 @@ impl Counter {
 
 impl DropReason {
     /// All drop reasons, in slot order.
-    pub const ALL: [DropReason; 18] = [
+    pub const ALL: [DropReason; 20] = [
         Self::Truncated,
         Self::BadIpVersion,
         Self::BadIpHeaderLength,
@@ -275,6 +281,8 @@ impl DropReason {
         Self::EncapFailed,
         Self::SnatPortsExhausted,
         Self::NewFlowStageMissing,
+        Self::BadIpChecksum,
+        Self::ZeroUdpChecksumV6,
     ];
 
     /// Slot in the counter array.
@@ -306,6 +314,8 @@ impl DropReason {
             Self::EncapFailed => "encap_failed",
             Self::SnatPortsExhausted => "snat_ports_exhausted",
             Self::NewFlowStageMissing => "new_flow_stage_missing",
+            Self::BadIpChecksum => "bad_ip_checksum",
+            Self::ZeroUdpChecksumV6 => "zero_udp_checksum_v6",
         }
     }
 }

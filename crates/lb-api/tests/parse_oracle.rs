@@ -106,10 +106,12 @@ fn fragments_first_and_later() {
     // MF set, offset 0: first fragment, ports known.
     f[20] = 0x20;
     f[21] = 0;
+    lb_api::wire::testing::fix_ipv4_checksum(&mut f);
     let p = parse(&SlicePacket::new(&mut f.clone())).unwrap();
     assert_eq!((p.fragment, p.tuple.dst_port), (Fragment::First, 53));
     // Offset 1 (8 bytes): a later fragment, no ports.
     f[21] = 1;
+    lb_api::wire::testing::fix_ipv4_checksum(&mut f);
     let p = parse(&SlicePacket::new(&mut f)).unwrap();
     assert_eq!((p.fragment, p.tuple.dst_port), (Fragment::Later, 0));
 }

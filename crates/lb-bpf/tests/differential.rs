@@ -14,6 +14,7 @@ use lb_api::abi::{CtEntry, CtKey, CtKind, CtState, DatapathConfig};
 use lb_api::counters::{Counter, DropReason};
 use lb_api::events::DropEvent;
 use lb_api::flow::{v4_addr, v4_of, L4Proto};
+use lb_api::wire::testing::fix_ipv4_checksum;
 use lb_api::wire::testing::{
     icmp_v4_error_frame, icmp_v6_error_frame, ip_v4_frame, tcp_v4_frame, tcp_v6_frame,
     udp_v4_frame, udp_v6_frame,
@@ -601,6 +602,7 @@ fn run_scenario(dp: &mut KernelDatapath, program: Program) -> usize {
     );
     let mut frag = tcp(40003, VIP, 80, F::SYN);
     frag[20..22].copy_from_slice(&0x2000u16.to_be_bytes());
+    fix_ipv4_checksum(&mut frag);
     check(
         &mut engine,
         dp,
@@ -712,6 +714,21 @@ fn run_scenario(dp: &mut KernelDatapath, program: Program) -> usize {
             step(name, frame, Verdict::Pass, p(counter), None),
         );
     }
+    // UDP over IPv6 may not carry a zero checksum: no flow for such a datagram.
+    let mut zero = udp_v6_frame(client6, 41002, vip6, 53, b"query");
+    let l4 = zero.len() - 8 - 5;
+    zero[l4 + 6..l4 + 8].copy_from_slice(&[0, 0]);
+    check(
+        &mut engine,
+        dp,
+        step(
+            "ipv6 udp to service with a zero checksum",
+            zero,
+            Verdict::Drop,
+            p(Counter::Dropped),
+            Some(DropReason::ZeroUdpChecksumV6),
+        ),
+    );
     check(
         &mut engine,
         dp,
@@ -893,6 +910,19 @@ fn run_scenario(dp: &mut KernelDatapath, program: Program) -> usize {
             Verdict::Drop,
             p(Counter::Dropped),
             Some(DropReason::Truncated),
+        ),
+    );
+    let mut bad = full.clone();
+    bad[24] ^= 0x40;
+    check(
+        &mut engine,
+        dp,
+        step(
+            "ipv4 header checksum wrong (to a service: no flow)",
+            bad,
+            Verdict::Drop,
+            p(Counter::Dropped),
+            Some(DropReason::BadIpChecksum),
         ),
     );
     let mut bad = full.clone();

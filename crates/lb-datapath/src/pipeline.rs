@@ -1312,6 +1312,17 @@ fn service_of<T: ServiceTable + ?Sized>(tables: &T, t: &FlowTuple) -> Option<Ser
     })
 }
 
+/// Whether the packet is UDP over IPv6 with a zero checksum, which IPv6 does not allow: the
+/// backend would drop it, so no flow is started for it. (Other transport checksums are not
+/// verified: a sum over the whole payload is beyond the kernel verifier's budget, and the
+/// receiver drops such packets, as it would without the datapath.)
+#[inline(always)]
+fn zero_udp_checksum_v6<P: PacketAccess + ?Sized>(pkt: &P, parsed: &Parsed) -> bool {
+    parsed.tuple.family == IpFamily::V6 as u8
+        && parsed.tuple.proto == L4Proto::Udp as u8
+        && pkt.load::<[u8; 2]>(parsed.l4_offset + 6) == Some([0, 0])
+}
+
 /// The first packet of a flow: a service? pick a backend, create both conntrack entries, rewrite,
 /// carry to the backend's node. `None`: not to a service. `e` and `rk` are scratch space.
 #[inline(never)]
@@ -1330,6 +1341,9 @@ where
     let (parsed, cfg) = (ctx.parsed, ctx.cfg);
     let t = &parsed.tuple;
     let svc = service_of(tables, t)?;
+    if zero_udp_checksum_v6(pkt, parsed) {
+        return Some(drop(tables, DropReason::ZeroUdpChecksumV6));
+    }
     let Some(slot) = select_slot(t, cfg.hash_seed, svc.backend_count) else {
         return Some(drop(tables, DropReason::NoBackend));
     };

@@ -74,6 +74,7 @@ fn ipv6_non_service_and_fragments_pass_counted() {
     let mut frag =
         lb_api::wire::testing::tcp_v4_frame([10, 0, 0, 1], 1, [10, 96, 0, 10], 80, 0x02, b"");
     frag[20] = 0x20; // MF: a first fragment
+    lb_api::wire::testing::fix_ipv4_checksum(&mut frag);
     assert_eq!(e.process(&mut frag), Verdict::Pass);
     assert_eq!(e.counters().get(Counter::PassFragment), 1);
     assert_eq!(

@@ -81,6 +81,10 @@ pub enum ParseErrorKind {
     HeaderTooDeep,
     /// An IPv6 hop-by-hop options header that is not the first extension header.
     HopByHopNotFirst,
+    /// The IPv4 header checksum is wrong (`found` holds the header's sum, folded; a right
+    /// header sums to `required`, 0xffff). The stack would drop the packet too, before any
+    /// route or conntrack.
+    BadChecksum,
 }
 
 /// Why a packet could not be parsed: the layer, the problem, and the numbers that show it.
@@ -123,6 +127,7 @@ impl ParseError {
             ParseErrorKind::BadDataOffset => Disposition::Drop(DropReason::BadTcpHeaderLength),
             ParseErrorKind::BadUdpLength => Disposition::Drop(DropReason::BadUdpLength),
             ParseErrorKind::HopByHopNotFirst => Disposition::Drop(DropReason::BadIpv6ExtHeader),
+            ParseErrorKind::BadChecksum => Disposition::Drop(DropReason::BadIpChecksum),
         }
     }
 }
@@ -200,6 +205,12 @@ pub struct Parsed {
     /// [`PacketAccess::partial_by_field`](super::PacketAccess::partial_by_field)). The parser
     /// leaves it `false`; rewrites pass it on to the checksum updates.
     pub checksum_partial: bool,
+    /// IPv4: the header's folded one's-complement sum, its checksum included (0xffff when the
+    /// checksum is right; 0 for IPv6). The parser checks it after reading it back from here:
+    /// in the kernel the parse result lives in map memory, and a value read from there does
+    /// not make the verifier track the header fields it came from precisely (compared where it
+    /// was computed, it took the first stage past its million instructions).
+    pub ipv4_header_sum: u16,
 }
 
 impl Parsed {
@@ -229,6 +240,7 @@ impl Parsed {
         },
         ipv6_dest_opts: 0,
         checksum_partial: false,
+        ipv4_header_sum: 0,
     };
 
     /// The address family of the packet.
@@ -500,6 +512,19 @@ pub fn parse_into<P: PacketAccess + ?Sized>(pkt: &P, p: &mut Parsed) -> Result<(
         }
         if pkt.len() < l3 + total_len {
             return Err(truncated(pkt, Layer::Ipv4, l3, total_len));
+        }
+        p.ipv4_header_sum = ipv4_header_sum(pkt, &ip, l3, ip_hdr_len);
+        // SAFETY: a valid, aligned pointer to the field just written; volatile so that the
+        // value is read back from memory (see `Parsed::ipv4_header_sum`).
+        let sum = unsafe { core::ptr::read_volatile(&raw const p.ipv4_header_sum) };
+        if sum != 0xffff {
+            return Err(err(
+                Layer::Ipv4,
+                ParseErrorKind::BadChecksum,
+                l3,
+                0xffff,
+                usize::from(sum),
+            ));
         }
         let frag = ip.frag_off.get();
         if frag & Ipv4Header::OFFSET_MASK != 0 {
@@ -851,6 +876,55 @@ pub fn quoted_into<P: PacketAccess + ?Sized>(
     }
     out.l4_offset = l4;
     Ok(())
+}
+
+/// The folded one's-complement sum of the IPv4 header `ip` (its fixed 20 bytes, already read)
+/// and of its options (`len` - 20 bytes at `l3` + 20), its checksum included: 0xffff for a
+/// right header. The fixed part is summed from the copy, without touching the packet again;
+/// the options, rare, in [`ipv4_options_sum`]. 0 if the options are not all there (the caller
+/// checked that they are).
+#[inline(always)]
+fn ipv4_header_sum<P: PacketAccess + ?Sized>(
+    pkt: &P,
+    ip: &Ipv4Header,
+    l3: usize,
+    len: usize,
+) -> u16 {
+    let h = ip.version_ihl;
+    let mut sum = u32::from(u16::from_be_bytes([h, ip.tos]))
+        + u32::from(ip.total_len.get())
+        + u32::from(ip.id.get())
+        + u32::from(ip.frag_off.get())
+        + u32::from(u16::from_be_bytes([ip.ttl, ip.proto]))
+        + u32::from(ip.check.get())
+        + u32::from(u16::from_be_bytes([ip.src[0], ip.src[1]]))
+        + u32::from(u16::from_be_bytes([ip.src[2], ip.src[3]]))
+        + u32::from(u16::from_be_bytes([ip.dst[0], ip.dst[1]]))
+        + u32::from(u16::from_be_bytes([ip.dst[2], ip.dst[3]]));
+    if len > Ipv4Header::LEN {
+        match ipv4_options_sum(pkt, l3 + Ipv4Header::LEN, len - Ipv4Header::LEN) {
+            Some(o) => sum += o,
+            None => return 0,
+        }
+    }
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum as u16
+}
+
+/// The sum of `len` bytes of IPv4 options (at most 40, a multiple of 4) at `at`, four bytes a
+/// step. Not inlined: a BPF subprogram of its own, so that the kernel's verifier walks its loop
+/// once per call, not through the rest of the parser.
+#[inline(never)]
+fn ipv4_options_sum<P: PacketAccess + ?Sized>(pkt: &P, at: usize, len: usize) -> Option<u32> {
+    let mut sum = 0u32;
+    let mut i = 0;
+    while i < 10 && i * 4 < len {
+        let [a, b, c, d] = pkt.load::<[u8; 4]>(at + i * 4)?;
+        sum += u32::from(u16::from_be_bytes([a, b])) + u32::from(u16::from_be_bytes([c, d]));
+        i += 1;
+    }
+    Some(sum)
 }
 
 #[cfg(test)]

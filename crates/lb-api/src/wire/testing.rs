@@ -206,3 +206,14 @@ pub fn icmp_v6_error_frame(
     icmp[2..4].copy_from_slice(&c.to_be_bytes());
     ipv6_frame(src, dst, 58, &icmp)
 }
+
+/// Recomputes the IPv4 header checksum of an untagged Ethernet/IPv4 frame after a test changed
+/// a header field (flags, lengths, addresses): the parser drops a header whose checksum is
+/// wrong, before any other field counts.
+pub fn fix_ipv4_checksum(frame: &mut [u8]) {
+    let ihl = usize::from(frame[14] & 0x0f) * 4;
+    frame[24] = 0;
+    frame[25] = 0;
+    let c = checksum::checksum(&frame[14..14 + ihl]);
+    frame[24..26].copy_from_slice(&c.to_be_bytes());
+}
