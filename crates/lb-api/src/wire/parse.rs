@@ -200,6 +200,10 @@ pub struct Parsed {
     /// [`PacketAccess::partial_by_field`](super::PacketAccess::partial_by_field)). The parser
     /// leaves it `false`; rewrites pass it on to the checksum updates.
     pub checksum_partial: bool,
+    /// The packet's GSO segment size ([`PacketAccess::gso_size`](super::PacketAccess::gso_size);
+    /// zero: not a GSO packet), as the datapath noted it for its MTU decisions. The parser
+    /// leaves it zero.
+    pub gso_size: u16,
 }
 
 impl Parsed {
@@ -229,6 +233,7 @@ impl Parsed {
         },
         ipv6_dest_opts: 0,
         checksum_partial: false,
+        gso_size: 0,
     };
 
     /// The address family of the packet.
