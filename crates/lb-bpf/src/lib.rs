@@ -145,6 +145,8 @@ impl Program {
             match return_value {
                 0 => Some(Verdict::Pass), // TC_ACT_OK
                 2 => Some(Verdict::Drop), // TC_ACT_SHOT
+                // TC_ACT_REDIRECT: the ICMP error back out of the device it came in on.
+                7 => Some(Verdict::Tx),
                 _ => None,
             }
         }
@@ -248,6 +250,31 @@ pub enum Error {
         /// The return code.
         code: u32,
     },
+}
+
+/// The skb metadata a TC program's `BPF_PROG_TEST_RUN` is given (the `__sk_buff` fields the
+/// kernel takes from the caller, as far as the datapath reads them).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TestSkb {
+    /// `gso_size`: the packet is a GSO packet of segments of this many payload bytes. The test
+    /// runner sets no GSO type with it, so the kernel resizes no such packet
+    /// (`bpf_skb_adjust_room` refuses it).
+    pub gso_size: u16,
+}
+
+impl TestSkb {
+    /// Size of the kernel's `struct __sk_buff` (Linux 6.x).
+    const SK_BUFF_LEN: usize = 192;
+    /// Offset of `gso_size` in `struct __sk_buff`.
+    const GSO_SIZE_OFFSET: usize = 176;
+
+    /// The `__sk_buff` image: zero but for the fields set (the kernel refuses others).
+    fn sk_buff(&self) -> [u8; Self::SK_BUFF_LEN] {
+        let mut b = [0u8; Self::SK_BUFF_LEN];
+        b[Self::GSO_SIZE_OFFSET..Self::GSO_SIZE_OFFSET + 4]
+            .copy_from_slice(&u32::from(self.gso_size).to_ne_bytes());
+        b
+    }
 }
 
 /// Result of running a packet through a program with `BPF_PROG_TEST_RUN`.
@@ -704,15 +731,32 @@ impl KernelDatapath {
         frame: &[u8],
         repeat: u32,
     ) -> Result<TestRunOutput, Error> {
+        self.test_run_skb(program, frame, repeat, &TestSkb::default())
+    }
+
+    /// [`Self::test_run`] of a TC program with the skb metadata `skb` (passed to the kernel as
+    /// the run's `__sk_buff` context; ignored for XDP programs and when all default).
+    ///
+    /// # Errors
+    /// [`Error::Program`] if the kernel refuses the run.
+    pub fn test_run_skb(
+        &self,
+        program: Program,
+        frame: &[u8],
+        repeat: u32,
+        skb: &TestSkb,
+    ) -> Result<TestRunOutput, Error> {
         let name = program.name();
         let prog = self.ebpf.program(name).ok_or(Error::Program {
             program: name,
             source: aya::programs::ProgramError::UnexpectedProgramType,
         })?;
         let mut out = vec![0u8; frame.len() + 256];
+        let ctx = skb.sk_buff();
         let opts = TestRunOptions {
             data_in: Some(frame),
             data_out: Some(&mut out),
+            ctx_in: (!program.is_xdp() && *skb != TestSkb::default()).then_some(&ctx[..]),
             repeat,
             ..Default::default()
         };

@@ -11,13 +11,16 @@ use lb_api::abi::{
 };
 use lb_api::counters::{Counter, CounterSnapshot, Counters, DropReason};
 use lb_api::events::DropEvent;
-use lb_api::wire::{PacketAccess, SlicePacket};
+use lb_api::wire::PacketAccess;
+use lb_api::IpFamily;
 use lb_api::Verdict;
 use lb_conntrack::{
     Clock, ConntrackGc, ConntrackMetrics, ConntrackTable, GcReport, HashConntrackTable,
     InsertError, InsertMode, MonotonicClock, TimeoutPolicy,
 };
-use lb_encap::{AdjustHead, HeadroomPacket};
+use lb_encap::{
+    insert_room_at_head, remove_room_at_head, truncate_at_tail, AdjustHead, HeadroomPacket, Room,
+};
 use lb_nat::collision::XorShift32;
 use lb_nat::control::{
     remove_service, set_node, upsert_service, ConfigError, NodeSpec, ServiceSpec, ServiceStore,
@@ -59,49 +62,196 @@ pub const HEADROOM: usize = 256;
 const TAILROOM: usize = 1024;
 
 /// What the kernel keeps beside a packet's bytes at TC (in the skb), as far as the datapath
-/// reads it: the engine's model of it, so that the one pipeline decides as it does in the
-/// kernel.
+/// or the kernel's helpers read it: the engine's model of it, so that the one pipeline decides
+/// as it does in the kernel.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SkbMeta {
     /// The transport checksum is partial (`CHECKSUM_PARTIAL`): its field holds the
     /// pseudo-header sum, and the device or the stack adds the rest when the packet leaves.
     /// What a local sender's packets are on a veth with the default checksum offload.
     pub checksum_partial: bool,
+    /// The GSO segment size (`skb_shinfo(skb)->gso_size`, `__sk_buff.gso_size`; zero: not a
+    /// GSO packet): a local TCP sender's large packets with segmentation offload. The MTU
+    /// decision uses it.
+    pub gso_size: u16,
+    /// What kind of segmentation a GSO packet asks for (with `gso_size` non-zero).
+    pub gso_type: GsoType,
 }
 
-/// A packet whose bytes can be rewritten but whose length cannot change: the TC hook's packet
-/// as the eBPF program sees it (its `adjust_head`/`adjust_tail` always fail).
-struct FixedLenPacket<'a>(SlicePacket<'a>);
+/// The kind of a GSO packet's segmentation (`skb_shinfo(skb)->gso_type`), as far as the
+/// kernel's resizing helpers care.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum GsoType {
+    /// TCP segmentation (TSO): what a local TCP sender's GSO packets are.
+    #[default]
+    Tcp,
+    /// UDP segmentation (`SKB_GSO_UDP_L4`).
+    Udp,
+    /// None the helpers know: what `BPF_PROG_TEST_RUN` makes of a `gso_size` it is given
+    /// (it sets no type). The kernel resizes no such packet.
+    Unknown,
+}
 
-impl PacketAccess for FixedLenPacket<'_> {
+/// The TC program's packet: its bytes, with room in front to grow (the kernel reallocates the
+/// skb's head), and the skb's metadata ([`SkbMeta`], its protocol). Its room operations do
+/// what the kernel's helpers at TC do (`bpf_skb_adjust_room`, `bpf_skb_change_tail`, as the
+/// TC program calls them), refusing what they refuse: the reference for the TC program in
+/// differential tests.
+struct TcPacket<'a> {
+    pkt: HeadroomPacket<'a>,
+    meta: SkbMeta,
+    /// `skb->protocol`: the EtherType the frame was received with, as long as a tunnel's
+    /// encapsulation or decapsulation does not change the family.
+    protocol: u16,
+    /// `skb->encapsulation`: set by a tunnel's encapsulation.
+    encapsulated: bool,
+}
+
+/// The Ethernet header's length: where TC's packet has its network header (`mac_len`).
+const MAC_LEN: usize = 14;
+
+impl<'a> TcPacket<'a> {
+    fn new(pkt: HeadroomPacket<'a>, meta: SkbMeta) -> Self {
+        // `eth_type_trans`: the EtherType (a VLAN tag's TPID when the tag is in the data).
+        let protocol = pkt.load::<[u8; 2]>(12).map_or(0, u16::from_be_bytes);
+        Self {
+            pkt,
+            meta,
+            protocol,
+            encapsulated: false,
+        }
+    }
+
+    /// `bpf_skb_net_base_len`: the fixed network header's length, by the protocol.
+    fn net_base_len(&self) -> Option<usize> {
+        match self.protocol {
+            0x0800 => Some(20),
+            0x86dd => Some(40),
+            _ => None,
+        }
+    }
+
+    /// The checks `bpf_skb_adjust_room` makes before it changes anything: an IP packet, room
+    /// after the Ethernet header or the fixed IP header (the program's two modes), a GSO
+    /// packet the kernel can still segment (TCP, or UDP with a fixed size: the program always
+    /// asks for one).
+    fn may_adjust_room(&self, at: usize, len: usize) -> bool {
+        let Some(base) = self.net_base_len() else {
+            return false;
+        };
+        let gso_ok = self.meta.gso_size == 0 || self.meta.gso_type != GsoType::Unknown;
+        (at == MAC_LEN || at == MAC_LEN + base) && len <= 0xfff && gso_ok
+    }
+}
+
+impl PacketAccess for TcPacket<'_> {
     fn len(&self) -> usize {
-        self.0.len()
+        self.pkt.len()
     }
 
     fn load<T: FromBytes + KnownLayout + Immutable + Copy>(&self, offset: usize) -> Option<T> {
-        self.0.load(offset)
+        self.pkt.load(offset)
     }
 
     fn store<T: IntoBytes + Immutable>(&mut self, offset: usize, value: &T) -> Option<()> {
-        self.0.store(offset, value)
+        self.pkt.store(offset, value)
     }
 
     fn checksum_partial(&self) -> bool {
-        self.0.checksum_partial()
+        self.meta.checksum_partial
+    }
+
+    fn gso_size(&self) -> u16 {
+        self.meta.gso_size
     }
 }
 
-impl AdjustHead for FixedLenPacket<'_> {
+impl AdjustHead for TcPacket<'_> {
+    /// An IPv4 or IPv6 packet (by its protocol): the kernel resizes no other.
+    fn resizable(&self) -> bool {
+        self.net_base_len().is_some()
+    }
+
+    /// TC has no `bpf_xdp_adjust_head`.
     fn adjust_head(&mut self, _delta: i32) -> Option<()> {
         None
     }
 
+    /// Nor `bpf_xdp_adjust_tail`.
     fn adjust_tail(&mut self, _delta: i32) -> Option<()> {
         None
     }
 
-    fn resizable(&self) -> bool {
-        false
+    /// `bpf_skb_adjust_room` growing: the `at` bytes move toward the head, the room is zeroed;
+    /// a tunnel's encapsulation marks the packet encapsulated, refuses one that already is, and
+    /// makes the outer family the packet's protocol. GSO packets keep their segment size.
+    fn insert_room(&mut self, at: usize, len: usize, room: Room) -> Option<()> {
+        if !self.may_adjust_room(at, len) {
+            return None;
+        }
+        if let Room::UdpTunnel(_) = room {
+            if self.encapsulated || at != MAC_LEN || len < MAC_LEN {
+                return None;
+            }
+        }
+        if self.meta.gso_size == 0 && self.pkt.len() + len > BPF_SKB_MAX_LEN {
+            return None;
+        }
+        insert_room_at_head(&mut self.pkt, at, len)?;
+        for i in at..at + len {
+            self.pkt.store(i, &0u8)?;
+        }
+        if let Room::UdpTunnel(outer) = room {
+            self.encapsulated = true;
+            self.protocol = ether_type(outer);
+        }
+        Some(())
+    }
+
+    /// `bpf_skb_adjust_room` shrinking: the `at` bytes move toward the tail. At least one fixed
+    /// network header (of the family a decapsulation names, else of the protocol) must remain;
+    /// a decapsulation makes the inner family the packet's protocol. As the TC program, no
+    /// decapsulation to an inner frame that is not IP (the protocol would stay the outer one's).
+    fn remove_room(&mut self, at: usize, len: usize, room: Room) -> Option<()> {
+        if !self.may_adjust_room(at, len) || room == Room::UdpTunnelDecap(None) {
+            return None;
+        }
+        let len_min = match room {
+            Room::UdpTunnelDecap(Some(IpFamily::V4)) => 20,
+            Room::UdpTunnelDecap(Some(IpFamily::V6)) => 40,
+            _ => self.net_base_len()?,
+        };
+        let len_cur = self.pkt.len().checked_sub(MAC_LEN)?;
+        if len >= len_cur || len_cur - len < len_min {
+            return None;
+        }
+        remove_room_at_head(&mut self.pkt, at, len)?;
+        if let Room::UdpTunnelDecap(Some(inner)) = room {
+            self.protocol = ether_type(inner);
+        }
+        Some(())
+    }
+
+    /// `bpf_skb_change_tail` cutting the packet: refused for an encapsulated packet or below
+    /// the Ethernet header; a GSO packet stops being one.
+    fn truncate(&mut self, len: usize) -> Option<()> {
+        if self.encapsulated || len < MAC_LEN || len > self.pkt.len() {
+            return None;
+        }
+        truncate_at_tail(&mut self.pkt, len)?;
+        self.meta.gso_size = 0;
+        Some(())
+    }
+}
+
+/// `BPF_SKB_MAX_LEN`: the longest non-GSO packet `bpf_skb_adjust_room` grows to.
+const BPF_SKB_MAX_LEN: usize = 0xffff;
+
+/// The EtherType of an IP family.
+const fn ether_type(f: IpFamily) -> u16 {
+    match f {
+        IpFamily::V4 => 0x0800,
+        IpFamily::V6 => 0x86dd,
     }
 }
 
@@ -237,23 +387,22 @@ impl<C: Clock> Engine<C> {
         verdict
     }
 
-    /// Runs one frame through the pipeline as a hook that cannot resize packets runs it (TC,
-    /// where the eBPF program has no `bpf_xdp_adjust_head`): translations as in
-    /// [`process`](Self::process), but whatever would grow or shrink the packet (tunnel
-    /// encapsulation and decapsulation, DSR carriers, ICMP "too big" errors) fails, and the
-    /// packet gets the verdict the pipeline gives such a failure. The reference for the TC
+    /// Runs one frame through the pipeline as the TC program runs it, with the skb state
+    /// `meta` (a partial checksum, a GSO segment size): translations as in
+    /// [`process`](Self::process), and carriers, decapsulation and ICMP errors as the kernel's
+    /// helpers at TC make them (`bpf_skb_adjust_room`, `bpf_skb_change_tail`), which refuse
+    /// packets that are not plain IPv4/IPv6 behind their Ethernet header (VLAN-tagged ones).
+    /// The frame is rewritten in place and may change length. The reference for the TC
     /// program in differential tests.
-    pub fn process_fixed_len(&mut self, frame: &mut [u8]) -> Verdict {
-        self.process_tc(frame, SkbMeta::default())
-    }
-
-    /// [`process_fixed_len`](Self::process_fixed_len) of a packet with the skb state `meta`
-    /// (a partial checksum: what a local sender's packets are at TC on a veth).
-    pub fn process_tc(&mut self, frame: &mut [u8], meta: SkbMeta) -> Verdict {
-        let mut pkt = FixedLenPacket(SlicePacket::with_partial_checksum(
-            frame,
-            meta.checksum_partial,
-        ));
+    pub fn process_tc(&mut self, frame: &mut Vec<u8>, meta: SkbMeta) -> Verdict {
+        self.buf.clear();
+        self.buf.resize(HEADROOM, 0);
+        self.buf.extend_from_slice(frame);
+        self.buf.resize(HEADROOM + frame.len() + TAILROOM, 0);
+        let Some(pkt) = HeadroomPacket::new(&mut self.buf, HEADROOM, frame.len()) else {
+            return Verdict::Drop;
+        };
+        let mut pkt = TcPacket::new(pkt, meta);
         let clock = || self.clock.now_ns();
         let verdict = crate::process(
             &mut pkt,
@@ -262,6 +411,8 @@ impl<C: Clock> Engine<C> {
             &mut self.tables,
             &mut self.scratch,
         );
+        frame.clear();
+        frame.extend_from_slice(pkt.pkt.bytes());
         self.record_drop_event();
         verdict
     }
@@ -410,7 +561,7 @@ mod tests {
     use std::vec;
 
     #[test]
-    fn fixed_len_translates_like_process_and_cannot_add_a_carrier() {
+    fn tc_translates_and_carries_like_xdp_but_refuses_what_the_kernel_refuses() {
         let dsr = |e: &mut Engine<ManualClock>| {
             let mut node = NodeSpec {
                 address_v4: Some([192, 168, 1, 10].into()),
@@ -438,27 +589,105 @@ mod tests {
         };
         let mut cfg = default_config(0);
         cfg.fixed_now_ns = 1_000;
-        let (mut grows, mut fixed) = (
+        let (mut xdp, mut tc) = (
             Engine::with_clock(64, cfg, ManualClock::new(0)),
             Engine::with_clock(64, cfg, ManualClock::new(0)),
         );
-        dsr(&mut grows);
-        dsr(&mut fixed);
+        dsr(&mut xdp);
+        dsr(&mut tc);
         let syn = |vip: [u8; 4]| tcp_v4_frame([10, 0, 0, 1], 40000, vip, 80, TcpFlags::SYN, b"");
-        // Plain DNAT keeps the length: the same in both models.
+        // Plain DNAT keeps the length: the same in both hooks.
         let (mut a, mut b) = (syn([10, 96, 0, 11]), syn([10, 96, 0, 11]));
-        assert_eq!(grows.process(&mut a), Verdict::Pass);
-        assert_eq!(fixed.process_fixed_len(&mut b), Verdict::Pass);
+        assert_eq!(xdp.process(&mut a), Verdict::Pass);
+        assert_eq!(tc.process_tc(&mut b, SkbMeta::default()), Verdict::Pass);
         assert_eq!(a, b);
-        // The DSR option needs 8 more bytes: only the growing model adds it.
+        // The DSR option: 8 more bytes, in both hooks alike.
         let (mut a, mut b) = (syn([10, 96, 0, 10]), syn([10, 96, 0, 10]));
-        assert_eq!(grows.process(&mut a), Verdict::Pass);
-        assert_eq!(a.len(), b.len() + 8);
-        assert_eq!(fixed.process_fixed_len(&mut b), Verdict::Drop);
-        assert_eq!(fixed.counters().drops(DropReason::EncapFailed), 1);
-        let ev = fixed.drain_drop_events();
+        let len = a.len();
+        assert_eq!(xdp.process(&mut a), Verdict::Pass);
+        assert_eq!(tc.process_tc(&mut b, SkbMeta::default()), Verdict::Pass);
+        assert_eq!(a.len(), len + 8);
+        assert_eq!(a, b);
+        assert_eq!(tc.counters().get(Counter::DsrCarrierAdded), 1);
+        // A GSO packet the kernel could not segment once resized (what the test runner makes
+        // of a segment size): the kernel refuses to grow it, so the carrier fails after the
+        // flow is recorded (its next packet is carried), and the packet is dropped.
+        let mut c = tcp_v4_frame(
+            [10, 0, 0, 2],
+            40000,
+            [10, 96, 0, 10],
+            80,
+            TcpFlags::SYN,
+            b"",
+        );
+        let untyped = SkbMeta {
+            gso_size: 1000,
+            gso_type: GsoType::Unknown,
+            ..SkbMeta::default()
+        };
+        let entries = tc.conntrack().len();
+        assert_eq!(tc.process_tc(&mut c, untyped), Verdict::Drop);
+        assert_eq!(tc.counters().drops(DropReason::EncapFailed), 1);
+        assert_eq!(
+            tc.conntrack().len(),
+            entries + 1,
+            "DSR: one entry, not carried"
+        );
+        let ev = tc.drain_drop_events();
         assert_eq!(ev.len(), 1);
         assert_eq!(ev[0].reason, DropReason::EncapFailed);
+    }
+
+    #[test]
+    fn tc_decides_the_mtu_of_a_gso_packet_by_its_segments() {
+        let mut node = NodeSpec {
+            address_v4: Some([192, 168, 1, 10].into()),
+            ..NodeSpec::default()
+        };
+        node.peers.push([192, 168, 1, 11].into());
+        let mut cfg = default_config(0);
+        cfg.fixed_now_ns = 1_000;
+        let mut e = Engine::with_clock(64, cfg, ManualClock::new(0));
+        e.set_node(&node).unwrap();
+        e.upsert_service(&ServiceSpec {
+            id: 1,
+            frontend: "10.96.0.10:80".parse().unwrap(),
+            proto: L4Proto::Tcp,
+            backends: vec![remote("10.1.0.2:8080")],
+            mode: lb_nat::control::ForwardingMode::Dsr,
+            ..Default::default()
+        })
+        .unwrap();
+        // 3000 bytes of IP packet, TSO: segments of 40 bytes of headers and `gso_size` of data.
+        let big = |port| {
+            tcp_v4_frame(
+                [10, 0, 0, 1],
+                port,
+                [10, 96, 0, 10],
+                80,
+                TcpFlags::ACK,
+                &[0x5a; 2960],
+            )
+        };
+        let tso = |gso_size| SkbMeta {
+            gso_size,
+            ..SkbMeta::default()
+        };
+        // Segments of 1400 + 40 + 8 of carrier fit 1500: carried whole, the kernel segments it.
+        let mut f = big(40_000);
+        assert_eq!(e.process_tc(&mut f, tso(1400)), Verdict::Pass);
+        assert_eq!(f.len(), 14 + 3000 + 8);
+        assert_eq!(e.counters().get(Counter::DsrCarrierAdded), 1);
+        // Segments of 1460 do not: the sender gets the ICMP error (built from the GSO packet,
+        // which stops being one).
+        let mut f = big(40_001);
+        assert_eq!(e.process_tc(&mut f, tso(1460)), Verdict::Tx);
+        assert_eq!(e.counters().get(Counter::MtuExceeded), 1);
+        assert_eq!(f.len(), 14 + 20 + 8 + 128);
+        // Not a GSO packet: its length decides.
+        let mut f = big(40_002);
+        assert_eq!(e.process_tc(&mut f, SkbMeta::default()), Verdict::Tx);
+        assert_eq!(e.counters().get(Counter::MtuExceeded), 2);
     }
 
     fn remote(addr: &str) -> lb_nat::control::BackendSpec {

@@ -20,7 +20,7 @@ use lb_conntrack::{
     InsertMode,
 };
 use lb_encap::dsr::{dsr_extract, dsr_v4_insert, dsr_v6_insert, DsrTarget};
-use lb_encap::mtu::icmp_too_big_parsed;
+use lb_encap::mtu::{icmp_too_big_parsed, wire_ip_len};
 use lb_encap::{
     vxlan_decap_parsed, vxlan_encap_offloaded, AdjustHead, DecapError, InnerChecksum, OuterAddrs,
     TunnelConfig,
@@ -175,6 +175,11 @@ where
     if note_partial_checksum(pkt, parsed) {
         tables.bump(Counter::ChecksumPartialAtXdp.slot());
     }
+    // Read back from the scratch area rather than kept across the calls above: one value less
+    // for the kernel program's frame to keep (volatile, so that the compiler does not reuse
+    // the one it wrote).
+    // SAFETY: a valid, aligned pointer to the `u8` the reference holds.
+    let tunnelled = unsafe { core::ptr::read_volatile(tunnelled_slot) } != 0;
     let ctx = Ctx {
         parsed,
         cfg,
@@ -184,7 +189,6 @@ where
         carry: Cell::new(false),
         outcome: Cell::from_mut(outcome),
         snat: Cell::from_mut(snat),
-        resizable: pkt.resizable(),
     };
     // The paths build their keys in the scratch area (`key`): a 56-byte key in their frames
     // would take the first stage's deepest call chain past the kernel's 512-byte stack.
@@ -232,7 +236,6 @@ where
         carry: Cell::new(false),
         outcome: Cell::from_mut(outcome),
         snat: Cell::from_mut(snat),
-        resizable: pkt.resizable(),
     };
     let v = match new_flow(pkt, &ctx, tables, entry, key) {
         Some(v) => v,
@@ -394,8 +397,6 @@ struct Ctx<'a, C> {
     outcome: &'a Cell<u8>,
     /// See [`Scratch::snat`]: one pointer for its fields (the context lives on the stack).
     snat: &'a Cell<SnatScratch>,
-    /// The packet can grow (XDP; not at TC): carriers can be added.
-    resizable: bool,
 }
 
 impl<C> Ctx<'_, C> {
@@ -457,7 +458,8 @@ where
     };
     match vxlan_decap_parsed(pkt, parsed, cfg.tunnel_port(), Some(cfg.vni)) {
         Ok(_) => {}
-        // A valid tunnel packet where the packet cannot shrink (TC): decapsulation is XDP's job.
+        // A valid tunnel packet that could not shrink (at TC: one the kernel cannot resize,
+        // such as a VLAN-tagged one).
         Err(DecapError::CannotShrink) => return Some(drop(tables, DropReason::EncapFailed)),
         Err(_) => return Some(drop(tables, DropReason::BadTunnelHeader)),
     }
@@ -826,12 +828,13 @@ const fn carrier_len(flags: u8, v6: bool) -> usize {
 }
 
 /// Whether the packet, carried to the peer node per `flags` (DSR carrier or tunnel), would
-/// exceed the underlay MTU.
+/// exceed the underlay MTU: by its length, or, for a GSO packet (TC), by its segments'
+/// ([`wire_ip_len`]): they are what leaves, each with the carrier.
 #[inline(always)]
 fn exceeds_mtu<C>(ctx: &Ctx<'_, C>, flags: u8) -> bool {
     let parsed = ctx.parsed;
     let added = carrier_len(flags, parsed.tuple.family == IpFamily::V6 as u8);
-    usize::from(parsed.ip_len) + added > usize::from(ctx.cfg.mtu())
+    wire_ip_len(parsed, parsed.gso_size) + added > usize::from(ctx.cfg.mtu())
 }
 
 /// Turns a packet [`exceeds_mtu`] refused into the ICMP "fragmentation needed" / ICMPv6 "packet
@@ -848,6 +851,9 @@ where
     let from = ctx.cfg.node_addr(t.family);
     if from == [0; 16] {
         return drop(tables, DropReason::NodeAddressMissing);
+    }
+    if !pkt.resizable() {
+        return drop(tables, DropReason::EncapFailed);
     }
     let added = carrier_len(flags, t.family == IpFamily::V6 as u8);
     let inner_mtu = usize::from(ctx.cfg.mtu()).saturating_sub(added) as u16;
@@ -950,11 +956,8 @@ fn tunnel_carry<P: AdjustHead + ?Sized>(
 #[inline(never)]
 fn inner_checksum<P: PacketAccess + ?Sized>(pkt: &P, parsed: &Parsed) -> Option<InnerChecksum> {
     let ip_end = parsed.l3_offset + usize::from(parsed.ip_len);
-    Some(InnerChecksum::new(
-        parsed.l4_offset,
-        ip_end,
-        pseudo_sum(pkt, parsed)?,
-    ))
+    let wire_end = parsed.l3_offset + wire_ip_len(parsed, parsed.gso_size);
+    Some(InnerChecksum::new(parsed.l4_offset, ip_end, pseudo_sum(pkt, parsed)?).on_wire(wire_end))
 }
 
 /// The sum of the packet's transport pseudo-header (addresses, protocol, transport length),
@@ -976,8 +979,9 @@ fn pseudo_sum<P: PacketAccess + ?Sized>(pkt: &P, parsed: &Parsed) -> Option<u32>
 /// Notes (in [`Parsed::checksum_partial`]) whether the packet's checksum is to be taken for partial
 /// where the hook cannot see its state ([`PacketAccess::partial_by_field`]: XDP on a veth): its field tells
 /// ([`looks_partial`]). The rewrites then move the partial sum instead of the
-/// checksum. A subprogram of its own in the kernel: the device lookup's key stays off the
-/// first stage's frame.
+/// checksum. Notes the packet's GSO segment size too ([`Parsed::gso_size`]), for the MTU
+/// decisions. A subprogram of its own in the kernel: the device lookup's key stays off the
+/// first stage's frame, and the skb's metadata is read here, not kept on it.
 ///
 /// Returns what it noted, and the caller uses it: a subprogram that returns nothing may exit
 /// with a stack pointer left in its return register (by the checksum loop's `black_box`),
@@ -986,6 +990,7 @@ fn pseudo_sum<P: PacketAccess + ?Sized>(pkt: &P, parsed: &Parsed) -> Option<u32>
 fn note_partial_checksum<P: PacketAccess + ?Sized>(pkt: &P, parsed: &mut Parsed) -> bool {
     let partial = looks_partial(pkt, parsed) && pkt.partial_by_field();
     parsed.checksum_partial = partial;
+    parsed.gso_size = pkt.gso_size();
     partial
 }
 
@@ -1372,9 +1377,10 @@ where
         e.flags = flags;
         return Some(TOO_BIG);
     }
-    // Where the packet cannot grow (TC), no carrier can be added: refused before the flow is
+    // Where the packet cannot grow (at TC, one that is not plain IPv4/IPv6 behind its Ethernet
+    // header, such as a VLAN-tagged one), no carrier can be added: refused before the flow is
     // recorded, so that no entry (nor a collision port) is left for a packet that is dropped.
-    if flags & (CT_F_DSR | CT_F_TUNNEL) != 0 && !ctx.resizable {
+    if flags & (CT_F_DSR | CT_F_TUNNEL) != 0 && !pkt.resizable() {
         return Some(drop(tables, DropReason::EncapFailed));
     }
 

@@ -14,8 +14,9 @@ use lb_api::wire::{Fragment, Ipv4Header, Ipv6Header, PacketAccess, Parsed, IPV6_
 use lb_api::IpFamily;
 use zerocopy::network_endian::U16;
 
+use crate::mtu::wire_ip_len;
 use crate::opaque;
-use crate::tunnel::{AdjustHead, EncapError};
+use crate::tunnel::{AdjustHead, EncapError, Room, MAX_ROOM_AT};
 
 /// IPv4 option type of the DSR option (copied flag set, class 0, number 26).
 pub const DSR_IPV4_OPT_TYPE: u8 = 0x9a;
@@ -29,9 +30,6 @@ pub const DSR_IPV6_EXT_LEN: usize = 24;
 pub const DSR_GENEVE_CLASS: u16 = 0xfff0;
 /// Geneve option type of the DSR option.
 pub const DSR_GENEVE_TYPE: u8 = 0x1b;
-
-/// Longest L2 + IP header the carriers move (two VLAN tags, IPv4 with 40 bytes of options).
-const MAX_MOVE: usize = 14 + 8 + 60;
 
 /// The service address a DSR carrier brings to the backend's node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,21 +93,6 @@ impl DsrTarget {
     }
 }
 
-/// Moves the first `n` bytes of the packet from `from` to 0 (after a head grow), 2 bytes at a
-/// time, bounded by [`MAX_MOVE`].
-fn move_front<P: PacketAccess + ?Sized>(pkt: &mut P, from: usize, n: usize) -> Option<()> {
-    if n > MAX_MOVE {
-        return None;
-    }
-    let mut i = 0;
-    while i < n {
-        let w: [u8; 2] = pkt.load(from + i)?;
-        pkt.store(i, &w)?;
-        i += 2;
-    }
-    Some(())
-}
-
 /// Adds the IPv4 DSR option to the packet `parsed` describes (client → backend, after DNAT), as
 /// the first option.
 ///
@@ -127,20 +110,23 @@ pub fn dsr_v4_insert<P: AdjustHead + ?Sized>(
         return Err(EncapError::Malformed);
     }
     let ihl = (l4 - l3) / 4;
-    if ihl + 2 > 15 || l4 > MAX_MOVE {
+    // The option goes first, right after the fixed header: after the existing options it
+    // could follow an End-of-Option-List, past which readers (Linux, dsr_extract) stop.
+    let at = l3 + Ipv4Header::LEN;
+    if ihl + 2 > 15 || at > MAX_ROOM_AT {
         return Err(EncapError::Malformed);
     }
-    check_mtu(parsed.ip_len, DSR_IPV4_OPT_LEN, mtu)?;
-    pkt.adjust_head(-(DSR_IPV4_OPT_LEN as i32))
+    check_mtu(wire_ip_len(parsed, pkt.gso_size()), DSR_IPV4_OPT_LEN, mtu)?;
+    pkt.insert_room(at, DSR_IPV4_OPT_LEN, Room::IpHeader)
         .ok_or(EncapError::NoHeadroom)?;
     let write = |pkt: &mut P| -> Option<()> {
-        // The option goes first, right after the fixed header: after the existing options it
-        // could follow an End-of-Option-List, past which readers (Linux, dsr_extract) stop.
-        move_front(pkt, DSR_IPV4_OPT_LEN, l3 + 20)?;
+        // Opaque offsets: each access keeps its own bounds check (the moves' imply them, which
+        // the optimizer would use and the verifier cannot follow).
+        let (l3, at) = (opaque(l3), opaque(at));
         let p = target.port.to_be_bytes();
         let a = target.addr;
         pkt.store(
-            l3 + 20,
+            at,
             &[DSR_IPV4_OPT_TYPE, 8, p[0], p[1], a[0], a[1], a[2], a[3]],
         )?;
         let mut ip: Ipv4Header = pkt.load(l3)?;
@@ -154,10 +140,10 @@ pub fn dsr_v4_insert<P: AdjustHead + ?Sized>(
     write(pkt).ok_or(EncapError::Malformed)
 }
 
-/// Refuses growing an IP packet of `ip_len` bytes by `added` past `mtu`, saying how large the
-/// inner packet may be.
-fn check_mtu(ip_len: u16, added: usize, mtu: u16) -> Result<(), EncapError> {
-    let needed = usize::from(ip_len) + added;
+/// Refuses growing an IP packet that leaves as packets of at most `wire_len` bytes
+/// ([`wire_ip_len`]) by `added` past `mtu`, saying how large the inner packet may be.
+fn check_mtu(wire_len: usize, added: usize, mtu: u16) -> Result<(), EncapError> {
+    let needed = wire_len + added;
     if needed > usize::from(mtu) {
         return Err(EncapError::MtuExceeded {
             needed: needed.min(0xffff) as u16,
@@ -179,30 +165,31 @@ pub fn dsr_v6_insert<P: AdjustHead + ?Sized>(
     mtu: u16,
 ) -> Result<(), EncapError> {
     let l3 = parsed.l3_offset;
-    if parsed.family() != IpFamily::V6 || l3 + Ipv6Header::LEN > MAX_MOVE + 40 {
+    let at = l3 + Ipv6Header::LEN;
+    if parsed.family() != IpFamily::V6 || at > MAX_ROOM_AT {
         return Err(EncapError::Malformed);
     }
     let fixed: [u8; 8] = pkt.load(l3).ok_or(EncapError::Malformed)?;
     if fixed[6] == IPV6_HOP_BY_HOP {
         return Err(EncapError::Malformed);
     }
-    check_mtu(parsed.ip_len, DSR_IPV6_EXT_LEN, mtu)?;
-    pkt.adjust_head(-(DSR_IPV6_EXT_LEN as i32))
+    check_mtu(wire_ip_len(parsed, pkt.gso_size()), DSR_IPV6_EXT_LEN, mtu)?;
+    pkt.insert_room(at, DSR_IPV6_EXT_LEN, Room::IpHeader)
         .ok_or(EncapError::NoHeadroom)?;
     let write = |pkt: &mut P| -> Option<()> {
-        // L2 first (bounded), then the 40-byte fixed header.
-        move_front(pkt, DSR_IPV6_EXT_LEN, l3)?;
-        let mut ip: Ipv6Header = pkt.load(l3 + DSR_IPV6_EXT_LEN)?;
+        // Opaque offsets: as in `dsr_v4_insert`.
+        let l3 = opaque(l3);
+        let mut ip: Ipv6Header = pkt.load(l3)?;
         let next = ip.next_header;
         ip.next_header = lb_api::wire::IPV6_DEST_OPTS;
         ip.payload_len = U16::new(ip.payload_len.get() + DSR_IPV6_EXT_LEN as u16);
         pkt.store(l3, &ip)?;
-        let at = l3 + Ipv6Header::LEN;
-        pkt.store(at, &[next, 2, DSR_IPV6_OPT_TYPE, 20])?;
-        pkt.store(at + 4, &target.addr)?;
+        // Opaque offsets: each store keeps its own bounds check (see `opaque`).
+        pkt.store(opaque(at), &[next, 2, DSR_IPV6_OPT_TYPE, 20])?;
+        pkt.store(opaque(at + 4), &target.addr)?;
         let p = target.port.to_be_bytes();
         // Port, then two Pad1 options.
-        pkt.store(at + 20, &[p[0], p[1], 0, 0])
+        pkt.store(opaque(at + 20), &[p[0], p[1], 0, 0])
     };
     write(pkt).ok_or(EncapError::Malformed)
 }

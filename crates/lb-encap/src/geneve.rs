@@ -5,7 +5,9 @@ use zerocopy::network_endian::U16;
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
 use crate::dsr::{DsrTarget, DSR_GENEVE_CLASS, DSR_GENEVE_TYPE};
-use crate::tunnel::{push_udp_tunnel, AdjustHead, DecapError, EncapError, TunnelConfig};
+use crate::tunnel::{
+    push_udp_tunnel, strip_tunnel, AdjustHead, DecapError, EncapError, TunnelConfig,
+};
 
 /// IANA UDP port of Geneve.
 pub const GENEVE_PORT: u16 = 6081;
@@ -92,11 +94,13 @@ pub fn geneve_encap<P: AdjustHead + ?Sized>(
     flow_hash: u32,
 ) -> Result<(), EncapError> {
     let opt_len = options_len(options).ok_or(EncapError::Malformed)?;
+    let wire = crate::mtu::frame_on_wire(pkt);
     push_udp_tunnel(
         pkt,
         cfg,
         GeneveHeader::LEN + opt_len,
         flow_hash,
+        wire,
         None,
         |pkt, at| {
             let v = cfg.vni.to_be_bytes();
@@ -169,7 +173,6 @@ pub fn geneve_decap<P: AdjustHead + ?Sized>(
     if off != opts_end || pkt.len() < opts_end + lb_api::wire::EthernetHeader::LEN {
         return Err(DecapError::NotTunnel);
     }
-    pkt.adjust_head(opts_end as i32)
-        .ok_or(DecapError::CannotShrink)?;
+    strip_tunnel(pkt, opts_end)?;
     Ok(GeneveInfo { vni: h.vni(), dsr })
 }

@@ -3,8 +3,10 @@
 //! or IPv6 outers, the DSR carriers (IPv4 option 0x9A, IPv6 destination option 0x1B, a Geneve
 //! option), and MTU accounting (ICMP "fragmentation needed" / ICMPv6 "packet too big").
 //!
-//! Everything is generic over [`lb_api::PacketAccess`] + [`AdjustHead`], so the eBPF programs
-//! run the same functions over `bpf_xdp_adjust_head`.
+//! Everything is generic over [`lb_api::PacketAccess`] + [`AdjustHead`], whose room operations
+//! ([`AdjustHead::insert_room`], [`AdjustHead::remove_room`], [`AdjustHead::truncate`]) mean the
+//! same in every world, so the eBPF programs run the same functions: at XDP over
+//! `bpf_xdp_adjust_head`, at TC over `bpf_skb_adjust_room` and `bpf_skb_change_tail`.
 //!
 //! ```
 //! use lb_encap::{vxlan_source_port, VxlanHeader};
@@ -32,9 +34,10 @@ pub mod geneve;
 pub mod mtu;
 mod tunnel;
 pub use tunnel::{
-    vxlan_decap, vxlan_decap_parsed, vxlan_encap, vxlan_encap_offloaded, AdjustHead, DecapError,
-    EncapError, HeadroomPacket, InnerChecksum, OuterAddrs, TunnelConfig, VxlanConfig,
-    MAX_LINK_PADDING, MAX_OFFLOADED_HEADERS,
+    insert_room_at_head, remove_room_at_head, truncate_at_tail, vxlan_decap, vxlan_decap_parsed,
+    vxlan_encap, vxlan_encap_offloaded, AdjustHead, DecapError, EncapError, HeadroomPacket,
+    InnerChecksum, OuterAddrs, Room, TunnelConfig, VxlanConfig, MAX_LINK_PADDING,
+    MAX_OFFLOADED_HEADERS, MAX_ROOM_AT,
 };
 
 /// An offset the optimizer cannot reason about. A checksum is stored after a loop over the

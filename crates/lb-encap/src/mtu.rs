@@ -5,11 +5,55 @@
 
 use lb_api::checksum;
 use lb_api::counters::{Counter, Counters};
-use lb_api::wire::{parse, EthernetHeader, IcmpHeader, Ipv4Header, Ipv6Header};
+use lb_api::flow::L4Proto;
+use lb_api::wire::{
+    parse, EthernetHeader, IcmpHeader, Ipv4Header, Ipv6Header, PacketAccess, Parsed, TcpFlags,
+    UdpHeader,
+};
 use lb_api::IpFamily;
 use zerocopy::network_endian::U16;
 
-use crate::tunnel::{vxlan_encap, AdjustHead, EncapError, TunnelConfig};
+use crate::tunnel::{vxlan_encap, AdjustHead, EncapError, Room, TunnelConfig};
+
+/// The length of the largest IP packet the packet `p` describes leaves as: its IP length, or,
+/// for a GSO packet (`gso_size` non-zero, [`PacketAccess::gso_size`]), the IP length of its
+/// segments: its IP and TCP/UDP headers and `gso_size` bytes of payload (all of it when it is
+/// shorter). What the MTU is decided by.
+#[inline(always)]
+#[must_use]
+pub fn wire_ip_len(p: &Parsed, gso_size: u16) -> usize {
+    let ip_len = usize::from(p.ip_len);
+    if gso_size == 0 {
+        return ip_len;
+    }
+    let ip_end = p.l3_offset + ip_len;
+    let payload = if p.tuple.proto == L4Proto::Tcp as u8 {
+        // The parser's sequence space: the data, and one each for SYN and FIN.
+        let syn_fin = u32::from(p.tcp_flags & TcpFlags::SYN != 0)
+            + u32::from(p.tcp_flags & TcpFlags::FIN != 0);
+        p.tcp_seq_end.wrapping_sub(p.tcp_seq).wrapping_sub(syn_fin) as usize
+    } else if p.tuple.proto == L4Proto::Udp as u8 {
+        ip_end.saturating_sub(p.l4_offset + UdpHeader::LEN)
+    } else {
+        return ip_len;
+    };
+    let headers = ip_len.saturating_sub(payload);
+    ip_len.min(headers + usize::from(gso_size))
+}
+
+/// The length of the largest frame `pkt` leaves as: its length, or for a GSO packet its
+/// first segment's ([`wire_ip_len`]; a GSO packet that does not parse counts whole).
+#[must_use]
+pub fn frame_on_wire<P: PacketAccess + ?Sized>(pkt: &P) -> usize {
+    let gso = pkt.gso_size();
+    if gso == 0 {
+        return pkt.len();
+    }
+    match parse(pkt) {
+        Ok(p) => p.l3_offset + wire_ip_len(&p, gso),
+        Err(_) => pkt.len(),
+    }
+}
 
 /// Longest quote of the offending packet, IPv4 and IPv6: 128 bytes. A receiver needs the IP
 /// header (with options or extension headers) and the first 8 bytes of the transport header to
@@ -26,6 +70,10 @@ pub const QUOTE_MAX_V6: usize = QUOTE_MAX;
 /// Rewrites the IP packet in `pkt` (after its L2 header, which is kept with the MACs swapped)
 /// into an ICMP "fragmentation needed" / ICMPv6 "packet too big" with next-hop MTU `mtu`, from
 /// `from` (this node; IPv4 in the first 4 bytes) to the packet's source.
+///
+/// The packet is cut to its L2 header and the quote ([`AdjustHead::truncate`]: at TC that also
+/// ends a GSO packet's segmentation), then room for the IP and ICMP headers goes in front of
+/// the quote ([`Room::BeforeIp`]).
 ///
 /// Returns `None` if the packet does not parse as IP or the buffer cannot be resized; the packet
 /// may then be partly rewritten and must be dropped.
@@ -51,18 +99,10 @@ pub fn icmp_too_big_parsed<P: AdjustHead + ?Sized>(
     };
     let grow = ip_len + IcmpHeader::LEN;
     let quote = usize::from(p.ip_len).min(quote_max);
-    let old_len = pkt.len();
     let eth: EthernetHeader = pkt.load(0)?;
-    pkt.adjust_head(-(grow as i32))?;
-    let new_len = l3 + grow + quote;
-    pkt.adjust_tail(new_len as i32 - (old_len + grow) as i32)?;
-    // The L2 header (with its VLAN tags) moves to the new front, addresses swapped.
-    let mut i = EthernetHeader::LEN;
-    while i < l3 && i < 22 {
-        let w: [u8; 2] = pkt.load(grow + i)?;
-        pkt.store(i, &w)?;
-        i += 2;
-    }
+    pkt.truncate(l3 + quote)?;
+    // The L2 header (with its VLAN tags) stays in front; the addresses are swapped below.
+    pkt.insert_room(l3, grow, Room::BeforeIp)?;
     pkt.store(
         0,
         &EthernetHeader {

@@ -11,22 +11,225 @@ use zerocopy::network_endian::U16;
 
 use crate::{vxlan_source_port, VxlanHeader, VXLAN_PORT};
 
-/// A packet whose start can move: the userspace side of `bpf_xdp_adjust_head`.
+/// What room a packet gets or loses ([`AdjustHead::insert_room`],
+/// [`AdjustHead::remove_room`]): the kernel at TC keeps the skb's metadata (its protocol, GSO
+/// type and size, inner header offsets) right by it. XDP and the userspace packets only move
+/// bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Room {
+    /// Inside the network headers, after the fixed IPv4/IPv6 header: an IPv4 option, an IPv6
+    /// extension header. The packet stays of its family and protocol.
+    IpHeader,
+    /// In front of the network header, after the link header: headers of the packet's own
+    /// family (an ICMP error's IP and ICMP headers in front of its quote).
+    BeforeIp,
+    /// A UDP tunnel's outer network, UDP and tunnel headers and the inner Ethernet header, in
+    /// front of the inner network header; the outer network header of this family.
+    UdpTunnel(IpFamily),
+    /// Removing a UDP tunnel's outer headers (and the inner Ethernet header, which the caller
+    /// writes back): the inner network header, now the packet's, is of this family (`None`:
+    /// not IP, such as a VLAN-tagged inner frame, which TC refuses: it cannot give the packet
+    /// that protocol).
+    UdpTunnelDecap(Option<IpFamily>),
+}
+
+impl Room {
+    /// `BPF_F_ADJ_ROOM_FIXED_GSO`.
+    pub const FIXED_GSO: u64 = 1;
+    /// `BPF_F_ADJ_ROOM_ENCAP_L3_IPV4`.
+    pub const ENCAP_L3_IPV4: u64 = 1 << 1;
+    /// `BPF_F_ADJ_ROOM_ENCAP_L3_IPV6`.
+    pub const ENCAP_L3_IPV6: u64 = 1 << 2;
+    /// `BPF_F_ADJ_ROOM_ENCAP_L4_UDP`.
+    pub const ENCAP_L4_UDP: u64 = 1 << 4;
+    /// `BPF_F_ADJ_ROOM_ENCAP_L2_ETH`.
+    pub const ENCAP_L2_ETH: u64 = 1 << 6;
+    /// `BPF_F_ADJ_ROOM_DECAP_L3_IPV4`.
+    pub const DECAP_L3_IPV4: u64 = 1 << 7;
+    /// `BPF_F_ADJ_ROOM_DECAP_L3_IPV6`.
+    pub const DECAP_L3_IPV6: u64 = 1 << 8;
+    /// `BPF_F_ADJ_ROOM_ENCAP_L2(len)`: the inner link header's length.
+    pub const fn encap_l2(len: u64) -> u64 {
+        (len & 0xff) << 56
+    }
+
+    /// The flags of `bpf_skb_adjust_room` for this room at TC.
+    ///
+    /// Always `FIXED_GSO`: the datapath decides a carried GSO packet's MTU by its segments
+    /// with the carrier added ([`crate::mtu::wire_ip_len`]), so the segments keep their size
+    /// and each grows by the carrier, as the packets the sender would have sent one by one
+    /// would; the kernel would otherwise shrink them by the carrier's length, and it resizes
+    /// a UDP GSO packet only with a fixed size. A tunnel's flags make the kernel mark the
+    /// packet as encapsulated (inner header offsets, `SKB_GSO_UDP_TUNNEL`, the outer protocol),
+    /// so that it still segments a GSO packet right; decapsulation's set the inner family as
+    /// the packet's protocol.
+    #[must_use]
+    pub const fn tc_flags(self) -> u64 {
+        match self {
+            Room::IpHeader | Room::BeforeIp | Room::UdpTunnelDecap(None) => Self::FIXED_GSO,
+            Room::UdpTunnel(outer) => {
+                let l3 = match outer {
+                    IpFamily::V4 => Self::ENCAP_L3_IPV4,
+                    IpFamily::V6 => Self::ENCAP_L3_IPV6,
+                };
+                Self::FIXED_GSO
+                    | l3
+                    | Self::ENCAP_L4_UDP
+                    | Self::ENCAP_L2_ETH
+                    | Self::encap_l2(EthernetHeader::LEN as u64)
+            }
+            Room::UdpTunnelDecap(Some(IpFamily::V4)) => Self::FIXED_GSO | Self::DECAP_L3_IPV4,
+            Room::UdpTunnelDecap(Some(IpFamily::V6)) => Self::FIXED_GSO | Self::DECAP_L3_IPV6,
+        }
+    }
+}
+
+/// Largest `at` of [`AdjustHead::insert_room`] and [`AdjustHead::remove_room`] where the
+/// bytes in front move by [`insert_room_at_head`] and [`remove_room_at_head`]: the end of an
+/// IPv6 header behind two VLAN tags. It bounds their loops.
+pub const MAX_ROOM_AT: usize = EthernetHeader::LEN + 8 + Ipv6Header::LEN;
+
+/// A packet that can grow and shrink: by its head and tail (XDP's `bpf_xdp_adjust_head`,
+/// `bpf_xdp_adjust_tail`, and the userspace [`HeadroomPacket`]), or by room inserted and
+/// removed inside it (TC's `bpf_skb_adjust_room`, `bpf_skb_change_tail`).
+///
+/// The carriers, decapsulation and the ICMP errors use [`Self::insert_room`],
+/// [`Self::remove_room`] and [`Self::truncate`] only, which mean the same in every world:
+/// one implementation of each carrier serves XDP, TC and userspace.
 pub trait AdjustHead: PacketAccess {
     /// Moves the start of the packet by `delta` bytes: negative grows the packet at its head
     /// (new bytes are unspecified), positive removes bytes from its head. `None` (nothing changed)
-    /// if there is not enough headroom or packet.
+    /// if there is not enough headroom or packet, or the hook cannot (TC).
     fn adjust_head(&mut self, delta: i32) -> Option<()>;
 
     /// Moves the end of the packet by `delta` bytes (positive grows, negative truncates), like
     /// `bpf_xdp_adjust_tail`. `None` (nothing changed) if the buffer does not allow it.
     fn adjust_tail(&mut self, delta: i32) -> Option<()>;
 
-    /// Whether the packet can change length at all (XDP: yes; the TC hook: no). Paths that
-    /// would have to add or remove a carrier refuse such a packet before changing any state.
+    /// Whether the packet can change length at all (at TC: whether it is plain IPv4/IPv6 behind
+    /// its Ethernet header, what the kernel's helpers resize). Paths that would have to add a
+    /// carrier or make an ICMP error refuse such a packet before changing any state.
     fn resizable(&self) -> bool {
         true
     }
+
+    /// Inserts `len` bytes of room after the first `at` bytes of the packet: those `at` bytes
+    /// move `len` bytes toward the head, the rest stays where it is. The room's bytes are
+    /// unspecified: the caller writes them. `room` says what the room is for. `None` (nothing
+    /// changed) if the packet cannot grow there.
+    ///
+    /// By default [`insert_room_at_head`]: the head grows and the `at` bytes move (at most
+    /// [`MAX_ROOM_AT`]; `len` at least 8). At TC the kernel's `bpf_skb_adjust_room` does it, for `at`
+    /// at the end of the Ethernet header (14) or of the fixed IP header only.
+    fn insert_room(&mut self, at: usize, len: usize, room: Room) -> Option<()> {
+        let _ = room;
+        insert_room_at_head(self, at, len)
+    }
+
+    /// Removes the `len` bytes after the first `at` bytes of the packet: those `at` bytes move
+    /// `len` bytes toward the tail. `None` (nothing changed) if the packet cannot shrink there.
+    ///
+    /// By default [`remove_room_at_head`]; at TC `bpf_skb_adjust_room`, as
+    /// [`Self::insert_room`].
+    fn remove_room(&mut self, at: usize, len: usize, room: Room) -> Option<()> {
+        let _ = room;
+        remove_room_at_head(self, at, len)
+    }
+
+    /// Cuts the packet to its first `len` bytes (`len` at most its length). `None` (nothing
+    /// changed) if it cannot. By default through [`Self::adjust_tail`]; at TC
+    /// `bpf_skb_change_tail`, after which the packet is no GSO packet any more.
+    fn truncate(&mut self, len: usize) -> Option<()> {
+        truncate_at_tail(self, len)
+    }
+}
+
+/// [`AdjustHead::insert_room`] by [`AdjustHead::adjust_head`] and a bounded move of the `at`
+/// bytes ([`MAX_ROOM_AT`] at most, none or at least 8), 8 at a time. The room holds what the
+/// headroom held.
+#[inline(always)]
+pub fn insert_room_at_head<P: AdjustHead + ?Sized>(
+    pkt: &mut P,
+    at: usize,
+    len: usize,
+) -> Option<()> {
+    if !room_fits(pkt, at, len, 0) {
+        return None;
+    }
+    pkt.adjust_head(-(len as i32))?;
+    // Front to back: a chunk is read before anything at or after it is written (`len` >= 8).
+    // The last chunk ends at `at` and may overlap the one before it.
+    let mut i = 0;
+    while i + MOVE_CHUNK < at {
+        let w: [u8; MOVE_CHUNK] = pkt.load(len + i)?;
+        pkt.store(i, &w)?;
+        i += MOVE_CHUNK;
+    }
+    if at != 0 {
+        let last = at - MOVE_CHUNK;
+        let w: [u8; MOVE_CHUNK] = pkt.load(len + last)?;
+        // Opaque: the store keeps its own bounds check (the load's implies it, which the
+        // optimizer would use and the verifier cannot follow).
+        pkt.store(crate::opaque(last), &w)?;
+    }
+    Some(())
+}
+
+/// [`AdjustHead::remove_room`] by a bounded move of the `at` bytes ([`MAX_ROOM_AT`] at most,
+/// none or at least 8), 8 at a time from the last, and [`AdjustHead::adjust_head`].
+#[inline(always)]
+pub fn remove_room_at_head<P: AdjustHead + ?Sized>(
+    pkt: &mut P,
+    at: usize,
+    len: usize,
+) -> Option<()> {
+    // Opaque: otherwise the optimizer derives the moves' offsets from the caller's (a tunnel's
+    // header offsets) and reuses their bounds checks, which the verifier cannot follow.
+    let len = crate::opaque(len);
+    if !room_fits(pkt, at, len, len) {
+        return None;
+    }
+    // Back to front: a chunk is read before anything at or before it is written (`len` >= 8).
+    // The last chunk starts at 0 and may overlap the one before it.
+    let mut i = at;
+    while i > MOVE_CHUNK {
+        i -= MOVE_CHUNK;
+        let w: [u8; MOVE_CHUNK] = pkt.load(i)?;
+        pkt.store(len + i, &w)?;
+    }
+    if at != 0 {
+        let w: [u8; MOVE_CHUNK] = pkt.load(0)?;
+        pkt.store(len, &w)?;
+    }
+    pkt.adjust_head(len as i32)
+}
+
+/// Bytes [`insert_room_at_head`] and [`remove_room_at_head`] move at a time.
+const MOVE_CHUNK: usize = 8;
+
+/// Whether the moves of [`insert_room_at_head`] and [`remove_room_at_head`] can be done and stay
+/// inside the packet (`removed` of its bytes go) and the bytes the datapath may touch
+/// ([`lb_api::wire::MAX_HEADER_OFFSET`]), so that none of them fails half-way.
+#[inline(always)]
+fn room_fits<P: PacketAccess + ?Sized>(pkt: &P, at: usize, len: usize, removed: usize) -> bool {
+    at <= MAX_ROOM_AT
+        && (at == 0 || at >= MOVE_CHUNK)
+        && (MOVE_CHUNK..=lb_api::wire::MAX_HEADER_OFFSET).contains(&len)
+        && at + removed <= pkt.len()
+        && at + len <= lb_api::wire::MAX_HEADER_OFFSET
+}
+
+/// [`AdjustHead::truncate`] by [`AdjustHead::adjust_tail`].
+#[inline(always)]
+pub fn truncate_at_tail<P: AdjustHead + ?Sized>(pkt: &mut P, len: usize) -> Option<()> {
+    let cur = pkt.len();
+    if len > cur {
+        return None;
+    }
+    if len == cur {
+        return Some(());
+    }
+    pkt.adjust_tail(-((cur - len) as i32))
 }
 
 /// [`PacketAccess`] + [`AdjustHead`] over a caller's buffer with headroom before the frame.
@@ -204,7 +407,8 @@ impl TunnelConfig {
     }
 }
 
-/// Why an encapsulation was not done (the packet is unchanged).
+/// Why an encapsulation was not done (the packet is unchanged, but for
+/// [`EncapError::Malformed`] after the packet grew: see the functions).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EncapError {
     /// The outer packet would be `needed` bytes, more than the MTU; `inner_mtu` is the largest
@@ -215,7 +419,9 @@ pub enum EncapError {
         /// Largest inner IP packet that fits.
         inner_mtu: u16,
     },
-    /// Not enough headroom to grow the packet.
+    /// The packet could not grow (no headroom; at TC the kernel refuses packets that are not
+    /// plain IPv4/IPv6 after their Ethernet header, such as VLAN-tagged ones, and GSO packets
+    /// it could not segment any more).
     NoHeadroom,
     /// The packet is too long to checksum or does not parse.
     Malformed,
@@ -232,7 +438,8 @@ pub enum DecapError {
     BadFlags,
     /// An IPv6 outer UDP checksum of zero (invalid in IPv6).
     ZeroUdpChecksumV6,
-    /// A valid tunnel packet, but the packet cannot shrink (the TC hook): decapsulate at XDP.
+    /// A valid tunnel packet that could not shrink (at TC the kernel refuses packets that are
+    /// not plain IPv4/IPv6 after their Ethernet header, such as VLAN-tagged ones).
     CannotShrink,
     /// The VNI is not the one expected (`found` holds it).
     VniMismatch {
@@ -252,9 +459,16 @@ pub fn vxlan_encap<P: AdjustHead + ?Sized>(
     cfg: &VxlanConfig,
     flow_hash: u32,
 ) -> Result<(), EncapError> {
-    push_udp_tunnel(pkt, cfg, VxlanHeader::LEN, flow_hash, None, |pkt, at| {
-        pkt.store(at, &VxlanHeader::new(cfg.vni))
-    })
+    let wire = crate::mtu::frame_on_wire(pkt);
+    push_udp_tunnel(
+        pkt,
+        cfg,
+        VxlanHeader::LEN,
+        flow_hash,
+        wire,
+        None,
+        |pkt, at| pkt.store(at, &VxlanHeader::new(cfg.vni)),
+    )
 }
 
 /// [`vxlan_encap`] with the IPv6 outer UDP checksum derived from the inner packet's own
@@ -282,6 +496,7 @@ pub fn vxlan_encap_offloaded<P: AdjustHead + ?Sized>(
         cfg,
         VxlanHeader::LEN,
         flow_hash,
+        inner.wire_end,
         Some(inner),
         |pkt, at| pkt.store(at, &VxlanHeader::new(cfg.vni)),
     )
@@ -306,6 +521,10 @@ pub struct InnerChecksum {
     /// One's-complement sum of the inner transport segment, checksum field included, as its
     /// checksum implies: the complement of its pseudo-header's sum ([`InnerChecksum::new`]).
     pub l4_sum: u32,
+    /// End of the largest frame the packet is on the wire, which the MTU is checked against:
+    /// `ip_end` for a packet that leaves whole, the end of its first segment for a GSO packet
+    /// ([`InnerChecksum::on_wire`], [`crate::mtu::wire_ip_len`]).
+    pub wire_end: usize,
 }
 
 impl InnerChecksum {
@@ -317,7 +536,15 @@ impl InnerChecksum {
             l4_offset,
             ip_end,
             l4_sum: checksum::finish(pseudo_sum) as u32,
+            wire_end: ip_end,
         }
+    }
+
+    /// The same packet leaving as segments whose largest frame ends at `wire_end` (a GSO
+    /// packet: the offset of its IP header plus [`crate::mtu::wire_ip_len`]).
+    #[must_use]
+    pub const fn on_wire(self, wire_end: usize) -> Self {
+        Self { wire_end, ..self }
     }
 }
 
@@ -369,31 +596,46 @@ fn udp_segment_sum<P: PacketAccess + ?Sized>(
 }
 
 /// Grows `pkt` by the outer headers plus `tunnel_len` bytes of tunnel header (written by
-/// `write_tunnel` at the offset it is given), then fills in the UDP checksum (IPv6).
+/// `write_tunnel` at the offset it is given), then fills in the UDP checksum (IPv6). The room
+/// goes after the frame's Ethernet header ([`Room::UdpTunnel`]), which becomes the outer one,
+/// and a copy of it becomes the inner one. `wire_frame` is the length of the largest frame the
+/// packet leaves as (its segments', for a GSO packet), which the MTU is checked against.
+///
+/// Once the packet grew, a failure (a write outside the packet: not reached by a frame that
+/// passed the checks before) leaves it partly rewritten: drop it.
 pub(crate) fn push_udp_tunnel<P: AdjustHead + ?Sized>(
     pkt: &mut P,
     cfg: &TunnelConfig,
     tunnel_len: usize,
     flow_hash: u32,
+    wire_frame: usize,
     inner_checksum: Option<&InnerChecksum>,
     write_tunnel: impl FnOnce(&mut P, usize) -> Option<()>,
 ) -> Result<(), EncapError> {
     let inner = pkt.len();
     let overhead = cfg.outer_len() + tunnel_len;
-    let outer_ip_len = inner + overhead - EthernetHeader::LEN;
-    if outer_ip_len > usize::from(cfg.mtu) {
+    let wire_ip_len = wire_frame.min(inner) + overhead - EthernetHeader::LEN;
+    if wire_ip_len > usize::from(cfg.mtu) {
         let inner_mtu = usize::from(cfg.mtu).saturating_sub(overhead);
         return Err(EncapError::MtuExceeded {
-            needed: outer_ip_len.min(0xffff) as u16,
+            needed: wire_ip_len.min(0xffff) as u16,
             inner_mtu: inner_mtu as u16,
         });
     }
+    let outer_ip_len = inner + overhead - EthernetHeader::LEN;
     if outer_ip_len > checksum::MAX_SUM_LEN && inner_checksum.is_none() {
         return Err(EncapError::Malformed);
     }
-    pkt.adjust_head(-(overhead as i32))
+    let outer_family = match cfg.outer {
+        OuterAddrs::V4 { .. } => IpFamily::V4,
+        OuterAddrs::V6 { .. } => IpFamily::V6,
+    };
+    // The frame's Ethernet header: the inner frame's, copied behind the outer headers.
+    let inner_eth: EthernetHeader = pkt.load(0).ok_or(EncapError::Malformed)?;
+    pkt.insert_room(EthernetHeader::LEN, overhead, Room::UdpTunnel(outer_family))
         .ok_or(EncapError::NoHeadroom)?;
     let write = |pkt: &mut P| -> Option<()> {
+        pkt.store(overhead, &inner_eth)?;
         let (ether_type, l4) = match cfg.outer {
             OuterAddrs::V4 { .. } => (ETH_P_IPV4, EthernetHeader::LEN + Ipv4Header::LEN),
             OuterAddrs::V6 { .. } => (ETH_P_IPV6, EthernetHeader::LEN + Ipv6Header::LEN),
@@ -463,12 +705,7 @@ pub(crate) fn push_udp_tunnel<P: AdjustHead + ?Sized>(
         }
         Some(())
     };
-    if write(pkt).is_none() {
-        // Undo the growth: the caller keeps its original frame.
-        let _ = pkt.adjust_head(overhead as i32);
-        return Err(EncapError::Malformed);
-    }
-    Ok(())
+    write(pkt).ok_or(EncapError::Malformed)
 }
 
 /// Removes the outer headers of a VXLAN packet to UDP port `port`, leaving the inner Ethernet
@@ -524,7 +761,85 @@ pub fn vxlan_decap_parsed<P: AdjustHead + ?Sized>(
     if strip + EthernetHeader::LEN > p.l3_offset + usize::from(p.ip_len) {
         return Err(DecapError::NotTunnel);
     }
-    pkt.adjust_head(strip as i32)
-        .ok_or(DecapError::CannotShrink)?;
+    strip_tunnel(pkt, strip)?;
     Ok(vni)
+}
+
+/// Removes the `strip` bytes of outer headers in front of a tunnel's inner Ethernet frame:
+/// the room from the end of the outer Ethernet header to the inner network header goes
+/// ([`Room::UdpTunnelDecap`]), and the inner Ethernet header is written over the outer one.
+#[inline(always)]
+pub(crate) fn strip_tunnel<P: AdjustHead + ?Sized>(
+    pkt: &mut P,
+    strip: usize,
+) -> Result<(), DecapError> {
+    let inner: EthernetHeader = pkt.load(strip).ok_or(DecapError::NotTunnel)?;
+    let family = match inner.ether_type.get() {
+        ETH_P_IPV4 => Some(IpFamily::V4),
+        ETH_P_IPV6 => Some(IpFamily::V6),
+        _ => None,
+    };
+    pkt.remove_room(EthernetHeader::LEN, strip, Room::UdpTunnelDecap(family))
+        .ok_or(DecapError::CannotShrink)?;
+    pkt.store(0, &inner).ok_or(DecapError::CannotShrink)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(n: usize) -> std::vec::Vec<u8> {
+        (0..n).map(|i| i as u8).collect()
+    }
+
+    extern crate std;
+
+    #[test]
+    fn room_moves_the_bytes_in_front_and_keeps_the_rest() {
+        for at in [0usize, 8, 13, 14, 16, 34, 54, 62] {
+            for len in [8usize, 24, 50, 70] {
+                let f = frame(100);
+                let mut buf = std::vec![0xeeu8; 128 + f.len()];
+                buf[128..].copy_from_slice(&f);
+                let mut p = HeadroomPacket::new(&mut buf, 128, f.len()).unwrap();
+                p.insert_room(at, len, Room::BeforeIp).unwrap();
+                let b = p.bytes().to_vec();
+                assert_eq!(b.len(), f.len() + len);
+                assert_eq!(&b[..at], &f[..at], "at {at} len {len}: the front");
+                assert_eq!(&b[at + len..], &f[at..], "at {at} len {len}: the rest");
+                // And out again.
+                p.remove_room(at, len, Room::UdpTunnelDecap(None)).unwrap();
+                assert_eq!(p.bytes(), &f[..], "at {at} len {len}: removed again");
+            }
+        }
+    }
+
+    #[test]
+    fn room_refuses_what_it_cannot_move_and_changes_nothing() {
+        let f = frame(40);
+        let mut buf = std::vec![0u8; 64 + f.len()];
+        buf[64..].copy_from_slice(&f);
+        let mut p = HeadroomPacket::new(&mut buf, 64, f.len()).unwrap();
+        assert!(p.insert_room(MAX_ROOM_AT + 2, 8, Room::IpHeader).is_none());
+        assert!(
+            p.insert_room(4, 8, Room::IpHeader).is_none(),
+            "fewer than 8 bytes in front"
+        );
+        assert!(
+            p.insert_room(14, 4, Room::IpHeader).is_none(),
+            "room under 8 bytes"
+        );
+        assert!(
+            p.insert_room(14, 65, Room::IpHeader).is_none(),
+            "no headroom"
+        );
+        assert!(
+            p.remove_room(14, 30, Room::IpHeader).is_none(),
+            "past the end"
+        );
+        assert_eq!(p.bytes(), &f[..]);
+        p.truncate(20).unwrap();
+        assert_eq!(p.bytes(), &f[..20]);
+        assert!(p.truncate(21).is_none());
+    }
 }

@@ -75,6 +75,15 @@ pub trait PacketAccess {
         false
     }
 
+    /// The packet's GSO segment size (`skb_shinfo(skb)->gso_size`; zero: not a GSO packet):
+    /// packet metadata, as the kernel keeps it in the skb. TCP segmentation offload hands TC
+    /// a local sender's data as one large packet that the device (or the stack) cuts into
+    /// segments of this many payload bytes; the MTU a packet must fit is its segments'.
+    /// XDP sees no GSO packets: zero there.
+    fn gso_size(&self) -> u16 {
+        0
+    }
+
     /// Updates the transport checksum field at `at` for a covered field changing from `from`
     /// to `to` (its size and kind in `flags`, [`crate::checksum::l4_flags`]), as the kernel's
     /// `bpf_l4_csum_replace` does: per [`Self::checksum_partial`] or, where the datapath found

@@ -211,6 +211,10 @@ pub struct Parsed {
     /// not make the verifier track the header fields it came from precisely (compared where it
     /// was computed, it took the first stage past its million instructions).
     pub ipv4_header_sum: u16,
+    /// The packet's GSO segment size ([`PacketAccess::gso_size`](super::PacketAccess::gso_size);
+    /// zero: not a GSO packet), as the datapath noted it for its MTU decisions. The parser
+    /// leaves it zero.
+    pub gso_size: u16,
 }
 
 impl Parsed {
@@ -241,6 +245,7 @@ impl Parsed {
         ipv6_dest_opts: 0,
         checksum_partial: false,
         ipv4_header_sum: 0,
+        gso_size: 0,
     };
 
     /// The address family of the packet.

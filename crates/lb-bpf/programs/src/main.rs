@@ -11,18 +11,21 @@
 //!   budget is a million instructions per program and the new-flow stage (the SNAT allocator's
 //!   schedule) needs most of one.
 //! * `lb_tc`, `lb_tc_new_flow`: the pipeline at TC (clsact ingress or egress), for interfaces or
-//!   directions XDP cannot serve (translation only: it cannot grow the packet for tunnels and DSR
-//!   carriers).
+//!   directions XDP cannot serve. Carriers, decapsulation and ICMP errors go through the kernel's
+//!   skb helpers (`bpf_skb_adjust_room` with the encapsulation flags, `bpf_skb_change_tail`),
+//!   which keep a GSO packet segmentable; ICMP errors go back out by `bpf_redirect`.
 //! * `lb_xdp_parse_only`: parses and passes; the baseline benchmarks are set against.
 #![no_std]
 #![no_main]
 
 use core::mem::size_of;
 
-use aya_ebpf::bindings::{__sk_buff, xdp_action, xdp_md, TC_ACT_OK, TC_ACT_SHOT};
+use aya_ebpf::bindings::{
+    __sk_buff, bpf_adj_room_mode, xdp_action, xdp_md, BPF_F_INGRESS, TC_ACT_OK, TC_ACT_SHOT,
+};
 use aya_ebpf::helpers::{
-    bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_l4_csum_replace, bpf_xdp_adjust_head,
-    bpf_xdp_adjust_tail,
+    bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_l4_csum_replace, bpf_redirect, bpf_skb_adjust_room,
+    bpf_skb_change_tail, bpf_xdp_adjust_head, bpf_xdp_adjust_tail,
 };
 use aya_ebpf::macros::{classifier, map, xdp};
 use aya_ebpf::maps::{Array, HashMap, PerCpuArray, ProgramArray, RingBuf};
@@ -37,7 +40,7 @@ use lb_api::wire::{parse, PacketAccess, MAX_HEADER_OFFSET};
 use lb_api::Verdict;
 use lb_datapath::Step;
 use lb_conntrack::{ConntrackTable, InsertError, InsertMode};
-use lb_encap::AdjustHead;
+use lb_encap::{AdjustHead, Room};
 use lb_nat::{RandomSource, ServiceTable};
 use zerocopy_shim::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
@@ -224,10 +227,11 @@ fn emit_drop_event(ifindex: u32) {
 
 /// [`PacketAccess`] over `data`/`data_end`: every access is checked against `data_end` with a
 /// pointer comparison the verifier can follow. At XDP (`TC` false; `ctx` the `xdp_md`) the
-/// packet can grow and shrink at its head and tail ([`AdjustHead`]); at TC (`ctx` the
-/// `__sk_buff`) it cannot (encapsulation and DSR carriers are XDP's job), and such a packet is
-/// dropped with `EncapFailed`; its checksums are updated through the kernel's helpers, which
-/// know the skb's checksum state.
+/// packet grows and shrinks at its head and tail ([`AdjustHead`]'s room operations move the
+/// bytes in front); at TC (`ctx` the `__sk_buff`) room is inserted and removed inside the
+/// packet by `bpf_skb_adjust_room` and the packet cut by `bpf_skb_change_tail`, which keep the
+/// skb's metadata (GSO, protocol, inner headers) right, and its checksums are updated through
+/// the kernel's helpers, which know the skb's checksum state.
 struct DirectPacket<const TC: bool> {
     start: usize,
     end: usize,
@@ -259,6 +263,37 @@ impl<const TC: bool> DirectPacket<TC> {
     }
 }
 
+impl<const TC: bool> DirectPacket<TC> {
+    /// `bpf_skb_adjust_room` by `len_diff` bytes at `at`: after the Ethernet header
+    /// (`BPF_ADJ_ROOM_MAC`) or after the fixed IPv4/IPv6 header, by the skb's protocol
+    /// (`BPF_ADJ_ROOM_NET`); nowhere else (a VLAN-tagged packet's protocol is its tag's, which
+    /// the helper refuses anyway).
+    #[inline(always)]
+    fn adjust_room(&mut self, at: usize, len_diff: i32, room: Room) -> Option<()> {
+        // SAFETY: `ctx` is the program's `__sk_buff`; `protocol` is a readable field.
+        let protocol = unsafe { (*self.ctx.cast::<__sk_buff>()).protocol };
+        let base = if protocol == u32::from(0x0800u16.to_be()) {
+            20
+        } else if protocol == u32::from(0x86ddu16.to_be()) {
+            40
+        } else {
+            return None;
+        };
+        let mode = if at == 14 {
+            bpf_adj_room_mode::BPF_ADJ_ROOM_MAC
+        } else if at == 14 + base {
+            bpf_adj_room_mode::BPF_ADJ_ROOM_NET
+        } else {
+            return None;
+        };
+        // SAFETY: `ctx` is the program's `__sk_buff`; the helper checks the packet and the
+        // flags itself and fails without changing anything.
+        let r = unsafe { bpf_skb_adjust_room(self.ctx.cast(), len_diff, mode, room.tc_flags()) };
+        self.reload();
+        (r == 0).then_some(())
+    }
+}
+
 impl<const TC: bool> AdjustHead for DirectPacket<TC> {
     #[inline(always)]
     fn adjust_head(&mut self, delta: i32) -> Option<()> {
@@ -287,9 +322,56 @@ impl<const TC: bool> AdjustHead for DirectPacket<TC> {
         Some(())
     }
 
+    /// At TC, an IPv4 or IPv6 packet (the skb's protocol): the kernel resizes no other (a
+    /// VLAN-tagged packet's protocol is its tag's). At XDP any packet (but the parse-only
+    /// baseline's, which has no context).
     #[inline(always)]
     fn resizable(&self) -> bool {
-        !TC && !self.ctx.is_null()
+        if !TC {
+            return !self.ctx.is_null();
+        }
+        // SAFETY: `ctx` is the program's `__sk_buff`; `protocol` is a readable field.
+        let protocol = unsafe { (*self.ctx.cast::<__sk_buff>()).protocol };
+        protocol == u32::from(0x0800u16.to_be()) || protocol == u32::from(0x86ddu16.to_be())
+    }
+
+    #[inline(always)]
+    fn insert_room(&mut self, at: usize, len: usize, room: Room) -> Option<()> {
+        if !TC {
+            return lb_encap::insert_room_at_head(self, at, len);
+        }
+        if len > 0xfff {
+            return None;
+        }
+        self.adjust_room(at, len as i32, room)
+    }
+
+    /// At TC, not to an inner frame that is not IP: the kernel keeps the skb's protocol (the
+    /// outer family's) and could set no other, so the stack would misread the frame.
+    #[inline(always)]
+    fn remove_room(&mut self, at: usize, len: usize, room: Room) -> Option<()> {
+        if !TC {
+            return lb_encap::remove_room_at_head(self, at, len);
+        }
+        if len > 0xfff || room == Room::UdpTunnelDecap(None) {
+            return None;
+        }
+        self.adjust_room(at, -(len as i32), room)
+    }
+
+    #[inline(always)]
+    fn truncate(&mut self, len: usize) -> Option<()> {
+        if !TC {
+            return lb_encap::truncate_at_tail(self, len);
+        }
+        if len > self.len() {
+            return None;
+        }
+        // SAFETY: `ctx` is the program's `__sk_buff`; the helper checks the length and fails
+        // without changing anything.
+        let r = unsafe { bpf_skb_change_tail(self.ctx.cast(), len as u32, 0) };
+        self.reload();
+        (r == 0).then_some(())
     }
 }
 
@@ -337,6 +419,16 @@ impl<const TC: bool> PacketAccess for DirectPacket<TC> {
         // SAFETY: `ctx` is the program's `xdp_md`; `ingress_ifindex` is a readable field.
         let ifindex = unsafe { (*self.ctx.cast::<xdp_md>()).ingress_ifindex };
         LB_XDP_PARTIAL.get_ptr(&ifindex).is_some()
+    }
+
+    /// At TC the skb's `gso_size`; XDP sees no GSO packets.
+    #[inline(always)]
+    fn gso_size(&self) -> u16 {
+        if !TC {
+            return 0;
+        }
+        // SAFETY: `ctx` is the program's `__sk_buff`; `gso_size` is a readable field.
+        unsafe { (*self.ctx.cast::<__sk_buff>()).gso_size as u16 }
     }
 
     /// At TC through `bpf_l4_csum_replace`, which knows the skb's checksum state (complete,
@@ -427,11 +519,30 @@ fn xdp_action_of(ctx: &XdpContext, v: Verdict) -> u32 {
     }
 }
 
-/// The TC action of a verdict (a drop writes its event).
+/// The TC action of a verdict (a drop writes its event). A packet the pipeline sends back (the
+/// ICMP error it made of a packet too big for its carrier) goes back the way it came: at
+/// ingress (the device it came in on is the skb's, `skb_iif` equals it) out of that device, a
+/// redirect that works on a veth with its default settings (unlike `XDP_TX`, which needs NAPI
+/// at the peer); at egress (the sender is on this host's side) into that device's ingress, so
+/// the stack delivers it to the sender or routes it there.
 #[inline(always)]
 fn tc_action_of(ctx: &TcContext, v: Verdict) -> i32 {
     match v {
-        Verdict::Pass | Verdict::Tx => TC_ACT_OK,
+        Verdict::Pass => TC_ACT_OK,
+        Verdict::Tx => {
+            // SAFETY: `skb` is the context pointer the kernel passed to this program;
+            // `ifindex` and `ingress_ifindex` are readable fields of `__sk_buff`.
+            let (ifindex, came_in) =
+                unsafe { ((*ctx.skb.skb).ifindex, (*ctx.skb.skb).ingress_ifindex) };
+            let flags = if came_in == ifindex {
+                0
+            } else {
+                u64::from(BPF_F_INGRESS)
+            };
+            // SAFETY: bpf_redirect has no preconditions; it returns TC_ACT_REDIRECT, or
+            // TC_ACT_SHOT for flags it does not know.
+            unsafe { bpf_redirect(ifindex, flags) as i32 }
+        }
         Verdict::Drop => {
             // SAFETY: `skb` is the context pointer the kernel passed to this program; `ifindex`
             // is a readable field of `__sk_buff`.
@@ -488,7 +599,12 @@ pub fn lb_xdp_new_flow(ctx: XdpContext) -> u32 {
 /// packet of no tracked flow.
 #[classifier]
 pub fn lb_tc(ctx: TcContext) -> i32 {
-    let v = match run(&mut tc_packet(&ctx), Stage::Tracked) {
+    let mut pkt = tc_packet(&ctx);
+    let v = run(&mut pkt, Stage::Tracked);
+    // The context again from the packet (a stack slot) rather than kept in a register across
+    // the pipeline: one value less for this frame to keep, which is on the deepest call chain.
+    let ctx = TcContext::new(pkt.ctx.cast());
+    let v = match v {
         Some(v) => v,
         None => {
             // SAFETY: as in `lb_xdp`.

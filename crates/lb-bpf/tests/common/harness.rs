@@ -7,9 +7,9 @@ use lb_api::abi::{CtEntry, CtKey, DatapathConfig};
 use lb_api::counters::CounterSnapshot;
 use lb_api::events::DropEvent;
 use lb_api::Verdict;
-use lb_bpf::{KernelDatapath, Program};
+use lb_bpf::{KernelDatapath, Program, TestSkb};
 use lb_conntrack::ManualClock;
-use lb_datapath::engine::Engine;
+use lb_datapath::engine::{Engine, GsoType, SkbMeta};
 use lb_nat::control::{NodeSpec, ServiceSpec};
 use zerocopy::IntoBytes;
 
@@ -27,6 +27,9 @@ pub struct EngineAndKernel {
     cfg: DatapathConfig,
     /// Packets compared so far.
     pub compared: usize,
+    /// At TC, the skb metadata of the next packets (the kernel's test runner gets it as the
+    /// run's context, the engine as [`SkbMeta`]).
+    pub skb: TestSkb,
 }
 
 /// What both worlds did with one packet (they agreed on all of it).
@@ -59,6 +62,7 @@ impl EngineAndKernel {
             program,
             cfg,
             compared: 0,
+            skb: TestSkb::default(),
         }
     }
 
@@ -109,16 +113,24 @@ impl EngineAndKernel {
         let name = self.program.name();
         let kernel = self
             .dp
-            .test_run(self.program, frame, 1)
+            .test_run_skb(self.program, frame, 1, &self.skb)
             .unwrap_or_else(|e| {
                 panic!("{what} ({name}): {e}: {:?}", std::error::Error::source(&e))
             });
         let before = *self.engine.counters();
         let mut user = frame.to_vec();
-        // The engine runs the packet as the program's hook has it: at TC a packet cannot grow
-        // or shrink, so tunnels, DSR carriers and ICMP "too big" errors fail there in both worlds.
+        // The engine runs the packet as the program's hook has it: at TC with the skb's
+        // metadata, room made by the kernel's skb helpers (the test runner gives a GSO size no
+        // GSO type).
         let verdict = match self.program {
-            Program::Tc => self.engine.process_fixed_len(&mut user),
+            Program::Tc => {
+                let meta = SkbMeta {
+                    gso_size: self.skb.gso_size,
+                    gso_type: GsoType::Unknown,
+                    ..SkbMeta::default()
+                };
+                self.engine.process_tc(&mut user, meta)
+            }
             _ => self.engine.process(&mut user),
         };
         assert_eq!(kernel.verdict, verdict, "{what} ({name}): verdict");
