@@ -186,13 +186,27 @@ pub fn within<T>(ns: &str, f: impl FnOnce() -> T) -> Result<T> {
     Ok(r)
 }
 
-/// Turns off transmit checksum offload on `dev` in `ns`. XDP sees packets before the stack would
-/// complete a partial (offloaded) checksum, and the datapath's incremental updates need complete
-/// ones.
+/// How a test node's own devices transmit checksums.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeChecksums {
+    /// The kernel's default (transmit checksum offload on): a partial checksum passes between
+    /// veths as it is, and the receiver trusts it.
+    Offload,
+    /// Completed in software on the node's devices ([`software_checksums`]): a wrong partial
+    /// seed reaches the receiver as a wrong checksum.
+    Software,
+}
+
+/// Makes `dev` in `ns` complete transmit checksums in software (`ethtool -K dev tx off`), as a
+/// NIC without checksum offload, a tunnel device or a bridge to a physical port does: a packet
+/// whose checksum is still partial (`CHECKSUM_PARTIAL`) leaves with the checksum its seed
+/// implies. Between veths with the kernel's default offload, a partial checksum reaches the
+/// receiver unchecked, so a wrong seed would go unnoticed; tests apply this to a node's own
+/// devices (never to a sender's) so that it cannot.
 ///
 /// # Errors
 /// If ethtool is missing or fails.
-pub fn full_checksums(ns: &str, dev: &str) -> Result<()> {
+pub fn software_checksums(ns: &str, dev: &str) -> Result<()> {
     in_ns(ns, &["ethtool", "-K", dev, "tx", "off"]).context("ethtool (package ethtool)")
 }
 

@@ -13,7 +13,12 @@ use lb_bpf::KernelDatapath;
 use lb_datapath::engine::default_config;
 use lb_nat::control::ServiceSpec;
 
+use crate::netns::NodeChecksums;
 use crate::testbed::{Testbed, BACKENDS, BACKEND_PORT, VIP, VIP_PORT};
+use crate::traffic::{bulk_echo, Bulk, BULK_PORT};
+
+/// Bytes a bulk transfer sends each way (and gets back).
+pub const BULK_BYTES: usize = 8 << 20;
 
 /// The service of the scenario.
 #[must_use]
@@ -40,6 +45,20 @@ pub fn udp_service() -> ServiceSpec {
     }
 }
 
+/// The bulk-transfer service: the VIP's [`BULK_PORT`] to the backends' echo.
+#[must_use]
+pub fn bulk_service() -> ServiceSpec {
+    ServiceSpec {
+        id: 3,
+        frontend: SocketAddr::from((VIP, BULK_PORT)),
+        backends: BACKENDS
+            .iter()
+            .map(|b| SocketAddr::from((*b, BULK_PORT)).into())
+            .collect(),
+        ..service()
+    }
+}
+
 /// What happened.
 #[derive(Debug)]
 pub struct Report {
@@ -55,6 +74,11 @@ pub struct Report {
     pub served: Vec<usize>,
     /// The XDP mode the node's program runs in.
     pub xdp_mode: &'static str,
+    /// [`BULK_BYTES`] each way through the VIP (translated), compared byte for byte.
+    pub bulk_vip: Result<Bulk>,
+    /// The same to backend-1's own address (plain routing through the node, untranslated): the
+    /// baseline in the same run.
+    pub bulk_routed: Result<Bulk>,
 }
 
 /// Attaches the datapath on the node: XDP on the client-facing interface (service translation),
@@ -85,12 +109,16 @@ pub fn attach(dp: &mut KernelDatapath, bed: &Testbed) -> Result<&'static str> {
 ///
 /// # Errors
 /// If the testbed or the datapath cannot be set up (the requests' own failures are in the report).
-pub fn run_kernel(tag: &str, requests: usize) -> Result<Report> {
+pub fn run_kernel(tag: &str, requests: usize, checksums: NodeChecksums) -> Result<Report> {
     let bed = Testbed::create(tag)?;
+    if checksums == NodeChecksums::Software {
+        bed.complete_checksums_in_software()?;
+    }
     let mut dp = KernelDatapath::load().context("loading the eBPF programs")?;
     dp.set_config(&default_config(std::process::id()))?;
     dp.upsert_service(&service())?;
     dp.upsert_service(&udp_service())?;
+    dp.upsert_service(&bulk_service())?;
     let xdp_mode = attach(&mut dp, &bed)?;
     let servers = bed.start_backends(Duration::from_secs(60))?;
     let answers = bed.requests(
@@ -103,13 +131,19 @@ pub fn run_kernel(tag: &str, requests: usize) -> Result<Report> {
         requests,
         Duration::from_secs(2),
     )?;
+    let (conntrack, counters) = (dp.conntrack_entries()?, dp.counters()?);
+    let bulk = |to: SocketAddr| bulk_echo(&bed.client, to, BULK_BYTES, Duration::from_secs(30));
+    let bulk_vip = bulk(SocketAddr::from((VIP, BULK_PORT)));
+    let bulk_routed = bulk(SocketAddr::from((BACKENDS[0], BULK_PORT)));
     let served = servers.stop();
     Ok(Report {
         answers,
         udp_answers,
-        conntrack: dp.conntrack_entries()?,
-        counters: dp.counters()?,
+        conntrack,
+        counters,
         served,
         xdp_mode,
+        bulk_vip,
+        bulk_routed,
     })
 }

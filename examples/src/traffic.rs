@@ -6,7 +6,9 @@
 //! - TCP on [`BACKEND_PORT`]: one answer line per request line;
 //! - UDP on [`BACKEND_PORT`]: one answer datagram per datagram;
 //! - HTTP/1.1 on [`HTTP_PORT`]: a minimal responder for the load generator (keep-alive unless the
-//!   request says `Connection: close`).
+//!   request says `Connection: close`);
+//! - TCP echo on [`BULK_PORT`]: every byte back ([`bulk_echo`] streams megabytes through it, so
+//!   segmentation offload and GRO carry real traffic).
 //!
 //! Every server stops when its [`Backends`] handle drops or its lifetime ends; every read is
 //! bounded by a timeout.
@@ -27,6 +29,8 @@ use crate::netns::within;
 pub const BACKEND_PORT: u16 = 8080;
 /// The port the backends' HTTP/1.1 responder listens on.
 pub const HTTP_PORT: u16 = 8081;
+/// The port the backends' TCP echo (bulk transfers) listens on.
+pub const BULK_PORT: u16 = 8082;
 
 /// Where one backend runs: its namespace, its name in answers, and its addresses.
 #[derive(Debug, Clone)]
@@ -53,14 +57,16 @@ pub fn start_backends(sites: &[BackendSite], lifetime: Duration) -> Result<Backe
         for ip in &site.addrs {
             let addr = SocketAddr::new(*ip, BACKEND_PORT);
             let http = SocketAddr::new(*ip, HTTP_PORT);
-            let (listener, udp, http_listener) = within(&site.ns, || {
+            let bulk = SocketAddr::new(*ip, BULK_PORT);
+            let (listener, udp, http_listener, bulk_listener) = within(&site.ns, || {
                 Ok::<_, std::io::Error>((
                     TcpListener::bind(addr)?,
                     UdpSocket::bind(addr)?,
                     TcpListener::bind(http)?,
+                    TcpListener::bind(bulk)?,
                 ))
             })?
-            .with_context(|| format!("binding {addr} and {http} in {}", site.ns))?;
+            .with_context(|| format!("binding {addr}, {http} and {bulk} in {}", site.ns))?;
             listener.set_nonblocking(true)?;
             udp.set_read_timeout(Some(Duration::from_millis(100)))?;
             let name = site.name.clone();
@@ -75,6 +81,10 @@ pub fn start_backends(sites: &[BackendSite], lifetime: Duration) -> Result<Backe
             }));
             other.push(std::thread::spawn(move || {
                 serve_http(&http_listener, &n3, &s3, lifetime)
+            }));
+            let s4 = Arc::clone(&stop);
+            other.push(std::thread::spawn(move || {
+                serve_echo(&bulk_listener, &s4, lifetime)
             }));
         }
     }
@@ -176,6 +186,121 @@ fn accept_ready(listener: &TcpListener, ms: i32) -> bool {
     };
     // SAFETY: one valid pollfd for the duration of the call.
     unsafe { libc::poll(&mut pfd, 1, ms) > 0 }
+}
+
+/// The TCP echo for bulk transfers: one thread per connection, each sending back what it reads
+/// until EOF, `stop` or the deadline.
+fn serve_echo(listener: &TcpListener, stop: &Arc<AtomicBool>, lifetime: Duration) {
+    let deadline = Instant::now() + lifetime;
+    let mut conns: Vec<JoinHandle<()>> = Vec::new();
+    while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+        if !accept_ready(listener, 100) {
+            continue;
+        }
+        if let Ok((mut s, _)) = listener.accept() {
+            let stop = Arc::clone(stop);
+            conns.push(std::thread::spawn(move || {
+                let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
+                let mut buf = vec![0u8; 64 * 1024];
+                while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                    match s.read(&mut buf) {
+                        Ok(0) => break,
+                        Ok(n) => {
+                            if s.write_all(buf.get(..n).unwrap_or_default()).is_err() {
+                                break;
+                            }
+                        }
+                        Err(e) if is_timeout(&e) => continue,
+                        Err(_) => break,
+                    }
+                }
+                let _ = s.shutdown(std::net::Shutdown::Write);
+            }));
+        }
+    }
+    for c in conns {
+        let _ = c.join();
+    }
+}
+
+/// A finished bulk transfer ([`bulk_echo`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Bulk {
+    /// Bytes sent, and as many received back, each compared with what was sent.
+    pub bytes: usize,
+    /// From connect to the last byte back.
+    pub elapsed: Duration,
+}
+
+impl Bulk {
+    /// Goodput in Mbit/s, both directions together.
+    #[must_use]
+    pub fn mbit_per_s(&self) -> f64 {
+        (2 * self.bytes * 8) as f64 / self.elapsed.as_secs_f64().max(1e-9) / 1e6
+    }
+}
+
+/// The byte at position `i` of a bulk stream: no period a misplaced segment could hide in.
+fn bulk_byte(i: usize) -> u8 {
+    let x = (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    (x >> 56) as u8 ^ (i >> 16) as u8
+}
+
+/// Streams `bytes` bytes from namespace `ns` to the TCP echo at `target` ([`BULK_PORT`]) while
+/// reading them back, and compares every byte it reads with what it sent: the byte stream end
+/// to end, through whatever translates it on the way. Large writes, so the sender's stack
+/// hands TSO/GSO packets to its device and receivers' GRO merges them.
+///
+/// # Errors
+/// If the connection fails, a byte differs (its offset is named) or the transfer does not
+/// finish within `timeout`.
+pub fn bulk_echo(ns: &str, target: SocketAddr, bytes: usize, timeout: Duration) -> Result<Bulk> {
+    let started = Instant::now();
+    let s = within(ns, || TcpStream::connect_timeout(&target, timeout))?
+        .with_context(|| format!("bulk: connect to {target} from {ns}"))?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    let mut w = s.try_clone()?;
+    let writer = std::thread::spawn(move || -> std::io::Result<()> {
+        let mut chunk = vec![0u8; 256 * 1024];
+        let mut sent = 0;
+        while sent < bytes {
+            let n = chunk.len().min(bytes - sent);
+            for (k, b) in chunk.iter_mut().take(n).enumerate() {
+                *b = bulk_byte(sent + k);
+            }
+            w.write_all(chunk.get(..n).unwrap_or_default())?;
+            sent += n;
+        }
+        w.shutdown(std::net::Shutdown::Write)
+    });
+    let mut r = s;
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut got = 0;
+    while got < bytes {
+        if started.elapsed() > timeout {
+            bail!("bulk to {target}: {got} of {bytes} bytes back after {timeout:?}");
+        }
+        let n = r
+            .read(&mut buf)
+            .with_context(|| format!("bulk to {target}: reading after {got} bytes"))?;
+        if n == 0 {
+            bail!("bulk to {target}: the echo closed after {got} of {bytes} bytes");
+        }
+        for (k, b) in buf.iter().take(n).enumerate() {
+            if *b != bulk_byte(got + k) {
+                bail!("bulk to {target}: byte {} differs", got + k);
+            }
+        }
+        got += n;
+    }
+    let elapsed = started.elapsed();
+    match writer.join() {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => bail!("bulk to {target}: sending: {e}"),
+        Err(_) => bail!("bulk to {target}: the sender panicked"),
+    }
+    Ok(Bulk { bytes, elapsed })
 }
 
 /// The HTTP/1.1 responder: one thread per connection, finished threads reaped as it goes so a

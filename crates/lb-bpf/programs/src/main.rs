@@ -378,6 +378,13 @@ impl<const TC: bool> AdjustHead for DirectPacket<TC> {
 impl<const TC: bool> PacketAccess for DirectPacket<TC> {
     #[inline(always)]
     fn len(&self) -> usize {
+        if TC && !self.ctx.is_null() {
+            // The whole packet: a GSO packet (TSO from a pod, GRO-merged segments) is mostly
+            // outside the linear part the program sees; its headers are pulled in
+            // (`tc_packet`), the rest is there all the same.
+            // SAFETY: `ctx` is the program's `__sk_buff`; `len` is a readable field.
+            return unsafe { (*self.ctx.cast::<__sk_buff>()).len } as usize;
+        }
         self.end - self.start
     }
 
