@@ -89,8 +89,11 @@ const OUTCOMES: [Counter; 13] = [
 /// frames (backends' SYN-ACKs and RSTs, the client's RSTs and port-unreachables). For these a
 /// category must move them at least as much as its frames say; every other counter and every
 /// drop reason exactly as much.
-const NOISY: [Counter; 10] = [
+const NOISY: [Counter; 11] = [
     Counter::RxPackets,
+    // The hosts' own TCP/UDP (barriers, answers) carries partial checksums, as local senders'
+    // packets do with the default offload.
+    Counter::ChecksumPartialAtXdp,
     Counter::PassNotIp,
     Counter::PassNotService,
     Counter::PassOtherProto,
@@ -522,8 +525,11 @@ fn judge(
 }
 
 /// Checks the conntrack table after the barrage: every service entry is a flow a frame to a
-/// service declared, every reverse-NAT entry the partner of one, every declared flow is there,
-/// and no entry comes from a frame a receiver would discard.
+/// service declared, every reverse-NAT entry the partner of one, every declared flow is there.
+/// Frames a receiver discards start flows only where the datapath does not verify (a wrong
+/// TCP/UDP checksum: documented, as a router forwards them); a bad IPv4 header checksum or a
+/// zero UDP checksum over IPv6 starts none (the script declares no flow for them, so an entry
+/// of theirs is garbage).
 fn judge_conntrack(
     entries: &[(CtKey, CtEntry)],
     declared: &BTreeMap<Tuple, Declared>,
@@ -609,16 +615,16 @@ fn judge_conntrack(
         ));
     }
     let n_discarded: usize = discarded.values().map(Vec::len).sum();
-    if n_discarded > 0 {
-        let by_cat: Vec<String> = discarded
-            .iter()
-            .map(|(c, v)| format!("{c}: {} (first {:?})", v.len(), v[0]))
-            .collect();
+    let unverified = |c: &str| c.ends_with("_bad_checksum") || c.ends_with("_tcp_zero_checksum");
+    let wrong: Vec<String> = discarded
+        .iter()
+        .filter(|(c, _)| !unverified(c))
+        .map(|(c, v)| format!("{c}: {} (first {:?})", v.len(), v[0]))
+        .collect();
+    if !wrong.is_empty() {
         problems.push(format!(
-            "{n_discarded} conntrack flows (and as many reverse-NAT entries) come from frames a \
-             receiver discards (bad IPv4 header or TCP/UDP checksum, zero UDP checksum over \
-             IPv6): {}",
-            by_cat.join("; ")
+            "conntrack flows from frames the datapath should have refused: {}",
+            wrong.join("; ")
         ));
     }
     format!(

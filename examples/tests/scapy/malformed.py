@@ -246,14 +246,14 @@ def v4_trailer_after_datagram(c, n):
 
 
 def v4_bad_header_checksum(c, n):
-    """A TCP SYN to the VIP whose IPv4 header checksum is wrong: a receiver discards it."""
+    """A TCP SYN to the VIP whose IPv4 header checksum is wrong: the stack would discard it
+    before routing, so the datapath drops it and starts no flow."""
     out = []
     for _ in range(n):
         sport = c.flow_port()
         b = raw(c.v4(c.a.vip) / TCP(sport=sport, dport=c.a.port, flags="S"))
         b = patch16(b, ETH + 10, get16(b, ETH + 10) ^ c.rng.randrange(1, 0x10000))
-        f = flow(6, c.a.client, sport, c.a.vip, c.a.port, False)
-        out.append(one(b, "service_new_flow", flow_=f))
+        out.append(one(b, "drop:bad_ip_checksum"))
     return out
 
 
@@ -372,7 +372,10 @@ def checksum_frames(c, n, family, proto, kind):
         b = patch16(b, off, bad)
         real = proto == 17 and kind == "zero" and not v6
         src = c.a.client6 if v6 else c.a.client
-        if to_service:
+        if to_service and proto == 17 and kind == "zero" and v6:
+            # IPv6 forbids a zero UDP checksum: no flow for it.
+            out.append(one(b, "drop:zero_udp_checksum_v6"))
+        elif to_service:
             out.append(one(b, "service_new_flow", flow_=flow(proto, src, sport, dst, port, real)))
         else:
             out.append(one(b, "pass_not_service"))
