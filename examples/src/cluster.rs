@@ -27,9 +27,11 @@
 //!   everywhere (DSR replies leave with the VIP as source), nodes accept received packets that
 //!   carry their own IPv4 address as source (`accept_local`: what SNAT and the tunnel hand to the
 //!   stack) and send no ICMP redirects, IPv6 addresses skip DAD;
-//! - the peers of the interfaces the datapath runs on (the LAN bridge ports, the pods' `eth0`)
-//!   have NAPI on, so that packets the datapath sends back out (`XDP_TX`: ICMP too-big) arrive
-//!   ([`crate::netns::receive_xdp_tx`]).
+//! - the datapath runs at XDP on the nodes' LAN interfaces and at TC on the pods' host-side
+//!   veths; the peers of the LAN interfaces (the bridge ports) have NAPI on, and the LAN
+//!   interfaces complete checksums in software, so that packets the datapath sends back out
+//!   (`XDP_TX`: ICMP too-big) arrive ([`crate::netns::receive_xdp_tx`]). Client and pods keep
+//!   the kernel's default offloads.
 //!
 //! Every address is inside namespaces this module creates; nothing else is ever a target. The
 //! namespaces are removed when the [`Cluster`] drops, on Ctrl-C/SIGTERM
@@ -298,6 +300,15 @@ impl Cluster {
                 "nodad",
             ])?;
             ip(&["-n", ns, "link", "set", LAN_IF, "up"])?;
+            if ns != self.client {
+                // A node's LAN interface runs the datapath at XDP and sends ICMP errors back
+                // out with XDP_TX. On Linux 6.18 a veth delivered those frames to its peer only
+                // with its own transmit checksum offload off (all lost with it on, though its
+                // peer has NAPI: measured by the path MTU check). So the nodes' LAN devices
+                // complete checksums in software, as a NIC without offload does: what leaves a
+                // node towards the LAN carries the checksum its partial seed implies.
+                software_checksums(ns, LAN_IF)?;
+            }
         }
 
         // A pod on node-1 and node-2: `pod1` on the node, `eth0` in the pod.
@@ -342,8 +353,6 @@ impl Cluster {
                 "nodad",
             ])?;
             ip(&["-n", pod, "link", "set", "eth0", "up"])?;
-            // ... and on the pod link (ICMP too-big to a backend whose replies are tunnelled).
-            receive_xdp_tx(pod, "eth0")?;
             ip(&[
                 "-n",
                 pod,

@@ -171,7 +171,7 @@ mod with_modes {
     use std::path::PathBuf;
 
     use anyhow::{Context, Result};
-    use aya::programs::XdpMode;
+    use aya::programs::{TcAttachType, XdpMode};
     use lb_api::abi::DatapathConfig;
     use lb_bpf::KernelDatapath;
     use lb_conntrack::MonotonicClock;
@@ -242,6 +242,8 @@ mod with_modes {
     /// If the engine refuses the node's identity or a service (then so would the kernel have).
     pub fn engine_like(d: &Deployment, node: usize) -> Result<Engine> {
         let mut engine = Engine::with_clock(4096, node_config(node), MonotonicClock);
+        // The node's XDP runs on a veth, registered for partial checksums by `attach_xdp`.
+        engine.set_xdp_virtual_device(true);
         engine.set_node(&node_spec(node, d.nodes.len()))?;
         for spec in specs(d.mode, &d.plans, node) {
             engine.upsert_service(&spec)?;
@@ -297,21 +299,20 @@ mod with_modes {
             dp.upsert_service(&spec)
                 .with_context(|| format!("service {} on node-{}", spec.frontend, node + 1))?;
         }
-        // Only nodes with a pod have a pod link.
-        let ifaces: &[&str] = if node < POD_NODES {
-            &[LAN_IF, POD_IF]
-        } else {
-            &[LAN_IF]
-        };
+        // XDP on the LAN (the node's "NIC"); TC at ingress of the pod's host-side veth, as
+        // CNIs attach to pods: there the kernel's helpers see the pod's partial checksums and
+        // GSO packets, and an ICMP error goes back to the pod by redirect, which a veth with
+        // the default settings delivers (XDP_TX needs NAPI on the peer). Only nodes with a pod
+        // have a pod link.
         let xdp = within(&cluster.nodes[node], || -> Result<&'static str> {
-            let mut native = true;
-            for &iface in ifaces {
-                if dp.attach_xdp(iface, XdpMode::Driver).is_err() {
-                    native = false;
-                    dp.attach_xdp(iface, XdpMode::Skb).with_context(|| {
-                        format!("attaching XDP to {iface} on node-{}", node + 1)
-                    })?;
-                }
+            let native = dp.attach_xdp(LAN_IF, XdpMode::Driver).is_ok();
+            if !native {
+                dp.attach_xdp(LAN_IF, XdpMode::Skb)
+                    .with_context(|| format!("attaching XDP to {LAN_IF} on node-{}", node + 1))?;
+            }
+            if node < POD_NODES {
+                dp.attach_tc(POD_IF, TcAttachType::Ingress)
+                    .with_context(|| format!("attaching TC to {POD_IF} on node-{}", node + 1))?;
             }
             Ok(if native {
                 "native (driver)"

@@ -35,7 +35,8 @@ use lb_examples::cluster::{Cluster, Family, LAN_IF, NODE_LAN_PORTS, NODE_PORT, V
 use lb_examples::differential;
 use lb_examples::matrix::{self, Check, Expectation, REQUESTS};
 use lb_examples::modes::{self, Deployment, Frontend, Mode, ServicePlan};
-use lb_examples::traffic::{udp_exchange, Conversation, BACKEND_PORT};
+use lb_examples::scenario::BULK_BYTES;
+use lb_examples::traffic::{bulk_echo, udp_exchange, Conversation, BACKEND_PORT, BULK_PORT};
 
 const TIMEOUT: Duration = Duration::from_secs(3);
 const PROTOS: [L4Proto; 2] = [L4Proto::Tcp, L4Proto::Udp];
@@ -65,8 +66,58 @@ fn plans() -> Vec<ServicePlan> {
                 });
             }
         }
+        // The bulk transfers' service: the VIP's BULK_PORT to backend-2's echo.
+        v.push(ServicePlan {
+            frontend: Frontend::Vip(BULK_PORT),
+            family,
+            proto: L4Proto::Tcp,
+            target_port: BULK_PORT,
+            backends: vec![1],
+        });
     }
     v
+}
+
+/// `bulk`: 8 MiB each way from the client through the VIP, every byte compared, with the same
+/// transfer routed to backend-2's own address in the same run as the baseline.
+fn bulk(cluster: &Cluster, family: Family) -> Result<String, String> {
+    let vip = SocketAddr::new(family.vip(), BULK_PORT);
+    let through = bulk_echo(&cluster.client, vip, BULK_BYTES, Duration::from_secs(30))
+        .map_err(|e| format!("{e:#}"))?;
+    let routed = SocketAddr::new(family.backend(1), BULK_PORT);
+    let base = bulk_echo(&cluster.client, routed, BULK_BYTES, Duration::from_secs(30))
+        .map_err(|e| format!("routed baseline: {e:#}"))?;
+    Ok(format!(
+        "{} MiB each way, every byte back: {:.0} Mbit/s through the VIP, {:.0} routed",
+        BULK_BYTES >> 20,
+        through.mbit_per_s(),
+        base.mbit_per_s()
+    ))
+}
+
+/// `pod → service`: backend-1, a pod on node-1, reaches the VIP (served by backend-2 on
+/// node-2): translated at TC on node-1's host-side veth, where the pod's partial checksums and
+/// TSO packets arrive as they are. A request, then 8 MiB each way.
+fn pod_to_service(cluster: &Cluster, family: Family) -> Result<String, String> {
+    let pod = &cluster.backends[0];
+    let vip = SocketAddr::new(family.vip(), VIP_PORT);
+    let mut c = Conversation::open(pod, vip, 0, TIMEOUT).map_err(|e| format!("{e:#}"))?;
+    let answer = c.ask("from a pod").map_err(|e| format!("{e:#}"))?;
+    if !answer.starts_with("backend-2 saw ") {
+        return Err(format!("answered by the wrong backend: {answer:?}"));
+    }
+    let b = bulk_echo(
+        pod,
+        SocketAddr::new(family.vip(), BULK_PORT),
+        BULK_BYTES,
+        Duration::from_secs(30),
+    )
+    .map_err(|e| format!("bulk: {e:#}"))?;
+    Ok(format!(
+        "{answer:?}; {} MiB each way, every byte back, {:.0} Mbit/s",
+        BULK_BYTES >> 20,
+        b.mbit_per_s()
+    ))
 }
 
 /// The results of one cell's checks.
@@ -152,6 +203,8 @@ fn run_cell(
             "path MTU",
             matrix::path_mtu(cluster, vip, expect.adds_bytes, macs),
         ));
+        checks.push(("bulk", bulk(cluster, family)));
+        checks.push(("pod → service", pod_to_service(cluster, family)));
     }
     Cell {
         name: cell_name(mode, family, proto),

@@ -78,24 +78,7 @@ fuzz_target!(|data: &[u8]| {
         n += 1;
     }
     let c = engine.counters();
-    let outcomes = [
-        Counter::ServiceNewFlow,
-        Counter::ServiceEstablished,
-        Counter::ReplyTranslated,
-        Counter::PassNotIp,
-        Counter::PassNotService,
-        Counter::PassFragment,
-        Counter::PassOtherProto,
-        Counter::PassHeadersTooDeep,
-        Counter::IcmpErrorTranslated,
-        Counter::PassIcmpErrorNoFlow,
-        Counter::BackendSideNewFlow,
-        Counter::MtuExceeded,
-        Counter::Dropped,
-    ]
-    .iter()
-    .map(|k| c.get(*k))
-    .sum::<u64>();
+    let outcomes = Counter::OUTCOMES.iter().map(|k| c.get(*k)).sum::<u64>();
     assert_eq!(c.get(Counter::RxPackets), n);
     assert_eq!(outcomes, n, "every packet has exactly one outcome");
 });

@@ -203,6 +203,25 @@ impl Counter {
         Self::ChecksumPartialAtXdp,
     ];
 
+    /// The outcome counters: every packet the datapath sees bumps exactly one of them
+    /// ([`Counter::Dropped`] stands for all the drop reasons), so `rx_packets` is their sum.
+    /// The other counters note something about a packet besides its outcome.
+    pub const OUTCOMES: [Counter; 13] = [
+        Self::ServiceNewFlow,
+        Self::ServiceEstablished,
+        Self::ReplyTranslated,
+        Self::PassNotIp,
+        Self::PassNotService,
+        Self::PassFragment,
+        Self::PassOtherProto,
+        Self::PassHeadersTooDeep,
+        Self::IcmpErrorTranslated,
+        Self::PassIcmpErrorNoFlow,
+        Self::BackendSideNewFlow,
+        Self::MtuExceeded,
+        Self::Dropped,
+    ];
+
     /// The slot of the attempts-histogram counter of a SNAT allocation that took `attempts`
     /// tries ([`Counter::SnatAttempts1`] and the nine after it). Arithmetic, not a `match`:
     /// in the kernel it runs inside the allocator's loop, where every branch costs the verifier.
