@@ -172,7 +172,8 @@ where
         }
     }
     *tunnelled_slot = u8::from(tunnelled);
-    if note_partial_checksum(pkt, parsed) {
+    // Only where the hook cannot see the checksum state (XDP); at TC this is compiled out.
+    if P::MAY_HIDE_PARTIAL && note_partial_checksum(pkt, parsed) {
         tables.bump(Counter::ChecksumPartialAtXdp.slot());
     }
     // Read back from the scratch area rather than kept across the calls above: one value less

@@ -307,6 +307,8 @@ impl PacketAccess for HeadroomPacket<'_> {
     fn partial_by_field(&self) -> bool {
         self.partial_by_field
     }
+
+    const MAY_HIDE_PARTIAL: bool = true;
 }
 
 impl AdjustHead for HeadroomPacket<'_> {

@@ -69,6 +69,10 @@ pub trait PacketAccess {
         false
     }
 
+    /// Whether [`Self::partial_by_field`] can ever say yes for this kind of packet (XDP); known
+    /// at compile time, so that hooks that see the checksum state (TC) skip the field check.
+    const MAY_HIDE_PARTIAL: bool = false;
+
     /// Whether the packet's transport checksum is partial: packet metadata, as the kernel keeps
     /// it in the skb (the engine's model of TC). Used by the default [`Self::l4_csum_replace`].
     fn checksum_partial(&self) -> bool {

@@ -418,6 +418,8 @@ impl<const TC: bool> PacketAccess for DirectPacket<TC> {
 
     /// At XDP on a device the loader registered (a veth): XDP cannot see the skb's checksum
     /// state there. TC can (its helper reads it), and a NIC hands up no partial checksums.
+    const MAY_HIDE_PARTIAL: bool = !TC;
+
     #[inline(always)]
     fn partial_by_field(&self) -> bool {
         if TC || self.ctx.is_null() {
