@@ -148,42 +148,21 @@ fn internet_checksum(bytes: &[u8]) -> u16 {
 }
 
 /// Completes the partial transport checksum of `frame` as a device without checksum offload
-/// does: the sum of the segment from the checksum's start, its seed included, complemented. The
-/// segment is the innermost one: a VXLAN packet (UDP to 4789) carries the partial checksum's
-/// packet inside (the outer checksum was made for it as it will be).
+/// does ([`testing::complete_partial_checksum`]), of its innermost packet: a VXLAN packet (UDP to
+/// 4789) carries the partial checksum's packet inside (its outer checksum was made for the
+/// inner one as it will be).
 fn complete_partial_checksum(frame: &mut [u8]) {
-    use lb_api::wire::{parse, SlicePacket};
+    use lb_api::wire::{parse, testing, SlicePacket};
     let Ok(p) = parse(&SlicePacket::new(frame)) else {
         return;
     };
-    let (mut l3, mut l4, mut ip_len, mut proto) = (
-        p.l3_offset,
-        p.l4_offset,
-        usize::from(p.ip_len),
-        p.tuple.proto,
-    );
-    if p.tuple.proto == 17 && p.tuple.dst_port == lb_encap::VXLAN_PORT {
-        let inner_at = p.l4_offset + 8 + lb_encap::VxlanHeader::LEN;
-        let Some(inner) = frame.get_mut(inner_at..) else {
-            return;
-        };
-        let Ok(q) = parse(&SlicePacket::new(inner)) else {
-            return;
-        };
-        (l3, l4, ip_len, proto) = (
-            inner_at + q.l3_offset,
-            inner_at + q.l4_offset,
-            usize::from(q.ip_len),
-            q.tuple.proto,
-        );
-    }
-    let at = l4 + if proto == 6 { 16 } else { 6 };
-    let Some(segment) = frame.get(l4..l3 + ip_len) else {
-        return;
+    let inner = if p.tuple.proto == 17 && p.tuple.dst_port == lb_encap::VXLAN_PORT {
+        p.l4_offset + 8 + lb_encap::VxlanHeader::LEN
+    } else {
+        0
     };
-    let c = lb_api::checksum::finish(lb_api::checksum::sum(segment, 0));
-    if let Some(check) = frame.get_mut(at..at + 2) {
-        check.copy_from_slice(&c.to_be_bytes());
+    if let Some(f) = frame.get_mut(inner..) {
+        testing::complete_partial_checksum(f);
     }
 }
 

@@ -20,7 +20,10 @@ use common::harness::EngineAndKernel;
 use etherparse::{NetSlice, SlicedPacket, TransportSlice};
 use lb_api::counters::Counter;
 use lb_api::flow::L4Proto;
-use lb_api::wire::testing::{tcp_v4_frame, tcp_v6_frame, udp_v4_frame, udp_v6_frame};
+use lb_api::wire::testing::{
+    complete_partial_checksum, make_checksum_partial, tcp_v4_frame, tcp_v6_frame, udp_v4_frame,
+    udp_v6_frame,
+};
 use lb_api::wire::{parse, SlicePacket, TcpFlags};
 use lb_api::Verdict;
 use lb_bpf::Program;
@@ -71,46 +74,6 @@ impl Rng {
     fn bytes<const N: usize>(&mut self) -> [u8; N] {
         std::array::from_fn(|_| self.next() as u8)
     }
-}
-
-/// Where `frame`'s transport checksum is, and the frame's transport segment.
-fn l4(frame: &[u8]) -> (usize, usize) {
-    let p = parse(&SlicePacket::new(&mut frame.to_vec())).unwrap();
-    let check = if p.tuple.proto == L4Proto::Tcp as u8 {
-        16
-    } else {
-        6
-    };
-    (p.l4_offset, p.l4_offset + check)
-}
-
-/// Turns `frame`'s complete checksum into the seed a local sender with checksum offload
-/// leaves (`~tcp_v4_check(len, saddr, daddr, 0)` in Linux): the folded pseudo-header sum.
-fn make_partial(frame: &mut [u8]) {
-    let (l4, at) = l4(frame);
-    let p = parse(&SlicePacket::new(&mut frame.to_vec())).unwrap();
-    let len = (p.l3_offset + usize::from(p.ip_len) - l4) as u32;
-    let pseudo = if p.tuple.family == 6 {
-        lb_api::checksum::pseudo_sum_v6(&p.tuple.src, &p.tuple.dst, p.tuple.proto, len)
-    } else {
-        let v4 = |a: &[u8; 16]| [a[0], a[1], a[2], a[3]];
-        lb_api::checksum::pseudo_sum_v4(
-            v4(&p.tuple.src),
-            v4(&p.tuple.dst),
-            p.tuple.proto,
-            len as u16,
-        )
-    };
-    let seed = !lb_api::checksum::finish(pseudo);
-    frame[at..at + 2].copy_from_slice(&seed.to_be_bytes());
-}
-
-/// What the device does when a packet with a partial checksum leaves: sums the segment from
-/// the checksum's start, the seed included, and writes the complement.
-fn complete(frame: &mut [u8]) {
-    let (l4, at) = l4(frame);
-    let c = lb_api::checksum::finish(lb_api::checksum::sum(&frame[l4..], 0));
-    frame[at..at + 2].copy_from_slice(&c.to_be_bytes());
 }
 
 /// Whether etherparse finds `frame`'s transport checksum right.
@@ -223,7 +186,7 @@ fn partial_checksums_at_xdp_engine_equals_kernel_and_complete_right() {
         let (v6, udp) = (i % 2 == 1, i % 4 >= 2);
         let payload: Vec<u8> = (0..rng.next() % 300).map(|_| rng.next() as u8).collect();
         let (mut req, _, _) = flow(&mut rng, v6, udp, &payload);
-        make_partial(&mut req);
+        make_checksum_partial(&mut req);
         now += 1_000;
         let out = h.send(&format!("flow {i} request (partial)"), &req, now);
         assert_eq!(out.verdict, Verdict::Pass, "flow {i}");
@@ -240,7 +203,7 @@ fn partial_checksums_at_xdp_engine_equals_kernel_and_complete_right() {
         );
         partial_seen += found;
         let mut done = out.frame.clone();
-        complete(&mut done);
+        complete_partial_checksum(&mut done);
         assert!(
             checksum_ok(&done),
             "flow {i}: the request completes to a right checksum"
@@ -248,7 +211,7 @@ fn partial_checksums_at_xdp_engine_equals_kernel_and_complete_right() {
 
         // The backend's reply, partial too (its node sends with offload): translated back.
         let mut rep = reply_to(&out.frame, &payload[..payload.len() / 2]);
-        make_partial(&mut rep);
+        make_checksum_partial(&mut rep);
         now += 1_000;
         let out = h.send(&format!("flow {i} reply (partial)"), &rep, now);
         assert_eq!(
@@ -257,7 +220,7 @@ fn partial_checksums_at_xdp_engine_equals_kernel_and_complete_right() {
             "flow {i}: the reply translated"
         );
         let mut done = out.frame.clone();
-        complete(&mut done);
+        complete_partial_checksum(&mut done);
         assert!(
             checksum_ok(&done),
             "flow {i}: the reply completes to a right checksum"
@@ -275,7 +238,7 @@ fn partial_checksums_at_xdp_engine_equals_kernel_and_complete_right() {
         .unwrap();
     h.engine.set_xdp_virtual_device(false);
     let (mut req, _, _) = flow(&mut rng, false, false, b"");
-    make_partial(&mut req);
+    make_checksum_partial(&mut req);
     let out = h.send("request on a NIC", &req, now + 1_000);
     assert_eq!(
         out.after.get(Counter::ChecksumPartialAtXdp),

@@ -173,7 +173,10 @@ fn rewrite_port<P: PacketAccess + ?Sized>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lb_api::wire::testing::{tcp_v4_frame, tcp_v6_frame, udp_v4_frame, udp_v6_frame};
+    use lb_api::wire::testing::{
+        complete_partial_checksum, make_checksum_partial, tcp_v4_frame, tcp_v6_frame, udp_v4_frame,
+        udp_v6_frame,
+    };
     use lb_api::wire::{parse, SlicePacket};
     use proptest::prelude::*;
 
@@ -217,42 +220,15 @@ mod tests {
         }
     }
 
-    /// What a device (or `skb_checksum_help`) does to a partial checksum when the packet
-    /// leaves: sums the transport segment from the checksum's start, the seed in its field
-    /// included, and writes the complement.
-    fn complete_partial(frame: &mut [u8], l4: usize, check_at: usize) {
-        let sum = lb_api::checksum::sum(&frame[l4..], 0);
-        let c = lb_api::checksum::finish(sum);
-        frame[check_at..check_at + 2].copy_from_slice(&c.to_be_bytes());
-    }
-
-    /// Turns a frame's complete transport checksum into the seed a local sender with checksum
-    /// offload leaves there (`CHECKSUM_PARTIAL`): the pseudo-header sum, folded.
-    fn make_partial(frame: &mut [u8]) -> (usize, usize) {
+    /// Where the frame's transport checksum is.
+    fn check_offset(frame: &mut [u8]) -> usize {
         let p = parse(&SlicePacket::new(frame)).unwrap();
-        let (l3, l4) = (p.l3_offset, p.l4_offset);
-        let check_at = l4
+        p.l4_offset
             + if p.tuple.proto == 6 {
                 TCP_CHECK
             } else {
                 UDP_CHECK
-            };
-        let len = (l3 + usize::from(p.ip_len) - l4) as u32;
-        let pseudo = if p.tuple.family == IpFamily::V6 as u8 {
-            let (s, d): ([u8; 16], [u8; 16]) = (p.tuple.src, p.tuple.dst);
-            lb_api::checksum::pseudo_sum_v6(&s, &d, p.tuple.proto, len)
-        } else {
-            lb_api::checksum::pseudo_sum_v4(
-                v4_of(&p.tuple.src),
-                v4_of(&p.tuple.dst),
-                p.tuple.proto,
-                len as u16,
-            )
-        };
-        let seed = !lb_api::checksum::finish(pseudo);
-        assert!(lb_api::checksum::looks_partial(seed, pseudo));
-        frame[check_at..check_at + 2].copy_from_slice(&seed.to_be_bytes());
-        (l4, check_at)
+            }
     }
 
     proptest! {
@@ -280,14 +256,15 @@ mod tests {
                 (a, b)
             };
             let mut frame = build(src, sp, dst, dp);
-            let (l4, check_at) = make_partial(&mut frame);
+            make_checksum_partial(&mut frame);
+            let check_at = check_offset(&mut frame);
             let mut pkt = SlicePacket::with_partial_checksum(&mut frame, true);
             let parsed = parse(&pkt).unwrap();
             let (field, mut expect) = if source { (Field::Source, build(new, np, dst, dp)) }
                                       else { (Field::Destination, build(src, sp, new, np)) };
             rewrite(&mut pkt, &parsed, field, &new, np).unwrap();
             // The seed is right for the new addresses: it completes to the fresh frame's checksum.
-            complete_partial(&mut frame, l4, check_at);
+            complete_partial_checksum(&mut frame);
             if udp && expect[check_at..check_at + 2] == [0, 0] { expect[check_at..check_at + 2].copy_from_slice(&[0xff, 0xff]); }
             // 0x0000 and 0xffff are one checksum (one's complement).
             let norm = |f: &mut [u8]| if f[check_at..check_at + 2] == [0xff, 0xff] { f[check_at..check_at + 2].copy_from_slice(&[0, 0]); };
@@ -299,7 +276,8 @@ mod tests {
     #[test]
     fn partial_port_change_leaves_the_seed() {
         let mut f = tcp_v4_frame([1, 1, 1, 1], 5, [2, 2, 2, 2], 6, 0x02, b"x");
-        let (_, check_at) = make_partial(&mut f);
+        make_checksum_partial(&mut f);
+        let check_at = check_offset(&mut f);
         let seed = [f[check_at], f[check_at + 1]];
         let mut pkt = SlicePacket::with_partial_checksum(&mut f, true);
         let parsed = parse(&pkt).unwrap();

@@ -217,3 +217,58 @@ pub fn fix_ipv4_checksum(frame: &mut [u8]) {
     let c = checksum::checksum(&frame[14..14 + ihl]);
     frame[24..26].copy_from_slice(&c.to_be_bytes());
 }
+
+/// Where the TCP/UDP checksum of `frame` is and where its transport segment starts and ends:
+/// `(l4_offset, checksum_offset, segment_end)`. `None` if the frame does not parse as TCP/UDP.
+fn l4_segment(frame: &[u8]) -> Option<(usize, usize, usize)> {
+    let mut copy = frame.to_vec();
+    let p = super::parse(&super::SlicePacket::new(&mut copy)).ok()?;
+    let check = match p.tuple.proto {
+        6 => 16,
+        17 => 6,
+        _ => return None,
+    };
+    Some((
+        p.l4_offset,
+        p.l4_offset + check,
+        p.l3_offset + usize::from(p.ip_len),
+    ))
+}
+
+/// Turns the complete TCP/UDP checksum of `frame` into the seed a local sender with checksum
+/// offload leaves (`CHECKSUM_PARTIAL`; Linux writes `~tcp_v4_check(len, saddr, daddr, 0)`):
+/// the folded pseudo-header sum. Frames that are not TCP/UDP are left alone.
+pub fn make_checksum_partial(frame: &mut [u8]) {
+    let mut copy = frame.to_vec();
+    let Ok(p) = super::parse(&super::SlicePacket::new(&mut copy)) else {
+        return;
+    };
+    let Some((l4, at, end)) = l4_segment(frame) else {
+        return;
+    };
+    let len = (end - l4) as u32;
+    let pseudo = if p.tuple.family == crate::IpFamily::V6 as u8 {
+        checksum::pseudo_sum_v6(&p.tuple.src, &p.tuple.dst, p.tuple.proto, len)
+    } else {
+        let v4 = |a: &[u8; 16]| [a[0], a[1], a[2], a[3]];
+        checksum::pseudo_sum_v4(
+            v4(&p.tuple.src),
+            v4(&p.tuple.dst),
+            p.tuple.proto,
+            len as u16,
+        )
+    };
+    let seed = !checksum::finish(pseudo);
+    frame[at..at + 2].copy_from_slice(&seed.to_be_bytes());
+}
+
+/// Completes the partial TCP/UDP checksum of `frame` as a device without checksum offload (or
+/// `skb_checksum_help`) does when the packet leaves: the sum of the transport segment, the seed
+/// in its field included, complemented. Frames that are not TCP/UDP are left alone.
+pub fn complete_partial_checksum(frame: &mut [u8]) {
+    let Some((l4, at, end)) = l4_segment(frame) else {
+        return;
+    };
+    let c = checksum::finish(checksum::sum(&frame[l4..end], 0));
+    frame[at..at + 2].copy_from_slice(&c.to_be_bytes());
+}
