@@ -172,8 +172,7 @@ where
         }
     }
     *tunnelled_slot = u8::from(tunnelled);
-    // Only where the hook cannot see the checksum state (XDP); at TC this is compiled out.
-    if P::MAY_HIDE_PARTIAL && note_partial_checksum(pkt, parsed) {
+    if note_partial_checksum(pkt, parsed) {
         tables.bump(Counter::ChecksumPartialAtXdp.slot());
     }
     // Read back from the scratch area rather than kept across the calls above: one value less
@@ -989,7 +988,8 @@ fn pseudo_sum<P: PacketAccess + ?Sized>(pkt: &P, parsed: &Parsed) -> Option<u32>
 /// which the verifier refuses.
 #[inline(never)]
 fn note_partial_checksum<P: PacketAccess + ?Sized>(pkt: &P, parsed: &mut Parsed) -> bool {
-    let partial = looks_partial(pkt, parsed) && pkt.partial_by_field();
+    // Only where the hook cannot see the checksum state (XDP): compiled out at TC.
+    let partial = P::MAY_HIDE_PARTIAL && looks_partial(pkt, parsed) && pkt.partial_by_field();
     parsed.checksum_partial = partial;
     parsed.gso_size = pkt.gso_size();
     partial
