@@ -580,6 +580,38 @@ mod tests {
     use core::mem::{align_of, size_of};
 
     #[test]
+    fn ct_entry_flag_accessors_read_their_flag() {
+        let with = |flags| CtEntry {
+            flags,
+            ..CtEntry::default()
+        };
+        let none = with(0);
+        assert!(!none.is_snat() && !none.is_dsr() && !none.is_tunnel());
+        assert!(!none.is_backend_side() && !none.src_port_rewritten() && !none.reply_seen());
+        assert!(with(CT_F_REPLY_SEEN).reply_seen());
+        assert!(with(CT_F_SRC_PORT_REWRITTEN).src_port_rewritten());
+        assert!(with(CT_F_SNAT).is_snat());
+        assert!(with(CT_F_DSR).is_dsr());
+        assert!(with(CT_F_TUNNEL).is_tunnel());
+        assert!(with(CT_F_BACKEND_SIDE).is_backend_side());
+        assert!(with(CT_F_SNAT | CT_F_DSR).has(CT_F_SNAT | CT_F_DSR));
+        assert!(
+            !with(CT_F_SNAT).has(CT_F_SNAT | CT_F_DSR),
+            "has: every flag"
+        );
+        // Carried to the peer node from the node that picked the backend only.
+        assert!(with(CT_F_DSR).is_carried_to_peer());
+        assert!(with(CT_F_TUNNEL).is_carried_to_peer());
+        assert!(!with(CT_F_SNAT).is_carried_to_peer());
+        assert!(!with(CT_F_DSR | CT_F_BACKEND_SIDE).is_carried_to_peer());
+        assert!(!with(CT_F_TUNNEL | CT_F_BACKEND_SIDE).is_carried_to_peer());
+        // Replies go back through the tunnel from the backend's node of a tunnelled flow.
+        assert!(with(CT_F_TUNNEL | CT_F_BACKEND_SIDE).replies_through_tunnel());
+        assert!(!with(CT_F_TUNNEL).replies_through_tunnel());
+        assert!(!with(CT_F_DSR | CT_F_BACKEND_SIDE).replies_through_tunnel());
+    }
+
+    #[test]
     fn abi_sizes_are_stable() {
         // These sizes are part of the kernel/user ABI and of pinned maps: a change breaks a
         // restarted loader that re-attaches to maps of the old layout.

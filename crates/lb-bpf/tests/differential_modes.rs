@@ -30,10 +30,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use common::harness::{EngineAndKernel, Outcome};
 use common::tagged;
-use lb_api::abi::{
-    CtEntry, CtKey, CtKind, CtState, CT_F_BACKEND_SIDE, CT_F_DSR, CT_F_SNAT,
-    CT_F_SRC_PORT_REWRITTEN, CT_F_TUNNEL,
-};
+use lb_api::abi::{CtEntry, CtKey, CtKind, CtState};
 use lb_api::counters::{Counter, Counters, DropReason};
 use lb_api::flow::{v4_addr, L4Proto};
 use lb_api::wire::testing::{
@@ -945,8 +942,7 @@ impl Cluster {
         for (k, e) in ct.iter() {
             let Some(p) = lb_conntrack::partner_key(k, e) else {
                 assert!(
-                    k.kind == CtKind::Service as u8
-                        && e.flags & (CT_F_DSR | CT_F_BACKEND_SIDE) == CT_F_DSR,
+                    k.kind == CtKind::Service as u8 && e.is_dsr() && !e.is_backend_side(),
                     "{what}: {n:?}: no partner key for {k:?} {e:?}"
                 );
                 continue;
@@ -1063,12 +1059,12 @@ fn snat_scene(
         Node::A,
         key(CtKind::Service, proto, client, cport, vip, vport),
     );
-    assert_eq!(fwd.flags & CT_F_SNAT, CT_F_SNAT, "{fwd:?}");
+    assert!(fwd.is_snat(), "{fwd:?}");
     let rev = cl.entry(
         Node::A,
         key(CtKind::ReverseNat, proto, be, bport, node, cport),
     );
-    assert_eq!(rev.flags & CT_F_SNAT, CT_F_SNAT, "{rev:?}");
+    assert!(rev.is_snat(), "{rev:?}");
     cl.run(
         fx(
             Node::A,
@@ -1104,10 +1100,7 @@ fn snat_scene(
         key(CtKind::Service, proto, client2, cport, vip, vport),
     );
     let port = e.rewritten_src_port;
-    assert_eq!(
-        e.flags & (CT_F_SNAT | CT_F_SRC_PORT_REWRITTEN),
-        CT_F_SNAT | CT_F_SRC_PORT_REWRITTEN
-    );
+    assert!(e.is_snat() && e.src_port_rewritten(), "{e:?}");
     assert!(SNAT_PORTS.contains(&port) && port != cport, "{port}");
     assert_eq!(second.frame, f(node, port, be, bport, F::SYN));
     let rev2 = cl.entry(
@@ -1547,7 +1540,7 @@ fn dsr_scene(cl: &mut Cluster, v6: bool, cport: u16) {
         Node::A,
         key(CtKind::Service, L4Proto::Tcp, client, cport, vip, 80),
     );
-    assert_eq!(fwd.flags & (CT_F_DSR | CT_F_BACKEND_SIDE), CT_F_DSR);
+    assert!(fwd.is_dsr() && !fwd.is_backend_side(), "{fwd:?}");
     assert!(
         !cl.has_entry(
             Node::A,
@@ -1581,10 +1574,7 @@ fn dsr_scene(cl: &mut Cluster, v6: bool, cport: u16) {
         Node::B,
         key(CtKind::ReverseNat, L4Proto::Tcp, be, 8080, client, cport),
     );
-    assert_eq!(
-        rev.flags & (CT_F_DSR | CT_F_BACKEND_SIDE),
-        CT_F_DSR | CT_F_BACKEND_SIDE
-    );
+    assert!(rev.is_dsr() && rev.is_backend_side(), "{rev:?}");
     assert_eq!(
         (rev.nat_addr, rev.nat_port),
         (addr16(vip), 80),
@@ -1737,10 +1727,7 @@ fn tunnel(cl: &mut Cluster) {
             Node::B,
             key(CtKind::ReverseNat, proto, be, bport, client, cport),
         );
-        assert_eq!(
-            rev.flags & (CT_F_TUNNEL | CT_F_BACKEND_SIDE),
-            CT_F_TUNNEL | CT_F_BACKEND_SIDE
-        );
+        assert!(rev.replies_through_tunnel(), "{rev:?}");
         assert_eq!(
             rev.tunnel_peer,
             addr16(node_a),
@@ -1822,7 +1809,7 @@ fn hybrid(cl: &mut Cluster) {
             80,
         ),
     );
-    assert_eq!(e.flags & (CT_F_DSR | CT_F_SNAT), CT_F_DSR);
+    assert!(e.is_dsr() && !e.is_snat(), "{e:?}");
     cl.run(
         fx(
             Node::A,
@@ -1844,7 +1831,7 @@ fn hybrid(cl: &mut Cluster) {
             53,
         ),
     );
-    assert_eq!(e.flags & (CT_F_DSR | CT_F_SNAT), CT_F_SNAT);
+    assert!(e.is_snat() && !e.is_dsr(), "{e:?}");
     cl.run(
         fx(
             Node::A,
@@ -1898,9 +1885,9 @@ fn backend_side_collisions(cl: &mut Cluster) {
     );
     assert_eq!((e.nat_addr, e.nat_port), (addr16(ip(BE)), 8080));
     let port = e.rewritten_src_port;
-    assert_eq!(
-        e.flags & (CT_F_SRC_PORT_REWRITTEN | CT_F_DSR | CT_F_BACKEND_SIDE),
-        CT_F_SRC_PORT_REWRITTEN | CT_F_DSR | CT_F_BACKEND_SIDE
+    assert!(
+        e.src_port_rewritten() && e.is_dsr() && e.is_backend_side(),
+        "{e:?}"
     );
     assert!(COLLISION_PORTS.contains(&port), "{port}");
     assert_eq!(
@@ -2554,9 +2541,8 @@ fn backend_side_resolves_flows_forwarded_by_two_nodes() {
         let port = cl.entry(Node::B, second(NODE_C)).rewritten_src_port;
         assert!(COLLISION_PORTS.contains(&port), "{port}");
         assert_eq!(o.frame, via(NODE_C, port, F::SYN));
-        assert_eq!(
-            cl.entry(Node::B, second(NODE_A)).flags & CT_F_SRC_PORT_REWRITTEN,
-            0,
+        assert!(
+            !cl.entry(Node::B, second(NODE_A)).src_port_rewritten(),
             "the first flow keeps its port"
         );
         for (name, node, port) in [("A", NODE_A, cport), ("C", NODE_C, port)] {

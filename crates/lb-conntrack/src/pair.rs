@@ -178,6 +178,68 @@ mod tests {
     #[allow(unused_imports)]
     use std::{format, prelude::rust_2021::*, vec};
 
+    /// A SNAT flow: the reverse entry holds the client's address and port; the partners are
+    /// each other's, whichever way derived.
+    #[test]
+    fn partners_of_a_snat_flow_go_through_the_node_address() {
+        use lb_api::abi::{CT_F_SNAT, CT_F_SRC_PORT_REWRITTEN};
+        let client = FlowTuple {
+            src: v4_addr([10, 0, 0, 1]),
+            dst: v4_addr([10, 96, 0, 10]),
+            src_port: 40000,
+            dst_port: 80,
+            proto: 6,
+            family: 4,
+        };
+        let node = v4_addr([192, 168, 1, 10]);
+        let sk = CtKey::new(&client, CtKind::Service);
+        let mut se = CtEntry {
+            nat_addr: v4_addr([10, 1, 0, 2]),
+            nat_port: 8080,
+            snat_addr: node,
+            rewritten_src_port: 33000,
+            flags: CT_F_SNAT | CT_F_SRC_PORT_REWRITTEN,
+            ..Default::default()
+        };
+        let rk = reverse_key_of(&sk, &se);
+        assert_eq!(partner_key(&sk, &se), Some(rk));
+        assert_eq!((rk.src, rk.src_port), (se.nat_addr, 8080));
+        assert_eq!((rk.dst, rk.dst_port), (node, 33000));
+        // The reverse entry as the pipeline makes it from the service entry.
+        make_reverse(&mut se, (&client.src, client.src_port), (&client.dst, 80));
+        assert_eq!(se.snat_addr, client.src);
+        assert_eq!(se.rewritten_src_port, 40000);
+        assert_eq!(service_key_of(&rk, &se), sk);
+        assert_eq!(partner_key(&rk, &se), Some(sk));
+    }
+
+    /// On the backend's node of a tunnelled flow, the service key carries the node the flow
+    /// came from.
+    #[test]
+    fn the_service_key_of_a_tunnelled_flow_names_its_origin() {
+        use lb_api::abi::{CT_F_BACKEND_SIDE, CT_F_TUNNEL};
+        let peer = v4_addr([192, 168, 1, 11]);
+        let reply = FlowTuple {
+            src: v4_addr([10, 1, 0, 2]),
+            dst: v4_addr([10, 0, 0, 1]),
+            src_port: 8080,
+            dst_port: 40000,
+            proto: 17,
+            family: 4,
+        };
+        let rk = CtKey::new(&reply, CtKind::ReverseNat);
+        let re = CtEntry {
+            nat_addr: reply.src,
+            nat_port: 8080,
+            tunnel_peer: peer,
+            flags: CT_F_BACKEND_SIDE | CT_F_TUNNEL,
+            ..Default::default()
+        };
+        let sk = service_key_of(&rk, &re);
+        assert_eq!(sk, CtKey::from_origin(&reply.reversed(), peer));
+        assert_eq!(partner_key(&rk, &re), Some(sk));
+    }
+
     #[test]
     fn partners_are_mutual() {
         let client = FlowTuple {

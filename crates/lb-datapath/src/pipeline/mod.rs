@@ -10,11 +10,11 @@
 //! * [`tracked`]: the paths of a tracked flow, its replies and its further packets;
 //! * [`pair`]: keeping a flow's two conntrack entries in step (the layout itself is
 //!   [`lb_conntrack`]'s pair module);
-//! * [`new_flow`]: the first packet of a flow, to a service or on a backend's node;
+//! * [`new_flow`](mod@new_flow): the first packet of a flow, to a service or on a backend's node;
 //! * [`reserve`]: reserving the reply tuple of a new flow (collision resolver, SNAT allocator);
 //! * [`carriers`]: DSR carrier and VXLAN on the way to the peer node, MTU and the ICMP error
 //!   for a packet too big for them;
-//! * [`icmp_error`]: ICMP errors about translated flows.
+//! * [`icmp_error`](mod@icmp_error): ICMP errors about translated flows.
 //!
 //! The paths are BPF subprograms of their own in the kernel (`#[inline(never)]`), each with its
 //! own frame of the 512-byte stack: the comments on the attributes say which frame a value
@@ -30,7 +30,7 @@ mod scratch;
 mod tracked;
 mod tunnel;
 
-#[cfg(test)]
+#[cfg(all(test, feature = "std"))]
 mod tests;
 
 use core::cell::Cell;
@@ -92,7 +92,7 @@ fn pass<T: Counters + ?Sized>(tables: &mut T, why: Counter) -> Verdict {
 ///   tunnel.
 /// * A packet of a tracked flow to a service gets its destination rewritten to the flow's backend
 ///   (and its source to this node under SNAT), then reaches a backend on another node per the
-///   service's [`ForwardingMode`]: routed (SNAT), with a DSR carrier, or VXLAN-encapsulated.
+///   service's [`ForwardingMode`](lb_api::abi::ForwardingMode): routed (SNAT), with a DSR carrier, or VXLAN-encapsulated.
 /// * The first packet to a service picks a backend by flow hash, creates the flow's conntrack
 ///   entries (reverse-NAT first, with no-overwrite, so the reply path exists before the forward
 ///   path is published) and is rewritten. If that reply tuple is already owned by another flow,

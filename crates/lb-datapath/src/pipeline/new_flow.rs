@@ -1,8 +1,9 @@
 //! The first packet of a flow: to a service (pick a backend, record the flow, translate), or,
 //! on the backend's node, of a flow another node translated (record the flow its replies need).
 //!
-//! The flow's mode is chosen here as `CT_F_*` flags (`flags`) before its entry exists: tested as
-//! flags, kept in a register, so that the verifier walks each mode with its flags known.
+//! The flow's mode is chosen here as `CT_F_*` flags (`flags`) before its entry exists, and tested
+//! as that local value rather than read back through the entry's accessors: the entry is
+//! written later, in the scratch area (map memory in the kernel).
 
 use lb_api::abi::{
     BackendKey, CtEntry, CtKey, CtKind, ForwardingMode, ServiceKey, ServiceValue,
