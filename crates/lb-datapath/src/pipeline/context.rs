@@ -86,3 +86,6 @@ pub(super) enum Outcome {
     /// backend's node, then counted as `service_new_flow`.
     CarryNewFlow,
 }
+
+// A path's result fits one register, with "not this path's packet" (`None`) in the same byte.
+const _: () = assert!(core::mem::size_of::<Option<Outcome>>() == 1);
