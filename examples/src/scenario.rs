@@ -10,8 +10,7 @@ use lb_api::abi::{CtEntry, CtKey};
 use lb_api::counters::CounterSnapshot;
 use lb_api::flow::L4Proto;
 use lb_bpf::KernelDatapath;
-use lb_datapath::engine::default_config;
-use lb_nat::control::ServiceSpec;
+use lb_control::{default_config, ServiceSpec};
 
 use crate::netns::NodeChecksums;
 use crate::testbed::{Testbed, BACKENDS, BACKEND_PORT, VIP, VIP_PORT};
