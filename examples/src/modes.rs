@@ -175,8 +175,9 @@ mod with_modes {
     use lb_api::abi::DatapathConfig;
     use lb_bpf::KernelDatapath;
     use lb_conntrack::MonotonicClock;
-    use lb_datapath::engine::{default_config, Engine};
-    use lb_nat::control::{BackendSpec, ForwardingMode, NodeSpec, ServiceSpec};
+    use lb_control::default_config;
+    use lb_control::{BackendSpec, ForwardingMode, NodeSpec, ServiceSpec};
+    use lb_datapath::engine::Engine;
 
     use super::{Deployment, Mode, ServicePlan};
     use crate::cluster::{Cluster, LAN_IF, POD_IF, POD_NODES};

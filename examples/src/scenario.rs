@@ -10,8 +10,7 @@ use lb_api::abi::{CtEntry, CtKey};
 use lb_api::counters::CounterSnapshot;
 use lb_api::flow::L4Proto;
 use lb_bpf::KernelDatapath;
-use lb_datapath::engine::default_config;
-use lb_nat::control::ServiceSpec;
+use lb_control::{default_config, Dataplane, DataplaneError, ServiceSpec};
 
 use crate::netns::NodeChecksums;
 use crate::testbed::{Testbed, BACKENDS, BACKEND_PORT, VIP, VIP_PORT};
@@ -57,6 +56,20 @@ pub fn bulk_service() -> ServiceSpec {
             .collect(),
         ..service()
     }
+}
+
+/// Programs `dp` for the scenario: the configuration (flow hash seed `hash_seed`) and the three
+/// services. Written against [`Dataplane`] only, as a CNI's control plane is: the kernel run
+/// ([`run_kernel`]) and the demo's userspace run program their datapaths with this one function.
+///
+/// # Errors
+/// The first call `dp` refuses.
+pub fn program(dp: &mut dyn Dataplane, hash_seed: u32) -> Result<(), DataplaneError> {
+    dp.set_config(&default_config(hash_seed))?;
+    for spec in [service(), udp_service(), bulk_service()] {
+        dp.upsert_service(&spec)?;
+    }
+    Ok(())
 }
 
 /// What happened.
@@ -115,10 +128,7 @@ pub fn run_kernel(tag: &str, requests: usize, checksums: NodeChecksums) -> Resul
         bed.complete_checksums_in_software()?;
     }
     let mut dp = KernelDatapath::load().context("loading the eBPF programs")?;
-    dp.set_config(&default_config(std::process::id()))?;
-    dp.upsert_service(&service())?;
-    dp.upsert_service(&udp_service())?;
-    dp.upsert_service(&bulk_service())?;
+    program(&mut dp, std::process::id())?;
     let xdp_mode = attach(&mut dp, &bed)?;
     let servers = bed.start_backends(Duration::from_secs(60))?;
     let answers = bed.requests(
@@ -131,7 +141,8 @@ pub fn run_kernel(tag: &str, requests: usize, checksums: NodeChecksums) -> Resul
         requests,
         Duration::from_secs(2),
     )?;
-    let (conntrack, counters) = (dp.conntrack_entries()?, dp.counters()?);
+    let observed: &dyn Dataplane = &dp;
+    let (conntrack, counters) = (observed.conntrack_entries()?, observed.counters()?);
     let bulk = |to: SocketAddr| bulk_echo(&bed.client, to, BULK_BYTES, Duration::from_secs(30));
     let bulk_vip = bulk(SocketAddr::from((VIP, BULK_PORT)));
     let bulk_routed = bulk(SocketAddr::from((BACKENDS[0], BULK_PORT)));

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use lb_api::abi::CtKind;
 use lb_bpf::{Error, KernelDatapath};
-use lb_datapath::engine::default_config;
+use lb_control::default_config;
 use lb_examples::scenario;
 use lb_examples::testbed::{Testbed, VIP, VIP_PORT};
 

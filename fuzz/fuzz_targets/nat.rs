@@ -10,8 +10,10 @@ use lb_api::wire::testing::{tcp_v4_frame, udp_v4_frame};
 use lb_api::wire::{parse, SlicePacket, TcpFlags};
 use lb_api::Verdict;
 use lb_conntrack::ManualClock;
-use lb_datapath::engine::{default_config, Engine};
-use lb_nat::control::{BackendSpec, BackendState, Selection, ServiceSpec, TrafficPolicy};
+use lb_control::{
+    default_config, BackendSpec, BackendState, Selection, ServiceSpec, TrafficPolicy,
+};
+use lb_datapath::engine::Engine;
 use libfuzzer_sys::fuzz_target;
 
 /// Frontends (two node addresses, one ClusterIP) share ports so that collisions happen.

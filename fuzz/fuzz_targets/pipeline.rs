@@ -8,8 +8,8 @@ use lb_api::abi::ForwardingMode;
 use lb_api::counters::Counter;
 use lb_api::flow::L4Proto;
 use lb_conntrack::ManualClock;
-use lb_datapath::engine::{default_config, Engine};
-use lb_nat::control::{BackendSpec, NodeSpec, ServiceSpec};
+use lb_control::{default_config, BackendSpec, NodeSpec, ServiceSpec};
+use lb_datapath::engine::Engine;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

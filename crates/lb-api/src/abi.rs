@@ -490,8 +490,8 @@ pub struct ServiceValue {
     pub id: u32,
     /// Number of slots `0..backend_count` in the backend table for this service.
     pub backend_count: u32,
-    /// Flags (`SVC_F_*` of the control plane) in the low byte; the [`ForwardingMode`] in the
-    /// second byte.
+    /// Flags ([`SVC_F_MAGLEV`], [`SVC_F_LOCAL`]) in the low byte; the [`ForwardingMode`] in the
+    /// second byte (at [`ServiceValue::MODE_SHIFT`]).
     pub flags: u32,
     /// Session-affinity timeout in seconds (0: no affinity).
     pub affinity_timeout_s: u32,
@@ -508,6 +508,13 @@ impl ServiceValue {
         ForwardingMode::from_u8((self.flags >> Self::MODE_SHIFT) as u8)
     }
 }
+
+/// [`ServiceValue::flags`] bit: the service's slots hold a Maglev table (the datapath's slot
+/// lookup is then the Maglev lookup; the bit tells readers of the maps what the slots are).
+pub const SVC_F_MAGLEV: u32 = 0x1;
+/// [`ServiceValue::flags`] bit: `externalTrafficPolicy: Local` (the slots hold node-local
+/// backends only).
+pub const SVC_F_LOCAL: u32 = 0x2;
 
 /// Known node table key: a peer node's address. Tunnel packets are accepted only from these.
 #[derive(

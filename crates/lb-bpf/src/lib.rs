@@ -11,12 +11,12 @@
 //! ```no_run
 //! use lb_bpf::{KernelDatapath, Program};
 //! use lb_api::flow::L4Proto;
-//! use lb_nat::control::ServiceSpec;
+//! use lb_control::ServiceSpec;
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! // Every program passes the kernel's verifier here (needs root / CAP_BPF).
 //! let mut dp = KernelDatapath::load()?;
-//! dp.set_config(&lb_datapath::engine::default_config(0))?;
+//! dp.set_config(&lb_control::default_config(0))?;
 //! dp.upsert_service(&ServiceSpec {
 //!     id: 1,
 //!     frontend: "10.96.0.10:80".parse()?,
@@ -35,6 +35,7 @@
 //! ```
 
 pub mod conntrack_gc;
+mod dataplane;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -49,7 +50,7 @@ use lb_api::abi::{
 use lb_api::counters::{CounterSnapshot, COUNTER_SLOTS};
 use lb_api::events::DropEvent;
 use lb_api::Verdict;
-use lb_nat::control::{self, ConfigError, ServiceSpec, ServiceStore};
+use lb_control::{self as control, ConfigError, ServiceSpec, ServiceStore};
 use zerocopy::TryFromBytes;
 
 /// The compiled eBPF object (all programs and maps), embedded at build time.

@@ -27,8 +27,7 @@ use lb_api::wire::testing::{
 use lb_api::wire::{parse, SlicePacket, TcpFlags};
 use lb_api::Verdict;
 use lb_bpf::Program;
-use lb_datapath::engine::default_config;
-use lb_nat::control::ServiceSpec;
+use lb_control::{default_config, ServiceSpec};
 
 const START_NS: u64 = 1_000_000_000_000;
 /// `BPF_PROG_TEST_RUN` runs XDP programs on loopback.

@@ -11,7 +11,7 @@ use lb_api::wire::TcpFlags;
 use lb_api::Verdict;
 use lb_bpf::{KernelDatapath, Program};
 use lb_conntrack::{tuple_reuse, ConntrackGc, GcConfig, TimeoutPolicy, TupleReuse};
-use lb_nat::control::ServiceSpec;
+use lb_control::ServiceSpec;
 
 const SEC: u64 = 1_000_000_000;
 const VIP: [u8; 4] = [10, 96, 0, 10];
@@ -38,7 +38,7 @@ fn set_now(dp: &mut KernelDatapath, policy: &TimeoutPolicy, now: u64) {
     let cfg = DatapathConfig {
         timeouts: policy.to_timeouts(),
         fixed_now_ns: now,
-        ..lb_datapath::engine::default_config(0)
+        ..lb_control::default_config(0)
     };
     dp.set_config(&cfg).unwrap();
 }

@@ -23,8 +23,8 @@ use lb_api::wire::TcpFlags;
 use lb_api::Verdict;
 use lb_bpf::{KernelDatapath, Program};
 use lb_conntrack::ManualClock;
-use lb_datapath::engine::{default_config, Engine};
-use lb_nat::control::ServiceSpec;
+use lb_control::{default_config, ServiceSpec};
+use lb_datapath::engine::Engine;
 use zerocopy::IntoBytes;
 
 const CLIENT: [u8; 4] = [10, 0, 0, 1];

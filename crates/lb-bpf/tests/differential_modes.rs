@@ -40,8 +40,7 @@ use lb_api::wire::testing::{
 use lb_api::wire::TcpFlags as F;
 use lb_api::Verdict;
 use lb_bpf::Program;
-use lb_datapath::engine::default_config;
-use lb_nat::control::{BackendSpec, ForwardingMode, NodeSpec, PortRange, ServiceSpec};
+use lb_control::{default_config, BackendSpec, ForwardingMode, NodeSpec, PortRange, ServiceSpec};
 
 const CLIENT: [u8; 4] = [172, 16, 0, 9];
 const CLIENT2: [u8; 4] = [172, 16, 0, 10];

@@ -11,8 +11,7 @@ use lb_api::wire::testing::tcp_v4_frame;
 use lb_api::wire::TcpFlags;
 use lb_api::Verdict;
 use lb_bpf::{KernelDatapath, Program};
-use lb_datapath::engine::default_config;
-use lb_nat::control::ServiceSpec;
+use lb_control::{default_config, ServiceSpec};
 
 const NOW: u64 = 7_000_000_000_000;
 const CLIENT: [u8; 4] = [10, 0, 0, 1];

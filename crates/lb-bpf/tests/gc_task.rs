@@ -14,7 +14,7 @@ use lb_api::Verdict;
 use lb_bpf::conntrack_gc::GcTaskStatus;
 use lb_bpf::{KernelDatapath, Program};
 use lb_conntrack::GcConfig;
-use lb_nat::control::ServiceSpec;
+use lb_control::ServiceSpec;
 
 const SEC: u64 = 1_000_000_000;
 const VIP: [u8; 4] = [10, 96, 0, 10];
@@ -24,7 +24,7 @@ const WAIT: Duration = Duration::from_secs(10);
 fn set_now(dp: &mut KernelDatapath, now: u64) {
     dp.set_config(&DatapathConfig {
         fixed_now_ns: now,
-        ..lb_datapath::engine::default_config(0)
+        ..lb_control::default_config(0)
     })
     .unwrap();
 }

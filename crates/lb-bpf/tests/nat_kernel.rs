@@ -11,8 +11,8 @@ use lb_api::wire::TcpFlags;
 use lb_api::Verdict;
 use lb_bpf::{KernelDatapath, Program};
 use lb_conntrack::ManualClock;
-use lb_datapath::engine::{default_config, Engine};
-use lb_nat::control::{BackendSpec, Selection, ServiceSpec};
+use lb_control::{default_config, BackendSpec, Selection, ServiceSpec};
+use lb_datapath::engine::Engine;
 
 const CLIENT: [u8; 4] = [172, 16, 0, 9];
 const NODE_A: [u8; 4] = [192, 168, 1, 10];

@@ -46,8 +46,7 @@ use lb_api::wire::TcpFlags as F;
 use lb_api::Verdict;
 use lb_bpf::Program;
 use lb_conntrack::{ConntrackGc, GcConfig};
-use lb_datapath::engine::default_config;
-use lb_nat::control::{BackendSpec, ForwardingMode, NodeSpec, PortRange, ServiceSpec};
+use lb_control::{default_config, BackendSpec, ForwardingMode, NodeSpec, PortRange, ServiceSpec};
 use lb_nat::snat::{DEFAULT_MAX_ATTEMPTS, DEFAULT_MIN_ATTEMPTS};
 
 const NODE_A: [u8; 4] = [192, 168, 1, 10];

@@ -25,8 +25,7 @@ use lb_conntrack::{
     initial_state, tcp_edges, tcp_transition, Direction, TcpEdge, TcpPacketClass, TcpTransition,
     TCP_STATES,
 };
-use lb_datapath::engine::default_config;
-use lb_nat::control::ServiceSpec;
+use lb_control::{default_config, ServiceSpec};
 
 const CLIENT: [u8; 4] = [10, 0, 0, 1];
 const VIP: [u8; 4] = [10, 96, 0, 10];

@@ -9,8 +9,8 @@ use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion
 use lb_api::flow::L4Proto;
 use lb_api::wire::testing::tcp_v4_frame;
 use lb_api::wire::{parse, SlicePacket, TcpFlags};
+use lb_control::ServiceSpec;
 use lb_datapath::engine::Engine;
-use lb_nat::control::ServiceSpec;
 
 const CLIENT: [u8; 4] = [10, 0, 0, 1];
 const VIP: [u8; 4] = [10, 96, 0, 10];

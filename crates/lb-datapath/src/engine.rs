@@ -16,42 +16,24 @@ use lb_api::IpFamily;
 use lb_api::Verdict;
 use lb_conntrack::{
     Clock, ConntrackGc, ConntrackMetrics, ConntrackTable, GcReport, HashConntrackTable,
-    InsertError, InsertMode, MonotonicClock, TimeoutPolicy,
+    InsertError, InsertMode, MonotonicClock,
+};
+use lb_control::{
+    default_config, remove_service, set_node, upsert_service, ConfigError, NodeSpec, ServiceSpec,
+    ServiceStore,
 };
 use lb_encap::{
     insert_room_at_head, remove_room_at_head, truncate_at_tail, AdjustHead, HeadroomPacket, Room,
 };
 use lb_nat::collision::XorShift32;
-use lb_nat::control::{
-    remove_service, set_node, upsert_service, ConfigError, NodeSpec, ServiceSpec, ServiceStore,
-};
 use lb_nat::{HashServiceTable, RandomSource, ServiceTable};
 use std::collections::VecDeque;
+
+mod dataplane;
 
 /// How many drop events the engine keeps until they are drained: about what the kernel's
 /// 256 KiB ring buffer holds (4095 56-byte records in 64-byte slots).
 pub const DROP_EVENT_QUEUE_LEN: usize = 4096;
-
-/// A datapath configuration with netfilter's timeouts and the given hash seed.
-#[must_use]
-pub fn default_config(hash_seed: u32) -> DatapathConfig {
-    DatapathConfig {
-        timeouts: TimeoutPolicy::netfilter().to_timeouts(),
-        fixed_now_ns: 0,
-        hash_seed,
-        flags: 0,
-        src_port_min: 0,
-        src_port_max: 0,
-        src_port_tries: 0,
-        node_v4: [0; 4],
-        vni: 0,
-        node_v6: [0; 16],
-        tunnel_port: 0,
-        mtu: 0,
-        snat_port_min: 0,
-        snat_port_max: 0,
-    }
-}
 
 /// Bytes of room the engine keeps in front of a frame, as XDP does (`XDP_PACKET_HEADROOM`), for
 /// encapsulation and DSR carriers.
@@ -574,7 +556,7 @@ mod tests {
                 frontend: "10.96.0.10:80".parse().unwrap(),
                 proto: L4Proto::Tcp,
                 backends: vec![remote("10.1.0.2:8080")],
-                mode: lb_nat::control::ForwardingMode::Dsr,
+                mode: lb_control::ForwardingMode::Dsr,
                 ..Default::default()
             })
             .unwrap();
@@ -654,7 +636,7 @@ mod tests {
             frontend: "10.96.0.10:80".parse().unwrap(),
             proto: L4Proto::Tcp,
             backends: vec![remote("10.1.0.2:8080")],
-            mode: lb_nat::control::ForwardingMode::Dsr,
+            mode: lb_control::ForwardingMode::Dsr,
             ..Default::default()
         })
         .unwrap();
@@ -690,8 +672,8 @@ mod tests {
         assert_eq!(e.counters().get(Counter::MtuExceeded), 2);
     }
 
-    fn remote(addr: &str) -> lb_nat::control::BackendSpec {
-        lb_nat::control::BackendSpec {
+    fn remote(addr: &str) -> lb_control::BackendSpec {
+        lb_control::BackendSpec {
             node: Some("192.168.1.11".parse().unwrap()),
             ..addr.parse().unwrap()
         }

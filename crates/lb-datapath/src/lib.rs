@@ -8,7 +8,7 @@
 //! use lb_api::{Verdict, flow::L4Proto};
 //! use lb_api::wire::{testing::tcp_v4_frame, TcpFlags};
 //! use lb_datapath::engine::Engine;
-//! use lb_nat::control::ServiceSpec;
+//! use lb_control::ServiceSpec;
 //!
 //! let mut engine = Engine::new(1024);
 //! engine.upsert_service(&ServiceSpec {

@@ -10,8 +10,8 @@ use lb_api::wire::testing::tcp_v4_frame;
 use lb_api::wire::TcpFlags;
 use lb_api::Verdict;
 use lb_conntrack::ManualClock;
-use lb_datapath::engine::{default_config, Engine};
-use lb_nat::control::ServiceSpec;
+use lb_control::{default_config, ServiceSpec};
+use lb_datapath::engine::Engine;
 
 const CLIENT: [u8; 4] = [10, 0, 0, 1];
 const VIP: [u8; 4] = [10, 96, 0, 10];

@@ -18,8 +18,8 @@ use lb_api::wire::testing::{
 use lb_api::wire::TcpFlags;
 use lb_api::Verdict;
 use lb_conntrack::ManualClock;
-use lb_datapath::engine::{default_config, Engine};
-use lb_nat::control::ServiceSpec;
+use lb_control::{default_config, ServiceSpec};
+use lb_datapath::engine::Engine;
 use std::net::{IpAddr, SocketAddr};
 
 const CLIENT_PORT: u16 = 40_000;
@@ -390,7 +390,7 @@ fn icmpv6_errors_about_ipv6_flows_are_translated_both_ways() {
 /// becomes this node when the client itself answered. An expired flow is not translated.
 fn snat_scenario(v6: bool) {
     use lb_api::abi::ForwardingMode;
-    use lb_nat::control::{BackendSpec, NodeSpec};
+    use lb_control::{BackendSpec, NodeSpec};
     let n = &net(v6);
     let a = |s: &str| match s.parse::<IpAddr>().unwrap() {
         IpAddr::V4(a) => v4_addr(a.octets()),

@@ -12,8 +12,8 @@ use lb_api::wire::testing::{tcp_v4_frame, udp_v4_frame};
 use lb_api::wire::TcpFlags;
 use lb_api::Verdict;
 use lb_conntrack::ManualClock;
-use lb_datapath::engine::{default_config, Engine};
-use lb_nat::control::ServiceSpec;
+use lb_control::{default_config, ServiceSpec};
+use lb_datapath::engine::Engine;
 
 const CLIENT: [u8; 4] = [172, 16, 0, 9];
 const CLIENT_PORT: u16 = 40_000;

@@ -7,8 +7,8 @@ use lb_api::counters::Counter;
 use lb_api::flow::L4Proto;
 use lb_api::Verdict;
 use lb_conntrack::ManualClock;
-use lb_datapath::engine::{default_config, Engine};
-use lb_nat::control::ServiceSpec;
+use lb_control::{default_config, ServiceSpec};
+use lb_datapath::engine::Engine;
 
 fn engine() -> Engine<ManualClock> {
     let mut e = Engine::with_clock(64, default_config(1), ManualClock::new(1));

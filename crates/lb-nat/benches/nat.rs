@@ -14,8 +14,9 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use lb_api::flow::{v4_addr, FlowTuple};
+use lb_control::{maglev_table, MaglevBackend, MAGLEV_DEFAULT_TABLE_SIZE};
 use lb_nat::collision::XorShift32;
-use lb_nat::maglev::{maglev_lookup, maglev_table, MaglevBackend, MAGLEV_DEFAULT_TABLE_SIZE};
+use lb_nat::maglev::maglev_lookup;
 use lb_nat::select_slot;
 use lb_nat::snat::{allocate, nat_keys, NatTable, NatValue, SnatConfig};
 use lb_nat::snat_table::ShardedNatTable;

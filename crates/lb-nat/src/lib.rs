@@ -1,13 +1,15 @@
 //! Service load balancing: service and backend tables, backend selection, and the address/port
 //! rewrites (DNAT of requests, reverse translation of replies) with incremental checksums.
 //!
-//! * [`select_slot`] / [`maglev`]: backend selection (flow hash over slots; Maglev tables written
-//!   into the slots, so the kernel's lookup is unchanged).
+//! * [`select_slot`] / [`maglev`]: backend selection (flow hash over slots; Maglev tables, built
+//!   by the control plane in `lb-control`, are written into the slots, so the kernel's lookup is
+//!   unchanged).
 //! * [`snat`]: SNAT port allocation where reserving the port *is* the atomic insert of the
 //!   reverse mapping; [`snat_table`] (`std`) is a concurrent userspace table for it.
 //! * [`collision`]: source-port collision resolution, used by the shared pipeline.
-//! * [`control`] (`std`): the typed service model (weights, terminating backends, selection,
-//!   session affinity, traffic policy), its validation and the hitless table writes.
+//!
+//! The typed service model (weights, terminating backends, selection, session affinity, traffic
+//! policy), its validation and the hitless table writes live in the `lb-control` crate.
 //!
 //! Figures (disruption, balance, race and pressure tests, benchmarks): `docs/nat.md`.
 //!
@@ -43,8 +45,6 @@ mod rewrite;
 mod select;
 mod table;
 
-#[cfg(feature = "std")]
-pub mod control;
 pub mod snat;
 #[cfg(feature = "std")]
 pub mod snat_table;

@@ -11,6 +11,7 @@ use lb_api::counters::{Counter, CounterSnapshot, DropReason};
 use lb_api::flow::{v4_of, L4Proto};
 use lb_api::wire::testing::tcp_v4_frame;
 use lb_api::wire::{parse, SlicePacket, TcpFlags};
+use lb_control::Dataplane;
 use lb_datapath::engine::Engine;
 use lb_examples::capture::Capture;
 use lb_examples::cluster::{self, Cluster, Family, LAN_IF};
@@ -251,7 +252,8 @@ fn userspace(requests: usize) -> Result<()> {
         "Service:  {VIP}:{VIP_PORT}/tcp -> backend-1 10.200.2.2:8080, backend-2 10.200.3.2:8080\n"
     );
     let mut engine = Engine::new(4096);
-    engine.upsert_service(&scenario::service())?;
+    // The kernel run's control plane, on the engine (seed 0: `Engine::new`'s).
+    scenario::program(&mut engine, 0)?;
     let mut per_backend = [0usize; 2];
     for i in 0..requests {
         let port = 40000 + i as u16;
@@ -287,10 +289,11 @@ fn userspace(requests: usize) -> Result<()> {
             r.tuple.src_port
         );
     }
-    let mut entries: Vec<_> = engine.conntrack().iter().map(|(k, e)| (*k, *e)).collect();
+    let observed: &dyn Dataplane = &engine;
+    let mut entries = observed.conntrack_entries()?;
     entries.sort_by_key(|(k, _)| (k.kind, k.src_port, k.dst_port));
     print_conntrack(&entries);
-    print_counters(engine.counters());
+    print_counters(&observed.counters()?);
     println!(
         "\nflows per backend: backend-1 {}, backend-2 {}",
         per_backend[0], per_backend[1]

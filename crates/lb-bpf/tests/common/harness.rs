@@ -9,8 +9,8 @@ use lb_api::events::DropEvent;
 use lb_api::Verdict;
 use lb_bpf::{KernelDatapath, Program, TestSkb};
 use lb_conntrack::ManualClock;
+use lb_control::{NodeSpec, ServiceSpec};
 use lb_datapath::engine::{Engine, GsoType, SkbMeta};
-use lb_nat::control::{NodeSpec, ServiceSpec};
 use zerocopy::IntoBytes;
 
 /// Conntrack capacity of the engine (the kernel map holds 65536).

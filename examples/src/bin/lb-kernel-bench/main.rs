@@ -14,8 +14,7 @@ use lb_api::wire::testing::tcp_v4_frame;
 use lb_api::wire::TcpFlags;
 use lb_api::Verdict;
 use lb_bpf::{KernelDatapath, Program};
-use lb_datapath::engine::default_config;
-use lb_nat::control::ServiceSpec;
+use lb_control::{default_config, ServiceSpec};
 
 #[derive(Parser)]
 #[command(about = "ns/packet of the eBPF datapath via BPF_PROG_TEST_RUN")]

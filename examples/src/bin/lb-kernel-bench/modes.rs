@@ -33,8 +33,8 @@ use lb_api::wire::testing::{tcp_v4_frame, tcp_v6_frame};
 use lb_api::wire::TcpFlags;
 use lb_api::Verdict;
 use lb_bpf::{KernelDatapath, Program};
+use lb_control::{BackendSpec, ForwardingMode, NodeSpec, ServiceSpec};
 use lb_datapath::engine::Engine;
-use lb_nat::control::{BackendSpec, ForwardingMode, NodeSpec, ServiceSpec};
 
 /// Options of the modes table.
 pub struct Opts {
