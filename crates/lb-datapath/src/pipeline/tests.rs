@@ -14,8 +14,8 @@ use lb_api::wire::testing::{ip_v4_frame, tcp_v4_frame};
 use lb_api::wire::{parse_into, TcpFlags};
 use lb_api::Verdict;
 use lb_conntrack::{partner_key, reverse_key, ConntrackTable, InsertMode, ManualClock};
+use lb_control::{BackendSpec, NodeSpec, ServiceSpec};
 use lb_encap::HeadroomPacket;
-use lb_nat::control::{BackendSpec, NodeSpec, ServiceSpec};
 
 use super::context::{Ctx, Outcome};
 use super::icmp_error::icmp_error;
@@ -24,7 +24,8 @@ use super::pair::{forget_expired_flow, refresh_reverse};
 use super::tracked::{established, reply};
 use super::tunnel::is_tunnel;
 use super::Scratch;
-use crate::engine::{default_config, Engine, UserTables, HEADROOM};
+use crate::engine::{Engine, UserTables, HEADROOM};
+use lb_control::default_config;
 
 const CLIENT: [u8; 4] = [10, 0, 0, 1];
 const CLIENT_PORT: u16 = 40_000;
