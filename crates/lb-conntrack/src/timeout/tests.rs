@@ -1,7 +1,6 @@
 //! Presets, parsing, validation and warnings of the timeout policy.
 
 use super::*;
-#[allow(unused_imports)]
 use std::{format, prelude::rust_2021::*, vec};
 use CtState::*;
 

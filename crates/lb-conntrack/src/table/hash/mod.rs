@@ -18,7 +18,6 @@ fn prefetch<T>(item: Option<&T>) {
     if let Some(item) = item {
         // SAFETY: a prefetch is a hint: it never faults and has no effect on memory, and
         // the pointer comes from a live reference anyway.
-        #[allow(unused_unsafe)]
         unsafe {
             core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(
                 core::ptr::from_ref(item).cast::<i8>(),

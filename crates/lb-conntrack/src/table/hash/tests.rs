@@ -2,8 +2,7 @@
 
 use super::*;
 use lb_api::abi::{CtKind, CtState};
-#[allow(unused_imports)]
-use std::{format, prelude::rust_2021::*, vec};
+use std::prelude::rust_2021::*;
 
 fn key(p: u16) -> CtKey {
     CtKey {
