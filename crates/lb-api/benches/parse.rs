@@ -1,5 +1,8 @@
 //! ns per packet: our parser vs etherparse's SlicedPacket on the same bytes.
-#![allow(missing_docs)]
+#![expect(
+    missing_docs,
+    reason = "criterion_group! generates an undocumented function"
+)]
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use etherparse::{

@@ -4,7 +4,10 @@
 //! Time is the benchmark thread's CPU time (`CLOCK_THREAD_CPUTIME_ID`), not wall time: on a
 //! shared 2-core machine other processes' time slices would otherwise be counted as ours
 //! (their cache pollution still is).
-#![allow(missing_docs)]
+#![expect(
+    missing_docs,
+    reason = "criterion_group! generates an undocumented function"
+)]
 
 use std::cell::RefCell;
 use std::hint::black_box;

@@ -379,8 +379,7 @@ fn delete_still_expired<T: GcTable + ?Sized>(
 mod tests {
     use super::*;
     use crate::{ConntrackTable, InsertMode};
-    #[allow(unused_imports)]
-    use std::{format, prelude::rust_2021::*, vec};
+    use std::prelude::rust_2021::*;
 
     fn pair(t: &mut HashConntrackTable, port: u16, expires: u64) -> (CtKey, CtKey) {
         let k = CtKey {

@@ -59,8 +59,7 @@ pub fn tuple_reuse(entry: Option<&CtEntry>, now_ns: u64, host_time_wait_ns: u64)
 #[cfg(test)]
 mod tests {
     use super::*;
-    #[allow(unused_imports)]
-    use std::{format, prelude::rust_2021::*, vec};
+    use std::prelude::rust_2021::*;
 
     const S: u64 = 1_000_000_000;
 

@@ -402,8 +402,7 @@ pub const fn icmp_echo_tuple(
 mod tests {
     use super::*;
     use crate::TimeoutPolicy;
-    #[allow(unused_imports)]
-    use std::{format, prelude::rust_2021::*, vec};
+    use std::{prelude::rust_2021::*, vec};
     use CtState::*;
     use Direction::*;
     use TcpPacketClass as P;

@@ -1,4 +1,14 @@
 //! Geneve (RFC 8926): an 8-byte base header, then TLV options, then the inner Ethernet frame.
+//!
+//! **Not run by the datapath yet.** The node-to-node tunnel of the pipeline (kernel and engine)
+//! is VXLAN ([`vxlan_encap_offloaded`](crate::vxlan_encap_offloaded),
+//! [`vxlan_decap_parsed`](crate::vxlan_decap_parsed)), and its DSR carriers are the IP options
+//! of [`crate::dsr`]. This module is the Geneve carrier that DESIGN.md lists for interoperating
+//! with Cilium (the DSR option travels in [`GeneveOption`]s and comes back as
+//! [`GeneveInfo::dsr`]): an encoder and decoder written against [`AdjustHead`] like the VXLAN
+//! ones, so the eBPF programs can run them unchanged, and checked by tshark and etherparse
+//! (`tests/tshark.rs`, `tests/carriers.rs`) and by the `encap_roundtrip` fuzz target. Wiring
+//! Geneve into the pipeline is future work.
 
 use lb_api::wire::{parse, Fragment, UdpHeader};
 use zerocopy::network_endian::U16;

@@ -3,6 +3,14 @@
 //! or IPv6 outers, the DSR carriers (IPv4 option 0x9A, IPv6 destination option 0x1B, a Geneve
 //! option), and MTU accounting (ICMP "fragmentation needed" / ICMPv6 "packet too big").
 //!
+//! What the datapath pipeline runs: [`vxlan_encap_offloaded`] and [`vxlan_decap_parsed`] (the
+//! node-to-node tunnel), [`dsr::dsr_v4_insert`], [`dsr::dsr_v6_insert`] and
+//! [`dsr::dsr_extract`] (DSR), [`mtu::icmp_too_big_parsed`] and [`mtu::wire_ip_len`] (MTU),
+//! and the room operations of [`AdjustHead`]. [`vxlan_encap`] (the IPv6 outer checksum summed
+//! over the whole packet) and [`vxlan_decap`] (which parses first) share their code with those
+//! for callers without the pipeline's inner checksum or parse result: tests, fixtures, fuzzing.
+//! [`geneve`] is a carrier the pipeline does not run yet (see its module docs).
+//!
 //! Everything is generic over [`lb_api::PacketAccess`] + [`AdjustHead`], whose room operations
 //! ([`AdjustHead::insert_room`], [`AdjustHead::remove_room`], [`AdjustHead::truncate`]) mean the
 //! same in every world, so the eBPF programs run the same functions: at XDP over

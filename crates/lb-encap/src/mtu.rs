@@ -1,10 +1,10 @@
-//! MTU accounting: when an encapsulation would exceed the MTU, the packet is turned (in place)
-//! into an ICMP "fragmentation needed" (IPv4, type 3 code 4) or ICMPv6 "packet too big" (type 2)
-//! back to its sender, quoting the packet's start, and counted under
-//! [`Counter::MtuExceeded`].
+//! MTU accounting: when a carrier would exceed the MTU ([`wire_ip_len`] says how long the
+//! packet is on the wire), the packet is turned (in place) into an ICMP "fragmentation needed"
+//! (IPv4, type 3 code 4) or ICMPv6 "packet too big" (type 2) back to its sender, quoting the
+//! packet's start ([`icmp_too_big_parsed`], which the pipeline calls and then counts under
+//! `Counter::MtuExceeded`).
 
 use lb_api::checksum;
-use lb_api::counters::{Counter, Counters};
 use lb_api::flow::L4Proto;
 use lb_api::wire::{
     parse, EthernetHeader, IcmpHeader, Ipv4Header, Ipv6Header, PacketAccess, Parsed, TcpFlags,
@@ -13,7 +13,7 @@ use lb_api::wire::{
 use lb_api::IpFamily;
 use zerocopy::network_endian::U16;
 
-use crate::tunnel::{vxlan_encap, AdjustHead, EncapError, Room, TunnelConfig};
+use crate::tunnel::{AdjustHead, Room};
 
 /// The length of the largest IP packet the packet `p` describes leaves as: its IP length, or,
 /// for a GSO packet (`gso_size` non-zero, [`PacketAccess::gso_size`]), the IP length of its
@@ -169,37 +169,4 @@ pub fn icmp_too_big_parsed<P: AdjustHead + ?Sized>(
         pkt.store(crate::opaque(l4 + IcmpHeader::CHECK_OFFSET), &U16::new(c))?;
     }
     Some(())
-}
-
-/// What [`vxlan_encap_or_too_big`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MtuOutcome {
-    /// The packet is encapsulated: send it to the tunnel peer.
-    Encapsulated,
-    /// The packet is now an ICMP error to its sender (counted): send it back.
-    TooBigSent,
-}
-
-/// VXLAN-encapsulates `pkt`, or, if that would exceed the MTU, turns it into the ICMP error for
-/// its sender and bumps [`Counter::MtuExceeded`].
-///
-/// # Errors
-/// Other encapsulation failures, and [`EncapError::Malformed`] if the ICMP error could not be
-/// built (drop the packet).
-pub fn vxlan_encap_or_too_big<P: AdjustHead + ?Sized, C: Counters + ?Sized>(
-    pkt: &mut P,
-    cfg: &TunnelConfig,
-    flow_hash: u32,
-    from: [u8; 16],
-    counters: &mut C,
-) -> Result<MtuOutcome, EncapError> {
-    match vxlan_encap(pkt, cfg, flow_hash) {
-        Ok(()) => Ok(MtuOutcome::Encapsulated),
-        Err(EncapError::MtuExceeded { inner_mtu, .. }) => {
-            icmp_too_big(pkt, inner_mtu, from).ok_or(EncapError::Malformed)?;
-            counters.bump(Counter::MtuExceeded.slot());
-            Ok(MtuOutcome::TooBigSent)
-        }
-        Err(e) => Err(e),
-    }
 }

@@ -1,14 +1,15 @@
 //! Geneve, DSR carriers and MTU errors checked against etherparse and smoltcp.
 
 use etherparse::{Icmpv4Type, Icmpv6Type, NetSlice, SlicedPacket, TransportSlice};
+use lb_api::counters::Counters;
 use lb_api::counters::{Counter, CounterSnapshot};
 use lb_api::flow::v4_addr;
 use lb_api::wire::testing::{tcp_v4_frame, udp_v4_frame};
 use lb_api::wire::{parse, SlicePacket};
 use lb_encap::dsr::{dsr_extract, dsr_v4_insert, dsr_v6_insert, DsrTarget};
 use lb_encap::geneve::{geneve_decap, geneve_encap, GeneveOption, GENEVE_PORT};
-use lb_encap::mtu::{vxlan_encap_or_too_big, MtuOutcome};
-use lb_encap::{EncapError, HeadroomPacket, OuterAddrs, TunnelConfig};
+use lb_encap::mtu::icmp_too_big;
+use lb_encap::{vxlan_encap, AdjustHead, EncapError, HeadroomPacket, OuterAddrs, TunnelConfig};
 use proptest::prelude::*;
 
 const HEADROOM: usize = 128;
@@ -142,6 +143,37 @@ proptest! {
         let mut o = out.clone();
         let back = parse(&SlicePacket::new(&mut o)).unwrap();
         prop_assert_eq!(dsr_extract(&SlicePacket::new(&mut o.clone()), &back), Some(t));
+    }
+}
+
+/// What [`vxlan_encap_or_too_big`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MtuOutcome {
+    /// The packet is encapsulated: send it to the tunnel peer.
+    Encapsulated,
+    /// The packet is now an ICMP error to its sender (counted): send it back.
+    TooBigSent,
+}
+
+/// VXLAN-encapsulates `pkt`, or, if that would exceed the MTU, turns it into the ICMP error for
+/// its sender with the inner MTU the encapsulation reported, and bumps `mtu_exceeded`: the
+/// encapsulation's MTU error feeding `icmp_too_big`. (The pipeline checks the carrier's size
+/// before it encapsulates, then calls `icmp_too_big_parsed` the same way.)
+fn vxlan_encap_or_too_big<P: AdjustHead + ?Sized, C: Counters + ?Sized>(
+    pkt: &mut P,
+    cfg: &TunnelConfig,
+    flow_hash: u32,
+    from: [u8; 16],
+    counters: &mut C,
+) -> Result<MtuOutcome, EncapError> {
+    match vxlan_encap(pkt, cfg, flow_hash) {
+        Ok(()) => Ok(MtuOutcome::Encapsulated),
+        Err(EncapError::MtuExceeded { inner_mtu, .. }) => {
+            icmp_too_big(pkt, inner_mtu, from).ok_or(EncapError::Malformed)?;
+            counters.bump(Counter::MtuExceeded.slot());
+            Ok(MtuOutcome::TooBigSent)
+        }
+        Err(e) => Err(e),
     }
 }
 

@@ -2,24 +2,26 @@
     missing_docs,
     reason = "criterion_group! generates an undocumented function"
 )]
-//! lb-nat benchmarks: backend selection (random, Maglev), Maglev table rebuilds, SNAT
-//! allocation at 50/90/99 % of the port range in use, and SNAT allocation throughput with 1, 2
-//! and 4 threads sharing one table.
+//! lb-nat benchmarks: backend selection (random, Maglev), Maglev table rebuilds, and the
+//! datapath's SNAT schedule ([`claim_port`]) at 50/90/99 % of the port range in use, claiming
+//! in the engine's conntrack table as the pipeline does.
 //!
 //! `cargo bench -p lb-nat`; figures in `docs/nat.md`.
 
 use std::hint::black_box;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
+use lb_api::abi::{CtEntry, CtKey, CtKind, DatapathConfig};
 use lb_api::flow::{v4_addr, FlowTuple};
+use lb_conntrack::{ConntrackTable, HashConntrackTable, InsertError, InsertMode};
 use lb_control::{maglev_table, MaglevBackend, MAGLEV_DEFAULT_TABLE_SIZE};
 use lb_nat::collision::XorShift32;
 use lb_nat::maglev::maglev_lookup;
 use lb_nat::select_slot;
-use lb_nat::snat::{allocate, nat_keys, NatTable, NatValue, SnatConfig};
-use lb_nat::snat_table::ShardedNatTable;
+use lb_nat::snat::{claim_port, Claim, SnatConfig};
+use zerocopy::FromZeros;
 
 fn tuple(i: u32) -> FlowTuple {
     FlowTuple {
@@ -75,28 +77,71 @@ fn rebuild(c: &mut Criterion) {
     g.finish();
 }
 
-fn snat(c: &mut Criterion) {
-    let mut g = c.benchmark_group("snat_allocate_10000_ports");
-    let cfg = SnatConfig {
-        min: 20_000,
-        max: 29_999,
-        ..SnatConfig::default()
+/// The reverse conntrack key of `f` translated to `nat`: what the datapath inserts where absent
+/// to claim a port (`dst_port` is the candidate).
+fn reverse_key(f: &FlowTuple, nat: [u8; 16]) -> CtKey {
+    let reply = FlowTuple {
+        src: f.dst,
+        src_port: f.dst_port,
+        dst: nat,
+        dst_port: 0,
+        proto: f.proto,
+        family: f.family,
     };
-    let nat = v4_addr([192, 168, 0, 1]);
+    CtKey::new(&reply, CtKind::ReverseNat)
+}
+
+/// One port for flow `f` by the datapath's schedule ([`claim_port`] with
+/// [`SnatConfig::of_datapath`]'s parameters) over the engine's conntrack table, claiming a port
+/// by inserting the reverse entry where absent, as the kernel map's `BPF_NOEXIST` insert does.
+/// The port, if one was free.
+fn claim(
+    t: &mut HashConntrackTable,
+    rng: &mut XorShift32,
+    cfg: &SnatConfig,
+    f: &FlowTuple,
+) -> Option<u16> {
+    let mut rk = reverse_key(f, NAT);
+    let e = CtEntry::default();
+    claim_port(
+        cfg,
+        rng,
+        f.src_port,
+        |_, c| {
+            rk.dst_port = c.port;
+            match t.insert(&rk, &e, InsertMode::NoExist) {
+                Ok(()) => Claim::Reserved,
+                Err(InsertError::Exists) => Claim::Taken,
+                Err(_) => Claim::Full,
+            }
+        },
+        |_| None,
+    )
+    .ok()
+    .map(|a| a.port)
+}
+
+const NAT: [u8; 16] = v4_addr([192, 168, 0, 1]);
+
+/// The datapath's SNAT schedule at 50/90/99 % of a 10,000-port range in use: one claim plus
+/// the removal that restores the utilization.
+fn snat(c: &mut Criterion) {
+    let mut g = c.benchmark_group("snat_claim_port_10000_ports");
+    let mut dp = DatapathConfig::new_zeroed();
+    (dp.snat_port_min, dp.snat_port_max) = (20_000, 29_999);
+    let cfg = SnatConfig::of_datapath(&dp);
     for pct in [50u32, 90, 99] {
-        // Fill the range to `pct` % through the allocator, then measure one allocation plus the
-        // removal that restores the utilization.
-        let t = ShardedNatTable::new(40_000);
+        // Fill the range to `pct` % through the schedule.
+        let mut t = HashConntrackTable::with_capacity(40_000);
         let used = 10_000 * pct / 100;
         let mut rng = XorShift32::new(pct);
         let mut n = 0;
         let mut k = 0u32;
         while n < used {
-            let f = tuple(k);
-            k += 1;
-            if allocate(&t, &mut rng, &cfg, &f, nat, None).is_ok() {
+            if claim(&mut t, &mut rng, &cfg, &tuple(k)).is_some() {
                 n += 1;
             }
+            k += 1;
         }
         let mut j = 0u32;
         g.bench_function(format!("{pct}pct_used"), |b| {
@@ -108,84 +153,15 @@ fn snat(c: &mut Criterion) {
                         ..tuple(0)
                     }
                 },
-                |f| allocate_and_release(&t, &mut rng, &cfg, &f),
+                |f| {
+                    if let Some(port) = claim(&mut t, &mut rng, &cfg, &f) {
+                        let mut rk = reverse_key(&f, NAT);
+                        rk.dst_port = port;
+                        t.remove(&rk);
+                    }
+                },
                 BatchSize::SmallInput,
             )
-        });
-    }
-    g.finish();
-}
-
-/// One allocation and the release that restores the table, for flow `f`.
-fn allocate_and_release(
-    t: &ShardedNatTable,
-    rng: &mut XorShift32,
-    cfg: &SnatConfig,
-    f: &FlowTuple,
-) {
-    let nat = v4_addr([192, 168, 0, 1]);
-    if let Ok(a) = allocate(t, rng, cfg, f, nat, None) {
-        let (fk, rk) = nat_keys(f, nat, a.port);
-        let out = NatValue {
-            addr: nat,
-            port: a.port,
-            ..NatValue::default()
-        };
-        let back = NatValue {
-            addr: f.src,
-            port: f.src_port,
-            ..NatValue::default()
-        };
-        t.remove_if(&fk, &out);
-        t.remove_if(&rk, &back);
-    }
-}
-
-/// Allocation throughput with threads sharing one table at 50 % use: each thread allocates and
-/// releases its own flows (as many CPUs creating connections at once). Elements are
-/// allocations; the figure is their total rate.
-fn snat_threads(c: &mut Criterion) {
-    let mut g = c.benchmark_group("snat_allocate_threads_50pct");
-    let cfg = SnatConfig {
-        min: 20_000,
-        max: 29_999,
-        ..SnatConfig::default()
-    };
-    let t = ShardedNatTable::new(40_000);
-    let mut rng = XorShift32::new(7);
-    let (mut n, mut k) = (0, 0u32);
-    while n < 5_000 {
-        let f = tuple(k);
-        k += 1;
-        if allocate(&t, &mut rng, &cfg, &f, v4_addr([192, 168, 0, 1]), None).is_ok() {
-            n += 1;
-        }
-    }
-    const PER_THREAD: u32 = 5_000;
-    for threads in [1u32, 2, 4] {
-        g.throughput(Throughput::Elements(u64::from(threads * PER_THREAD)));
-        g.bench_function(format!("{threads}_threads"), |b| {
-            b.iter_custom(|iters| {
-                let start = Instant::now();
-                for it in 0..iters {
-                    std::thread::scope(|s| {
-                        for th in 0..threads {
-                            let (t, cfg) = (&t, &cfg);
-                            s.spawn(move || {
-                                let mut rng = XorShift32::new(th * 7919 + it as u32 + 1);
-                                for i in 0..PER_THREAD {
-                                    let f = FlowTuple {
-                                        src: v4_addr([10, 100 + th as u8, (i >> 8) as u8, i as u8]),
-                                        ..tuple(0)
-                                    };
-                                    allocate_and_release(t, &mut rng, cfg, &f);
-                                }
-                            });
-                        }
-                    });
-                }
-                start.elapsed()
-            });
         });
     }
     g.finish();
@@ -197,6 +173,6 @@ criterion_group! {
         .sample_size(20)
         .warm_up_time(Duration::from_millis(300))
         .measurement_time(Duration::from_secs(1));
-    targets = selection, rebuild, snat, snat_threads
+    targets = selection, rebuild, snat
 }
 criterion_main!(benches);

@@ -5,7 +5,8 @@
 //!   by the control plane in `lb-control`, are written into the slots, so the kernel's lookup is
 //!   unchanged).
 //! * [`snat`]: SNAT port allocation where reserving the port *is* the atomic insert of the
-//!   reverse mapping; [`snat_table`] (`std`) is a concurrent userspace table for it.
+//!   reverse mapping: the schedule ([`snat::claim_port`]) the pipeline claims ports with (a
+//!   reference model of a NAT-pair table over it lives beside its tests, `tests/model`).
 //! * [`collision`]: source-port collision resolution, used by the shared pipeline.
 //!
 //! The typed service model (weights, terminating backends, selection, session affinity, traffic
@@ -46,8 +47,6 @@ mod select;
 mod table;
 
 pub mod snat;
-#[cfg(feature = "std")]
-pub mod snat_table;
 
 pub use collision::{resolve_source_port, RandomSource, SourcePortRange};
 pub use icmp_error::translate_icmp_error;

@@ -6,6 +6,15 @@
 //! * A deliberately non-atomic allocate-then-insert variant, run the same way, shows failed
 //!   inserts: the test is able to detect the race.
 //! * Port-range pressure: success rate and attempts at 50/90/99 % of the range in use.
+//!
+//! The table is the reference model of `model` (NAT pairs allocated through the datapath's
+//! schedule, `lb_nat::snat::claim_port`).
+
+#[expect(
+    dead_code,
+    reason = "the model's TIME_WAIT marks and size are for its own tests (snat_model.rs)"
+)]
+mod model;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Barrier};
@@ -13,10 +22,10 @@ use std::thread;
 
 use lb_api::flow::{v4_addr, FlowTuple};
 use lb_nat::collision::XorShift32;
-use lb_nat::snat::{
-    allocate, nat_keys, NatDir, NatTable, NatValue, Probe, SnatConfig, SnatCounters, SnatError,
+use lb_nat::snat::{Probe, SnatConfig, SnatError};
+use model::{
+    allocate, nat_keys, NatDir, NatKey, NatTable, NatValue, ShardedNatTable, SnatCounters,
 };
-use lb_nat::snat_table::ShardedNatTable;
 
 const THREADS: usize = 16;
 const NAT_IP: [u8; 16] = v4_addr([192, 168, 0, 1]);
@@ -112,7 +121,7 @@ fn concurrent_allocation_has_no_duplicates_and_no_failures_below_90_percent() {
         for i in 0..per_thread {
             let f = pod_flow(t, i);
             let fwd = map
-                .get(&lb_nat::snat::NatKey {
+                .get(&NatKey {
                     tuple: f,
                     dir: NatDir::Forward,
                 })

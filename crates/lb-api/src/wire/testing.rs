@@ -3,9 +3,12 @@
 //! They emit complete Ethernet/IPv4 and Ethernet/IPv6 frames with correct IPv4 and L4 checksums, computed from
 //! scratch (not incrementally), so they serve as an independent reference for the rewrite code.
 
-#![allow(
-    clippy::indexing_slicing,
-    reason = "test frame builders index fixed-size buffers they just built"
+#![cfg_attr(
+    not(test),
+    expect(
+        clippy::indexing_slicing,
+        reason = "test frame builders index fixed-size buffers they just built"
+    )
 )]
 
 use std::vec::Vec;

@@ -1,6 +1,5 @@
 //! proptest strategies for frames, kept in one place and shared by the oracle tests, built with
 //! etherparse's packet builder (an independent emitter).
-#![allow(dead_code)]
 
 use etherparse::{
     ip_number, IpHeaders, Ipv4Header, Ipv6Extensions, Ipv6FragmentHeader, Ipv6Header,

@@ -1,13 +1,11 @@
-//! A concurrent userspace [`NatTable`]: sharded `Mutex<hashbrown::HashMap>`, each operation
+//! A concurrent [`NatTable`] of the model: sharded `Mutex<HashMap>`, each operation
 //! atomic under its shard's lock (as a kernel hash map's bucket lock makes `BPF_NOEXIST` atomic).
 
-use core::hash::BuildHasher;
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
 use std::sync::{Mutex, MutexGuard};
-use std::vec::Vec;
 
-use hashbrown::HashMap;
-
-use crate::snat::{NatInsertError, NatKey, NatTable, NatValue};
+use super::{NatInsertError, NatKey, NatTable, NatValue};
 
 const SHARDS: usize = 64;
 
@@ -15,7 +13,7 @@ const SHARDS: usize = 64;
 #[derive(Debug)]
 pub struct ShardedNatTable {
     shards: Vec<Mutex<HashMap<NatKey, NatValue>>>,
-    hasher: hashbrown::DefaultHashBuilder,
+    hasher: RandomState,
     capacity_per_shard: usize,
 }
 
@@ -28,7 +26,7 @@ impl ShardedNatTable {
             shards: (0..SHARDS)
                 .map(|_| Mutex::new(HashMap::with_capacity(per)))
                 .collect(),
-            hasher: hashbrown::DefaultHashBuilder::default(),
+            hasher: RandomState::new(),
             capacity_per_shard: per,
         }
     }
@@ -54,12 +52,6 @@ impl ShardedNatTable {
                     .len()
             })
             .sum()
-    }
-
-    /// Whether the table is empty.
-    #[must_use]
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     /// A copy of every entry.
