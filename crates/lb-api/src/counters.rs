@@ -175,7 +175,7 @@ counter_space! {
         /// SNAT port allocations that succeeded at the first attempt (the flow's own port kept,
         /// or the first random one). This and the nine counters after it are the attempts
         /// histogram: bucket `i` counts allocations that took `2^i ..= 2^(i+1) - 1` attempts
-        /// ([`Counter::snat_attempts`]).
+        /// ([`Counter::snat_attempts_slot`]).
         SnatAttempts1 = 20 => "snat_attempts_1" note,
         /// SNAT allocations that took 2-3 attempts.
         SnatAttempts2 = 21 => "snat_attempts_2_3" note,

@@ -140,7 +140,7 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    /// A drop-event record in the ring does not decode as this build's [`DropEvent`].
+    /// A drop-event record in the ring does not decode as this build's [`DropEvent`](lb_api::events::DropEvent).
     #[error(
         "drop event of {len} B with reason code {reason_code} does not decode as this build's \
          DropEvent (56 B, a known reason): a program of another lb-bpf build writes into this \

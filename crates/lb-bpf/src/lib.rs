@@ -2,17 +2,6 @@
 //! attaches them, programs their maps with the same control-plane API as the userspace engine,
 //! reads conntrack and counters, and runs packets through them with `BPF_PROG_TEST_RUN`.
 //!
-//! Running it, a CNI also starts conntrack GC as a task
-//! ([`KernelDatapath::spawn_conntrack_gc`], a thread sweeping at the adaptive interval; see
-//! [`conntrack_gc`]) and reads drop events ([`KernelDatapath::drain_drop_events`]: one
-//! [`DropEvent`] per dropped packet with its reason and flow, from the programs' ring buffer; the
-//! userspace engine has the same call).
-//!
-//! One file per concern: [`Program`] (the programs in the object), [`Error`], loading and pinning
-//! (`load.rs`), attaching (`attach.rs`), the tables (`tables.rs`: configuration, services,
-//! conntrack reads; which tables exist is declared once in [`lb_api::tables`]), drop events,
-//! counters, conntrack GC ([`conntrack_gc`]) and `BPF_PROG_TEST_RUN` runs ([`TestRunOutput`]).
-//!
 //! ```no_run
 //! use lb_bpf::{KernelDatapath, Program};
 //! use lb_api::flow::L4Proto;
@@ -38,6 +27,17 @@
 //! println!("GC: {:?}", gc.status().last_report);
 //! # Ok(()) }
 //! ```
+//!
+//! Running it, a CNI also starts conntrack GC as a task
+//! ([`KernelDatapath::spawn_conntrack_gc`], a thread sweeping at the adaptive interval; see
+//! [`conntrack_gc`]) and reads drop events ([`KernelDatapath::drain_drop_events`]: one
+//! [`DropEvent`](lb_api::events::DropEvent) per dropped packet with its reason and flow, from the
+//! programs' ring buffer; the userspace engine has the same call).
+//!
+//! One file per concern: [`Program`] (the programs in the object), [`Error`], loading and pinning
+//! (`load.rs`), attaching (`attach.rs`), the tables (`tables.rs`: configuration, services,
+//! conntrack reads; which tables exist is declared once in [`lb_api::tables`]), drop events,
+//! counters, conntrack GC ([`conntrack_gc`]) and `BPF_PROG_TEST_RUN` runs ([`TestRunOutput`]).
 
 mod attach;
 pub mod conntrack_gc;

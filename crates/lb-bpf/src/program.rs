@@ -19,7 +19,7 @@ pub enum Program {
 }
 
 impl Program {
-    /// Every variant: each is loaded through the verifier by [`KernelDatapath::load`].
+    /// Every variant: each is loaded through the verifier by [`KernelDatapath::load`](crate::KernelDatapath::load).
     pub const ALL: [Program; 5] = [
         Program::Xdp,
         Program::Tc,

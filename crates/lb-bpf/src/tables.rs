@@ -184,10 +184,5 @@ fn store_err(table: &'static str, e: &dyn std::fmt::Display) -> ConfigError {
 
 /// The error for a registered table the loaded object lacks.
 pub(crate) fn missing(table: Table) -> Error {
-    Error::Map {
-        map: table.name,
-        source: aya::maps::MapError::InvalidName {
-            name: table.name.into(),
-        },
-    }
+    Error::MissingMap { map: table.name }
 }
