@@ -1,5 +1,16 @@
 //! Counters and drop reasons: one flat index space shared by the kernel's per-CPU counter array
 //! and the userspace engine's counters, so both worlds report the same numbers under the same names.
+//!
+//! Every counter and every drop reason is declared once, below, in a `counter_space!` table:
+//! its doc, its slot (counters) or code (drop reasons), its metric name and, for counters, whether
+//! it is an outcome. The enum, [`Counter::name`], [`Counter::ALL`], [`Counter::OUTCOMES`],
+//! [`DropReason::name`] and [`DropReason::ALL`] are generated from it, and a compile-time check
+//! refuses a slot used twice or past its limit. Adding one is one line plus its doc; see
+//! `docs/extending.md`.
+//!
+//! The slots are the layout of a pinned map (`LB_COUNTERS`) that outlives a loader restart: a
+//! declared slot never moves. New counters take free slots below [`DROP_BASE`], new drop reasons
+//! the next code.
 
 use zerocopy::{Immutable, IntoBytes, KnownLayout, TryFromBytes};
 
@@ -11,216 +22,312 @@ pub const COUNTER_SLOTS: u32 = 128;
 /// moves no drop reason.
 pub const DROP_BASE: u32 = 64;
 
-/// Events the datapath counts that are not drops.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[repr(u32)]
-pub enum Counter {
-    /// Packets the datapath looked at.
-    RxPackets = 0,
-    /// A new flow to a service: backend chosen, conntrack entries created, destination rewritten.
-    ServiceNewFlow = 1,
-    /// A packet of a known flow to a service, destination rewritten from conntrack.
-    ServiceEstablished = 2,
-    /// A reply from a backend, source rewritten back to the service address.
-    ReplyTranslated = 3,
-    /// Passed: not an IP packet the datapath translates (ARP, ...).
-    PassNotIp = 4,
-    /// Passed: an IP packet to no service and of no tracked flow.
-    PassNotService = 5,
-    /// Passed: an IPv4 fragment (not reassembled).
-    PassFragment = 6,
-    /// Passed: a protocol the service table does not translate.
-    PassOtherProto = 7,
-    /// A reply-direction conntrack entry whose forward entry was gone; the orphan was removed.
-    OrphanReplyRemoved = 8,
-    /// Packets dropped, all reasons together.
-    Dropped = 9,
-    /// A new flow's reply tuple collided with another flow's; its source port was rewritten
-    /// (a collision resolved; unresolved ones are [`DropReason::SourcePortCollision`] drops).
-    SourcePortRewritten = 10,
-    /// Passed: headers nest deeper than the bounded parser follows (more than two VLAN tags,
-    /// more than [`crate::wire::MAX_IPV6_EXT_HEADERS`] IPv6 extension headers, or a header past
-    /// [`crate::wire::MAX_HEADER_OFFSET`]). The stack handles them.
-    PassHeadersTooDeep = 11,
-    /// An encapsulation would have exceeded the MTU: an ICMP "fragmentation needed" / ICMPv6
-    /// "packet too big" was sent back to the sender instead.
-    MtuExceeded = 12,
-    /// An ICMP/ICMPv6 error about a tracked flow: its outer and quoted headers were translated
-    /// back (RFC 5508), toward the client or toward the backend.
-    IcmpErrorTranslated = 13,
-    /// Passed: an ICMP/ICMPv6 error whose quoted datagram belongs to no tracked flow (or that is
-    /// not addressed to the quoted datagram's sender).
-    PassIcmpErrorNoFlow = 14,
-    /// A drop event could not be recorded: the kernel's ring buffer was full (the newest event
-    /// is lost), or the engine's bounded queue was (the oldest is). The drop itself is counted.
-    DropEventsLost = 15,
-    /// A VXLAN packet from a peer node was decapsulated; its inner packet went on through the
-    /// pipeline.
-    TunnelDecapsulated = 16,
-    /// A packet was VXLAN-encapsulated to another node (tunnel mode, both directions).
-    TunnelEncapsulated = 17,
-    /// A DSR carrier (IPv4 option, IPv6 destination option) was added for the backend's node.
-    DsrCarrierAdded = 18,
-    /// A flow another node translated (DSR or tunnel) was recorded on its backend's node.
-    BackendSideNewFlow = 19,
-    /// SNAT port allocations that succeeded at the first attempt (the flow's own port kept,
-    /// or the first random one). This and the nine counters after it are the attempts
-    /// histogram: bucket `i` counts allocations that took `2^i ..= 2^(i+1) - 1` attempts
-    /// ([`Counter::snat_attempts`]).
-    SnatAttempts1 = 20,
-    /// SNAT allocations that took 2-3 attempts.
-    SnatAttempts2 = 21,
-    /// SNAT allocations that took 4-7 attempts.
-    SnatAttempts4 = 22,
-    /// SNAT allocations that took 8-15 attempts.
-    SnatAttempts8 = 23,
-    /// SNAT allocations that took 16-31 attempts.
-    SnatAttempts16 = 24,
-    /// SNAT allocations that took 32-63 attempts.
-    SnatAttempts32 = 25,
-    /// SNAT allocations that took 64-127 attempts.
-    SnatAttempts64 = 26,
-    /// SNAT allocations that took 128-255 attempts.
-    SnatAttempts128 = 27,
-    /// SNAT allocations that took 256-511 attempts.
-    SnatAttempts256 = 28,
-    /// SNAT allocations that took 512 attempts or more.
-    SnatAttempts512 = 29,
-    /// SNAT ports taken over from a flow in TIME_WAIT (the schedule found no free port; a SYN
-    /// past the old flow's last sequence number took the port of one it met in its last 32
-    /// attempts).
-    SnatTakeOvers = 30,
-    /// A lookup found a conntrack entry past its deadline that GC had not yet collected: the
-    /// flow was removed (both halves) and the packet treated as having no entry (a new flow, or
-    /// an untranslated reply).
-    ConntrackExpiredAtLookup = 31,
-    /// At XDP on a virtual device (a veth), a TCP/UDP packet whose checksum field held its
-    /// pseudo-header sum, which is what a partial checksum (`CHECKSUM_PARTIAL`, a local
-    /// sender's with the default offload) looks like: its rewrites moved that sum, for the
-    /// device or the stack to complete (see `PacketAccess::partial_by_field`). Not an outcome:
-    /// the packet is counted under one as well.
-    ChecksumPartialAtXdp = 32,
+/// Declares a slot enum from one table: the enum with its docs and explicit discriminants,
+/// `ALL` (declaration order, which the compile-time check below requires to be slot order),
+/// `name()` (the metric name) and, for [`Counter`], `is_outcome()`.
+///
+/// Each line: `/// doc`, `Variant = slot => "metric_name"`, and for counters `outcome` or `note`
+/// (every packet bumps exactly one outcome; a note says something about a packet besides it).
+macro_rules! counter_space {
+    (
+        $(#[$meta:meta])*
+        pub enum Counter {
+            $(
+                $(#[doc = $doc:literal])*
+                $Variant:ident = $code:literal => $name:literal $kind:ident,
+            )*
+        }
+    ) => {
+        counter_space! {
+            @enum $(#[$meta])* Counter { $( $(#[doc = $doc])* $Variant = $code => $name, )* }
+        }
+
+        impl Counter {
+            /// Whether the counter is an outcome: every packet the datapath sees bumps exactly one
+            /// of them ([`Counter::Dropped`] standing for all the drop reasons), so `rx_packets`
+            /// is their sum. The other counters note something about a packet besides it.
+            #[must_use]
+            pub const fn is_outcome(self) -> bool {
+                match self {
+                    $(Self::$Variant => counter_space!(@outcome $kind),)*
+                }
+            }
+        }
+    };
+    (@outcome outcome) => { true };
+    (@outcome note) => { false };
+    (
+        $(#[$meta:meta])*
+        pub enum $Enum:ident {
+            $(
+                $(#[doc = $doc:literal])*
+                $Variant:ident = $code:literal => $name:literal,
+            )*
+        }
+    ) => {
+        counter_space! {
+            @enum $(#[$meta])* $Enum { $( $(#[doc = $doc])* $Variant = $code => $name, )* }
+        }
+    };
+    (
+        @enum $(#[$meta:meta])* $Enum:ident {
+            $( $(#[doc = $doc:literal])* $Variant:ident = $code:literal => $name:literal, )*
+        }
+    ) => {
+        $(#[$meta])*
+        #[repr(u32)]
+        pub enum $Enum {
+            $(
+                $(#[doc = $doc])*
+                $Variant = $code,
+            )*
+        }
+
+        impl $Enum {
+            /// Every variant, in slot order.
+            pub const ALL: [$Enum; [$($code),*].len()] = [$(Self::$Variant),*];
+
+            /// The declared discriminants, in declaration order (checked at compile time).
+            const CODES: [u32; [$($code),*].len()] = [$($code),*];
+
+            /// Name used in metrics output.
+            #[must_use]
+            pub const fn name(self) -> &'static str {
+                match self {
+                    $(Self::$Variant => $name,)*
+                }
+            }
+        }
+    };
 }
 
-/// Why the datapath dropped a packet. Every drop is counted under exactly one reason.
-///
-/// It is also the `reason` field of a [`DropEvent`](crate::events::DropEvent), hence the
-/// zerocopy derives: a record read from the kernel's ring buffer only decodes if its code is one
-/// of these.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, TryFromBytes, IntoBytes, KnownLayout, Immutable,
+/// Whether `slots` strictly increase (so none is used twice) and stay below `limit`.
+#[cfg_attr(
+    not(test),
+    expect(
+        clippy::indexing_slicing,
+        reason = "const evaluation only: an index out of range fails the build"
+    )
 )]
-#[repr(u32)]
-pub enum DropReason {
-    /// A header ends past the end of the packet.
-    Truncated = 0,
-    /// IPv4 version field is not 4.
-    BadIpVersion = 1,
-    /// IPv4 IHL below 5.
-    BadIpHeaderLength = 2,
-    /// IPv4 total length shorter than the header.
-    BadIpTotalLength = 3,
-    /// TCP data offset below 5.
-    BadTcpHeaderLength = 4,
-    /// The service has no backend able to take new flows.
-    NoBackend = 5,
-    /// The backend slot chosen for the flow is missing from the backend table.
-    BackendMissing = 6,
-    /// The conntrack table refused the new flow's entries (full).
-    ConntrackFull = 7,
-    /// The datapath has not been configured (config table empty).
-    NotConfigured = 8,
-    /// The new flow's reply tuple is already owned by another flow (same client address and port
-    /// to the same backend through another frontend or node) and every rewritten source port the
-    /// resolver tried was taken too (an unresolved collision).
-    SourcePortCollision = 9,
-    /// UDP length field below 8 or past the end of the IP payload.
-    BadUdpLength = 10,
-    /// IPv6 hop-by-hop options header anywhere but first.
-    BadIpv6ExtHeader = 11,
-    /// A packet to this node's tunnel port from an address that is not a configured peer node.
-    TunnelFromUnknownNode = 12,
-    /// A tunnel packet from a peer whose VXLAN header is invalid (no I flag, another VNI, an IPv6
-    /// outer UDP checksum of zero) or whose inner frame is too short.
-    BadTunnelHeader = 13,
-    /// The service's forwarding mode needs this node's address (SNAT source, tunnel endpoint)
-    /// and none of the flow's family is configured.
-    NodeAddressMissing = 14,
-    /// A tunnel header or DSR carrier could not be added (no headroom, or no room in the IP
-    /// header for the option).
-    EncapFailed = 15,
-    /// The SNAT port allocator tried its whole schedule (netfilter's: 128, 64, 32 and 16
-    /// attempts) and every port was taken: the SNAT range is (nearly) exhausted for this
-    /// destination. Widen `NodeSpec::snat_ports` or add node addresses.
-    SnatPortsExhausted = 16,
-    /// The kernel's first-stage program could not tail-call the new-flow stage (its slot in
-    /// the stage array is empty): the programs were not loaded through `KernelDatapath`, or a
-    /// pinned stage array was removed. Reload the datapath.
-    NewFlowStageMissing = 17,
-    /// The IPv4 header checksum is wrong: the stack would drop the packet before routing it,
-    /// so the datapath does not start a flow for it.
-    BadIpChecksum = 18,
-    /// UDP over IPv6 to a service with a zero checksum, which IPv6 does not allow (RFC 8200
-    /// 8.1): the backend would drop it, so no flow is started for it.
-    ZeroUdpChecksumV6 = 19,
+const fn slots_ascending_below(slots: &[u32], limit: u32) -> bool {
+    let mut i = 0;
+    while i < slots.len() {
+        if slots[i] >= limit || (i > 0 && slots[i] <= slots[i - 1]) {
+            return false;
+        }
+        i += 1;
+    }
+    true
 }
+
+counter_space! {
+    /// Events the datapath counts that are not drops.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+    pub enum Counter {
+        /// Packets the datapath looked at.
+        RxPackets = 0 => "rx_packets" note,
+        /// A new flow to a service: backend chosen, conntrack entries created, destination rewritten.
+        ServiceNewFlow = 1 => "service_new_flow" outcome,
+        /// A packet of a known flow to a service, destination rewritten from conntrack.
+        ServiceEstablished = 2 => "service_established" outcome,
+        /// A reply from a backend, source rewritten back to the service address.
+        ReplyTranslated = 3 => "reply_translated" outcome,
+        /// Passed: not an IP packet the datapath translates (ARP, ...).
+        PassNotIp = 4 => "pass_not_ip" outcome,
+        /// Passed: an IP packet to no service and of no tracked flow.
+        PassNotService = 5 => "pass_not_service" outcome,
+        /// Passed: an IPv4 fragment (not reassembled).
+        PassFragment = 6 => "pass_fragment" outcome,
+        /// Passed: a protocol the service table does not translate.
+        PassOtherProto = 7 => "pass_other_proto" outcome,
+        /// A reply-direction conntrack entry whose forward entry was gone; the orphan was removed.
+        OrphanReplyRemoved = 8 => "orphan_reply_removed" note,
+        /// Packets dropped, all reasons together.
+        Dropped = 9 => "dropped" outcome,
+        /// A new flow's reply tuple collided with another flow's; its source port was rewritten
+        /// (a collision resolved; unresolved ones are [`DropReason::SourcePortCollision`] drops).
+        SourcePortRewritten = 10 => "source_port_rewritten" note,
+        /// Passed: headers nest deeper than the bounded parser follows (more than two VLAN tags,
+        /// more than [`crate::wire::MAX_IPV6_EXT_HEADERS`] IPv6 extension headers, or a header past
+        /// [`crate::wire::MAX_HEADER_OFFSET`]). The stack handles them.
+        PassHeadersTooDeep = 11 => "pass_headers_too_deep" outcome,
+        /// An encapsulation would have exceeded the MTU: an ICMP "fragmentation needed" / ICMPv6
+        /// "packet too big" was sent back to the sender instead.
+        MtuExceeded = 12 => "mtu_exceeded" outcome,
+        /// An ICMP/ICMPv6 error about a tracked flow: its outer and quoted headers were translated
+        /// back (RFC 5508), toward the client or toward the backend.
+        IcmpErrorTranslated = 13 => "icmp_error_translated" outcome,
+        /// Passed: an ICMP/ICMPv6 error whose quoted datagram belongs to no tracked flow (or that is
+        /// not addressed to the quoted datagram's sender).
+        PassIcmpErrorNoFlow = 14 => "pass_icmp_error_no_flow" outcome,
+        /// A drop event could not be recorded: the kernel's ring buffer was full (the newest event
+        /// is lost), or the engine's bounded queue was (the oldest is). The drop itself is counted.
+        DropEventsLost = 15 => "drop_events_lost" note,
+        /// A VXLAN packet from a peer node was decapsulated; its inner packet went on through the
+        /// pipeline.
+        TunnelDecapsulated = 16 => "tunnel_decapsulated" note,
+        /// A packet was VXLAN-encapsulated to another node (tunnel mode, both directions).
+        TunnelEncapsulated = 17 => "tunnel_encapsulated" note,
+        /// A DSR carrier (IPv4 option, IPv6 destination option) was added for the backend's node.
+        DsrCarrierAdded = 18 => "dsr_carrier_added" note,
+        /// A flow another node translated (DSR or tunnel) was recorded on its backend's node.
+        BackendSideNewFlow = 19 => "backend_side_new_flow" outcome,
+        /// SNAT port allocations that succeeded at the first attempt (the flow's own port kept,
+        /// or the first random one). This and the nine counters after it are the attempts
+        /// histogram: bucket `i` counts allocations that took `2^i ..= 2^(i+1) - 1` attempts
+        /// ([`Counter::snat_attempts_slot`]).
+        SnatAttempts1 = 20 => "snat_attempts_1" note,
+        /// SNAT allocations that took 2-3 attempts.
+        SnatAttempts2 = 21 => "snat_attempts_2_3" note,
+        /// SNAT allocations that took 4-7 attempts.
+        SnatAttempts4 = 22 => "snat_attempts_4_7" note,
+        /// SNAT allocations that took 8-15 attempts.
+        SnatAttempts8 = 23 => "snat_attempts_8_15" note,
+        /// SNAT allocations that took 16-31 attempts.
+        SnatAttempts16 = 24 => "snat_attempts_16_31" note,
+        /// SNAT allocations that took 32-63 attempts.
+        SnatAttempts32 = 25 => "snat_attempts_32_63" note,
+        /// SNAT allocations that took 64-127 attempts.
+        SnatAttempts64 = 26 => "snat_attempts_64_127" note,
+        /// SNAT allocations that took 128-255 attempts.
+        SnatAttempts128 = 27 => "snat_attempts_128_255" note,
+        /// SNAT allocations that took 256-511 attempts.
+        SnatAttempts256 = 28 => "snat_attempts_256_511" note,
+        /// SNAT allocations that took 512 attempts or more.
+        SnatAttempts512 = 29 => "snat_attempts_512_up" note,
+        /// SNAT ports taken over from a flow in TIME_WAIT (the schedule found no free port; a SYN
+        /// past the old flow's last sequence number took the port of one it met in its last 32
+        /// attempts).
+        SnatTakeOvers = 30 => "snat_take_overs" note,
+        /// A lookup found a conntrack entry past its deadline that GC had not yet collected: the
+        /// flow was removed (both halves) and the packet treated as having no entry (a new flow, or
+        /// an untranslated reply).
+        ConntrackExpiredAtLookup = 31 => "conntrack_expired_at_lookup" note,
+        /// At XDP on a virtual device (a veth), a TCP/UDP packet whose checksum field held its
+        /// pseudo-header sum, which is what a partial checksum (`CHECKSUM_PARTIAL`, a local
+        /// sender's with the default offload) looks like: its rewrites moved that sum, for the
+        /// device or the stack to complete (see `PacketAccess::partial_by_field`). Not an outcome:
+        /// the packet is counted under one as well.
+        ChecksumPartialAtXdp = 32 => "checksum_partial_at_xdp" note,
+    }
+}
+
+counter_space! {
+    /// Why the datapath dropped a packet. Every drop is counted under exactly one reason.
+    ///
+    /// It is also the `reason` field of a [`DropEvent`](crate::events::DropEvent), hence the
+    /// zerocopy derives: a record read from the kernel's ring buffer only decodes if its code is
+    /// one of these. The number declared is the code; the slot is `DROP_BASE + code`.
+    #[derive(
+        Debug, Clone, Copy, PartialEq, Eq, Hash, TryFromBytes, IntoBytes, KnownLayout, Immutable,
+    )]
+    pub enum DropReason {
+        /// A header ends past the end of the packet.
+        Truncated = 0 => "truncated",
+        /// IPv4 version field is not 4.
+        BadIpVersion = 1 => "bad_ip_version",
+        /// IPv4 IHL below 5.
+        BadIpHeaderLength = 2 => "bad_ip_header_length",
+        /// IPv4 total length shorter than the header.
+        BadIpTotalLength = 3 => "bad_ip_total_length",
+        /// TCP data offset below 5.
+        BadTcpHeaderLength = 4 => "bad_tcp_header_length",
+        /// The service has no backend able to take new flows.
+        NoBackend = 5 => "no_backend",
+        /// The backend slot chosen for the flow is missing from the backend table.
+        BackendMissing = 6 => "backend_missing",
+        /// The conntrack table refused the new flow's entries (full).
+        ConntrackFull = 7 => "conntrack_full",
+        /// The datapath has not been configured (config table empty).
+        NotConfigured = 8 => "not_configured",
+        /// The new flow's reply tuple is already owned by another flow (same client address and port
+        /// to the same backend through another frontend or node) and every rewritten source port the
+        /// resolver tried was taken too (an unresolved collision).
+        SourcePortCollision = 9 => "source_port_collision",
+        /// UDP length field below 8 or past the end of the IP payload.
+        BadUdpLength = 10 => "bad_udp_length",
+        /// IPv6 hop-by-hop options header anywhere but first.
+        BadIpv6ExtHeader = 11 => "bad_ipv6_ext_header",
+        /// A packet to this node's tunnel port from an address that is not a configured peer node.
+        TunnelFromUnknownNode = 12 => "tunnel_from_unknown_node",
+        /// A tunnel packet from a peer whose VXLAN header is invalid (no I flag, another VNI, an IPv6
+        /// outer UDP checksum of zero) or whose inner frame is too short.
+        BadTunnelHeader = 13 => "bad_tunnel_header",
+        /// The service's forwarding mode needs this node's address (SNAT source, tunnel endpoint)
+        /// and none of the flow's family is configured.
+        NodeAddressMissing = 14 => "node_address_missing",
+        /// A tunnel header or DSR carrier could not be added (no headroom, or no room in the IP
+        /// header for the option).
+        EncapFailed = 15 => "encap_failed",
+        /// The SNAT port allocator tried its whole schedule (netfilter's: 128, 64, 32 and 16
+        /// attempts) and every port was taken: the SNAT range is (nearly) exhausted for this
+        /// destination. Widen `NodeSpec::snat_ports` or add node addresses.
+        SnatPortsExhausted = 16 => "snat_ports_exhausted",
+        /// The kernel's first-stage program could not tail-call the new-flow stage (its slot in
+        /// the stage array is empty): the programs were not loaded through `KernelDatapath`, or a
+        /// pinned stage array was removed. Reload the datapath.
+        NewFlowStageMissing = 17 => "new_flow_stage_missing",
+        /// The IPv4 header checksum is wrong: the stack would drop the packet before routing it,
+        /// so the datapath does not start a flow for it.
+        BadIpChecksum = 18 => "bad_ip_checksum",
+        /// UDP over IPv6 to a service with a zero checksum, which IPv6 does not allow (RFC 8200
+        /// 8.1): the backend would drop it, so no flow is started for it.
+        ZeroUdpChecksumV6 = 19 => "zero_udp_checksum_v6",
+    }
+}
+
+const _: () = assert!(
+    slots_ascending_below(&Counter::CODES, DROP_BASE),
+    "counter slots must be declared in increasing order, each once, below DROP_BASE"
+);
+const _: () = assert!(
+    slots_ascending_below(&DropReason::CODES, COUNTER_SLOTS - DROP_BASE),
+    "drop reason codes must be declared in increasing order, each once, below COUNTER_SLOTS - DROP_BASE"
+);
 
 impl Counter {
-    /// All counters, in slot order.
-    pub const ALL: [Counter; 33] = [
-        Self::RxPackets,
-        Self::ServiceNewFlow,
-        Self::ServiceEstablished,
-        Self::ReplyTranslated,
-        Self::PassNotIp,
-        Self::PassNotService,
-        Self::PassFragment,
-        Self::PassOtherProto,
-        Self::OrphanReplyRemoved,
-        Self::Dropped,
-        Self::SourcePortRewritten,
-        Self::PassHeadersTooDeep,
-        Self::MtuExceeded,
-        Self::IcmpErrorTranslated,
-        Self::PassIcmpErrorNoFlow,
-        Self::DropEventsLost,
-        Self::TunnelDecapsulated,
-        Self::TunnelEncapsulated,
-        Self::DsrCarrierAdded,
-        Self::BackendSideNewFlow,
-        Self::SnatAttempts1,
-        Self::SnatAttempts2,
-        Self::SnatAttempts4,
-        Self::SnatAttempts8,
-        Self::SnatAttempts16,
-        Self::SnatAttempts32,
-        Self::SnatAttempts64,
-        Self::SnatAttempts128,
-        Self::SnatAttempts256,
-        Self::SnatAttempts512,
-        Self::SnatTakeOvers,
-        Self::ConntrackExpiredAtLookup,
-        Self::ChecksumPartialAtXdp,
-    ];
+    /// The number of outcome counters.
+    #[cfg_attr(
+        not(test),
+        expect(
+            clippy::indexing_slicing,
+            reason = "const evaluation only: an index out of range fails the build"
+        )
+    )]
+    const OUTCOME_COUNT: usize = {
+        let mut n = 0;
+        let mut i = 0;
+        while i < Self::ALL.len() {
+            if Self::ALL[i].is_outcome() {
+                n += 1;
+            }
+            i += 1;
+        }
+        n
+    };
 
-    /// The outcome counters: every packet the datapath sees bumps exactly one of them
-    /// ([`Counter::Dropped`] stands for all the drop reasons), so `rx_packets` is their sum.
-    /// The other counters note something about a packet besides its outcome.
-    pub const OUTCOMES: [Counter; 13] = [
-        Self::ServiceNewFlow,
-        Self::ServiceEstablished,
-        Self::ReplyTranslated,
-        Self::PassNotIp,
-        Self::PassNotService,
-        Self::PassFragment,
-        Self::PassOtherProto,
-        Self::PassHeadersTooDeep,
-        Self::IcmpErrorTranslated,
-        Self::PassIcmpErrorNoFlow,
-        Self::BackendSideNewFlow,
-        Self::MtuExceeded,
-        Self::Dropped,
-    ];
+    /// The outcome counters ([`Counter::is_outcome`]), in slot order: every packet the datapath
+    /// sees bumps exactly one of them, so `rx_packets` is their sum.
+    #[cfg_attr(
+        not(test),
+        expect(
+            clippy::indexing_slicing,
+            reason = "const evaluation only: an index out of range fails the build"
+        )
+    )]
+    pub const OUTCOMES: [Counter; Self::OUTCOME_COUNT] = {
+        let mut out = [Counter::Dropped; Self::OUTCOME_COUNT];
+        let mut n = 0;
+        let mut i = 0;
+        while i < Self::ALL.len() {
+            if Self::ALL[i].is_outcome() {
+                out[n] = Self::ALL[i];
+                n += 1;
+            }
+            i += 1;
+        }
+        out
+    };
 
     /// The slot of the attempts-histogram counter of a SNAT allocation that took `attempts`
     /// tries ([`Counter::SnatAttempts1`] and the nine after it). Arithmetic, not a `match`:
@@ -237,105 +344,14 @@ impl Counter {
     pub const fn slot(self) -> u32 {
         self as u32
     }
-
-    /// Name used in metrics output.
-    #[must_use]
-    pub const fn name(self) -> &'static str {
-        match self {
-            Self::RxPackets => "rx_packets",
-            Self::ServiceNewFlow => "service_new_flow",
-            Self::ServiceEstablished => "service_established",
-            Self::ReplyTranslated => "reply_translated",
-            Self::PassNotIp => "pass_not_ip",
-            Self::PassNotService => "pass_not_service",
-            Self::PassFragment => "pass_fragment",
-            Self::PassOtherProto => "pass_other_proto",
-            Self::OrphanReplyRemoved => "orphan_reply_removed",
-            Self::Dropped => "dropped",
-            Self::SourcePortRewritten => "source_port_rewritten",
-            Self::PassHeadersTooDeep => "pass_headers_too_deep",
-            Self::MtuExceeded => "mtu_exceeded",
-            Self::IcmpErrorTranslated => "icmp_error_translated",
-            Self::PassIcmpErrorNoFlow => "pass_icmp_error_no_flow",
-            Self::DropEventsLost => "drop_events_lost",
-            Self::ConntrackExpiredAtLookup => "conntrack_expired_at_lookup",
-            Self::TunnelDecapsulated => "tunnel_decapsulated",
-            Self::TunnelEncapsulated => "tunnel_encapsulated",
-            Self::DsrCarrierAdded => "dsr_carrier_added",
-            Self::BackendSideNewFlow => "backend_side_new_flow",
-            Self::SnatAttempts1 => "snat_attempts_1",
-            Self::SnatAttempts2 => "snat_attempts_2_3",
-            Self::SnatAttempts4 => "snat_attempts_4_7",
-            Self::SnatAttempts8 => "snat_attempts_8_15",
-            Self::SnatAttempts16 => "snat_attempts_16_31",
-            Self::SnatAttempts32 => "snat_attempts_32_63",
-            Self::SnatAttempts64 => "snat_attempts_64_127",
-            Self::SnatAttempts128 => "snat_attempts_128_255",
-            Self::SnatAttempts256 => "snat_attempts_256_511",
-            Self::SnatAttempts512 => "snat_attempts_512_up",
-            Self::SnatTakeOvers => "snat_take_overs",
-            Self::ChecksumPartialAtXdp => "checksum_partial_at_xdp",
-        }
-    }
 }
 
 impl DropReason {
-    /// All drop reasons, in slot order.
-    pub const ALL: [DropReason; 20] = [
-        Self::Truncated,
-        Self::BadIpVersion,
-        Self::BadIpHeaderLength,
-        Self::BadIpTotalLength,
-        Self::BadTcpHeaderLength,
-        Self::NoBackend,
-        Self::BackendMissing,
-        Self::ConntrackFull,
-        Self::NotConfigured,
-        Self::SourcePortCollision,
-        Self::BadUdpLength,
-        Self::BadIpv6ExtHeader,
-        Self::TunnelFromUnknownNode,
-        Self::BadTunnelHeader,
-        Self::NodeAddressMissing,
-        Self::EncapFailed,
-        Self::SnatPortsExhausted,
-        Self::NewFlowStageMissing,
-        Self::BadIpChecksum,
-        Self::ZeroUdpChecksumV6,
-    ];
-
     /// Slot in the counter array.
     #[inline(always)]
     #[must_use]
     pub const fn slot(self) -> u32 {
         DROP_BASE + self as u32
-    }
-
-    /// Name used in metrics output.
-    #[must_use]
-    pub const fn name(self) -> &'static str {
-        match self {
-            Self::Truncated => "truncated",
-            Self::BadIpVersion => "bad_ip_version",
-            Self::BadIpHeaderLength => "bad_ip_header_length",
-            Self::BadIpTotalLength => "bad_ip_total_length",
-            Self::BadTcpHeaderLength => "bad_tcp_header_length",
-            Self::NoBackend => "no_backend",
-            Self::BackendMissing => "backend_missing",
-            Self::ConntrackFull => "conntrack_full",
-            Self::NotConfigured => "not_configured",
-            Self::SourcePortCollision => "source_port_collision",
-            Self::BadUdpLength => "bad_udp_length",
-            Self::BadIpv6ExtHeader => "bad_ipv6_ext_header",
-            Self::TunnelFromUnknownNode => "tunnel_from_unknown_node",
-            Self::BadTunnelHeader => "bad_tunnel_header",
-            Self::NodeAddressMissing => "node_address_missing",
-            Self::EncapFailed => "encap_failed",
-            Self::SnatPortsExhausted => "snat_ports_exhausted",
-            Self::NewFlowStageMissing => "new_flow_stage_missing",
-            Self::BadIpChecksum => "bad_ip_checksum",
-            Self::ZeroUdpChecksumV6 => "zero_udp_checksum_v6",
-        }
     }
 }
 
@@ -423,6 +439,68 @@ mod tests {
             seen[s as usize] = true;
         }
         assert!(Counter::ALL.iter().all(|c| c.slot() < DROP_BASE));
+        assert!(DropReason::ALL
+            .iter()
+            .all(|r| (DROP_BASE..COUNTER_SLOTS).contains(&r.slot())));
+    }
+
+    #[test]
+    fn slots_are_the_pinned_layout() {
+        // The counter map is pinned across loader restarts: these slots must never move.
+        assert_eq!(Counter::RxPackets.slot(), 0);
+        assert_eq!(Counter::Dropped.slot(), 9);
+        assert_eq!(Counter::SnatAttempts1.slot(), 20);
+        assert_eq!(Counter::ChecksumPartialAtXdp.slot(), 32);
+        assert_eq!(DropReason::Truncated.slot(), 64);
+        assert_eq!(DropReason::ZeroUdpChecksumV6.slot(), 64 + 19);
+        for (i, c) in Counter::ALL.iter().enumerate() {
+            assert_eq!(c.slot() as usize, i, "{c:?}: counters are dense from 0");
+        }
+        for (i, r) in DropReason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i, "{r:?}: drop reason codes are dense from 0");
+        }
+    }
+
+    #[test]
+    fn names_are_unique_metric_names() {
+        let names: std::vec::Vec<&str> = Counter::ALL
+            .iter()
+            .map(|c| c.name())
+            .chain(DropReason::ALL.iter().map(|r| r.name()))
+            .collect();
+        for (i, n) in names.iter().enumerate() {
+            assert!(
+                n.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'),
+                "{n}: metric names are snake_case"
+            );
+            assert!(!names[..i].contains(n), "{n} named twice");
+        }
+    }
+
+    #[test]
+    fn outcomes_are_the_declared_ones() {
+        use Counter::*;
+        assert_eq!(
+            Counter::OUTCOMES,
+            [
+                ServiceNewFlow,
+                ServiceEstablished,
+                ReplyTranslated,
+                PassNotIp,
+                PassNotService,
+                PassFragment,
+                PassOtherProto,
+                Dropped,
+                PassHeadersTooDeep,
+                MtuExceeded,
+                IcmpErrorTranslated,
+                PassIcmpErrorNoFlow,
+                BackendSideNewFlow,
+            ]
+        );
+        assert!(!RxPackets.is_outcome());
+        assert!(!ChecksumPartialAtXdp.is_outcome());
     }
 
     #[test]

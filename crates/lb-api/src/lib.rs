@@ -2,8 +2,8 @@
 //!
 //! Everything that crosses the kernel/user boundary lives here: zerocopy wire headers, the
 //! [`PacketAccess`] trait that lets one parser run over a byte slice (userspace) and over XDP/TC
-//! `data`/`data_end` (kernel), the fixed-size map ABI structs ([`abi`]), drop reasons, counters and
-//! drop events ([`events`]).
+//! `data`/`data_end` (kernel), the fixed-size map ABI structs ([`abi`]), the kernel tables they
+//! live in ([`tables`]), drop reasons, counters and drop events ([`events`]).
 //! The crate is `#![no_std]`, allocation-free and panic-free so that it compiles into eBPF programs.
 //!
 //! ```
@@ -38,6 +38,7 @@ pub mod checksum;
 pub mod counters;
 pub mod events;
 pub mod flow;
+pub mod tables;
 pub mod wire;
 
 pub use counters::{Counter, DropReason};

@@ -48,7 +48,9 @@ use lb_conntrack::{
     MonotonicClock, TableStats,
 };
 
-use crate::{maps, Error, KernelDatapath};
+use lb_api::tables::{Table, CONFIG, CONNTRACK, COUNTERS};
+
+use crate::{Error, KernelDatapath};
 
 /// The kernel conntrack map behind [`GcTable`].
 pub struct KernelConntrackTable<'a> {
@@ -117,7 +119,7 @@ impl GcTable for KernelConntrackTable<'_> {
 
 fn map_err(source: MapError) -> Error {
     Error::Map {
-        map: maps::CONNTRACK,
+        map: CONNTRACK.name,
         source,
     }
 }
@@ -128,7 +130,7 @@ impl KernelDatapath {
     /// # Errors
     /// [`Error::Map`] if the map's info cannot be read.
     pub fn conntrack_capacity(&self) -> Result<u64, Error> {
-        let m: HashMap<&MapData, CtKey, CtEntry> = self.hash_ro(maps::CONNTRACK)?;
+        let m: HashMap<&MapData, CtKey, CtEntry> = self.hash_ro(CONNTRACK)?;
         let info = m.map().info().map_err(map_err)?;
         Ok(u64::from(info.max_entries()))
     }
@@ -141,7 +143,7 @@ impl KernelDatapath {
     pub fn conntrack_gc(&mut self, gc: &mut ConntrackGc, now_ns: u64) -> Result<GcReport, Error> {
         let capacity = self.conntrack_capacity()?;
         let insert_failures_full = self.counters()?.drops(DropReason::ConntrackFull);
-        let map = self.hash::<CtKey, CtEntry>(maps::CONNTRACK)?;
+        let map = self.hash::<CtKey, CtEntry>(CONNTRACK)?;
         let mut table = KernelConntrackTable {
             map,
             capacity,
@@ -160,7 +162,7 @@ impl KernelDatapath {
         gc: Option<&ConntrackGc>,
     ) -> Result<ConntrackMetrics, Error> {
         let capacity = self.conntrack_capacity()?;
-        let m: HashMap<&MapData, CtKey, CtEntry> = self.hash_ro(maps::CONNTRACK)?;
+        let m: HashMap<&MapData, CtKey, CtEntry> = self.hash_ro(CONNTRACK)?;
         let mut metrics = ConntrackMetrics {
             capacity,
             ..ConntrackMetrics::default()
@@ -280,11 +282,11 @@ impl GcMaps {
     fn now_ns(&self) -> Result<u64, Error> {
         let a: Array<&MapData, DatapathConfig> =
             Array::try_from(&self.config).map_err(|source| Error::Map {
-                map: maps::CONFIG,
+                map: CONFIG.name,
                 source,
             })?;
         let cfg = a.get(&0, 0).map_err(|source| Error::Map {
-            map: maps::CONFIG,
+            map: CONFIG.name,
             source,
         })?;
         Ok(lb_datapath::now_ns(&cfg, || MonotonicClock.now_ns()))
@@ -293,13 +295,13 @@ impl GcMaps {
     fn conntrack_full_drops(&self) -> Result<u64, Error> {
         let a: PerCpuArray<&MapData, u64> =
             PerCpuArray::try_from(&self.counters).map_err(|source| Error::Map {
-                map: maps::COUNTERS,
+                map: COUNTERS.name,
                 source,
             })?;
         let per_cpu = a
             .get(&DropReason::ConntrackFull.slot(), 0)
             .map_err(|source| Error::Map {
-                map: maps::COUNTERS,
+                map: COUNTERS.name,
                 source,
             })?;
         Ok(per_cpu.iter().sum())
@@ -354,11 +356,9 @@ fn run_task(
 impl KernelDatapath {
     /// Another handle to one of this datapath's maps (a duplicated file descriptor), for a task
     /// that outlives borrows of `self`.
-    fn map_handle(&self, name: &'static str) -> Result<Map, Error> {
-        let m = self.ebpf.map(name).ok_or(Error::Map {
-            map: name,
-            source: MapError::InvalidName { name: name.into() },
-        })?;
+    fn map_handle(&self, table: Table) -> Result<Map, Error> {
+        let name = table.name;
+        let m = self.map_ro(table)?;
         let data = match m {
             Map::HashMap(d) | Map::Array(d) | Map::PerCpuArray(d) => d,
             // Not reachable with this crate's object: the task's maps are of these types.
@@ -406,12 +406,12 @@ impl KernelDatapath {
     ///
     /// # Errors
     /// [`Error::Map`] if a map handle cannot be duplicated or its capacity read;
-    /// [`Error::Pin`] naming the reason if the thread cannot be started.
+    /// [`Error::Task`] if the thread cannot be started.
     pub fn spawn_conntrack_gc(&self, cfg: GcConfig) -> Result<ConntrackGcTask, Error> {
         let maps = GcMaps {
-            conntrack: self.map_handle(maps::CONNTRACK)?,
-            counters: self.map_handle(maps::COUNTERS)?,
-            config: self.map_handle(maps::CONFIG)?,
+            conntrack: self.map_handle(CONNTRACK)?,
+            counters: self.map_handle(COUNTERS)?,
+            config: self.map_handle(CONFIG)?,
             capacity: self.conntrack_capacity()?,
         };
         let (tx, rx) = mpsc::channel();
@@ -420,9 +420,9 @@ impl KernelDatapath {
         let thread = std::thread::Builder::new()
             .name("lb-conntrack-gc".into())
             .spawn(move || run_task(maps, ConntrackGc::new(cfg), &rx, &thread_status))
-            .map_err(|e| Error::Task {
+            .map_err(|source| Error::Task {
                 task: "conntrack GC",
-                reason: e.to_string(),
+                source,
             })?;
         Ok(ConntrackGcTask {
             commands: Some(tx),

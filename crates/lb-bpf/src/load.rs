@@ -1,0 +1,268 @@
+//! Loading the object (every program through the verifier), pinning its tables and reusing an
+//! earlier loader's pins, and removing them.
+
+use std::path::{Path, PathBuf};
+
+use aya::maps::ProgramArray;
+use aya::programs::{SchedClassifier, Xdp};
+use aya::{Ebpf, EbpfLoader};
+use lb_api::tables::{self, Pinning, Table, TC_STAGES, XDP_STAGES};
+
+use crate::{Error, KernelDatapath, Program, PROGRAMS_OBJECT};
+
+impl KernelDatapath {
+    /// Loads the object and every program variant into the kernel (each passes the verifier).
+    ///
+    /// # Errors
+    /// [`Error::Permission`] without privileges; [`Error::Program`] with the verifier log when a
+    /// program is rejected.
+    pub fn load() -> Result<Self, Error> {
+        Self::load_with(None)
+    }
+
+    /// Loads like [`load`](Self::load), with every map pinned under `dir/maps/`. When an earlier
+    /// loader pinned them there (an agent restart), the existing maps are reused after a check
+    /// that their shapes match this build's: services, backends and live conntrack entries carry
+    /// over, so established connections keep working.
+    ///
+    /// # Errors
+    /// [`Error::IncompatiblePinnedMap`] naming the map and the fix; the errors of [`load`](Self::load).
+    pub fn load_pinned(dir: impl AsRef<Path>) -> Result<Self, Error> {
+        Self::load_with(Some(dir.as_ref()))
+    }
+
+    fn load_with(dir: Option<&Path>) -> Result<Self, Error> {
+        let pins = match dir {
+            Some(dir) => reusable_pins(dir)?,
+            None => Vec::new(),
+        };
+        let mut loader = EbpfLoader::new();
+        for (table, path) in &pins {
+            loader.map_pin_path(table.name, path.as_path());
+        }
+        let mut ebpf = loader.load(PROGRAMS_OBJECT).map_err(|source| {
+            if is_permission(&source) {
+                Error::Permission { source }
+            } else {
+                Error::Object(source)
+            }
+        })?;
+        for p in Program::ALL {
+            let name = p.name();
+            let prog = ebpf.program_mut(name).ok_or_else(|| Error::Program {
+                program: name,
+                source: aya::programs::ProgramError::UnexpectedProgramType,
+            })?;
+            let res = if p.is_xdp() {
+                let x: &mut Xdp = prog.try_into().map_err(|source| Error::Program {
+                    program: name,
+                    source,
+                })?;
+                x.load()
+            } else {
+                let c: &mut SchedClassifier = prog.try_into().map_err(|source| Error::Program {
+                    program: name,
+                    source,
+                })?;
+                c.load()
+            };
+            res.map_err(|source| Error::Program {
+                program: name,
+                source,
+            })?;
+        }
+        for (stages, program) in [
+            (XDP_STAGES, Program::XdpNewFlow),
+            (TC_STAGES, Program::TcNewFlow),
+        ] {
+            set_stage(&mut ebpf, stages, program)?;
+        }
+        Ok(Self {
+            ebpf,
+            pin_dir: dir.map(Path::to_path_buf),
+        })
+    }
+
+    /// Removes everything a pinned datapath left in `dir`: its links (detaching the programs from
+    /// their interfaces) and its maps (conntrack is flushed: established flows through the
+    /// datapath break, a controlled outage). Absent pins are fine.
+    ///
+    /// # Errors
+    /// [`Error::Pin`] if a pin exists but cannot be removed.
+    pub fn uninstall(dir: impl AsRef<Path>) -> Result<(), Error> {
+        let dir = dir.as_ref();
+        for sub in ["links", "maps"] {
+            let d = dir.join(sub);
+            let Ok(entries) = std::fs::read_dir(&d) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                std::fs::remove_file(e.path()).map_err(|err| Error::Pin {
+                    path: e.path(),
+                    source: err.into(),
+                })?;
+            }
+            std::fs::remove_dir(&d).map_err(|err| Error::Pin {
+                path: d.clone(),
+                source: err.into(),
+            })?;
+        }
+        let _ = std::fs::remove_dir(dir);
+        Ok(())
+    }
+
+    /// Pins stage array `stages` (pinned mode, once its first stage is attached): a program
+    /// array is emptied when no process or pin holds it any more, so without the pin a pinned
+    /// link's program would lose its new-flow stage when the loader exits. An earlier loader's
+    /// array (its programs are no longer attached: ours took over the links) is replaced.
+    pub(crate) fn pin_stages(&self, stages: Table) -> Result<(), Error> {
+        debug_assert_eq!(stages.pinning, Pinning::PerLoad);
+        let Some(dir) = &self.pin_dir else {
+            return Ok(());
+        };
+        let path = dir.join("maps").join(stages.name);
+        let pin_err = |source: Box<dyn std::error::Error + Send + Sync>| Error::Pin {
+            path: path.clone(),
+            source,
+        };
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(pin_err(e.into())),
+        }
+        let array = ProgramArray::try_from(self.map_ro(stages)?).map_err(|source| Error::Map {
+            map: stages.name,
+            source,
+        })?;
+        array.pin(&path).map_err(|e| pin_err(e.into()))
+    }
+}
+
+/// The tables to pin under `dir/maps/` ([`Pinning::Reused`]), each with its pin path, after a
+/// check that any pin already there has this build's shape.
+fn reusable_pins(dir: &Path) -> Result<Vec<(Table, PathBuf)>, Error> {
+    ensure_bpffs(dir)?;
+    let maps_dir = dir.join("maps");
+    std::fs::create_dir_all(&maps_dir).map_err(|e| Error::Pin {
+        path: maps_dir.clone(),
+        source: e.into(),
+    })?;
+    let obj =
+        aya_obj::Object::parse(PROGRAMS_OBJECT).map_err(|source| Error::ObjectParse { source })?;
+    let mut pins = Vec::new();
+    // Only state that must outlive a restart is reused: per-packet scratch and the event ring
+    // would tie restarts to their layout for nothing, and the stage arrays name this load's
+    // programs (`pin_stages` pins them once they are attached).
+    for table in tables::ALL
+        .into_iter()
+        .filter(|t| t.pinning == Pinning::Reused)
+    {
+        let m = obj
+            .maps
+            .get(table.name)
+            .ok_or(Error::MissingMap { map: table.name })?;
+        let path = maps_dir.join(table.name);
+        check_pinned_shape(dir, table.name, &path, m)?;
+        pins.push((table, path));
+    }
+    Ok(pins)
+}
+
+fn is_permission(e: &aya::EbpfError) -> bool {
+    let s = e.to_string();
+    s.contains("Operation not permitted") || s.contains("EPERM") || s.contains("Permission denied")
+}
+
+/// Puts the loaded `program` into slot 0 of the program array `stages`, where its first stage
+/// tail-calls it.
+fn set_stage(ebpf: &mut Ebpf, stages: Table, program: Program) -> Result<(), Error> {
+    let name = program.name();
+    let fd = ebpf
+        .program(name)
+        .ok_or(Error::Program {
+            program: name,
+            source: aya::programs::ProgramError::UnexpectedProgramType,
+        })?
+        .fd()
+        .and_then(|fd| fd.try_clone().map_err(aya::programs::ProgramError::from))
+        .map_err(|source| Error::Program {
+            program: name,
+            source,
+        })?;
+    let map_err = |source| Error::Map {
+        map: stages.name,
+        source,
+    };
+    let map = ebpf
+        .map_mut(stages.name)
+        .ok_or(Error::MissingMap { map: stages.name })?;
+    let mut array = ProgramArray::try_from(map).map_err(map_err)?;
+    array.set(0, &fd, 0).map_err(map_err)
+}
+
+/// Mounts bpffs at /sys/fs/bpf when `dir` is below it and nothing is mounted there yet (as BPF
+/// agents do on hosts whose init system does not).
+fn ensure_bpffs(dir: &Path) -> Result<(), Error> {
+    const BPFFS: &str = "/sys/fs/bpf";
+    if !dir.starts_with(BPFFS) {
+        return Ok(());
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    if mounts
+        .lines()
+        .any(|l| l.split_whitespace().nth(1) == Some(BPFFS))
+    {
+        return Ok(());
+    }
+    let (src, target, fstype) = (c"bpf", c"/sys/fs/bpf", c"bpf");
+    // SAFETY: all pointers are valid NUL-terminated strings that outlive the call; a null data
+    // pointer is allowed for bpffs.
+    let rc = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(Error::BpffsMount {
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    Ok(())
+}
+
+/// Refuses a pinned map whose type, key, value or size differs from what this build's object
+/// declares for it.
+fn check_pinned_shape(dir: &Path, name: &str, path: &Path, m: &aya_obj::Map) -> Result<(), Error> {
+    if !path.exists() {
+        return Ok(());
+    }
+    let info = aya::maps::MapInfo::from_pin(path).map_err(|e| Error::Pin {
+        path: path.into(),
+        source: e.into(),
+    })?;
+    let found_type = info.map_type().map_or(u32::MAX, |t| t as u32);
+    let expected = (m.map_type(), m.key_size(), m.value_size(), m.max_entries());
+    let found = (
+        found_type,
+        info.key_size(),
+        info.value_size(),
+        info.max_entries(),
+    );
+    if expected != found {
+        let show = |(t, k, v, n): (u32, u32, u32, u32)| {
+            format!("type {t}, key {k} B, value {v} B, {n} entries")
+        };
+        return Err(Error::IncompatiblePinnedMap {
+            map: name.into(),
+            path: path.into(),
+            dir: dir.display().to_string(),
+            expected: show(expected),
+            found: show(found),
+        });
+    }
+    Ok(())
+}

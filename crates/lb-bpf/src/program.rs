@@ -1,0 +1,72 @@
+//! The programs in the object: their names, hooks and return codes.
+
+use lb_api::Verdict;
+
+/// The program variants in the object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Program {
+    /// The pipeline at XDP (its first stage, which tail-calls the new-flow stage).
+    Xdp,
+    /// The pipeline at TC (clsact; its first stage).
+    Tc,
+    /// Parse-only XDP baseline for benchmarks.
+    XdpParseOnly,
+    /// The XDP pipeline's new-flow stage, reached by tail call from [`Program::Xdp`]. Run on
+    /// its own it reads the per-CPU scratch area as the last packet's first stage left it.
+    XdpNewFlow,
+    /// The TC pipeline's new-flow stage, reached by tail call from [`Program::Tc`].
+    TcNewFlow,
+}
+
+impl Program {
+    /// Every variant: each is loaded through the verifier by [`KernelDatapath::load`](crate::KernelDatapath::load).
+    pub const ALL: [Program; 5] = [
+        Program::Xdp,
+        Program::Tc,
+        Program::XdpParseOnly,
+        Program::XdpNewFlow,
+        Program::TcNewFlow,
+    ];
+
+    /// Whether the program is an XDP program (else a TC classifier).
+    #[must_use]
+    pub const fn is_xdp(self) -> bool {
+        matches!(
+            self,
+            Program::Xdp | Program::XdpParseOnly | Program::XdpNewFlow
+        )
+    }
+
+    /// The program's name in the object.
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Program::Xdp => "lb_xdp",
+            Program::Tc => "lb_tc",
+            Program::XdpParseOnly => "lb_xdp_parse_only",
+            Program::XdpNewFlow => "lb_xdp_new_flow",
+            Program::TcNewFlow => "lb_tc_new_flow",
+        }
+    }
+
+    /// The datapath verdict a program's return code stands for.
+    #[must_use]
+    pub const fn verdict(self, return_value: u32) -> Option<Verdict> {
+        if self.is_xdp() {
+            match return_value {
+                1 => Some(Verdict::Drop), // XDP_DROP
+                2 => Some(Verdict::Pass), // XDP_PASS
+                3 => Some(Verdict::Tx),   // XDP_TX
+                _ => None,
+            }
+        } else {
+            match return_value {
+                0 => Some(Verdict::Pass), // TC_ACT_OK
+                2 => Some(Verdict::Drop), // TC_ACT_SHOT
+                // TC_ACT_REDIRECT: the ICMP error back out of the device it came in on.
+                7 => Some(Verdict::Tx),
+                _ => None,
+            }
+        }
+    }
+}

@@ -1,0 +1,188 @@
+//! The tables behind the control-plane API: typed access to the object's maps by their
+//! [`lb_api::tables`] entries, the datapath configuration, services and backends (the
+//! [`ServiceStore`] the control plane writes through, as it does into the engine's tables) and
+//! conntrack reads.
+
+use aya::maps::{Array, HashMap, Map, MapData};
+use lb_api::abi::{
+    BackendKey, BackendValue, CtEntry, CtKey, DatapathConfig, NodeKey, ServiceKey, ServiceValue,
+};
+use lb_api::tables::{Table, BACKENDS, CONFIG, CONNTRACK, NODES, SERVICES};
+use lb_control::{self as control, ConfigError, ServiceSpec, ServiceStore};
+
+use crate::{Error, KernelDatapath};
+
+impl KernelDatapath {
+    /// The loaded map of `table`.
+    pub(crate) fn map(&mut self, table: Table) -> Result<&mut Map, Error> {
+        self.ebpf.map_mut(table.name).ok_or_else(|| missing(table))
+    }
+
+    /// The loaded map of `table`, to read.
+    pub(crate) fn map_ro(&self, table: Table) -> Result<&Map, Error> {
+        self.ebpf.map(table.name).ok_or_else(|| missing(table))
+    }
+
+    /// The hash map of `table`.
+    pub(crate) fn hash<K: aya::Pod, V: aya::Pod>(
+        &mut self,
+        table: Table,
+    ) -> Result<HashMap<&mut MapData, K, V>, Error> {
+        HashMap::try_from(self.map(table)?).map_err(|source| Error::Map {
+            map: table.name,
+            source,
+        })
+    }
+
+    /// The hash map of `table`, to read.
+    pub(crate) fn hash_ro<K: aya::Pod, V: aya::Pod>(
+        &self,
+        table: Table,
+    ) -> Result<HashMap<&MapData, K, V>, Error> {
+        HashMap::try_from(self.map_ro(table)?).map_err(|source| Error::Map {
+            map: table.name,
+            source,
+        })
+    }
+
+    /// Writes the datapath configuration.
+    ///
+    /// # Errors
+    /// [`Error::Map`] if the kernel refuses the write.
+    pub fn set_config(&mut self, cfg: &DatapathConfig) -> Result<(), Error> {
+        let mut a: Array<&mut MapData, DatapathConfig> = Array::try_from(self.map(CONFIG)?)
+            .map_err(|source| Error::Map {
+                map: CONFIG.name,
+                source,
+            })?;
+        a.set(0, *cfg, 0).map_err(|source| Error::Map {
+            map: CONFIG.name,
+            source,
+        })
+    }
+
+    /// Sets this node's identity: its addresses (SNAT source, tunnel endpoint), its peers and
+    /// the tunnel's parameters. The rest of the configuration in the kernel (timeouts, seeds)
+    /// is kept.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the invalid field (nothing is written then), or a refused map
+    /// write.
+    pub fn set_node(&mut self, node: &control::NodeSpec) -> Result<(), Error> {
+        node.validate()?;
+        let mut cfg = self.config()?;
+        control::set_node(self, &mut cfg, node)?;
+        self.set_config(&cfg)
+    }
+
+    /// The datapath configuration in the kernel.
+    ///
+    /// # Errors
+    /// [`Error::Map`] if the map cannot be read.
+    pub fn config(&mut self) -> Result<DatapathConfig, Error> {
+        let a: Array<&mut MapData, DatapathConfig> =
+            Array::try_from(self.map(CONFIG)?).map_err(|source| Error::Map {
+                map: CONFIG.name,
+                source,
+            })?;
+        a.get(&0, 0).map_err(|source| Error::Map {
+            map: CONFIG.name,
+            source,
+        })
+    }
+
+    /// Adds or replaces a service (same rules and write order as the userspace engine).
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the invalid field, or a refused map write.
+    pub fn upsert_service(&mut self, spec: &ServiceSpec) -> Result<(), Error> {
+        control::upsert_service(self, spec).map_err(Error::from)
+    }
+
+    /// Removes a service.
+    pub fn remove_service(&mut self, spec: &ServiceSpec) {
+        control::remove_service(self, spec);
+    }
+
+    /// All conntrack entries, sorted by key bytes.
+    ///
+    /// # Errors
+    /// [`Error::Map`] if the map cannot be read.
+    pub fn conntrack_entries(&self) -> Result<Vec<(CtKey, CtEntry)>, Error> {
+        let m: HashMap<&MapData, CtKey, CtEntry> = self.hash_ro(CONNTRACK)?;
+        let mut v = m
+            .iter()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|source| Error::Map {
+                map: CONNTRACK.name,
+                source,
+            })?;
+        v.sort_by(|a, b| {
+            zerocopy::IntoBytes::as_bytes(&a.0).cmp(zerocopy::IntoBytes::as_bytes(&b.0))
+        });
+        Ok(v)
+    }
+
+    /// Deletes every conntrack entry.
+    ///
+    /// # Errors
+    /// [`Error::Map`] if the map cannot be read or written.
+    pub fn flush_conntrack(&mut self) -> Result<(), Error> {
+        let keys: Vec<CtKey> = self
+            .conntrack_entries()?
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        let mut m: HashMap<&mut MapData, CtKey, CtEntry> = self.hash(CONNTRACK)?;
+        for k in keys {
+            let _ = m.remove(&k);
+        }
+        Ok(())
+    }
+}
+
+impl ServiceStore for KernelDatapath {
+    fn put_node(&mut self, key: NodeKey) -> Result<(), ConfigError> {
+        let mut m: HashMap<&mut MapData, NodeKey, u32> =
+            self.hash(NODES).map_err(|e| store_err("nodes", &e))?;
+        m.insert(key, 1, 0).map_err(|e| store_err("nodes", &e))
+    }
+    fn put_service(&mut self, key: ServiceKey, value: ServiceValue) -> Result<(), ConfigError> {
+        let mut m: HashMap<&mut MapData, ServiceKey, ServiceValue> =
+            self.hash(SERVICES).map_err(|e| store_err("services", &e))?;
+        m.insert(key, value, 0)
+            .map_err(|e| store_err("services", &e))
+    }
+    fn put_backend(&mut self, key: BackendKey, value: BackendValue) -> Result<(), ConfigError> {
+        let mut m: HashMap<&mut MapData, BackendKey, BackendValue> =
+            self.hash(BACKENDS).map_err(|e| store_err("backends", &e))?;
+        m.insert(key, value, 0)
+            .map_err(|e| store_err("backends", &e))
+    }
+    fn get_service(&self, key: &ServiceKey) -> Option<ServiceValue> {
+        let m: HashMap<&MapData, ServiceKey, ServiceValue> = self.hash_ro(SERVICES).ok()?;
+        m.get(key, 0).ok()
+    }
+    fn remove_backend(&mut self, key: &BackendKey) {
+        if let Ok(mut m) = self.hash::<BackendKey, BackendValue>(BACKENDS) {
+            let _ = m.remove(key);
+        }
+    }
+    fn remove_service(&mut self, key: &ServiceKey) {
+        if let Ok(mut m) = self.hash::<ServiceKey, ServiceValue>(SERVICES) {
+            let _ = m.remove(key);
+        }
+    }
+}
+
+fn store_err(table: &'static str, e: &dyn std::fmt::Display) -> ConfigError {
+    ConfigError::Store {
+        table,
+        reason: e.to_string(),
+    }
+}
+
+/// The error for a registered table the loaded object lacks.
+pub(crate) fn missing(table: Table) -> Error {
+    Error::MissingMap { map: table.name }
+}
