@@ -175,8 +175,6 @@ mod rewritten_tests {
 mod tests {
     use super::*;
     use lb_api::flow::v4_addr;
-    #[allow(unused_imports)]
-    use std::{format, prelude::rust_2021::*, vec};
 
     /// A SNAT flow: the reverse entry holds the client's address and port; the partners are
     /// each other's, whichever way derived.

@@ -3,7 +3,7 @@
 //!
 //! `cargo bench -p lb-datapath --bench pipeline`
 
-#![allow(missing_docs, reason = "criterion_group! generates undocumented items")]
+#![expect(missing_docs, reason = "criterion_group! generates undocumented items")]
 
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion};
 use lb_api::flow::L4Proto;
