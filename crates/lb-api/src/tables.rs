@@ -21,9 +21,11 @@
 //! ```
 //!
 //! Sizes: [`Table::default_max_entries`] is the size compiled into the object, the one place a
-//! table's default size is set. A loader may create a table with another size (aya's
-//! `EbpfLoader::set_max_entries`) without touching the programs; a pinned table keeps the size
-//! it was created with, which the loader's shape check compares against.
+//! table's default size is set: the production size (at least Cilium's defaults), which
+//! `lb_control::TableSizes::default` reads. The loader creates every sizable table with the
+//! size its `TableSizes` gives (aya's `EbpfLoader::map_max_entries`) without touching the
+//! programs; a pinned table keeps the size it was created with, which the loader compares
+//! against the size asked for.
 
 use core::mem::size_of;
 
@@ -129,14 +131,16 @@ macro_rules! tables {
 }
 
 tables! {
-    /// Conntrack entries: service entries and reverse-NAT entries, by flow tuple.
-    CONNTRACK = "LB_CT": Hash<CtKey, CtEntry>[65_536] Reused;
-    /// Services by frontend.
-    SERVICES = "LB_SERVICES": Hash<ServiceKey, ServiceValue>[4_096] Reused;
-    /// Backend slots, by service and slot.
-    BACKENDS = "LB_BACKENDS": Hash<BackendKey, BackendValue>[65_536] Reused;
+    /// Conntrack entries: service entries and reverse-NAT entries, by flow tuple. A flow takes
+    /// two, so the default 768Ki entries (Cilium's 512Ki TCP + 256Ki other) hold 393,216 flows.
+    CONNTRACK = "LB_CT": Hash<CtKey, CtEntry>[768 * 1024] Reused;
+    /// Services by frontend: 64Ki by default (Cilium's).
+    SERVICES = "LB_SERVICES": Hash<ServiceKey, ServiceValue>[64 * 1024] Reused;
+    /// Backend slots, by service and slot: by default room for 64 Maglev services of 16,381
+    /// slots (random selection takes one slot per backend).
+    BACKENDS = "LB_BACKENDS": Hash<BackendKey, BackendValue>[64 * 16_381] Reused;
     /// Peer nodes: tunnel packets are accepted from these only.
-    NODES = "LB_NODES": Hash<NodeKey, u32>[1_024] Reused;
+    NODES = "LB_NODES": Hash<NodeKey, u32>[16 * 1024] Reused;
     /// XDP devices whose packets may carry partial checksums that only their field shows (veths:
     /// their peer's local senders use checksum offload), by interface index; set by the loader.
     XDP_PARTIAL = "LB_XDP_PARTIAL": Hash<u32, u8>[1_024] Reused;

@@ -99,6 +99,30 @@ pub enum Error {
         /// The shape that is pinned.
         found: String,
     },
+    /// A map pinned by an earlier loader has another size than the one this load asks for.
+    #[error(
+        "pinned map `{map}` at {path} has {pinned} entries, this load asks for {requested} \
+         (`{knob}`): load with `{knob} = {pinned}` to keep it, or remove the pins with \
+         `KernelDatapath::uninstall(\"{dir}\")` and load again (this flushes conntrack: a \
+         controlled outage)"
+    )]
+    PinnedMapSize {
+        /// Which map.
+        map: &'static str,
+        /// Its pin path.
+        path: PathBuf,
+        /// The pin directory.
+        dir: String,
+        /// The size of the pinned map.
+        pinned: u32,
+        /// The size this load asks for.
+        requested: u32,
+        /// The setting that sizes it.
+        knob: &'static str,
+    },
+    /// The table sizes are invalid (nothing was loaded).
+    #[error(transparent)]
+    Sizes(#[from] lb_control::SizeError),
     /// Pinning, reading or removing a pin failed.
     #[error(
         "pin {path}: {source} (pins live on bpffs: is the directory below a bpffs mount such as \

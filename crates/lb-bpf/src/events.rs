@@ -26,8 +26,7 @@ impl KernelDatapath {
     pub fn drain_drop_events(&mut self) -> Result<Vec<DropEvent>, Error> {
         // A record takes an 8-byte header and the event (56 B, a multiple of 8): one more than
         // fits the ring, so one call empties a full ring.
-        const MAX_PER_CALL: usize =
-            DROP_EVENTS.default_max_entries as usize / (8 + size_of::<DropEvent>()) + 1;
+        let max_per_call = self.sizes.drop_events_bytes as usize / (8 + size_of::<DropEvent>()) + 1;
         let map_err = |source| Error::Map {
             map: DROP_EVENTS.name,
             source,
@@ -35,7 +34,7 @@ impl KernelDatapath {
         let mut ring: RingBuf<&mut MapData> =
             RingBuf::try_from(self.map(DROP_EVENTS)?).map_err(map_err)?;
         let mut events = Vec::new();
-        for _ in 0..MAX_PER_CALL {
+        for _ in 0..max_per_call {
             let Some(item) = ring.next() else {
                 break;
             };

@@ -54,6 +54,7 @@ use aya::Ebpf;
 use std::path::PathBuf;
 
 pub use error::Error;
+pub use load::LoadOptions;
 pub use program::Program;
 pub use test_run::{TestRunOutput, TestSkb};
 
@@ -66,6 +67,8 @@ pub struct KernelDatapath {
     ebpf: Ebpf,
     /// Where maps and links are pinned (`None`: nothing pinned, everything goes with the process).
     pin_dir: Option<PathBuf>,
+    /// The sizes its maps were created with (or, pinned, were found with).
+    sizes: lb_control::TableSizes,
 }
 
 impl std::fmt::Debug for KernelDatapath {

@@ -7,17 +7,58 @@ use aya::maps::ProgramArray;
 use aya::programs::{SchedClassifier, Xdp};
 use aya::{Ebpf, EbpfLoader};
 use lb_api::tables::{self, Pinning, Table, TC_STAGES, XDP_STAGES};
+use lb_control::TableSizes;
 
 use crate::{Error, KernelDatapath, Program, PROGRAMS_OBJECT};
 
+/// How to load the datapath: the tables' sizes and where to pin them.
+///
+/// ```no_run
+/// use lb_bpf::{KernelDatapath, LoadOptions};
+/// use lb_control::TableSizes;
+///
+/// # fn main() -> Result<(), lb_bpf::Error> {
+/// // Production sizes (the default), pinned so that a restart keeps conntrack and services.
+/// let dp = KernelDatapath::load_with(&LoadOptions {
+///     pin_dir: Some("/sys/fs/bpf/lb".into()),
+///     ..LoadOptions::default()
+/// })?;
+/// assert_eq!(dp.table_sizes().conntrack, 768 * 1024);
+/// // A small datapath for a test.
+/// let small = KernelDatapath::load_with(&LoadOptions::with_sizes(TableSizes::small()))?;
+/// # let _ = small; Ok(()) }
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// The tables' sizes ([`TableSizes::default`]: production sizes).
+    pub sizes: TableSizes,
+    /// Pin the reusable tables under `pin_dir/maps/` and reuse an earlier loader's pins there
+    /// (see [`KernelDatapath::load_pinned`]); `None`: nothing pinned.
+    pub pin_dir: Option<PathBuf>,
+    /// The memory the tables may take, in bytes ([`TableSizes::validate`]); `None`: no limit.
+    pub memory_limit: Option<u64>,
+}
+
+impl LoadOptions {
+    /// Unpinned, with `sizes`.
+    #[must_use]
+    pub fn with_sizes(sizes: TableSizes) -> Self {
+        Self {
+            sizes,
+            ..Self::default()
+        }
+    }
+}
+
 impl KernelDatapath {
-    /// Loads the object and every program variant into the kernel (each passes the verifier).
+    /// Loads the object and every program variant into the kernel (each passes the verifier),
+    /// with the production table sizes ([`TableSizes::default`]), nothing pinned.
     ///
     /// # Errors
     /// [`Error::Permission`] without privileges; [`Error::Program`] with the verifier log when a
     /// program is rejected.
     pub fn load() -> Result<Self, Error> {
-        Self::load_with(None)
+        Self::load_with(&LoadOptions::default())
     }
 
     /// Loads like [`load`](Self::load), with every map pinned under `dir/maps/`. When an earlier
@@ -28,15 +69,30 @@ impl KernelDatapath {
     /// # Errors
     /// [`Error::IncompatiblePinnedMap`] naming the map and the fix; the errors of [`load`](Self::load).
     pub fn load_pinned(dir: impl AsRef<Path>) -> Result<Self, Error> {
-        Self::load_with(Some(dir.as_ref()))
+        Self::load_with(&LoadOptions {
+            pin_dir: Some(dir.as_ref().to_path_buf()),
+            ..LoadOptions::default()
+        })
     }
 
-    fn load_with(dir: Option<&Path>) -> Result<Self, Error> {
+    /// Loads with `opts`: every sizable table ([`TableSizes::of`]) is created with its size
+    /// (aya's `EbpfLoader::map_max_entries`), and pinned when `opts.pin_dir` is set.
+    ///
+    /// # Errors
+    /// [`Error::Sizes`] for invalid sizes (nothing is loaded); [`Error::PinnedMapSize`] when a
+    /// pinned table has another size than asked for; the errors of [`load`](Self::load) and
+    /// [`load_pinned`](Self::load_pinned).
+    pub fn load_with(opts: &LoadOptions) -> Result<Self, Error> {
+        opts.sizes.validate(opts.memory_limit)?;
+        let dir = opts.pin_dir.as_deref();
         let pins = match dir {
-            Some(dir) => reusable_pins(dir)?,
+            Some(dir) => reusable_pins(dir, &opts.sizes)?,
             None => Vec::new(),
         };
         let mut loader = EbpfLoader::new();
+        for (table, size, _) in opts.sizes.entries() {
+            loader.map_max_entries(table.name, size);
+        }
         for (table, path) in &pins {
             loader.map_pin_path(table.name, path.as_path());
         }
@@ -80,7 +136,35 @@ impl KernelDatapath {
         Ok(Self {
             ebpf,
             pin_dir: dir.map(Path::to_path_buf),
+            sizes: opts.sizes,
         })
+    }
+
+    /// The sizes the tables were created with.
+    #[must_use]
+    pub fn table_sizes(&self) -> &TableSizes {
+        &self.sizes
+    }
+
+    /// The kernel's `max_entries` of the loaded map of `table` (bytes for the ring buffer),
+    /// read back from the kernel.
+    ///
+    /// # Errors
+    /// [`Error::Map`] if the kernel's map information cannot be read.
+    pub fn max_entries(&self, table: Table) -> Result<u32, Error> {
+        let data = match self.map_ro(table)? {
+            aya::maps::Map::HashMap(d)
+            | aya::maps::Map::Array(d)
+            | aya::maps::Map::PerCpuArray(d)
+            | aya::maps::Map::RingBuf(d)
+            | aya::maps::Map::ProgramArray(d) => d,
+            _ => return Err(crate::tables::missing(table)),
+        };
+        let info = data.info().map_err(|source| Error::Map {
+            map: table.name,
+            source,
+        })?;
+        Ok(info.max_entries())
     }
 
     /// Removes everything a pinned datapath left in `dir`: its links (detaching the programs from
@@ -140,7 +224,7 @@ impl KernelDatapath {
 
 /// The tables to pin under `dir/maps/` ([`Pinning::Reused`]), each with its pin path, after a
 /// check that any pin already there has this build's shape.
-fn reusable_pins(dir: &Path) -> Result<Vec<(Table, PathBuf)>, Error> {
+fn reusable_pins(dir: &Path, sizes: &TableSizes) -> Result<Vec<(Table, PathBuf)>, Error> {
     ensure_bpffs(dir)?;
     let maps_dir = dir.join("maps");
     std::fs::create_dir_all(&maps_dir).map_err(|e| Error::Pin {
@@ -162,7 +246,7 @@ fn reusable_pins(dir: &Path) -> Result<Vec<(Table, PathBuf)>, Error> {
             .get(table.name)
             .ok_or(Error::MissingMap { map: table.name })?;
         let path = maps_dir.join(table.name);
-        check_pinned_shape(dir, table.name, &path, m)?;
+        check_pinned_shape(dir, table, sizes, &path, m)?;
         pins.push((table, path));
     }
     Ok(pins)
@@ -234,9 +318,16 @@ fn ensure_bpffs(dir: &Path) -> Result<(), Error> {
     Ok(())
 }
 
-/// Refuses a pinned map whose type, key, value or size differs from what this build's object
-/// declares for it.
-fn check_pinned_shape(dir: &Path, name: &str, path: &Path, m: &aya_obj::Map) -> Result<(), Error> {
+/// Refuses a pinned map whose type, key or value differs from what this build's object declares
+/// for it, or whose size differs from the one this load asks for (`sizes`).
+fn check_pinned_shape(
+    dir: &Path,
+    table: Table,
+    sizes: &TableSizes,
+    path: &Path,
+    m: &aya_obj::Map,
+) -> Result<(), Error> {
+    let name = table.name;
     if !path.exists() {
         return Ok(());
     }
@@ -245,7 +336,22 @@ fn check_pinned_shape(dir: &Path, name: &str, path: &Path, m: &aya_obj::Map) -> 
         source: e.into(),
     })?;
     let found_type = info.map_type().map_or(u32::MAX, |t| t as u32);
-    let expected = (m.map_type(), m.key_size(), m.value_size(), m.max_entries());
+    let requested = sizes.of(&table).map_or(m.max_entries(), |(n, _)| n);
+    let same_kind = (m.map_type(), m.key_size(), m.value_size())
+        == (found_type, info.key_size(), info.value_size());
+    if let (true, Some((_, knob))) = (same_kind, sizes.of(&table)) {
+        if info.max_entries() != requested {
+            return Err(Error::PinnedMapSize {
+                map: name,
+                path: path.into(),
+                dir: dir.display().to_string(),
+                pinned: info.max_entries(),
+                requested,
+                knob,
+            });
+        }
+    }
+    let expected = (m.map_type(), m.key_size(), m.value_size(), requested);
     let found = (
         found_type,
         info.key_size(),

@@ -3,12 +3,12 @@
 //! [`ServiceStore`] the control plane writes through, as it does into the engine's tables) and
 //! conntrack reads.
 
-use aya::maps::{Array, HashMap, Map, MapData};
+use aya::maps::{Array, HashMap, Map, MapData, MapError};
 use lb_api::abi::{
     BackendKey, BackendValue, CtEntry, CtKey, DatapathConfig, NodeKey, ServiceKey, ServiceValue,
 };
 use lb_api::tables::{Table, BACKENDS, CONFIG, CONNTRACK, NODES, SERVICES};
-use lb_control::{self as control, ConfigError, ServiceSpec, ServiceStore};
+use lb_control::{self as control, ConfigError, ServiceSpec, ServiceStore, TableSizes};
 
 use crate::{Error, KernelDatapath};
 
@@ -143,21 +143,25 @@ impl KernelDatapath {
 
 impl ServiceStore for KernelDatapath {
     fn put_node(&mut self, key: NodeKey) -> Result<(), ConfigError> {
+        let sizes = self.sizes;
         let mut m: HashMap<&mut MapData, NodeKey, u32> =
-            self.hash(NODES).map_err(|e| store_err("nodes", &e))?;
-        m.insert(key, 1, 0).map_err(|e| store_err("nodes", &e))
+            self.hash(NODES).map_err(|e| store_err(NODES, &e))?;
+        m.insert(key, 1, 0)
+            .map_err(|e| insert_err(&sizes, NODES, &e))
     }
     fn put_service(&mut self, key: ServiceKey, value: ServiceValue) -> Result<(), ConfigError> {
+        let sizes = self.sizes;
         let mut m: HashMap<&mut MapData, ServiceKey, ServiceValue> =
-            self.hash(SERVICES).map_err(|e| store_err("services", &e))?;
+            self.hash(SERVICES).map_err(|e| store_err(SERVICES, &e))?;
         m.insert(key, value, 0)
-            .map_err(|e| store_err("services", &e))
+            .map_err(|e| insert_err(&sizes, SERVICES, &e))
     }
     fn put_backend(&mut self, key: BackendKey, value: BackendValue) -> Result<(), ConfigError> {
+        let sizes = self.sizes;
         let mut m: HashMap<&mut MapData, BackendKey, BackendValue> =
-            self.hash(BACKENDS).map_err(|e| store_err("backends", &e))?;
+            self.hash(BACKENDS).map_err(|e| store_err(BACKENDS, &e))?;
         m.insert(key, value, 0)
-            .map_err(|e| store_err("backends", &e))
+            .map_err(|e| insert_err(&sizes, BACKENDS, &e))
     }
     fn get_service(&self, key: &ServiceKey) -> Option<ServiceValue> {
         let m: HashMap<&MapData, ServiceKey, ServiceValue> = self.hash_ro(SERVICES).ok()?;
@@ -175,11 +179,29 @@ impl ServiceStore for KernelDatapath {
     }
 }
 
-fn store_err(table: &'static str, e: &dyn std::fmt::Display) -> ConfigError {
+fn store_err(table: Table, e: &dyn std::fmt::Display) -> ConfigError {
     ConfigError::Store {
-        table,
+        table: table.name,
         reason: e.to_string(),
     }
+}
+
+/// A refused insert into `table`: [`ConfigError::TableFull`] when the map is full (a
+/// preallocated hash map refuses a new key with `E2BIG` once it holds its size), else
+/// [`ConfigError::Store`].
+fn insert_err(sizes: &TableSizes, table: Table, e: &MapError) -> ConfigError {
+    if let MapError::SyscallError(s) = e {
+        if s.io_error.raw_os_error() == Some(libc::E2BIG) {
+            if let Some((capacity, knob)) = sizes.of(&table) {
+                return ConfigError::TableFull {
+                    table: table.name,
+                    capacity,
+                    knob,
+                };
+            }
+        }
+    }
+    store_err(table, e)
 }
 
 /// The error for a registered table the loaded object lacks.

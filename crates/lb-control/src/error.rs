@@ -136,6 +136,20 @@ pub enum ConfigError {
              this node's address on the network between nodes"
     )]
     NoNodeAddress,
+    /// A table is full: a new entry does not fit its capacity. The same error from the kernel
+    /// (the map refused with `E2BIG`) and the engine (its table holds `capacity` entries).
+    #[error(
+        "table {table} is full: it holds {capacity} entries (raise `{knob}` in the TableSizes \
+         the datapath is loaded with, or remove entries)"
+    )]
+    TableFull {
+        /// The map's name (`lb_api::tables`).
+        table: &'static str,
+        /// Its size.
+        capacity: u32,
+        /// The setting that sizes it.
+        knob: &'static str,
+    },
     /// The store (kernel map or table) refused a write.
     #[error("writing the {table} table failed: {reason}")]
     Store {

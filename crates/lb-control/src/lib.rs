@@ -45,6 +45,7 @@ mod error;
 mod maglev;
 mod node;
 mod service;
+mod sizes;
 mod store;
 
 pub use backend::{BackendSpec, BackendState};
@@ -58,4 +59,5 @@ pub use service::{
     validate_services, Selection, ServiceSpec, SessionAffinity, TrafficPolicy,
     AFFINITY_DEFAULT_TIMEOUT_S, AFFINITY_MAX_TIMEOUT_S, MAX_BACKENDS_PER_SERVICE, MAX_RANDOM_SLOTS,
 };
+pub use sizes::{table_memory_bytes, total_memory, SizeError, TableSizes, PAGE_SIZE};
 pub use store::{addr_bytes, remove_service, set_node, upsert_service, ServiceStore};

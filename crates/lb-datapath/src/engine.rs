@@ -20,7 +20,7 @@ use lb_conntrack::{
 };
 use lb_control::{
     default_config, remove_service, set_node, upsert_service, ConfigError, NodeSpec, ServiceSpec,
-    ServiceStore,
+    ServiceStore, TableSizes,
 };
 use lb_encap::{
     insert_room_at_head, remove_room_at_head, truncate_at_tail, AdjustHead, HeadroomPacket, Room,
@@ -311,6 +311,9 @@ pub struct Engine<C: Clock = MonotonicClock> {
     /// [`process`](Self::process) runs as XDP on a virtual device (see
     /// [`set_xdp_virtual_device`](Self::set_xdp_virtual_device)).
     xdp_virtual_device: bool,
+    /// The tables' sizes, as the kernel loader's: services, backends and nodes beyond them are
+    /// refused with [`ConfigError::TableFull`].
+    sizes: TableSizes,
 }
 
 impl Engine<MonotonicClock> {
@@ -323,11 +326,24 @@ impl Engine<MonotonicClock> {
 }
 
 impl<C: Clock> Engine<C> {
-    /// An engine with an explicit configuration and clock. The random source (collision
+    /// An engine with an explicit configuration and clock, a conntrack table of `ct_capacity`
+    /// entries and the other tables of [`TableSizes::default`]. The random source (collision
     /// resolution) is seeded from `cfg.hash_seed`, so runs are reproducible.
     pub fn with_clock(ct_capacity: usize, cfg: DatapathConfig, clock: C) -> Self {
+        let sizes = TableSizes {
+            conntrack: u32::try_from(ct_capacity).unwrap_or(u32::MAX),
+            ..TableSizes::default()
+        };
+        Self::with_sizes(&sizes, cfg, clock)
+    }
+
+    /// An engine whose tables have the sizes the kernel loader is given (`lb_bpf::LoadOptions`),
+    /// so that both refuse the same programming: conntrack holds `sizes.conntrack` entries, and
+    /// services, backend slots and nodes beyond theirs are refused with
+    /// [`ConfigError::TableFull`].
+    pub fn with_sizes(sizes: &TableSizes, cfg: DatapathConfig, clock: C) -> Self {
         let tables = UserTables {
-            ct: HashConntrackTable::with_capacity(ct_capacity),
+            ct: HashConntrackTable::with_capacity(sizes.conntrack as usize),
             services: HashServiceTable::default(),
             counters: CounterSnapshot::default(),
             rng: XorShift32::new(cfg.hash_seed ^ 0x5eed_0001),
@@ -341,7 +357,13 @@ impl<C: Clock> Engine<C> {
             buf: Vec::new(),
             drop_events: VecDeque::new(),
             xdp_virtual_device: false,
+            sizes: *sizes,
         }
+    }
+
+    /// The tables' sizes.
+    pub fn table_sizes(&self) -> &TableSizes {
+        &self.sizes
     }
 
     /// Runs one Ethernet frame through the pipeline, rewriting it in place: translations keep
@@ -420,9 +442,14 @@ impl<C: Clock> Engine<C> {
     /// Sets this node's identity (addresses, peers, tunnel parameters).
     ///
     /// # Errors
-    /// A [`ConfigError`] naming the invalid field; nothing changes then.
+    /// A [`ConfigError`] naming the invalid field (nothing changes then), or
+    /// [`ConfigError::TableFull`] when the peers do not fit the nodes table (the configuration is
+    /// kept then; the peers that fit are written, as in the kernel).
     pub fn set_node(&mut self, node: &NodeSpec) -> Result<(), ConfigError> {
-        set_node(&mut self.tables.services, &mut self.cfg, node)
+        let mut cfg = self.cfg;
+        set_node(self, &mut cfg, node)?;
+        self.cfg = cfg;
+        Ok(())
     }
 
     /// Queues an event; when the queue is full the oldest goes, counted as
@@ -445,14 +472,15 @@ impl<C: Clock> Engine<C> {
     /// Adds or replaces a service.
     ///
     /// # Errors
-    /// A [`ConfigError`] naming the invalid field.
+    /// A [`ConfigError`] naming the invalid field, or [`ConfigError::TableFull`] naming the
+    /// table that is full (sized by [`with_sizes`](Self::with_sizes)).
     pub fn upsert_service(&mut self, spec: &ServiceSpec) -> Result<(), ConfigError> {
-        upsert_service(&mut self.tables.services, spec)
+        upsert_service(self, spec)
     }
 
     /// Removes a service. Established flows keep their conntrack entries until they expire.
     pub fn remove_service(&mut self, spec: &ServiceSpec) {
-        remove_service(&mut self.tables.services, spec);
+        remove_service(self, spec);
     }
 
     /// The conntrack table.
@@ -512,14 +540,56 @@ impl<C: Clock> Engine<C> {
     }
 }
 
+/// A new entry in a table of `len` entries sized `table`'s setting in `sizes`: refused as the
+/// kernel's preallocated hash map refuses it (`E2BIG` once it holds its size).
+fn check_room(
+    sizes: &TableSizes,
+    table: &lb_api::tables::Table,
+    len: usize,
+    exists: bool,
+) -> Result<(), ConfigError> {
+    let Some((capacity, knob)) = sizes.of(table) else {
+        return Ok(());
+    };
+    if exists || len < capacity as usize {
+        return Ok(());
+    }
+    Err(ConfigError::TableFull {
+        table: table.name,
+        capacity,
+        knob,
+    })
+}
+
 impl<C: Clock> ServiceStore for Engine<C> {
     fn put_node(&mut self, key: NodeKey) -> Result<(), ConfigError> {
+        let t = &self.tables.services;
+        check_room(
+            &self.sizes,
+            &lb_api::tables::NODES,
+            t.nodes.len(),
+            t.nodes.contains(&key),
+        )?;
         self.tables.services.put_node(key)
     }
     fn put_service(&mut self, key: ServiceKey, value: ServiceValue) -> Result<(), ConfigError> {
+        let t = &self.tables.services;
+        check_room(
+            &self.sizes,
+            &lb_api::tables::SERVICES,
+            t.services.len(),
+            t.services.contains_key(&key),
+        )?;
         self.tables.services.put_service(key, value)
     }
     fn put_backend(&mut self, key: BackendKey, value: BackendValue) -> Result<(), ConfigError> {
+        let t = &self.tables.services;
+        check_room(
+            &self.sizes,
+            &lb_api::tables::BACKENDS,
+            t.backends.len(),
+            t.backends.contains_key(&key),
+        )?;
         self.tables.services.put_backend(key, value)
     }
     fn get_service(&self, key: &ServiceKey) -> Option<ServiceValue> {
