@@ -236,7 +236,8 @@ counter_space! {
         NoBackend = 5 => "no_backend",
         /// The backend slot chosen for the flow is missing from the backend table.
         BackendMissing = 6 => "backend_missing",
-        /// The conntrack table refused the new flow's entries (full).
+        /// The conntrack table (`LB_CT`, `tables::CONNTRACK`) refused the new flow's entries
+        /// (full): raise `lb_control::TableSizes::conntrack` (a flow takes two entries).
         ConntrackFull = 7 => "conntrack_full",
         /// The datapath has not been configured (config table empty).
         NotConfigured = 8 => "not_configured",

@@ -34,6 +34,10 @@
 //! [`DropEvent`](lb_api::events::DropEvent) per dropped packet with its reason and flow, from the
 //! programs' ring buffer; the userspace engine has the same call).
 //!
+//! The tables' sizes are set at load ([`LoadOptions`] with an [`lb_control::TableSizes`];
+//! [`KernelDatapath::load`] uses the production defaults), and a full table refuses a service
+//! with [`lb_control::ConfigError::TableFull`] naming it, as the engine does.
+//!
 //! One file per concern: [`Program`] (the programs in the object), [`Error`], loading and pinning
 //! (`load.rs`), attaching (`attach.rs`), the tables (`tables.rs`: configuration, services,
 //! conntrack reads; which tables exist is declared once in [`lb_api::tables`]), drop events,

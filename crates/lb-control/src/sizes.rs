@@ -388,6 +388,8 @@ mod tests {
     fn defaults_are_at_least_ciliums_and_valid() {
         let d = TableSizes::default();
         d.validate(None).unwrap();
+        // The engine's drop-event queue at the defaults is the ring's 64-byte slots.
+        assert_eq!(d.drop_events_bytes / 64, 4096);
         assert!(d.conntrack >= 768 * 1024);
         assert!(d.services >= 64 * 1024);
         assert!(d.backends >= 64 * 16_381);

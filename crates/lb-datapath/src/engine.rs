@@ -31,8 +31,9 @@ use std::collections::VecDeque;
 
 mod dataplane;
 
-/// How many drop events the engine keeps until they are drained: about what the kernel's
-/// 256 KiB ring buffer holds (4095 56-byte records in 64-byte slots).
+/// How many drop events the engine keeps until they are drained at the default sizes: about
+/// what the kernel's 256 KiB ring buffer holds (4095 56-byte records in 64-byte slots). An
+/// engine of other sizes keeps `TableSizes::drop_events_bytes / 64`.
 pub const DROP_EVENT_QUEUE_LEN: usize = 4096;
 
 /// Bytes of room the engine keeps in front of a frame, as XDP does (`XDP_PACKET_HEADROOM`), for
@@ -455,7 +456,7 @@ impl<C: Clock> Engine<C> {
     /// Queues an event; when the queue is full the oldest goes, counted as
     /// [`Counter::DropEventsLost`] (a consumer that falls behind sees the latest drops).
     fn queue_drop_event(&mut self, ev: DropEvent) {
-        if self.drop_events.len() >= DROP_EVENT_QUEUE_LEN {
+        if self.drop_events.len() >= (self.sizes.drop_events_bytes / 64) as usize {
             self.drop_events.pop_front();
             self.tables.counters.bump(Counter::DropEventsLost.slot());
         }
@@ -463,7 +464,7 @@ impl<C: Clock> Engine<C> {
     }
 
     /// The drop events recorded since the last call, oldest first (at most
-    /// [`DROP_EVENT_QUEUE_LEN`]; older ones were counted as [`Counter::DropEventsLost`]).
+    /// [`DROP_EVENT_QUEUE_LEN`] at the default sizes; older ones were counted as [`Counter::DropEventsLost`]).
     /// `KernelDatapath::drain_drop_events` reads the kernel's the same way.
     pub fn drain_drop_events(&mut self) -> Vec<DropEvent> {
         self.drop_events.drain(..).collect()

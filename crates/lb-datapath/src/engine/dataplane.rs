@@ -121,4 +121,51 @@ mod tests {
         assert_eq!(observe(dp), (0, 0, 0));
         assert_eq!(e.counters().get(Counter::DropEventsLost), 0);
     }
+
+    /// A table at its size refuses a new entry with the error the kernel's full map gives,
+    /// naming the table, its capacity and the setting; replacing an entry still works.
+    #[test]
+    fn full_tables_are_refused_by_name() {
+        let sizes = lb_control::TableSizes {
+            services: 1,
+            backends: 3,
+            ..lb_control::TableSizes::small()
+        };
+        let mut e = Engine::with_sizes(&sizes, default_config(1), ManualClock::new(1));
+        let dp: &mut dyn Dataplane = &mut e;
+        let spec = |id: u32, n: u8| ServiceSpec {
+            id,
+            frontend: std::format!("10.96.0.{id}:80").parse().unwrap(),
+            proto: L4Proto::Tcp,
+            backends: (1..=n)
+                .map(|i| std::format!("10.1.0.{i}:8080").parse().unwrap())
+                .collect(),
+            ..Default::default()
+        };
+        dp.upsert_service(&spec(1, 2)).unwrap();
+        dp.upsert_service(&spec(1, 3)).unwrap();
+        let err = dp.upsert_service(&spec(2, 0)).unwrap_err();
+        let full = ConfigError::TableFull {
+            table: "LB_SERVICES",
+            capacity: 1,
+            knob: "TableSizes::services",
+        };
+        assert_eq!(err.config(), Some(&full));
+        let err = dp.upsert_service(&spec(1, 4)).unwrap_err();
+        assert!(
+            matches!(
+                err.config(),
+                Some(ConfigError::TableFull {
+                    table: "LB_BACKENDS",
+                    capacity: 3,
+                    ..
+                })
+            ),
+            "{err}"
+        );
+        assert!(
+            std::format!("{err}").contains("TableSizes::backends"),
+            "{err}"
+        );
+    }
 }
