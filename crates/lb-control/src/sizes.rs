@@ -191,10 +191,10 @@ impl TableSizes {
             .collect()
     }
 
-    /// Checks every size: non-zero and at least the least the datapath works with (conntrack:
-    /// one flow's two entries; backends: one Maglev table's slots are not required, one slot
-    /// is), the ring a power-of-two multiple of [`PAGE_SIZE`], and, with `memory_limit`, the
-    /// estimate of all tables ([`memory_bytes`](Self::memory_bytes)) within it.
+    /// Checks every size: at least the least the datapath works with (conntrack: one flow's two
+    /// entries; every other table: one entry), the ring a power-of-two multiple of
+    /// [`PAGE_SIZE`], and, with `memory_limit`, the estimate of all tables
+    /// ([`memory_bytes`](Self::memory_bytes)) within it.
     ///
     /// # Errors
     /// The first [`SizeError`] found, naming the table and the setting.
