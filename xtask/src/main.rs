@@ -332,6 +332,8 @@ fn bench(kernel_only: bool, modes_only: bool) -> Result<()> {
             "xtask",
             "--exclude",
             "lb-examples",
+            "--exclude",
+            "lb-testbed",
         ]))?;
     }
     if !is_root() {
@@ -347,7 +349,7 @@ fn bench(kernel_only: bool, modes_only: bool) -> Result<()> {
                     "--quiet",
                     "--release",
                     "-p",
-                    "lb-examples",
+                    "lb-testbed",
                     "--bin",
                     "lb-kernel-bench",
                 ])
@@ -360,7 +362,7 @@ fn bench(kernel_only: bool, modes_only: bool) -> Result<()> {
             "--quiet",
             "--release",
             "-p",
-            "lb-examples",
+            "lb-testbed",
             "--bin",
             "lb-mode-bench",
         ]))?;

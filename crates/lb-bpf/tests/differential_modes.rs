@@ -28,7 +28,6 @@ mod common;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use common::harness::{EngineAndKernel, Outcome};
 use common::tagged;
 use lb_api::abi::{
     CtEntry, CtKey, CtKind, CtState, CT_F_BACKEND_SIDE, CT_F_DSR, CT_F_SNAT,
@@ -45,6 +44,7 @@ use lb_api::Verdict;
 use lb_bpf::Program;
 use lb_datapath::engine::default_config;
 use lb_nat::control::{BackendSpec, ForwardingMode, NodeSpec, PortRange, ServiceSpec};
+use lb_testbed::harness::{EngineAndKernel, Outcome};
 
 const CLIENT: [u8; 4] = [172, 16, 0, 9];
 const CLIENT2: [u8; 4] = [172, 16, 0, 10];
@@ -839,8 +839,10 @@ struct Cluster {
 impl Cluster {
     fn new(program: Program) -> Self {
         let world = |n: Node| {
-            let mut h = EngineAndKernel::new(program, default_config(0x5eed), &services(n));
-            h.set_node(&node_spec(n));
+            let mut h = EngineAndKernel::new(program, default_config(0x5eed), &services(n))
+                .unwrap_or_else(|e| panic!("engine and kernel: {e:#}"));
+            h.set_node(&node_spec(n))
+                .unwrap_or_else(|e| panic!("set_node: {e:#}"));
             h
         };
         Self {
@@ -876,7 +878,7 @@ impl Cluster {
             Node::B => &mut self.b,
             Node::C => &mut self.c,
         };
-        let o = h.send(&what, &f.frame, self.now);
+        let o = h.expect_same(&what, &f.frame, self.now);
         let (expect, out) = match (self.program, f.at_tc) {
             (Program::Tc, Differs(e)) => {
                 self.differs += 1;

@@ -33,8 +33,10 @@ use lb_api::wire::testing::{tcp_v4_frame, tcp_v6_frame};
 use lb_api::wire::TcpFlags;
 use lb_api::Verdict;
 use lb_bpf::{KernelDatapath, Program};
+use lb_conntrack::MonotonicClock;
 use lb_datapath::engine::Engine;
 use lb_nat::control::{BackendSpec, ForwardingMode, NodeSpec, ServiceSpec};
+use lb_testbed::harness::{Checks, EngineAndKernel};
 
 /// Options of the modes table.
 pub struct Opts {
@@ -378,12 +380,11 @@ impl Want {
     }
 }
 
-/// One node: its kernel datapath and the userspace engine with the same configuration.
+/// One node: its kernel datapath and the userspace engine with the same configuration, compared
+/// run by run ([`EngineAndKernel`]: verdict and output bytes; the counters per row).
 struct Node {
     name: &'static str,
-    dp: KernelDatapath,
-    engine: Engine,
-    cfg: DatapathConfig,
+    pair: EngineAndKernel<MonotonicClock>,
     spec: NodeSpec,
     services: Vec<ServiceSpec>,
 }
@@ -395,70 +396,55 @@ impl Node {
         spec: NodeSpec,
         services: Vec<ServiceSpec>,
     ) -> Result<Self> {
-        let mut dp = KernelDatapath::load().context("loading the programs")?;
-        dp.set_config(&cfg)?;
-        dp.set_node(&spec)?;
-        for s in &services {
-            dp.upsert_service(s)?;
-        }
-        let engine = Self::engine(cfg, &spec, &services)?;
+        let mut pair =
+            EngineAndKernel::with_clock(Program::Xdp, cfg, MonotonicClock, CT_CAPACITY, &services)
+                .context("loading the programs")?;
+        pair.set_node(&spec)?;
+        pair.checks = Checks::Output;
         Ok(Self {
             name,
-            dp,
-            engine,
-            cfg,
+            pair,
             spec,
             services,
         })
     }
 
-    fn engine(cfg: DatapathConfig, spec: &NodeSpec, services: &[ServiceSpec]) -> Result<Engine> {
-        let mut e = Engine::new(CT_CAPACITY);
-        e.set_config(cfg);
-        e.set_node(spec)?;
-        for s in services {
-            e.upsert_service(s)?;
-        }
-        Ok(e)
+    /// The kernel side.
+    fn dp(&self) -> &KernelDatapath {
+        &self.pair.dp
     }
 
     /// Empties conntrack in both worlds.
     fn reset(&mut self) -> Result<()> {
-        self.dp.flush_conntrack()?;
-        ensure!(self.dp.conntrack_entries()?.is_empty(), "conntrack flush");
-        self.engine = Self::engine(self.cfg, &self.spec, &self.services)?;
+        self.pair.dp.flush_conntrack()?;
+        ensure!(
+            self.pair.dp.conntrack_entries()?.is_empty(),
+            "conntrack flush"
+        );
+        let mut e = Engine::with_clock(CT_CAPACITY, *self.pair.config(), MonotonicClock);
+        e.set_node(&self.spec)?;
+        for s in &self.services {
+            e.upsert_service(s)?;
+        }
+        self.pair.engine = e;
         Ok(())
     }
 
     /// One run of `frame` through the XDP program and through the engine: the verdict must be
     /// Pass and both outputs byte-identical. Returns the output and the kernel's time.
     fn once(&mut self, frame: &[u8]) -> Result<(Vec<u8>, u64)> {
-        let k = self.dp.test_run(Program::Xdp, frame, 1)?;
-        let mut u = frame.to_vec();
-        let uv = self.engine.process(&mut u);
+        let out = self
+            .pair
+            .send(frame, None)
+            .with_context(|| format!("node {}", self.name))?;
         ensure!(
-            k.verdict == Verdict::Pass,
+            out.verdict == Verdict::Pass,
             "node {}: verdict {:?}, expected Pass (drop events: {:?})",
             self.name,
-            k.verdict,
-            self.dp.drain_drop_events()?
+            out.verdict,
+            self.pair.dp.drain_drop_events()?
         );
-        ensure!(
-            uv == k.verdict,
-            "node {}: the engine says {uv:?}, the kernel {:?}",
-            self.name,
-            k.verdict
-        );
-        if k.data != u {
-            let at = k.data.iter().zip(&u).position(|(a, b)| a != b);
-            bail!(
-                "node {}: kernel output ({} B) differs from the engine's ({} B), first at byte {at:?}",
-                self.name,
-                k.data.len(),
-                u.len()
-            );
-        }
-        Ok((k.data, k.duration.as_nanos() as u64))
+        Ok((out.frame, out.kernel_ns))
     }
 }
 
@@ -538,7 +524,7 @@ fn measure(
             case.path
         )
     };
-    let (k0, e0) = (node.dp.counters()?, *node.engine.counters());
+    let (k0, e0) = (node.dp().counters()?, *node.pair.engine.counters());
     let mut times = Vec::with_capacity(runs as usize);
     let mut outs = Vec::with_capacity(runs as usize + 1);
     let (mut len_in, mut len_out) = (0, 0);
@@ -564,7 +550,7 @@ fn measure(
         .map(|c| (c.slot() as usize, n))
         .collect();
     want.sort_unstable();
-    let (k1, e1) = (node.dp.counters()?, *node.engine.counters());
+    let (k1, e1) = (node.dp().counters()?, *node.pair.engine.counters());
     for (world, got) in [("kernel", delta(&k0, &k1)), ("engine", delta(&e0, &e1))] {
         ensure!(
             got == want,
@@ -841,15 +827,15 @@ fn repeat_effect(node: &mut Node) -> Result<String> {
         Family::V4.vip(Mode::Local),
     );
     let syn = node
-        .dp
+        .dp()
         .test_run(Program::Xdp, &frame(client, vip, TcpFlags::SYN)?, 1)?;
     ensure!(syn.verdict == Verdict::Pass, "the SYN: {:?}", syn.verdict);
     let ack = frame(client, vip, TcpFlags::ACK)?;
     let mut said = Vec::new();
     for p in [Program::Xdp, Program::Tc] {
-        let before = node.dp.counters()?;
-        node.dp.test_run(p, &ack, 1000)?;
-        let d = delta(&before, &node.dp.counters()?);
+        let before = node.dp().counters()?;
+        node.dp().test_run(p, &ack, 1000)?;
+        let d = delta(&before, &node.dp().counters()?);
         said.push(format!("{}: {}", p.name(), show(&d)));
     }
     // The engine never saw these packets: start both worlds afresh.
@@ -896,7 +882,7 @@ pub fn run(cfg: DatapathConfig, opts: &Opts) -> Result<()> {
     let mut rows = Vec::new();
     let mut bases = Vec::new();
     for &fam in families {
-        bases.push((fam, baseline(&a.dp, fam, opts)?));
+        bases.push((fam, baseline(a.dp(), fam, opts)?));
         for mode in Mode::ALL {
             if fam == Family::V6 && mode == Mode::Local {
                 continue;

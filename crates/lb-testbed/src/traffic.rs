@@ -31,6 +31,8 @@ pub const BACKEND_PORT: u16 = 8080;
 pub const HTTP_PORT: u16 = 8081;
 /// The port the backends' TCP echo (bulk transfers) listens on.
 pub const BULK_PORT: u16 = 8082;
+/// Bytes a bulk transfer of the scenarios sends each way (and gets back).
+pub const BULK_BYTES: usize = 8 << 20;
 
 /// Where one backend runs: its namespace, its name in answers, and its addresses.
 #[derive(Debug, Clone)]
