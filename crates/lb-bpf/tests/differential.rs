@@ -91,6 +91,8 @@ impl Flows<'_> {
 
 /// A frame of the table, built when its fixture runs.
 type Build = Box<dyn Fn(&Flows) -> Vec<u8>>;
+/// Whether a fixture runs, given the flows so far.
+type When = Box<dyn Fn(&Flows) -> bool>;
 /// A check of the flows after a fixture ran (an error message if they are not as expected).
 type After = Box<dyn Fn(&Flows) -> Result<(), String>>;
 
@@ -106,7 +108,7 @@ struct Fixture {
     drop: Option<DropReason>,
     out: Option<Build>,
     /// Runs only when this holds for the flows so far (a search that stops when it finds).
-    when: Option<Box<dyn Fn(&Flows) -> bool>>,
+    when: Option<When>,
     after: Option<After>,
 }
 
