@@ -5,7 +5,9 @@
 //! --bin lb-kernel-bench` as root). `--modes` measures the forwarding modes instead (see
 //! [`modes`]).
 
+mod decode;
 mod modes;
+mod node;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;

@@ -24,19 +24,18 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use anyhow::{anyhow, bail, ensure, Context, Result};
-use etherparse::{Ipv6ExtensionSlice, NetSlice, SlicedPacket, TransportSlice};
+use anyhow::{bail, ensure, Context, Result};
 use lb_api::abi::DatapathConfig;
-use lb_api::counters::{Counter, CounterSnapshot, DropReason, COUNTER_SLOTS};
+use lb_api::counters::Counter;
 use lb_api::flow::L4Proto;
 use lb_api::wire::testing::{tcp_v4_frame, tcp_v6_frame};
 use lb_api::wire::TcpFlags;
 use lb_api::Verdict;
 use lb_bpf::{KernelDatapath, Program};
-use lb_conntrack::MonotonicClock;
-use lb_datapath::engine::Engine;
 use lb_nat::control::{BackendSpec, ForwardingMode, NodeSpec, ServiceSpec};
-use lb_testbed::harness::{Checks, EngineAndKernel};
+
+use crate::decode::{decode, Outer, Want, VXLAN_PORT};
+use crate::node::{delta, show, summarize, Node};
 
 /// Options of the modes table.
 pub struct Opts {
@@ -48,8 +47,6 @@ pub struct Opts {
     pub v6: bool,
 }
 
-/// Conntrack capacity of the engine, as the kernel map's.
-const CT_CAPACITY: usize = 65_536;
 /// Client port of the flow the established and reply rows use.
 const FLOW_PORT: u16 = 50_000;
 /// First client port of the new-flow rows (one port per run).
@@ -57,7 +54,6 @@ const NEW_FLOW_PORT: u16 = 10_000;
 /// Most timed runs per row: the new-flow ports stay below [`FLOW_PORT`], and a row's flows
 /// (two entries each) fit the 65 536-entry conntrack map.
 pub const MAX_RUNS: u32 = 30_000;
-const VXLAN_PORT: u16 = 4789;
 const VNI: u32 = 1;
 const BACKENDS: u8 = 8;
 
@@ -192,293 +188,6 @@ fn frame(src: SocketAddr, dst: SocketAddr, flags: u8) -> Result<Vec<u8>> {
     })
 }
 
-/// A packet as etherparse decodes it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct View {
-    src: SocketAddr,
-    dst: SocketAddr,
-    /// The service address of a DSR carrier (IPv4 option 0x9a, IPv6 destination option 0x1b).
-    dsr: Option<SocketAddr>,
-    /// The VXLAN outer headers, when the TCP packet is encapsulated.
-    outer: Option<Outer>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Outer {
-    src: IpAddr,
-    dst: IpAddr,
-    dst_port: u16,
-    vni: u32,
-}
-
-/// Decodes an Ethernet frame carrying TCP, possibly VXLAN-encapsulated, checking the IPv4
-/// header and TCP checksums.
-fn decode(frame: &[u8]) -> Result<View> {
-    let p = SlicedPacket::from_ethernet(frame).map_err(|e| anyhow!("etherparse: {e}"))?;
-    let (src, dst, dsr) = match &p.net {
-        Some(NetSlice::Ipv4(ip)) => {
-            let h = ip.header();
-            ensure!(
-                h.to_header().calc_header_checksum() == h.header_checksum(),
-                "IPv4 header checksum is wrong"
-            );
-            (
-                IpAddr::V4(h.source_addr()),
-                IpAddr::V4(h.destination_addr()),
-                dsr_v4(h.options())?,
-            )
-        }
-        Some(NetSlice::Ipv6(ip)) => {
-            let h = ip.header();
-            let mut dsr = None;
-            for ext in ip.extensions().clone() {
-                if let Ipv6ExtensionSlice::DestinationOptions(d) = ext {
-                    dsr = dsr.or(dsr_v6(d.payload())?);
-                }
-            }
-            (
-                IpAddr::V6(h.source_addr()),
-                IpAddr::V6(h.destination_addr()),
-                dsr,
-            )
-        }
-        None => bail!("no IP header"),
-    };
-    match &p.transport {
-        Some(TransportSlice::Tcp(tcp)) => {
-            let want = match (src, dst) {
-                (IpAddr::V4(s), IpAddr::V4(d)) => tcp.calc_checksum_ipv4(s.octets(), d.octets()),
-                (IpAddr::V6(s), IpAddr::V6(d)) => tcp.calc_checksum_ipv6(s.octets(), d.octets()),
-                _ => bail!("mixed address families"),
-            }
-            .map_err(|e| anyhow!("TCP checksum: {e}"))?;
-            ensure!(want == tcp.checksum(), "TCP checksum is wrong");
-            Ok(View {
-                src: SocketAddr::new(src, tcp.source_port()),
-                dst: SocketAddr::new(dst, tcp.destination_port()),
-                dsr,
-                outer: None,
-            })
-        }
-        Some(TransportSlice::Udp(udp)) if udp.destination_port() == VXLAN_PORT => {
-            ensure!(dsr.is_none(), "a DSR carrier on a VXLAN packet");
-            let vx = udp.payload();
-            // IPv4: zero (none, RFC 7348) or right; IPv6: right, and zero is invalid.
-            let sum = match (src, dst) {
-                (IpAddr::V4(s), IpAddr::V4(d)) => {
-                    udp.to_header()
-                        .calc_checksum_ipv4_raw(s.octets(), d.octets(), vx)
-                }
-                (IpAddr::V6(s), IpAddr::V6(d)) => {
-                    udp.to_header()
-                        .calc_checksum_ipv6_raw(s.octets(), d.octets(), vx)
-                }
-                _ => bail!("mixed address families"),
-            }
-            .map_err(|e| anyhow!("outer UDP checksum: {e}"))?;
-            ensure!(
-                udp.checksum() == sum || (udp.checksum() == 0 && src.is_ipv4()),
-                "outer UDP checksum {:#06x}, expected {sum:#06x}",
-                udp.checksum()
-            );
-            ensure!(
-                vx.len() >= 8 && vx[0] == 0x08,
-                "VXLAN header without the I flag"
-            );
-            let mut inner = decode(&vx[8..]).context("inner frame")?;
-            ensure!(inner.outer.is_none(), "VXLAN in VXLAN");
-            inner.outer = Some(Outer {
-                src,
-                dst,
-                dst_port: udp.destination_port(),
-                vni: u32::from_be_bytes([0, vx[4], vx[5], vx[6]]),
-            });
-            Ok(inner)
-        }
-        other => bail!("neither TCP nor VXLAN: {other:?}"),
-    }
-}
-
-/// The DSR target in IPv4 options: type 0x9a, length 8, port, address.
-fn dsr_v4(opts: &[u8]) -> Result<Option<SocketAddr>> {
-    let mut i = 0;
-    while i < opts.len() {
-        match opts[i] {
-            0 => break,
-            1 => i += 1,
-            t => {
-                let len = usize::from(*opts.get(i + 1).context("truncated IPv4 option")?);
-                let o = opts
-                    .get(i..i + len)
-                    .context("IPv4 option past the header")?;
-                ensure!(len >= 2, "IPv4 option of length {len}");
-                if t == 0x9a {
-                    ensure!(len == 8, "DSR option of length {len}");
-                    let ip = Ipv4Addr::new(o[4], o[5], o[6], o[7]);
-                    return Ok(Some(SocketAddr::new(
-                        ip.into(),
-                        u16::from_be_bytes([o[2], o[3]]),
-                    )));
-                }
-                i += len;
-            }
-        }
-    }
-    Ok(None)
-}
-
-/// The DSR target in an IPv6 destination options header's options: type 0x1b, length 20,
-/// address, port.
-fn dsr_v6(opts: &[u8]) -> Result<Option<SocketAddr>> {
-    let mut i = 0;
-    while i < opts.len() {
-        if opts[i] == 0 {
-            i += 1;
-            continue;
-        }
-        let len = usize::from(*opts.get(i + 1).context("truncated IPv6 option")?);
-        let o = opts
-            .get(i + 2..i + 2 + len)
-            .context("IPv6 option past its header")?;
-        if opts[i] == 0x1b {
-            ensure!(len == 20, "DSR option of length {len}");
-            let mut a = [0u8; 16];
-            a.copy_from_slice(&o[..16]);
-            return Ok(Some(SocketAddr::new(
-                Ipv6Addr::from(a).into(),
-                u16::from_be_bytes([o[16], o[17]]),
-            )));
-        }
-        i += 2 + len;
-    }
-    Ok(None)
-}
-
-/// What a row's output must decode to.
-struct Want {
-    src: SocketAddr,
-    /// The destination: one of these (a new flow's backend is picked by hash).
-    dst: Vec<SocketAddr>,
-    dsr: Option<SocketAddr>,
-    outer: Option<Outer>,
-}
-
-impl Want {
-    fn check(&self, v: &View) -> Result<()> {
-        ensure!(
-            v.src == self.src
-                && self.dst.contains(&v.dst)
-                && v.dsr == self.dsr
-                && v.outer == self.outer,
-            "output {v:?}, expected src {}, dst one of {:?}, DSR carrier {:?}, outer {:?}",
-            self.src,
-            self.dst,
-            self.dsr,
-            self.outer
-        );
-        Ok(())
-    }
-}
-
-/// One node: its kernel datapath and the userspace engine with the same configuration, compared
-/// run by run ([`EngineAndKernel`]: verdict and output bytes; the counters per row).
-struct Node {
-    name: &'static str,
-    pair: EngineAndKernel<MonotonicClock>,
-    spec: NodeSpec,
-    services: Vec<ServiceSpec>,
-}
-
-impl Node {
-    fn load(
-        name: &'static str,
-        cfg: DatapathConfig,
-        spec: NodeSpec,
-        services: Vec<ServiceSpec>,
-    ) -> Result<Self> {
-        let mut pair =
-            EngineAndKernel::with_clock(Program::Xdp, cfg, MonotonicClock, CT_CAPACITY, &services)
-                .context("loading the programs")?;
-        pair.set_node(&spec)?;
-        pair.checks = Checks::Output;
-        Ok(Self {
-            name,
-            pair,
-            spec,
-            services,
-        })
-    }
-
-    /// The kernel side.
-    fn dp(&self) -> &KernelDatapath {
-        &self.pair.dp
-    }
-
-    /// Empties conntrack in both worlds.
-    fn reset(&mut self) -> Result<()> {
-        self.pair.dp.flush_conntrack()?;
-        ensure!(
-            self.pair.dp.conntrack_entries()?.is_empty(),
-            "conntrack flush"
-        );
-        let mut e = Engine::with_clock(CT_CAPACITY, *self.pair.config(), MonotonicClock);
-        e.set_node(&self.spec)?;
-        for s in &self.services {
-            e.upsert_service(s)?;
-        }
-        self.pair.engine = e;
-        Ok(())
-    }
-
-    /// One run of `frame` through the XDP program and through the engine: the verdict must be
-    /// Pass and both outputs byte-identical. Returns the output and the kernel's time.
-    fn once(&mut self, frame: &[u8]) -> Result<(Vec<u8>, u64)> {
-        let out = self
-            .pair
-            .send(frame, None)
-            .with_context(|| format!("node {}", self.name))?;
-        ensure!(
-            out.verdict == Verdict::Pass,
-            "node {}: verdict {:?}, expected Pass (drop events: {:?})",
-            self.name,
-            out.verdict,
-            self.pair.dp.drain_drop_events()?
-        );
-        Ok((out.frame, out.kernel_ns))
-    }
-}
-
-/// Counter slots that grew between two snapshots.
-fn delta(before: &CounterSnapshot, after: &CounterSnapshot) -> Vec<(usize, u64)> {
-    (0..COUNTER_SLOTS as usize)
-        .filter_map(|i| {
-            let d = after.0[i].wrapping_sub(before.0[i]);
-            (d != 0).then_some((i, d))
-        })
-        .collect()
-}
-
-fn slot_name(slot: usize) -> String {
-    Counter::ALL
-        .iter()
-        .find(|c| c.slot() as usize == slot)
-        .map(|c| c.name())
-        .or_else(|| {
-            DropReason::ALL
-                .iter()
-                .find(|r| r.slot() as usize == slot)
-                .map(|r| r.name())
-        })
-        .map_or_else(|| format!("slot {slot}"), str::to_string)
-}
-
-fn show(d: &[(usize, u64)]) -> String {
-    d.iter()
-        .map(|(s, n)| format!("{}={n}", slot_name(*s)))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 /// A measured row.
 struct Row {
     family: Family,
@@ -489,13 +198,6 @@ struct Row {
     mean: f64,
     len_in: usize,
     len_out: usize,
-}
-
-/// Median and mean of single-run times.
-fn summarize(mut ns: Vec<u64>) -> (u64, f64) {
-    ns.sort_unstable();
-    let mean = ns.iter().sum::<u64>() as f64 / ns.len().max(1) as f64;
-    (ns.get(ns.len() / 2).copied().unwrap_or(0), mean)
 }
 
 /// A row to measure on one node: run `i` sends `frames(i)` (run 0 is the untimed preflight)
