@@ -8,6 +8,8 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
+mod stack;
+
 /// Versions from ../shared/TOOLCHAIN.md.
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
@@ -63,6 +65,13 @@ enum Task {
         #[arg(long)]
         modes_only: bool,
     },
+    /// The kernel programs' stack frames and deepest call chains (the verifier allows 512 bytes
+    /// per chain), from the disassembly of the programs object.
+    Stack {
+        /// Read this programs object instead of building lb-bpf's.
+        #[arg(long)]
+        object: Option<PathBuf>,
+    },
     /// Fuzz every cargo-fuzz target for a while.
     Fuzz {
         /// Seconds per target.
@@ -85,6 +94,7 @@ fn main() -> ExitCode {
             modes_only,
         } => bench(kernel_only, modes_only),
         Task::Fuzz { seconds, target } => fuzz(seconds, target.as_deref()),
+        Task::Stack { object } => stack::stack(object),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

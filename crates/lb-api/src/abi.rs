@@ -229,6 +229,76 @@ pub struct CtEntry {
     pub reserved: u32,
 }
 
+impl CtEntry {
+    /// Whether the entry carries every flag of `flag` (one or more `CT_F_*` bits).
+    #[inline(always)]
+    #[must_use]
+    pub const fn has(&self, flag: u8) -> bool {
+        self.flags & flag == flag
+    }
+
+    /// [`CT_F_REPLY_SEEN`]: a packet in the reply direction has been seen.
+    #[inline(always)]
+    #[must_use]
+    pub const fn reply_seen(&self) -> bool {
+        self.has(CT_F_REPLY_SEEN)
+    }
+
+    /// [`CT_F_SRC_PORT_REWRITTEN`]: the client's source port was rewritten
+    /// ([`rewritten_src_port`](Self::rewritten_src_port)).
+    #[inline(always)]
+    #[must_use]
+    pub const fn src_port_rewritten(&self) -> bool {
+        self.has(CT_F_SRC_PORT_REWRITTEN)
+    }
+
+    /// [`CT_F_SNAT`]: the flow's source is translated to this node's address
+    /// ([`snat_addr`](Self::snat_addr)).
+    #[inline(always)]
+    #[must_use]
+    pub const fn is_snat(&self) -> bool {
+        self.has(CT_F_SNAT)
+    }
+
+    /// [`CT_F_DSR`]: a direct-server-return flow.
+    #[inline(always)]
+    #[must_use]
+    pub const fn is_dsr(&self) -> bool {
+        self.has(CT_F_DSR)
+    }
+
+    /// [`CT_F_TUNNEL`]: a flow carried through the node-to-node tunnel
+    /// ([`tunnel_peer`](Self::tunnel_peer)).
+    #[inline(always)]
+    #[must_use]
+    pub const fn is_tunnel(&self) -> bool {
+        self.has(CT_F_TUNNEL)
+    }
+
+    /// [`CT_F_BACKEND_SIDE`]: made on the backend's node for a flow another node translated.
+    #[inline(always)]
+    #[must_use]
+    pub const fn is_backend_side(&self) -> bool {
+        self.has(CT_F_BACKEND_SIDE)
+    }
+
+    /// Whether the flow's packets leave this node for the backend's node with a carrier (DSR or
+    /// tunnel): set on the node that picked the backend, not on the backend's node.
+    #[inline(always)]
+    #[must_use]
+    pub const fn is_carried_to_peer(&self) -> bool {
+        self.flags & (CT_F_DSR | CT_F_TUNNEL) != 0 && !self.is_backend_side()
+    }
+
+    /// Whether the flow's replies go back to the node it came from through the tunnel: the
+    /// backend's node of a tunnelled flow.
+    #[inline(always)]
+    #[must_use]
+    pub const fn replies_through_tunnel(&self) -> bool {
+        self.has(CT_F_BACKEND_SIDE | CT_F_TUNNEL)
+    }
+}
+
 /// Per-state timeouts in nanoseconds, indexed by [`CtState`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
 #[repr(C)]
@@ -508,6 +578,38 @@ mod pod {
 mod tests {
     use super::*;
     use core::mem::{align_of, size_of};
+
+    #[test]
+    fn ct_entry_flag_accessors_read_their_flag() {
+        let with = |flags| CtEntry {
+            flags,
+            ..CtEntry::default()
+        };
+        let none = with(0);
+        assert!(!none.is_snat() && !none.is_dsr() && !none.is_tunnel());
+        assert!(!none.is_backend_side() && !none.src_port_rewritten() && !none.reply_seen());
+        assert!(with(CT_F_REPLY_SEEN).reply_seen());
+        assert!(with(CT_F_SRC_PORT_REWRITTEN).src_port_rewritten());
+        assert!(with(CT_F_SNAT).is_snat());
+        assert!(with(CT_F_DSR).is_dsr());
+        assert!(with(CT_F_TUNNEL).is_tunnel());
+        assert!(with(CT_F_BACKEND_SIDE).is_backend_side());
+        assert!(with(CT_F_SNAT | CT_F_DSR).has(CT_F_SNAT | CT_F_DSR));
+        assert!(
+            !with(CT_F_SNAT).has(CT_F_SNAT | CT_F_DSR),
+            "has: every flag"
+        );
+        // Carried to the peer node from the node that picked the backend only.
+        assert!(with(CT_F_DSR).is_carried_to_peer());
+        assert!(with(CT_F_TUNNEL).is_carried_to_peer());
+        assert!(!with(CT_F_SNAT).is_carried_to_peer());
+        assert!(!with(CT_F_DSR | CT_F_BACKEND_SIDE).is_carried_to_peer());
+        assert!(!with(CT_F_TUNNEL | CT_F_BACKEND_SIDE).is_carried_to_peer());
+        // Replies go back through the tunnel from the backend's node of a tunnelled flow.
+        assert!(with(CT_F_TUNNEL | CT_F_BACKEND_SIDE).replies_through_tunnel());
+        assert!(!with(CT_F_TUNNEL).replies_through_tunnel());
+        assert!(!with(CT_F_DSR | CT_F_BACKEND_SIDE).replies_through_tunnel());
+    }
 
     #[test]
     fn abi_sizes_are_stable() {

@@ -3,7 +3,7 @@
 
 mod common;
 
-use lb_api::abi::{CtKind, CT_F_SRC_PORT_REWRITTEN};
+use lb_api::abi::CtKind;
 use lb_api::counters::{Counter, DropReason};
 use lb_api::flow::L4Proto;
 use lb_api::wire::testing::tcp_v4_frame;
@@ -107,10 +107,7 @@ fn kernel_resolves_nodeport_source_port_collision() {
     );
 
     let ct = dp.conntrack_entries().unwrap();
-    let flagged: Vec<_> = ct
-        .iter()
-        .filter(|(_, v)| v.flags & CT_F_SRC_PORT_REWRITTEN != 0)
-        .collect();
+    let flagged: Vec<_> = ct.iter().filter(|(_, v)| v.src_port_rewritten()).collect();
     assert_eq!(flagged.len(), 2);
     for (k, v) in flagged {
         if k.kind == CtKind::Service as u8 {

@@ -36,7 +36,7 @@ use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Instant;
 
-use lb_api::abi::{CtKind, CtState, DatapathConfig, CT_F_SNAT};
+use lb_api::abi::{CtKind, CtState, DatapathConfig};
 use lb_api::counters::{Counter, CounterSnapshot, DropReason};
 use lb_api::events::DropEvent;
 use lb_api::flow::{v4_addr, L4Proto};
@@ -350,7 +350,7 @@ impl Pressure {
             .iter()
             .filter(|(k, e)| {
                 k.kind == CtKind::ReverseNat as u8
-                    && e.flags & CT_F_SNAT != 0
+                    && e.is_snat()
                     && k.src == v4_addr(BE)
                     && k.src_port == BPORT
                     && k.dst == node

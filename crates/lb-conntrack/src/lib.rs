@@ -52,7 +52,7 @@ mod gc;
 #[cfg(feature = "std")]
 pub use gc::{ConntrackGc, GcConfig, GcReport, GcTable};
 pub use metrics::{ConntrackMetrics, GcStats, ProtoCounts};
-pub use pair::partner_key;
+pub use pair::{make_reverse, partner_key, reverse_key, reverse_key_of, service_key_of};
 pub use reuse::{tuple_reuse, TupleReuse};
 pub use state::{
     icmp_echo_direction, icmp_echo_tuple, initial_state, tcp_edges, tcp_next_state, tcp_transition,

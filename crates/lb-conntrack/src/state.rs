@@ -267,14 +267,13 @@ fn one_sided(
     state: CtState,
     dir: Direction,
     tcp_flags: u8,
-    entry_flags: u8,
+    reply_seen: bool,
 ) -> TcpTransition {
     let ack_in_syn_sent = matches!(
         (state, dir, TcpPacketClass::of(tcp_flags)),
         (CtState::SynSent, Direction::Original, TcpPacketClass::Ack)
     );
-    if matches!(t, TcpTransition::Invalid) && ack_in_syn_sent && entry_flags & CT_F_REPLY_SEEN == 0
-    {
+    if matches!(t, TcpTransition::Invalid) && ack_in_syn_sent && !reply_seen {
         TcpTransition::To(CtState::Established)
     } else {
         t
@@ -310,7 +309,7 @@ pub fn track(
             state,
             dir,
             tcp_flags,
-            entry.flags,
+            entry.reply_seen(),
         ) {
             TcpTransition::To(s) => {
                 if s == CtState::SynSent && matches!(state, CtState::TimeWait | CtState::Close) {
@@ -585,7 +584,7 @@ mod tests {
         assert_eq!(track(&mut e, Reply, S | A, 10, &t), TrackOutcome::Updated);
         assert_eq!(e.state, SynRecv as u8);
         assert_eq!(e.expires_ns, 10 + t.of(SynRecv as u8));
-        assert_eq!(e.flags & CT_F_REPLY_SEEN, CT_F_REPLY_SEEN);
+        assert!(e.reply_seen());
         assert_eq!((e.packets_orig, e.packets_reply), (0, 1));
     }
 
@@ -624,8 +623,8 @@ mod tests {
         assert_eq!(track(&mut e, Original, S, 50, &t), TrackOutcome::Restarted);
         assert_eq!(e.state, SynSent as u8);
         assert_eq!(
-            (e.created_ns, e.packets_orig, e.flags & CT_F_REPLY_SEEN),
-            (50, 1, 0)
+            (e.created_ns, e.packets_orig, e.reply_seen()),
+            (50, 1, false)
         );
     }
 

@@ -8,7 +8,7 @@
 //! around the packet as its receiver sent it, and etherparse must accept its checksums.
 
 use etherparse::{Icmpv4Header, NetSlice, SlicedPacket, TransportSlice};
-use lb_api::abi::{CtKind, CT_F_SRC_PORT_REWRITTEN};
+use lb_api::abi::CtKind;
 use lb_api::counters::{Counter, DropReason};
 use lb_api::flow::{v4_addr, v4_of, L4Proto};
 use lb_api::wire::testing::{
@@ -208,11 +208,7 @@ fn scenario(v6: bool) {
     let rewritten = e
         .conntrack()
         .iter()
-        .find(|(k, v)| {
-            k.kind == CtKind::Service as u8
-                && k.dst == n.vip2
-                && v.flags & CT_F_SRC_PORT_REWRITTEN != 0
-        })
+        .find(|(k, v)| k.kind == CtKind::Service as u8 && k.dst == n.vip2 && v.src_port_rewritten())
         .map(|(_, v)| v.rewritten_src_port)
         .expect("the colliding flow's service entry records its new port");
     assert_ne!(rewritten, cp);

@@ -5,7 +5,7 @@
 //! an independent parser.
 
 use etherparse::{NetSlice, SlicedPacket, TransportSlice};
-use lb_api::abi::{CtKind, CT_F_SRC_PORT_REWRITTEN};
+use lb_api::abi::CtKind;
 use lb_api::counters::{Counter, DropReason};
 use lb_api::flow::L4Proto;
 use lb_api::wire::testing::{tcp_v4_frame, udp_v4_frame};
@@ -137,7 +137,7 @@ fn scenario(proto: L4Proto) {
     let rewritten_entries: Vec<_> = e
         .conntrack()
         .iter()
-        .filter(|(_, v)| v.flags & CT_F_SRC_PORT_REWRITTEN != 0)
+        .filter(|(_, v)| v.src_port_rewritten())
         .collect();
     assert_eq!(rewritten_entries.len(), 2);
     for (k, v) in &rewritten_entries {

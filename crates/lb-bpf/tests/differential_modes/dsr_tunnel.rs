@@ -47,7 +47,7 @@ pub(crate) fn dsr_scene(cl: &mut Cluster, v6: bool, cport: u16) {
         Node::A,
         key(CtKind::Service, L4Proto::Tcp, client, cport, vip, 80),
     );
-    assert_eq!(fwd.flags & (CT_F_DSR | CT_F_BACKEND_SIDE), CT_F_DSR);
+    assert!(fwd.is_dsr() && !fwd.is_backend_side(), "{fwd:?}");
     assert!(
         !cl.has_entry(
             Node::A,
@@ -81,10 +81,7 @@ pub(crate) fn dsr_scene(cl: &mut Cluster, v6: bool, cport: u16) {
         Node::B,
         key(CtKind::ReverseNat, L4Proto::Tcp, be, 8080, client, cport),
     );
-    assert_eq!(
-        rev.flags & (CT_F_DSR | CT_F_BACKEND_SIDE),
-        CT_F_DSR | CT_F_BACKEND_SIDE
-    );
+    assert!(rev.is_dsr() && rev.is_backend_side(), "{rev:?}");
     assert_eq!(
         (rev.nat_addr, rev.nat_port),
         (addr16(vip), 80),
@@ -237,10 +234,7 @@ pub(crate) fn tunnel(cl: &mut Cluster) {
             Node::B,
             key(CtKind::ReverseNat, proto, be, bport, client, cport),
         );
-        assert_eq!(
-            rev.flags & (CT_F_TUNNEL | CT_F_BACKEND_SIDE),
-            CT_F_TUNNEL | CT_F_BACKEND_SIDE
-        );
+        assert!(rev.replies_through_tunnel(), "{rev:?}");
         assert_eq!(
             rev.tunnel_peer,
             addr16(node_a),
@@ -322,7 +316,7 @@ pub(crate) fn hybrid(cl: &mut Cluster) {
             80,
         ),
     );
-    assert_eq!(e.flags & (CT_F_DSR | CT_F_SNAT), CT_F_DSR);
+    assert!(e.is_dsr() && !e.is_snat(), "{e:?}");
     cl.run(
         fx(
             Node::A,
@@ -344,7 +338,7 @@ pub(crate) fn hybrid(cl: &mut Cluster) {
             53,
         ),
     );
-    assert_eq!(e.flags & (CT_F_DSR | CT_F_SNAT), CT_F_SNAT);
+    assert!(e.is_snat() && !e.is_dsr(), "{e:?}");
     cl.run(
         fx(
             Node::A,

@@ -44,9 +44,9 @@ pub(crate) fn backend_side_collisions(cl: &mut Cluster) {
     );
     assert_eq!((e.nat_addr, e.nat_port), (addr16(ip(BE)), 8080));
     let port = e.rewritten_src_port;
-    assert_eq!(
-        e.flags & (CT_F_SRC_PORT_REWRITTEN | CT_F_DSR | CT_F_BACKEND_SIDE),
-        CT_F_SRC_PORT_REWRITTEN | CT_F_DSR | CT_F_BACKEND_SIDE
+    assert!(
+        e.src_port_rewritten() && e.is_dsr() && e.is_backend_side(),
+        "{e:?}"
     );
     assert!(COLLISION_PORTS.contains(&port), "{port}");
     assert_eq!(

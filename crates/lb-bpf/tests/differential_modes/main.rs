@@ -34,10 +34,7 @@ mod snat;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use common::tagged;
-use lb_api::abi::{
-    CtEntry, CtKey, CtKind, CtState, CT_F_BACKEND_SIDE, CT_F_DSR, CT_F_SNAT,
-    CT_F_SRC_PORT_REWRITTEN, CT_F_TUNNEL,
-};
+use lb_api::abi::{CtEntry, CtKey, CtKind, CtState};
 use lb_api::counters::{Counter, Counters, DropReason};
 use lb_api::flow::{v4_addr, L4Proto};
 use lb_api::wire::testing::{
@@ -296,8 +293,7 @@ impl Cluster {
         for (k, e) in ct.iter() {
             let Some(p) = lb_conntrack::partner_key(k, e) else {
                 assert!(
-                    k.kind == CtKind::Service as u8
-                        && e.flags & (CT_F_DSR | CT_F_BACKEND_SIDE) == CT_F_DSR,
+                    k.kind == CtKind::Service as u8 && e.is_dsr() && !e.is_backend_side(),
                     "{what}: {n:?}: no partner key for {k:?} {e:?}"
                 );
                 continue;
@@ -467,9 +463,8 @@ fn backend_side_resolves_flows_forwarded_by_two_nodes() {
         let port = cl.entry(Node::B, second(NODE_C)).rewritten_src_port;
         assert!(COLLISION_PORTS.contains(&port), "{port}");
         assert_eq!(o.frame, via(NODE_C, port, F::SYN));
-        assert_eq!(
-            cl.entry(Node::B, second(NODE_A)).flags & CT_F_SRC_PORT_REWRITTEN,
-            0,
+        assert!(
+            !cl.entry(Node::B, second(NODE_A)).src_port_rewritten(),
             "the first flow keeps its port"
         );
         for (name, node, port) in [("A", NODE_A, cport), ("C", NODE_C, port)] {

@@ -45,12 +45,12 @@ pub(crate) fn snat_scene(
         Node::A,
         key(CtKind::Service, proto, client, cport, vip, vport),
     );
-    assert_eq!(fwd.flags & CT_F_SNAT, CT_F_SNAT, "{fwd:?}");
+    assert!(fwd.is_snat(), "{fwd:?}");
     let rev = cl.entry(
         Node::A,
         key(CtKind::ReverseNat, proto, be, bport, node, cport),
     );
-    assert_eq!(rev.flags & CT_F_SNAT, CT_F_SNAT, "{rev:?}");
+    assert!(rev.is_snat(), "{rev:?}");
     cl.run(
         fx(
             Node::A,
@@ -86,10 +86,7 @@ pub(crate) fn snat_scene(
         key(CtKind::Service, proto, client2, cport, vip, vport),
     );
     let port = e.rewritten_src_port;
-    assert_eq!(
-        e.flags & (CT_F_SNAT | CT_F_SRC_PORT_REWRITTEN),
-        CT_F_SNAT | CT_F_SRC_PORT_REWRITTEN
-    );
+    assert!(e.is_snat() && e.src_port_rewritten(), "{e:?}");
     assert!(SNAT_PORTS.contains(&port) && port != cport, "{port}");
     assert_eq!(second.frame, f(node, port, be, bport, F::SYN));
     let rev2 = cl.entry(
