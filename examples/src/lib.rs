@@ -1,25 +1,16 @@
-//! Shared pieces of the example programs: network-namespace topologies with a client, nodes that
-//! run the datapath, and backend "pods" with real TCP, UDP and HTTP servers.
+//! What a CNI author copies: [`scenario`], a ClusterIP-style service on a node with the datapath
+//! attached (XDP towards the client, TC towards the backends) and real traffic through it; the
+//! `lb-demo` program runs it and prints what happened.
 //!
-//! - [`testbed`]: one node (the single-node demo and e2e tests);
-//! - [`cluster`]: two nodes on a LAN, for the forwarding modes (SNAT, DSR, tunnel, hybrid);
-//! - [`netns`] and [`traffic`]: the namespace lifecycle and the servers/clients both share;
-//! - [`matrix`], [`capture`] and [`differential`]: what the mode tests check and observe.
+//! The namespace topology it runs in comes from the test harness ([`lb_testbed`]), as do the
+//! forwarding-mode clusters the demo's `--modes` part uses.
 //!
 //! ```no_run
-//! use lb_examples::testbed::Testbed;
+//! use lb_testbed::netns::NodeChecksums;
 //! # fn main() -> anyhow::Result<()> {
-//! let bed = Testbed::create("doc")?; // removed again when `bed` is dropped
-//! let servers = bed.start_backends(std::time::Duration::from_secs(30))?;
-//! # drop(servers); Ok(()) }
+//! let report = lb_examples::scenario::run_kernel("doc", 10, NodeChecksums::Offload)?;
+//! println!("{} answers, counters {:?}", report.answers.len(), report.counters);
+//! # Ok(()) }
 //! ```
 
-pub mod capture;
-pub mod cluster;
-pub mod differential;
-pub mod matrix;
-pub mod modes;
-pub mod netns;
 pub mod scenario;
-pub mod testbed;
-pub mod traffic;

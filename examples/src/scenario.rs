@@ -12,12 +12,12 @@ use lb_api::flow::L4Proto;
 use lb_bpf::KernelDatapath;
 use lb_control::{default_config, Dataplane, DataplaneError, ServiceSpec};
 
-use crate::netns::NodeChecksums;
-use crate::testbed::{Testbed, BACKENDS, BACKEND_PORT, VIP, VIP_PORT};
-use crate::traffic::{bulk_echo, Bulk, BULK_PORT};
+use lb_testbed::netns::NodeChecksums;
+use lb_testbed::testbed::{Testbed, BACKENDS, BACKEND_PORT, VIP, VIP_PORT};
+use lb_testbed::traffic::{bulk_echo, Bulk, BULK_PORT};
 
 /// Bytes a bulk transfer sends each way (and gets back).
-pub const BULK_BYTES: usize = 8 << 20;
+pub use lb_testbed::traffic::BULK_BYTES;
 
 /// The service of the scenario.
 #[must_use]

@@ -9,13 +9,13 @@
 use lb_api::abi::CtKind;
 use lb_api::counters::Counter;
 use lb_api::flow::v4_of;
-use lb_examples::netns::NodeChecksums;
 use lb_examples::scenario;
-use lb_examples::testbed::{BACKENDS, CLIENT, VIP};
+use lb_testbed::netns::NodeChecksums;
+use lb_testbed::testbed::{BACKENDS, CLIENT, VIP};
 
 #[test]
 fn real_tcp_through_the_vip_reaches_both_backends() {
-    if !lb_bpf::privileged_test("real_tcp_through_the_vip_reaches_both_backends") {
+    if !lb_testbed::gate::privileged_test("real_tcp_through_the_vip_reaches_both_backends") {
         return;
     }
     run("e2e", NodeChecksums::Offload);
@@ -23,7 +23,9 @@ fn real_tcp_through_the_vip_reaches_both_backends() {
 
 #[test]
 fn real_tcp_through_the_vip_with_software_checksums_on_the_node() {
-    if !lb_bpf::privileged_test("real_tcp_through_the_vip_with_software_checksums_on_the_node") {
+    if !lb_testbed::gate::privileged_test(
+        "real_tcp_through_the_vip_with_software_checksums_on_the_node",
+    ) {
         return;
     }
     run("e2e-sw", NodeChecksums::Software);

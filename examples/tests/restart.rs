@@ -10,7 +10,7 @@ use lb_api::abi::CtKind;
 use lb_bpf::{Error, KernelDatapath};
 use lb_control::default_config;
 use lb_examples::scenario;
-use lb_examples::testbed::{Testbed, VIP, VIP_PORT};
+use lb_testbed::testbed::{Testbed, VIP, VIP_PORT};
 
 struct Uninstall(PathBuf);
 impl Drop for Uninstall {
@@ -19,7 +19,7 @@ impl Drop for Uninstall {
     }
 }
 
-use lb_bpf::privileged_test as privileged;
+use lb_testbed::gate::privileged_test as privileged;
 
 #[test]
 fn connections_survive_a_loader_restart() {

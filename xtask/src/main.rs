@@ -342,6 +342,8 @@ fn bench(kernel_only: bool, modes_only: bool) -> Result<()> {
             "xtask",
             "--exclude",
             "lb-examples",
+            "--exclude",
+            "lb-testbed",
         ]))?;
     }
     if !is_root() {
@@ -357,7 +359,7 @@ fn bench(kernel_only: bool, modes_only: bool) -> Result<()> {
                     "--quiet",
                     "--release",
                     "-p",
-                    "lb-examples",
+                    "lb-testbed",
                     "--bin",
                     "lb-kernel-bench",
                 ])
@@ -370,7 +372,7 @@ fn bench(kernel_only: bool, modes_only: bool) -> Result<()> {
             "--quiet",
             "--release",
             "-p",
-            "lb-examples",
+            "lb-testbed",
             "--bin",
             "lb-mode-bench",
         ]))?;

@@ -16,7 +16,6 @@
 
 mod common;
 
-use common::harness::EngineAndKernel;
 use etherparse::{NetSlice, SlicedPacket, TransportSlice};
 use lb_api::counters::Counter;
 use lb_api::flow::L4Proto;
@@ -27,7 +26,9 @@ use lb_api::wire::testing::{
 use lb_api::wire::{parse, SlicePacket, TcpFlags};
 use lb_api::Verdict;
 use lb_bpf::Program;
-use lb_control::{default_config, ServiceSpec};
+use lb_control::default_config;
+use lb_control::ServiceSpec;
+use lb_testbed::harness::EngineAndKernel;
 
 const START_NS: u64 = 1_000_000_000_000;
 /// `BPF_PROG_TEST_RUN` runs XDP programs on loopback.
@@ -174,7 +175,8 @@ fn partial_checksums_at_xdp_engine_equals_kernel_and_complete_right() {
     if !common::privileged("partial_checksums_at_xdp_engine_equals_kernel_and_complete_right") {
         return;
     }
-    let mut h = EngineAndKernel::new(Program::Xdp, default_config(7), &services());
+    let mut h = EngineAndKernel::new(Program::Xdp, default_config(7), &services())
+        .unwrap_or_else(|e| panic!("engine and kernel: {e:#}"));
     h.dp.set_xdp_partial_checksums_ifindex(LOOPBACK, true)
         .unwrap();
     h.engine.set_xdp_virtual_device(true);
@@ -187,7 +189,7 @@ fn partial_checksums_at_xdp_engine_equals_kernel_and_complete_right() {
         let (mut req, _, _) = flow(&mut rng, v6, udp, &payload);
         make_checksum_partial(&mut req);
         now += 1_000;
-        let out = h.send(&format!("flow {i} request (partial)"), &req, now);
+        let out = h.expect_same(&format!("flow {i} request (partial)"), &req, now);
         assert_eq!(out.verdict, Verdict::Pass, "flow {i}");
         assert_eq!(
             out.after.get(Counter::ServiceNewFlow),
@@ -212,7 +214,7 @@ fn partial_checksums_at_xdp_engine_equals_kernel_and_complete_right() {
         let mut rep = reply_to(&out.frame, &payload[..payload.len() / 2]);
         make_checksum_partial(&mut rep);
         now += 1_000;
-        let out = h.send(&format!("flow {i} reply (partial)"), &rep, now);
+        let out = h.expect_same(&format!("flow {i} reply (partial)"), &rep, now);
         assert_eq!(
             out.after.get(Counter::ReplyTranslated),
             out.before.get(Counter::ReplyTranslated) + 1,
@@ -238,7 +240,7 @@ fn partial_checksums_at_xdp_engine_equals_kernel_and_complete_right() {
     h.engine.set_xdp_virtual_device(false);
     let (mut req, _, _) = flow(&mut rng, false, false, b"");
     make_checksum_partial(&mut req);
-    let out = h.send("request on a NIC", &req, now + 1_000);
+    let out = h.expect_same("request on a NIC", &req, now + 1_000);
     assert_eq!(
         out.after.get(Counter::ChecksumPartialAtXdp),
         out.before.get(Counter::ChecksumPartialAtXdp)
@@ -253,7 +255,7 @@ fn partial_checksums_at_xdp_engine_equals_kernel_and_complete_right() {
     h.engine.set_xdp_virtual_device(true);
     for i in 0..40 {
         let (req, _, _) = flow(&mut rng, i % 2 == 1, i % 4 >= 2, b"complete");
-        let out = h.send(&format!("complete {i}"), &req, now + 2_000 + i as u64);
+        let out = h.expect_same(&format!("complete {i}"), &req, now + 2_000 + i as u64);
         assert_eq!(
             out.after.get(Counter::ChecksumPartialAtXdp),
             out.before.get(Counter::ChecksumPartialAtXdp)

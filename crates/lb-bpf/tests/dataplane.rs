@@ -156,7 +156,9 @@ fn frames() -> Vec<Vec<u8>> {
 
 #[test]
 fn engine_and_kernel_answer_one_control_plane_sequence_alike() {
-    if !lb_bpf::privileged_test("engine_and_kernel_answer_one_control_plane_sequence_alike") {
+    if !lb_testbed::gate::privileged_test(
+        "engine_and_kernel_answer_one_control_plane_sequence_alike",
+    ) {
         return;
     }
     let mut engine = Engine::with_clock(1024, default_config(0), ManualClock::new(0));

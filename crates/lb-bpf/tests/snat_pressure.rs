@@ -36,7 +36,6 @@ use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Instant;
 
-use common::harness::EngineAndKernel;
 use lb_api::abi::{CtKind, CtState, DatapathConfig};
 use lb_api::counters::{Counter, CounterSnapshot, DropReason};
 use lb_api::events::DropEvent;
@@ -48,6 +47,7 @@ use lb_bpf::Program;
 use lb_conntrack::{ConntrackGc, GcConfig};
 use lb_control::{default_config, BackendSpec, ForwardingMode, NodeSpec, PortRange, ServiceSpec};
 use lb_nat::snat::{DEFAULT_MAX_ATTEMPTS, DEFAULT_MIN_ATTEMPTS};
+use lb_testbed::harness::EngineAndKernel;
 
 const NODE_A: [u8; 4] = [192, 168, 1, 10];
 const NODE_B: [u8; 4] = [192, 168, 1, 11];
@@ -175,8 +175,10 @@ struct Pressure {
 
 impl Pressure {
     fn new() -> Self {
-        let mut h = EngineAndKernel::new(Program::Xdp, default_config(0x5eed), &[service()]);
-        h.set_node(&node_spec());
+        let mut h = EngineAndKernel::new(Program::Xdp, default_config(0x5eed), &[service()])
+            .unwrap_or_else(|e| panic!("engine and kernel: {e:#}"));
+        h.set_node(&node_spec())
+            .unwrap_or_else(|e| panic!("set_node: {e:#}"));
         let base = *h.engine.config();
         assert_eq!(
             (base.snat_port_min(), base.snat_port_max()),

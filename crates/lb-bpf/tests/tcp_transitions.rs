@@ -1,6 +1,6 @@
 //! Every cell of netfilter's TCP state table, through the userspace engine and the XDP program
 //! (`BPF_PROG_TEST_RUN`), compared packet by packet: bytes, verdicts, conntrack contents and
-//! counters (see `common::harness`).
+//! counters (see `lb_testbed::harness`).
 //!
 //! The fixtures are generated from lb-conntrack's own table (`tcp_edges`, `tcp_transition`), so a
 //! new edge gets a fixture: each one drives a fresh flow from its first SYN to the edge's source
@@ -13,7 +13,6 @@ mod common;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
-use common::harness::EngineAndKernel;
 use lb_api::abi::{CtEntry, CtKind, CtState, DatapathConfig};
 use lb_api::counters::Counter;
 use lb_api::flow::{v4_of, L4Proto};
@@ -25,7 +24,9 @@ use lb_conntrack::{
     initial_state, tcp_edges, tcp_transition, Direction, TcpEdge, TcpPacketClass, TcpTransition,
     TCP_STATES,
 };
-use lb_control::{default_config, ServiceSpec};
+use lb_control::default_config;
+use lb_control::ServiceSpec;
+use lb_testbed::harness::EngineAndKernel;
 
 const CLIENT: [u8; 4] = [10, 0, 0, 1];
 const VIP: [u8; 4] = [10, 96, 0, 10];
@@ -47,6 +48,7 @@ fn both_worlds() -> EngineAndKernel {
         ..Default::default()
     };
     EngineAndKernel::new(Program::Xdp, config(), &[service])
+        .unwrap_or_else(|e| panic!("engine and kernel: {e:#}"))
 }
 
 /// A packet of the flow from client port `port`, in `dir`.
@@ -107,7 +109,7 @@ fn drive(
     for (i, &(dir, class, to)) in paths[&state].iter().enumerate() {
         *now += SEC;
         let what = format!("port {port} to {state:?}, hop {i}: {class:?} {dir:?}");
-        let out = h.send(&what, &frame(dir, port, class.flags()), *now);
+        let out = h.expect_same(&what, &frame(dir, port, class.flags()), *now);
         assert_eq!(out.verdict, Verdict::Pass, "{what}");
         let e = service_entry(h, port).unwrap_or_else(|| panic!("{what}: no entry"));
         assert_eq!(CtState::from_u8(e.state), Some(to), "{what}");
@@ -139,7 +141,7 @@ fn every_edge_of_the_tcp_table_in_both_worlds() {
         let before = service_entry(&h, port).unwrap();
         now += SEC;
         let what = format!("edge {edge:?}");
-        let out = h.send(&what, &frame(edge.dir, port, edge.class.flags()), now);
+        let out = h.expect_same(&what, &frame(edge.dir, port, edge.class.flags()), now);
         assert_eq!(out.verdict, Verdict::Pass, "{what}");
         let c = translated(edge.dir);
         assert_eq!(out.after.get(c), out.before.get(c) + 1, "{what}: {c:?}");
@@ -198,7 +200,7 @@ fn every_other_cell_leaves_state_and_timer_alone_in_both_worlds() {
                 let before = service_entry(&h, port).unwrap();
                 now += SEC;
                 let what = format!("{class:?} {dir:?} in {from:?}");
-                let out = h.send(&what, &frame(dir, port, class.flags()), now);
+                let out = h.expect_same(&what, &frame(dir, port, class.flags()), now);
                 assert_eq!(out.verdict, Verdict::Pass, "{what}");
                 let c = translated(dir);
                 assert_eq!(out.after.get(c), out.before.get(c) + 1, "{what}: {c:?}");
@@ -236,7 +238,7 @@ fn expired_flows_count_as_absent_in_both_worlds() {
     let port = 30_000;
     drive(&mut h, &paths, port, CtState::TimeWait, &mut now);
     now = service_entry(&h, port).unwrap().expires_ns;
-    let out = h.send(
+    let out = h.expect_same(
         "SYN at the deadline of a TIME_WAIT flow",
         &frame(Direction::Original, port, TcpFlags::SYN),
         now,
@@ -258,7 +260,7 @@ fn expired_flows_count_as_absent_in_both_worlds() {
     drive(&mut h, &paths, port, CtState::Established, &mut now);
     now = service_entry(&h, port).unwrap().expires_ns;
     let sent = frame(Direction::Reply, port, TcpFlags::ACK);
-    let out = h.send("reply at the deadline of an ESTABLISHED flow", &sent, now);
+    let out = h.expect_same("reply at the deadline of an ESTABLISHED flow", &sent, now);
     assert_eq!(
         (out.verdict, &out.frame),
         (Verdict::Pass, &sent),
@@ -284,7 +286,7 @@ fn expired_flows_count_as_absent_in_both_worlds() {
     drive(&mut h, &paths, port, CtState::Established, &mut now);
     now = service_entry(&h, port).unwrap().expires_ns - 1;
     let sent = frame(Direction::Reply, port, TcpFlags::ACK);
-    let out = h.send("reply 1 ns before the deadline", &sent, now);
+    let out = h.expect_same("reply 1 ns before the deadline", &sent, now);
     assert_ne!(out.frame, sent);
     assert_eq!(
         out.after.get(Counter::ReplyTranslated),

@@ -5,7 +5,8 @@
 //!   (Cilium's layout).
 //! * IPv6: a destination options header with one option of type 0x1B: the service address and
 //!   port (Cilium's layout, 24 bytes with two Pad1).
-//! * Geneve: an option of class [`DSR_GENEVE_CLASS`], type [`DSR_GENEVE_TYPE`].
+//! * Geneve: an option of class [`DSR_GENEVE_CLASS`], type [`DSR_GENEVE_TYPE`] (critical): the
+//!   service address and port (Cilium's class, type and layout).
 //!
 //! The TCP/UDP checksums do not change: neither carrier is part of the pseudo-header.
 
@@ -26,10 +27,13 @@ pub const DSR_IPV4_OPT_LEN: usize = 8;
 pub const DSR_IPV6_OPT_TYPE: u8 = 0x1b;
 /// Length of the IPv6 destination options header carrying the DSR option.
 pub const DSR_IPV6_EXT_LEN: usize = 24;
-/// Geneve option class of the DSR option (from the experimental range 0xFF00-0xFFFF).
-pub const DSR_GENEVE_CLASS: u16 = 0xfff0;
-/// Geneve option type of the DSR option.
-pub const DSR_GENEVE_TYPE: u8 = 0x1b;
+/// Geneve option class of the DSR option: Cilium's registered class (IANA's Geneve option
+/// class registry), so a Cilium backend node reads our carrier and we read its.
+pub const DSR_GENEVE_CLASS: u16 = 0x014b;
+/// Geneve option type of the DSR option: Cilium's type 1 with the critical bit (0x80) set, so a
+/// receiver that does not know the option drops the packet instead of answering from the
+/// backend's address.
+pub const DSR_GENEVE_TYPE: u8 = 0x81;
 
 /// The service address a DSR carrier brings to the backend's node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,19 +67,20 @@ impl DsrTarget {
         }
     }
 
-    /// Geneve option data: port, two zero bytes, address (4 or 16 bytes). Returns the buffer
+    /// Geneve option data in Cilium's layout: address (4 or 16 bytes), port, two zero bytes of
+    /// padding. Returns the buffer
     /// and how many of its bytes are used (8 or 20).
     #[must_use]
     pub fn geneve_data(&self) -> ([u8; 20], usize) {
         let mut d = [0u8; 20];
-        let p = self.port.to_be_bytes();
-        d[0] = p[0];
-        d[1] = p[1];
         let n = if self.family == IpFamily::V4 { 4 } else { 16 };
-        for (dst, src) in d.iter_mut().skip(4).zip(self.addr.iter().take(n)) {
+        for (dst, src) in d.iter_mut().zip(self.addr.iter().take(n)) {
             *dst = *src;
         }
-        (d, 4 + n)
+        for (dst, src) in d.iter_mut().skip(n).zip(self.port.to_be_bytes()) {
+            *dst = src;
+        }
+        (d, n + 4)
     }
 
     pub(crate) fn from_geneve_data<P: PacketAccess + ?Sized>(
@@ -83,11 +88,13 @@ impl DsrTarget {
         off: usize,
         len: usize,
     ) -> Option<Self> {
-        let port: [u8; 2] = pkt.load(off)?;
-        let port = u16::from_be_bytes(port);
+        let port_at = |n: usize| -> Option<u16> {
+            let port: [u8; 2] = pkt.load(off + n)?;
+            Some(u16::from_be_bytes(port))
+        };
         match len {
-            8 => Some(Self::v4(pkt.load(off + 4)?, port)),
-            20 => Some(Self::v6(pkt.load(off + 4)?, port)),
+            8 => Some(Self::v4(pkt.load(off)?, port_at(4)?)),
+            20 => Some(Self::v6(pkt.load(off)?, port_at(16)?)),
             _ => None,
         }
     }

@@ -75,6 +75,12 @@ pub struct GeneveOption<'a> {
     pub data: &'a [u8],
 }
 
+/// The critical bit of an option type: a receiver that does not know the option must drop the
+/// packet (RFC 8926).
+pub const GENEVE_OPT_TYPE_CRITICAL: u8 = 0x80;
+/// The header's C flag: critical options are present.
+pub const GENEVE_F_CRITICAL: u8 = 0x40;
+
 /// At most this many options are written or scanned (loops are bounded).
 pub const MAX_OPTIONS: usize = 8;
 
@@ -104,6 +110,12 @@ pub fn geneve_encap<P: AdjustHead + ?Sized>(
     flow_hash: u32,
 ) -> Result<(), EncapError> {
     let opt_len = options_len(options).ok_or(EncapError::Malformed)?;
+    // RFC 8926: the C flag says that an option with the critical bit in its type follows.
+    let critical = options
+        .iter()
+        .take(MAX_OPTIONS)
+        .any(|o| o.ty & GENEVE_OPT_TYPE_CRITICAL != 0);
+    let flags = if critical { GENEVE_F_CRITICAL } else { 0 };
     let wire = crate::mtu::frame_on_wire(pkt);
     push_udp_tunnel(
         pkt,
@@ -118,7 +130,7 @@ pub fn geneve_encap<P: AdjustHead + ?Sized>(
                 at,
                 &GeneveHeader {
                     ver_opt_len: (opt_len / 4) as u8,
-                    flags: 0,
+                    flags,
                     protocol: U16::new(ETH_P_TEB),
                     vni_reserved: [v[1], v[2], v[3], 0],
                 },

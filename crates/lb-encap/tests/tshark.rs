@@ -156,15 +156,18 @@ fn tshark_decodes_geneve_with_options() {
             "udp.checksum.status",
             "ip.src",
             "tcp.dstport",
+            "geneve.flags.critical",
         ],
     );
     assert_eq!(rows.len(), 2, "{rows:?}");
     for r in &rows {
         assert_eq!(r[0], "0x123456", "{r:?}");
-        assert_eq!(r[1], "0xfff0", "{r:?}");
-        assert_eq!(r[2], "0x1b", "{r:?}");
+        // Cilium's class and critical type, and the header's C flag for it.
+        assert_eq!(r[1], "0x014b", "{r:?}");
+        assert_eq!(r[2], "0x81", "{r:?}");
+        assert!(matches!(r[8].as_str(), "1" | "True"), "C flag: {r:?}");
         assert!(r[3].split(';').all(|l| l == "12"), "{r:?}");
-        assert_eq!(r[4], "005000000a60000a", "port 80, 10.96.0.10: {r:?}");
+        assert_eq!(r[4], "0a60000a00500000", "10.96.0.10, port 80, pad: {r:?}");
         assert!(r[6].ends_with("10.0.0.1"), "inner IPv4 decoded: {r:?}");
         assert_eq!(r[7], "8080", "{r:?}");
     }

@@ -13,13 +13,13 @@ use lb_api::wire::testing::tcp_v4_frame;
 use lb_api::wire::{parse, SlicePacket, TcpFlags};
 use lb_control::Dataplane;
 use lb_datapath::engine::Engine;
-use lb_examples::capture::Capture;
-use lb_examples::cluster::{self, Cluster, Family, LAN_IF};
-use lb_examples::modes::{self, Frontend, Mode, ServicePlan};
-use lb_examples::netns::NodeChecksums;
 use lb_examples::scenario;
-use lb_examples::testbed::{Testbed, BACKEND_PORT, CLIENT, VIP, VIP_PORT};
-use lb_examples::traffic::request;
+use lb_testbed::capture::Capture;
+use lb_testbed::cluster::{self, Cluster, Family, LAN_IF};
+use lb_testbed::modes::{self, Frontend, Mode, ServicePlan};
+use lb_testbed::netns::NodeChecksums;
+use lb_testbed::testbed::{Testbed, BACKEND_PORT, CLIENT, VIP, VIP_PORT};
+use lb_testbed::traffic::request;
 
 #[derive(Parser)]
 #[command(about = "lb-dataplane demo: load-balance real traffic to a service VIP")]
@@ -268,7 +268,7 @@ fn userspace(requests: usize) -> Result<()> {
         let v = engine.process(&mut syn);
         let p = parse(&SlicePacket::new(&mut syn)).map_err(|e| anyhow::anyhow!("{e}"))?;
         let be = v4_of(&p.tuple.dst);
-        let which = usize::from(be != lb_examples::testbed::BACKENDS[0].octets());
+        let which = usize::from(be != lb_testbed::testbed::BACKENDS[0].octets());
         per_backend[which] += 1;
         let mut reply = tcp_v4_frame(
             be,

@@ -1,9 +1,12 @@
 //! Shared by the privileged integration tests.
-#![allow(dead_code)]
+#![allow(
+    dead_code,
+    reason = "each test crate uses a different subset of these helpers"
+)]
 
-/// Whether a privileged test may run: [`lb_bpf::privileged_test`].
+/// Whether a privileged test may run: [`lb_testbed::gate::privileged_test`].
 pub fn privileged(test: &str) -> bool {
-    lb_bpf::privileged_test(test)
+    lb_testbed::gate::privileged_test(test)
 }
 
 /// `frame` with an 802.1Q (or, outermost, 802.1ad) tag inserted after the MACs.
@@ -14,5 +17,3 @@ pub fn tagged(frame: &[u8], tpid: u16, vid: u16) -> Vec<u8> {
     f.extend_from_slice(&frame[12..]);
     f
 }
-
-pub mod harness;

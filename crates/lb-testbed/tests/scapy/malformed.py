@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Malformed traffic for examples/tests/malformed_link.rs.
+"""Malformed traffic for crates/lb-testbed/tests/malformed_link.rs.
 
 Crafts Ethernet frames with scapy and sends them out of the client's veth (run it inside the
 client namespace: `ip netns exec <ns> python3 malformed.py ...`), one category at a time.

@@ -17,10 +17,10 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use lb_api::flow::L4Proto;
-use lb_examples::cluster::{Cluster, Family, VIP_PORT};
-use lb_examples::modes::{self, Deployment, Frontend, Mode, ServicePlan};
-use lb_examples::netns::{self, in_ns_output};
-use lb_examples::traffic::{http_get, HTTP_PORT};
+use lb_testbed::cluster::{Cluster, Family, VIP_PORT};
+use lb_testbed::modes::{self, Deployment, Frontend, Mode, ServicePlan};
+use lb_testbed::netns::{self, in_ns_output};
+use lb_testbed::traffic::{http_get, HTTP_PORT};
 
 #[derive(Parser)]
 #[command(about = "Per-mode connection rate and latency percentiles through the two-node cluster")]
@@ -206,7 +206,7 @@ fn row(name: &str, xdp: &str, keep: &WrkResult, close: &WrkResult) {
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    if !lb_bpf::is_privileged() {
+    if !lb_testbed::gate::is_privileged() {
         bail!("needs root (BPF, network namespaces): sudo -E cargo xtask bench");
     }
     netns::remove_on_signal()?;

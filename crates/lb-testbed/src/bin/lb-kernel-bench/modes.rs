@@ -24,17 +24,18 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use anyhow::{anyhow, bail, ensure, Context, Result};
-use etherparse::{Ipv6ExtensionSlice, NetSlice, SlicedPacket, TransportSlice};
+use anyhow::{bail, ensure, Context, Result};
 use lb_api::abi::DatapathConfig;
-use lb_api::counters::{Counter, CounterSnapshot, DropReason, COUNTER_SLOTS};
+use lb_api::counters::Counter;
 use lb_api::flow::L4Proto;
 use lb_api::wire::testing::{tcp_v4_frame, tcp_v6_frame};
 use lb_api::wire::TcpFlags;
 use lb_api::Verdict;
 use lb_bpf::{KernelDatapath, Program};
 use lb_control::{BackendSpec, ForwardingMode, NodeSpec, ServiceSpec};
-use lb_datapath::engine::Engine;
+
+use crate::decode::{decode, Outer, Want, VXLAN_PORT};
+use crate::node::{delta, show, summarize, Node};
 
 /// Options of the modes table.
 pub struct Opts {
@@ -46,8 +47,6 @@ pub struct Opts {
     pub v6: bool,
 }
 
-/// Conntrack capacity of the engine, as the kernel map's.
-const CT_CAPACITY: usize = 65_536;
 /// Client port of the flow the established and reply rows use.
 const FLOW_PORT: u16 = 50_000;
 /// First client port of the new-flow rows (one port per run).
@@ -55,7 +54,6 @@ const NEW_FLOW_PORT: u16 = 10_000;
 /// Most timed runs per row: the new-flow ports stay below [`FLOW_PORT`], and a row's flows
 /// (two entries each) fit the 65 536-entry conntrack map.
 pub const MAX_RUNS: u32 = 30_000;
-const VXLAN_PORT: u16 = 4789;
 const VNI: u32 = 1;
 const BACKENDS: u8 = 8;
 
@@ -190,309 +188,6 @@ fn frame(src: SocketAddr, dst: SocketAddr, flags: u8) -> Result<Vec<u8>> {
     })
 }
 
-/// A packet as etherparse decodes it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct View {
-    src: SocketAddr,
-    dst: SocketAddr,
-    /// The service address of a DSR carrier (IPv4 option 0x9a, IPv6 destination option 0x1b).
-    dsr: Option<SocketAddr>,
-    /// The VXLAN outer headers, when the TCP packet is encapsulated.
-    outer: Option<Outer>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Outer {
-    src: IpAddr,
-    dst: IpAddr,
-    dst_port: u16,
-    vni: u32,
-}
-
-/// Decodes an Ethernet frame carrying TCP, possibly VXLAN-encapsulated, checking the IPv4
-/// header and TCP checksums.
-fn decode(frame: &[u8]) -> Result<View> {
-    let p = SlicedPacket::from_ethernet(frame).map_err(|e| anyhow!("etherparse: {e}"))?;
-    let (src, dst, dsr) = match &p.net {
-        Some(NetSlice::Ipv4(ip)) => {
-            let h = ip.header();
-            ensure!(
-                h.to_header().calc_header_checksum() == h.header_checksum(),
-                "IPv4 header checksum is wrong"
-            );
-            (
-                IpAddr::V4(h.source_addr()),
-                IpAddr::V4(h.destination_addr()),
-                dsr_v4(h.options())?,
-            )
-        }
-        Some(NetSlice::Ipv6(ip)) => {
-            let h = ip.header();
-            let mut dsr = None;
-            for ext in ip.extensions().clone() {
-                if let Ipv6ExtensionSlice::DestinationOptions(d) = ext {
-                    dsr = dsr.or(dsr_v6(d.payload())?);
-                }
-            }
-            (
-                IpAddr::V6(h.source_addr()),
-                IpAddr::V6(h.destination_addr()),
-                dsr,
-            )
-        }
-        None => bail!("no IP header"),
-    };
-    match &p.transport {
-        Some(TransportSlice::Tcp(tcp)) => {
-            let want = match (src, dst) {
-                (IpAddr::V4(s), IpAddr::V4(d)) => tcp.calc_checksum_ipv4(s.octets(), d.octets()),
-                (IpAddr::V6(s), IpAddr::V6(d)) => tcp.calc_checksum_ipv6(s.octets(), d.octets()),
-                _ => bail!("mixed address families"),
-            }
-            .map_err(|e| anyhow!("TCP checksum: {e}"))?;
-            ensure!(want == tcp.checksum(), "TCP checksum is wrong");
-            Ok(View {
-                src: SocketAddr::new(src, tcp.source_port()),
-                dst: SocketAddr::new(dst, tcp.destination_port()),
-                dsr,
-                outer: None,
-            })
-        }
-        Some(TransportSlice::Udp(udp)) if udp.destination_port() == VXLAN_PORT => {
-            ensure!(dsr.is_none(), "a DSR carrier on a VXLAN packet");
-            let vx = udp.payload();
-            // IPv4: zero (none, RFC 7348) or right; IPv6: right, and zero is invalid.
-            let sum = match (src, dst) {
-                (IpAddr::V4(s), IpAddr::V4(d)) => {
-                    udp.to_header()
-                        .calc_checksum_ipv4_raw(s.octets(), d.octets(), vx)
-                }
-                (IpAddr::V6(s), IpAddr::V6(d)) => {
-                    udp.to_header()
-                        .calc_checksum_ipv6_raw(s.octets(), d.octets(), vx)
-                }
-                _ => bail!("mixed address families"),
-            }
-            .map_err(|e| anyhow!("outer UDP checksum: {e}"))?;
-            ensure!(
-                udp.checksum() == sum || (udp.checksum() == 0 && src.is_ipv4()),
-                "outer UDP checksum {:#06x}, expected {sum:#06x}",
-                udp.checksum()
-            );
-            ensure!(
-                vx.len() >= 8 && vx[0] == 0x08,
-                "VXLAN header without the I flag"
-            );
-            let mut inner = decode(&vx[8..]).context("inner frame")?;
-            ensure!(inner.outer.is_none(), "VXLAN in VXLAN");
-            inner.outer = Some(Outer {
-                src,
-                dst,
-                dst_port: udp.destination_port(),
-                vni: u32::from_be_bytes([0, vx[4], vx[5], vx[6]]),
-            });
-            Ok(inner)
-        }
-        other => bail!("neither TCP nor VXLAN: {other:?}"),
-    }
-}
-
-/// The DSR target in IPv4 options: type 0x9a, length 8, port, address.
-fn dsr_v4(opts: &[u8]) -> Result<Option<SocketAddr>> {
-    let mut i = 0;
-    while i < opts.len() {
-        match opts[i] {
-            0 => break,
-            1 => i += 1,
-            t => {
-                let len = usize::from(*opts.get(i + 1).context("truncated IPv4 option")?);
-                let o = opts
-                    .get(i..i + len)
-                    .context("IPv4 option past the header")?;
-                ensure!(len >= 2, "IPv4 option of length {len}");
-                if t == 0x9a {
-                    ensure!(len == 8, "DSR option of length {len}");
-                    let ip = Ipv4Addr::new(o[4], o[5], o[6], o[7]);
-                    return Ok(Some(SocketAddr::new(
-                        ip.into(),
-                        u16::from_be_bytes([o[2], o[3]]),
-                    )));
-                }
-                i += len;
-            }
-        }
-    }
-    Ok(None)
-}
-
-/// The DSR target in an IPv6 destination options header's options: type 0x1b, length 20,
-/// address, port.
-fn dsr_v6(opts: &[u8]) -> Result<Option<SocketAddr>> {
-    let mut i = 0;
-    while i < opts.len() {
-        if opts[i] == 0 {
-            i += 1;
-            continue;
-        }
-        let len = usize::from(*opts.get(i + 1).context("truncated IPv6 option")?);
-        let o = opts
-            .get(i + 2..i + 2 + len)
-            .context("IPv6 option past its header")?;
-        if opts[i] == 0x1b {
-            ensure!(len == 20, "DSR option of length {len}");
-            let mut a = [0u8; 16];
-            a.copy_from_slice(&o[..16]);
-            return Ok(Some(SocketAddr::new(
-                Ipv6Addr::from(a).into(),
-                u16::from_be_bytes([o[16], o[17]]),
-            )));
-        }
-        i += 2 + len;
-    }
-    Ok(None)
-}
-
-/// What a row's output must decode to.
-struct Want {
-    src: SocketAddr,
-    /// The destination: one of these (a new flow's backend is picked by hash).
-    dst: Vec<SocketAddr>,
-    dsr: Option<SocketAddr>,
-    outer: Option<Outer>,
-}
-
-impl Want {
-    fn check(&self, v: &View) -> Result<()> {
-        ensure!(
-            v.src == self.src
-                && self.dst.contains(&v.dst)
-                && v.dsr == self.dsr
-                && v.outer == self.outer,
-            "output {v:?}, expected src {}, dst one of {:?}, DSR carrier {:?}, outer {:?}",
-            self.src,
-            self.dst,
-            self.dsr,
-            self.outer
-        );
-        Ok(())
-    }
-}
-
-/// One node: its kernel datapath and the userspace engine with the same configuration.
-struct Node {
-    name: &'static str,
-    dp: KernelDatapath,
-    engine: Engine,
-    cfg: DatapathConfig,
-    spec: NodeSpec,
-    services: Vec<ServiceSpec>,
-}
-
-impl Node {
-    fn load(
-        name: &'static str,
-        cfg: DatapathConfig,
-        spec: NodeSpec,
-        services: Vec<ServiceSpec>,
-    ) -> Result<Self> {
-        let mut dp = KernelDatapath::load().context("loading the programs")?;
-        dp.set_config(&cfg)?;
-        dp.set_node(&spec)?;
-        for s in &services {
-            dp.upsert_service(s)?;
-        }
-        let engine = Self::engine(cfg, &spec, &services)?;
-        Ok(Self {
-            name,
-            dp,
-            engine,
-            cfg,
-            spec,
-            services,
-        })
-    }
-
-    fn engine(cfg: DatapathConfig, spec: &NodeSpec, services: &[ServiceSpec]) -> Result<Engine> {
-        let mut e = Engine::new(CT_CAPACITY);
-        e.set_config(cfg);
-        e.set_node(spec)?;
-        for s in services {
-            e.upsert_service(s)?;
-        }
-        Ok(e)
-    }
-
-    /// Empties conntrack in both worlds.
-    fn reset(&mut self) -> Result<()> {
-        self.dp.flush_conntrack()?;
-        ensure!(self.dp.conntrack_entries()?.is_empty(), "conntrack flush");
-        self.engine = Self::engine(self.cfg, &self.spec, &self.services)?;
-        Ok(())
-    }
-
-    /// One run of `frame` through the XDP program and through the engine: the verdict must be
-    /// Pass and both outputs byte-identical. Returns the output and the kernel's time.
-    fn once(&mut self, frame: &[u8]) -> Result<(Vec<u8>, u64)> {
-        let k = self.dp.test_run(Program::Xdp, frame, 1)?;
-        let mut u = frame.to_vec();
-        let uv = self.engine.process(&mut u);
-        ensure!(
-            k.verdict == Verdict::Pass,
-            "node {}: verdict {:?}, expected Pass (drop events: {:?})",
-            self.name,
-            k.verdict,
-            self.dp.drain_drop_events()?
-        );
-        ensure!(
-            uv == k.verdict,
-            "node {}: the engine says {uv:?}, the kernel {:?}",
-            self.name,
-            k.verdict
-        );
-        if k.data != u {
-            let at = k.data.iter().zip(&u).position(|(a, b)| a != b);
-            bail!(
-                "node {}: kernel output ({} B) differs from the engine's ({} B), first at byte {at:?}",
-                self.name,
-                k.data.len(),
-                u.len()
-            );
-        }
-        Ok((k.data, k.duration.as_nanos() as u64))
-    }
-}
-
-/// Counter slots that grew between two snapshots.
-fn delta(before: &CounterSnapshot, after: &CounterSnapshot) -> Vec<(usize, u64)> {
-    (0..COUNTER_SLOTS as usize)
-        .filter_map(|i| {
-            let d = after.0[i].wrapping_sub(before.0[i]);
-            (d != 0).then_some((i, d))
-        })
-        .collect()
-}
-
-fn slot_name(slot: usize) -> String {
-    Counter::ALL
-        .iter()
-        .find(|c| c.slot() as usize == slot)
-        .map(|c| c.name())
-        .or_else(|| {
-            DropReason::ALL
-                .iter()
-                .find(|r| r.slot() as usize == slot)
-                .map(|r| r.name())
-        })
-        .map_or_else(|| format!("slot {slot}"), str::to_string)
-}
-
-fn show(d: &[(usize, u64)]) -> String {
-    d.iter()
-        .map(|(s, n)| format!("{}={n}", slot_name(*s)))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 /// A measured row.
 struct Row {
     family: Family,
@@ -503,13 +198,6 @@ struct Row {
     mean: f64,
     len_in: usize,
     len_out: usize,
-}
-
-/// Median and mean of single-run times.
-fn summarize(mut ns: Vec<u64>) -> (u64, f64) {
-    ns.sort_unstable();
-    let mean = ns.iter().sum::<u64>() as f64 / ns.len().max(1) as f64;
-    (ns.get(ns.len() / 2).copied().unwrap_or(0), mean)
 }
 
 /// A row to measure on one node: run `i` sends `frames(i)` (run 0 is the untimed preflight)
@@ -538,7 +226,7 @@ fn measure(
             case.path
         )
     };
-    let (k0, e0) = (node.dp.counters()?, *node.engine.counters());
+    let (k0, e0) = (node.dp().counters()?, *node.pair.engine.counters());
     let mut times = Vec::with_capacity(runs as usize);
     let mut outs = Vec::with_capacity(runs as usize + 1);
     let (mut len_in, mut len_out) = (0, 0);
@@ -564,7 +252,7 @@ fn measure(
         .map(|c| (c.slot() as usize, n))
         .collect();
     want.sort_unstable();
-    let (k1, e1) = (node.dp.counters()?, *node.engine.counters());
+    let (k1, e1) = (node.dp().counters()?, *node.pair.engine.counters());
     for (world, got) in [("kernel", delta(&k0, &k1)), ("engine", delta(&e0, &e1))] {
         ensure!(
             got == want,
@@ -841,15 +529,15 @@ fn repeat_effect(node: &mut Node) -> Result<String> {
         Family::V4.vip(Mode::Local),
     );
     let syn = node
-        .dp
+        .dp()
         .test_run(Program::Xdp, &frame(client, vip, TcpFlags::SYN)?, 1)?;
     ensure!(syn.verdict == Verdict::Pass, "the SYN: {:?}", syn.verdict);
     let ack = frame(client, vip, TcpFlags::ACK)?;
     let mut said = Vec::new();
     for p in [Program::Xdp, Program::Tc] {
-        let before = node.dp.counters()?;
-        node.dp.test_run(p, &ack, 1000)?;
-        let d = delta(&before, &node.dp.counters()?);
+        let before = node.dp().counters()?;
+        node.dp().test_run(p, &ack, 1000)?;
+        let d = delta(&before, &node.dp().counters()?);
         said.push(format!("{}: {}", p.name(), show(&d)));
     }
     // The engine never saw these packets: start both worlds afresh.
@@ -896,7 +584,7 @@ pub fn run(cfg: DatapathConfig, opts: &Opts) -> Result<()> {
     let mut rows = Vec::new();
     let mut bases = Vec::new();
     for &fam in families {
-        bases.push((fam, baseline(&a.dp, fam, opts)?));
+        bases.push((fam, baseline(a.dp(), fam, opts)?));
         for mode in Mode::ALL {
             if fam == Family::V6 && mode == Mode::Local {
                 continue;

@@ -1,11 +1,13 @@
 //! In-kernel cost per packet of each datapath path, measured with BPF_PROG_TEST_RUN (the kernel
 //! times the program over `repeat` runs), set against the parse-only program.
 //!
-//! Run with `sudo -E cargo xtask bench --kernel-only` (or `cargo run --release -p lb-examples
+//! Run with `sudo -E cargo xtask bench --kernel-only` (or `cargo run --release -p lb-testbed
 //! --bin lb-kernel-bench` as root). `--modes` measures the forwarding modes instead (see
 //! [`modes`]).
 
+mod decode;
 mod modes;
+mod node;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
@@ -45,7 +47,7 @@ const VIP: [u8; 4] = [10, 96, 0, 10];
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    if !lb_bpf::is_privileged() {
+    if !lb_testbed::gate::is_privileged() {
         bail!("needs root (BPF_PROG_TEST_RUN): sudo -E cargo xtask bench --kernel-only");
     }
     let mut cfg = default_config(7);

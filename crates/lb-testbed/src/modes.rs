@@ -237,7 +237,7 @@ mod with_modes {
 
     /// A userspace engine set up as node `node`'s kernel datapath in `d`: the same
     /// configuration, identity and services, so that the packets the node's programs saw can be
-    /// replayed through it and the results compared ([`crate::differential`]).
+    /// replayed through it and the results compared ([`crate::replay`]).
     ///
     /// # Errors
     /// If the engine refuses the node's identity or a service (then so would the kernel have).

@@ -299,8 +299,22 @@ mod tests {
     /// (differs), or nothing (missing).
     #[test]
     fn the_comparison_accepts_the_engine_s_own_output_and_nothing_else() {
-        use crate::scenario::service;
-        use crate::testbed::{CLIENT, VIP, VIP_PORT};
+        use crate::testbed::{BACKENDS, BACKEND_PORT, CLIENT, VIP, VIP_PORT};
+        use lb_api::flow::L4Proto;
+        use lb_control::ServiceSpec;
+        use std::net::SocketAddr;
+
+        // The single-node scenario's service (`examples/src/scenario.rs`).
+        let service = || ServiceSpec {
+            id: 1,
+            frontend: SocketAddr::from((VIP, VIP_PORT)),
+            proto: L4Proto::Tcp,
+            backends: BACKENDS
+                .iter()
+                .map(|b| SocketAddr::from((*b, BACKEND_PORT)).into())
+                .collect(),
+            ..Default::default()
+        };
         use lb_api::wire::testing::tcp_v4_frame;
         use lb_api::wire::TcpFlags;
 

@@ -1,5 +1,5 @@
 //! The end-to-end forwarding-mode matrix: modes × {IPv4, IPv6} × {TCP, UDP} over real traffic in
-//! the two-node cluster ([`lb_examples::cluster`]).
+//! the two-node cluster ([`lb_testbed::cluster`]).
 //!
 //! Every service targets backend-2 on node-2 while the client's traffic enters at node-1, so every
 //! flow crosses nodes — where the modes differ. Per cell, what a user would check:
@@ -19,7 +19,7 @@
 //!   continues with smaller segments. SNAT adds nothing, so there no such error may appear;
 //! - `kernel = engine`: one exchange replayed through the userspace engine set up like node-1
 //!   gives the frames node-1 put on the LAN, byte for byte, and its counters
-//!   ([`lb_examples::differential`]).
+//!   ([`lb_testbed::replay`]).
 //!
 //! A mode's test fails listing every failed cell and check with its evidence and what both
 //! nodes' datapaths counted during the cell, after running all of them, so one run shows the
@@ -30,18 +30,19 @@ use std::time::Duration;
 
 use lb_api::counters::{Counter, CounterSnapshot};
 use lb_api::flow::L4Proto;
-use lb_examples::capture::Capture;
-use lb_examples::cluster::{Cluster, Family, LAN_IF, NODE_LAN_PORTS, NODE_PORT, VIP_PORT};
-use lb_examples::differential;
-use lb_examples::matrix::{self, Check, Expectation, REQUESTS};
-use lb_examples::modes::{self, Deployment, Frontend, Mode, ServicePlan};
-use lb_examples::scenario::BULK_BYTES;
-use lb_examples::traffic::{bulk_echo, udp_exchange, Conversation, BACKEND_PORT, BULK_PORT};
+use lb_testbed::capture::Capture;
+use lb_testbed::cluster::{Cluster, Family, LAN_IF, NODE_LAN_PORTS, NODE_PORT, VIP_PORT};
+use lb_testbed::matrix::{self, Check, Expectation, REQUESTS};
+use lb_testbed::modes::{self, Deployment, Frontend, Mode, ServicePlan};
+use lb_testbed::replay;
+use lb_testbed::traffic::{
+    bulk_echo, udp_exchange, Conversation, BACKEND_PORT, BULK_BYTES, BULK_PORT,
+};
 
 const TIMEOUT: Duration = Duration::from_secs(3);
 const PROTOS: [L4Proto; 2] = [L4Proto::Tcp, L4Proto::Udp];
 
-use lb_bpf::privileged_test as privileged;
+use lb_testbed::gate::privileged_test as privileged;
 
 fn proto_name(p: L4Proto) -> &'static str {
     if p == L4Proto::Tcp {
@@ -215,7 +216,7 @@ fn run_cell(
 
 /// `kernel = engine`: one exchange per family and protocol to the VIP, with node-1's bridge port
 /// under capture; node-1's input is replayed through an engine set up like node-1, whose output
-/// and counters must be node-1's ([`lb_examples::differential`]). Runs first, on fresh tables in
+/// and counters must be node-1's ([`lb_testbed::replay`]). Runs first, on fresh tables in
 /// both worlds.
 fn differential(cluster: &Cluster, d: &Deployment) -> Vec<(String, Result<String, String>)> {
     let mut engine = match modes::engine_like(d, 0) {
@@ -235,11 +236,11 @@ fn differential(cluster: &Cluster, d: &Deployment) -> Vec<(String, Result<String
                         .map_err(|e| format!("capture: {e:#}"))?;
                 let before = counters(d)?;
                 let answer = matrix::exchange(cluster, proto, vip, 0);
-                let synced = differential::barrier(&cluster.client, family.node(0), TIMEOUT);
+                let synced = replay::barrier(&cluster.client, family.node(0), TIMEOUT);
                 let after = counters(d)?;
                 let frames = capture.stop();
                 synced.map_err(|e| format!("{e:#}"))?;
-                differential::compare(&mut engine, &frames, (&before[0], &after[0]))
+                replay::compare(&mut engine, &frames, (&before[0], &after[0]))
                     .map(|ev| format!("{ev} (the exchange: {answer:?})"))
                     .map_err(|e| format!("{e}\n  (the exchange: {answer:?})"))
             })();

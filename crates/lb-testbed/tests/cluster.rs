@@ -7,15 +7,15 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use lb_api::flow::L4Proto;
-use lb_examples::capture::Capture;
-use lb_examples::cluster::{Cluster, Family, LAN_IF, VIP_V4, VIP_V6};
-use lb_examples::matrix::{self, Expectation, Leg, SeenPort};
-use lb_examples::traffic::{
+use lb_testbed::capture::Capture;
+use lb_testbed::cluster::{Cluster, Family, LAN_IF, VIP_V4, VIP_V6};
+use lb_testbed::matrix::{self, Expectation, Leg, SeenPort};
+use lb_testbed::traffic::{
     connect, http_get, request, saw_prefix, start_backends, udp_request, BackendSite, Conversation,
     BACKEND_PORT, HTTP_PORT,
 };
 
-use lb_bpf::privileged_test as privileged;
+use lb_testbed::gate::privileged_test as privileged;
 
 const TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -111,7 +111,7 @@ fn pod_to_pod_across_nodes() {
     for family in Family::ALL {
         let target = SocketAddr::new(family.backend(1), BACKEND_PORT);
         let answer =
-            lb_examples::netns::within(&cluster.backends[0], || request(target, 0, 0, TIMEOUT))
+            lb_testbed::netns::within(&cluster.backends[0], || request(target, 0, 0, TIMEOUT))
                 .unwrap()
                 .unwrap_or_else(|e| panic!("{family} backend-1 -> backend-2: {e:#}"));
         assert!(
@@ -206,7 +206,7 @@ fn a_narrow_route_yields_icmp_too_big_and_tcp_completes() {
         ("-4", "10.211.2.0/24", "0"),
         ("-6", "fd00:211:2::/64", "256"),
     ] {
-        lb_examples::netns::ip(&[
+        lb_testbed::netns::ip(&[
             "-n", n2, v, "route", "replace", net, "dev", "pod1", "metric", metric, "mtu", "lock",
             "1400",
         ])
@@ -287,7 +287,7 @@ fn a_node_forwards_packets_carrying_its_own_ipv6_source() {
     );
     for from in [control, src] {
         let frame = udp6_frame(macs.0, macs.1, from, dst, b"forged");
-        lb_examples::capture::inject(&cluster.client, LAN_IF, &frame).expect("injecting");
+        lb_testbed::capture::inject(&cluster.client, LAN_IF, &frame).expect("injecting");
     }
     std::thread::sleep(Duration::from_millis(500));
     let frames = capture.stop();
@@ -411,7 +411,7 @@ fn the_matrix_checks_pass_dsr_by_plain_routing_and_tell_it_from_snat() {
         cluster.nodes[1].as_str(),
         cluster.backends[1].as_str(),
     );
-    let ip = lb_examples::netns::ip;
+    let ip = lb_testbed::netns::ip;
     for family in Family::ALL {
         let (vip, host) = match family {
             Family::V4 => (format!("{VIP_V4}"), "/32"),

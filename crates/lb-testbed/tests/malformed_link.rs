@@ -34,14 +34,16 @@ use lb_api::counters::{Counter, CounterSnapshot, DropReason};
 use lb_api::events::DropEvent;
 use lb_api::flow::{v4_of, L4Proto};
 use lb_api::wire::MAX_IPV6_EXT_HEADERS;
-use lb_bpf::{privileged_test as privileged, KernelDatapath};
-use lb_control::{default_config, NodeSpec, ServiceSpec};
-use lb_examples::differential::barrier;
-use lb_examples::matrix::counter_delta;
-use lb_examples::netns::{in_ns, in_ns_output};
+use lb_bpf::KernelDatapath;
+use lb_control::default_config;
+use lb_control::{NodeSpec, ServiceSpec};
 use lb_examples::scenario;
-use lb_examples::testbed::{Testbed, BACKENDS, BACKEND_PORT, CLIENT, VIP, VIP_PORT};
-use lb_examples::traffic::{self, BackendSite, Conversation};
+use lb_testbed::gate::privileged_test as privileged;
+use lb_testbed::matrix::counter_delta;
+use lb_testbed::netns::{in_ns, in_ns_output};
+use lb_testbed::replay::barrier;
+use lb_testbed::testbed::{Testbed, BACKENDS, BACKEND_PORT, CLIENT, VIP, VIP_PORT};
+use lb_testbed::traffic::{self, BackendSite, Conversation};
 
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/scapy/malformed.py");
 /// The script's random seed: the same frames on every run.

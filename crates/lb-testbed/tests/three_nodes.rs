@@ -24,12 +24,12 @@ use std::time::Duration;
 
 use lb_api::counters::{Counter, CounterSnapshot};
 use lb_api::flow::L4Proto;
-use lb_examples::capture::{Capture, Frame};
-use lb_examples::cluster::{node_port, Cluster, Family, LAN_IF, NODE_PORT};
-use lb_examples::matrix::{self, judge_leg, Check, Leg, SeenPort};
-use lb_examples::modes::{self, Deployment, Frontend, Mode, ServicePlan};
-use lb_examples::netns;
-use lb_examples::traffic::{udp_exchange, Conversation, BACKEND_PORT};
+use lb_testbed::capture::{Capture, Frame};
+use lb_testbed::cluster::{node_port, Cluster, Family, LAN_IF, NODE_PORT};
+use lb_testbed::matrix::{self, judge_leg, Check, Leg, SeenPort};
+use lb_testbed::modes::{self, Deployment, Frontend, Mode, ServicePlan};
+use lb_testbed::netns;
+use lb_testbed::traffic::{udp_exchange, Conversation, BACKEND_PORT};
 
 const TIMEOUT: Duration = Duration::from_secs(3);
 const PROTOS: [L4Proto; 2] = [L4Proto::Tcp, L4Proto::Udp];
@@ -42,7 +42,7 @@ const ROUNDS: usize = 4;
 
 static SIGNALS: Once = Once::new();
 
-use lb_bpf::privileged_test as privileged;
+use lb_testbed::gate::privileged_test as privileged;
 
 /// The NodePort in both families and protocols, backend-2 its only backend.
 fn plans() -> Vec<ServicePlan> {
