@@ -6,13 +6,14 @@ use std::time::Instant;
 
 use lb_api::flow::L4Proto;
 use lb_api::tables::{self, Table};
-use lb_bpf::{privileged_test, Error, KernelDatapath, LoadOptions};
+use lb_bpf::{Error, KernelDatapath, LoadOptions};
 use lb_conntrack::ManualClock;
 use lb_control::{
     default_config, ConfigError, Dataplane, DataplaneError, NodeSpec, Selection, ServiceSpec,
     TableSizes,
 };
 use lb_datapath::engine::Engine;
+use lb_testbed::gate::privileged_test;
 
 /// Small sizes, none equal to the compiled-in ones, so that reading them back proves they were
 /// applied.
