@@ -42,7 +42,8 @@ use lb_control::{NodeSpec, ServiceSpec};
 use lb_datapath::engine::{Engine, GsoType, SkbMeta};
 use zerocopy::IntoBytes;
 
-/// Conntrack capacity of the engine (the kernel map holds 65536).
+/// Conntrack capacity of the engine: room for every fixture's flows (the kernel's map is loaded
+/// at its default size, `lb_api::tables::CONNTRACK`; neither fills in a differential test).
 pub const ENGINE_CT_CAPACITY: usize = 4096;
 
 /// What is compared after each packet.

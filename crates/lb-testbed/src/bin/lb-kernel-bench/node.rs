@@ -11,7 +11,8 @@ use lb_control::{NodeSpec, ServiceSpec};
 use lb_datapath::engine::Engine;
 use lb_testbed::harness::{Checks, EngineAndKernel};
 
-/// Conntrack capacity of the engine, as the kernel map's.
+/// Conntrack capacity of the engine: room for a row's flows (`modes::MAX_RUNS` flows of two
+/// entries each; the kernel map is loaded at its default size).
 const CT_CAPACITY: usize = 65_536;
 
 /// One node: its kernel datapath and the userspace engine with the same configuration, compared
