@@ -86,18 +86,7 @@ impl KernelDatapath {
         }
         let link_pin = self.link_pin("xdp", iface)?;
         let name = Program::Xdp.name();
-        let x: &mut Xdp = self
-            .ebpf
-            .program_mut(name)
-            .ok_or(Error::Program {
-                program: name,
-                source: aya::programs::ProgramError::UnexpectedProgramType,
-            })?
-            .try_into()
-            .map_err(|source| Error::Program {
-                program: name,
-                source,
-            })?;
+        let x: &mut Xdp = crate::program::typed(&mut self.ebpf, Program::Xdp)?;
         let attach_err = |e: Box<dyn std::error::Error + Send + Sync>| Error::Attach {
             program: name,
             iface: iface.into(),
@@ -140,18 +129,7 @@ impl KernelDatapath {
         let link_pin = self.link_pin(&format!("tc-{dir_name}"), iface)?;
         let _ = tc::qdisc_add_clsact(iface); // EEXIST when already there
         let name = Program::Tc.name();
-        let c: &mut SchedClassifier = self
-            .ebpf
-            .program_mut(name)
-            .ok_or(Error::Program {
-                program: name,
-                source: aya::programs::ProgramError::UnexpectedProgramType,
-            })?
-            .try_into()
-            .map_err(|source| Error::Program {
-                program: name,
-                source,
-            })?;
+        let c: &mut SchedClassifier = crate::program::typed(&mut self.ebpf, Program::Tc)?;
         let attach_err = |e: Box<dyn std::error::Error + Send + Sync>| Error::Attach {
             program: name,
             iface: iface.into(),

@@ -104,26 +104,13 @@ impl KernelDatapath {
             }
         })?;
         for p in Program::ALL {
-            let name = p.name();
-            let prog = ebpf.program_mut(name).ok_or_else(|| Error::Program {
-                program: name,
-                source: aya::programs::ProgramError::UnexpectedProgramType,
-            })?;
             let res = if p.is_xdp() {
-                let x: &mut Xdp = prog.try_into().map_err(|source| Error::Program {
-                    program: name,
-                    source,
-                })?;
-                x.load()
+                crate::program::typed::<Xdp>(&mut ebpf, p)?.load()
             } else {
-                let c: &mut SchedClassifier = prog.try_into().map_err(|source| Error::Program {
-                    program: name,
-                    source,
-                })?;
-                c.load()
+                crate::program::typed::<SchedClassifier>(&mut ebpf, p)?.load()
             };
             res.map_err(|source| Error::Program {
-                program: name,
+                program: p.name(),
                 source,
             })?;
         }

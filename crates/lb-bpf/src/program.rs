@@ -70,3 +70,27 @@ impl Program {
         }
     }
 }
+
+/// `program` in the loaded object as its aya type ([`aya::programs::Xdp`] or
+/// [`aya::programs::SchedClassifier`]).
+///
+/// # Errors
+/// [`Error::Program`](crate::Error::Program) if the object lacks it or it is of another type.
+pub(crate) fn typed<'a, T>(
+    ebpf: &'a mut aya::Ebpf,
+    program: Program,
+) -> Result<&'a mut T, crate::Error>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    let name = program.name();
+    let to_error = |source| crate::Error::Program {
+        program: name,
+        source,
+    };
+    let prog = ebpf
+        .program_mut(name)
+        .ok_or(aya::programs::ProgramError::UnexpectedProgramType)
+        .map_err(to_error)?;
+    prog.try_into().map_err(to_error)
+}
