@@ -47,6 +47,8 @@ mod node;
 mod service;
 mod sizes;
 mod store;
+#[cfg(test)]
+mod test_specs;
 
 pub use backend::{BackendSpec, BackendState};
 pub use config::default_config;
@@ -59,5 +61,7 @@ pub use service::{
     validate_services, Selection, ServiceSpec, SessionAffinity, TrafficPolicy,
     AFFINITY_DEFAULT_TIMEOUT_S, AFFINITY_MAX_TIMEOUT_S, MAX_BACKENDS_PER_SERVICE, MAX_RANDOM_SLOTS,
 };
-pub use sizes::{table_memory_bytes, total_memory, SizeError, TableSizes, PAGE_SIZE};
+pub use sizes::{
+    table_memory_bytes, total_memory, SizeError, TableSizes, DROP_EVENT_SLOT_BYTES, PAGE_SIZE,
+};
 pub use store::{addr_bytes, remove_service, set_node, upsert_service, ServiceStore};

@@ -298,24 +298,11 @@ pub fn validate_services(specs: &[ServiceSpec]) -> Result<(), ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_specs::{be, spec};
     use crate::{upsert_service, BackendState, PortRange};
     use lb_nat::HashServiceTable;
     use std::string::ToString;
     use std::vec;
-
-    fn spec(backends: Vec<BackendSpec>) -> ServiceSpec {
-        ServiceSpec {
-            id: 7,
-            frontend: "10.96.0.10:80".parse().unwrap(),
-            proto: L4Proto::Tcp,
-            backends,
-            ..Default::default()
-        }
-    }
-
-    fn be(s: &str) -> BackendSpec {
-        s.parse().unwrap()
-    }
 
     #[test]
     fn terminating_and_zero_weight_backends_get_no_slots_and_weights_expand() {

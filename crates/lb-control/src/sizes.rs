@@ -148,7 +148,16 @@ const HTAB_BUCKET: u64 = 16;
 /// dynamic sizing splits its ratio over conntrack, NAT and load-balancer maps.
 const FRACTION_SHARES: [(&str, u64); 3] = [("conntrack", 70), ("backends", 20), ("services", 10)];
 
+/// Bytes a drop event takes in the ring: its 56-byte record and the ring's 8-byte header.
+pub const DROP_EVENT_SLOT_BYTES: u32 = 64;
+
 impl TableSizes {
+    /// How many drop events the ring holds (the engine keeps as many in its queue).
+    #[must_use]
+    pub const fn drop_event_capacity(&self) -> usize {
+        (self.drop_events_bytes / DROP_EVENT_SLOT_BYTES) as usize
+    }
+
     /// Small sizes for tests that load many datapaths (about 21 MiB of kernel memory instead
     /// of about 290): conntrack 64Ki entries, 4Ki services, 64Ki backend slots (four Maglev
     /// tables of 16,381), 1Ki nodes; the default ring.
@@ -389,7 +398,7 @@ mod tests {
         let d = TableSizes::default();
         d.validate(None).unwrap();
         // The engine's drop-event queue at the defaults is the ring's 64-byte slots.
-        assert_eq!(d.drop_events_bytes / 64, 4096);
+        assert_eq!(d.drop_event_capacity(), 4096);
         assert!(d.conntrack >= 768 * 1024);
         assert!(d.services >= 64 * 1024);
         assert!(d.backends >= 64 * 16_381);

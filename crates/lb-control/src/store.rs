@@ -144,25 +144,10 @@ pub fn set_node<S: ServiceStore + ?Sized>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{BackendSpec, BackendState, Selection};
+    use crate::test_specs::{be, spec};
+    use crate::{BackendState, Selection};
     use lb_api::abi::SVC_F_MAGLEV;
-    use lb_api::flow::L4Proto;
     use std::vec;
-    use std::vec::Vec;
-
-    fn spec(backends: Vec<BackendSpec>) -> ServiceSpec {
-        ServiceSpec {
-            id: 7,
-            frontend: "10.96.0.10:80".parse().unwrap(),
-            proto: L4Proto::Tcp,
-            backends,
-            ..Default::default()
-        }
-    }
-
-    fn be(s: &str) -> BackendSpec {
-        s.parse().unwrap()
-    }
 
     #[test]
     fn shrinking_a_service_removes_trailing_slots() {

@@ -33,7 +33,7 @@ mod dataplane;
 
 /// How many drop events the engine keeps until they are drained at the default sizes: about
 /// what the kernel's 256 KiB ring buffer holds (4095 56-byte records in 64-byte slots). An
-/// engine of other sizes keeps `TableSizes::drop_events_bytes / 64`.
+/// engine of other sizes keeps [`TableSizes::drop_event_capacity`].
 pub const DROP_EVENT_QUEUE_LEN: usize = 4096;
 
 /// Bytes of room the engine keeps in front of a frame, as XDP does (`XDP_PACKET_HEADROOM`), for
@@ -456,7 +456,7 @@ impl<C: Clock> Engine<C> {
     /// Queues an event; when the queue is full the oldest goes, counted as
     /// [`Counter::DropEventsLost`] (a consumer that falls behind sees the latest drops).
     fn queue_drop_event(&mut self, ev: DropEvent) {
-        if self.drop_events.len() >= (self.sizes.drop_events_bytes / 64) as usize {
+        if self.drop_events.len() >= self.sizes.drop_event_capacity() {
             self.drop_events.pop_front();
             self.tables.counters.bump(Counter::DropEventsLost.slot());
         }

@@ -2,7 +2,7 @@
 //! runs it over hashbrown tables.
 //!
 //! [`process`] is the one function both worlds run: the eBPF programs call it over XDP/TC packet
-//! memory and kernel maps, the [`Engine`](engine::Engine) over a byte slice and hash tables.
+//! memory and kernel maps, the `engine::Engine` (feature `std`) over a byte slice and hash tables.
 //!
 //! ```
 //! use lb_api::{Verdict, flow::L4Proto};
