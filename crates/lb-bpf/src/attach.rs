@@ -84,9 +84,40 @@ impl KernelDatapath {
         if hands_up_partial_checksums(iface) {
             self.set_xdp_partial_checksums(iface, true)?;
         }
-        let link_pin = self.link_pin("xdp", iface)?;
-        let name = Program::Xdp.name();
-        let x: &mut Xdp = crate::program::typed(&mut self.ebpf, Program::Xdp)?;
+        self.attach_xdp_program(Program::Xdp, "xdp", iface, mode)?;
+        self.pin_stages(XDP_STAGES)
+    }
+
+    /// Attaches the pass-only program [`Program::XdpTxPeer`] to `iface`, the peer of a veth
+    /// that runs the XDP pipeline ([`Self::attach_xdp`]), in the peer's namespace (call it
+    /// from a thread in that namespace).
+    ///
+    /// The pipeline sends ICMP errors (fragmentation needed, packet too big) back out of the
+    /// device a packet came in on with `XDP_TX`. A veth queues such frames for its peer, and
+    /// Linux wakes the peer to take them only when the peer runs an XDP program of its own:
+    /// without one they stay queued (GRO on the peer does not help while the veth sends with
+    /// TSO, the default). A NIC needs nothing. Every packet passes; the peer keeps its
+    /// settings.
+    ///
+    /// # Errors
+    /// [`Error::NoSuchInterface`] or [`Error::Attach`].
+    pub fn attach_xdp_tx_peer(&mut self, iface: &str, mode: XdpMode) -> Result<(), Error> {
+        check_iface(iface)?;
+        self.attach_xdp_program(Program::XdpTxPeer, "xdp-tx-peer", iface, mode)
+    }
+
+    /// Attaches the XDP `program` to `iface`; when pinning, through the link pinned as `kind`
+    /// for `iface` (an earlier loader's link gets this program swapped in atomically).
+    fn attach_xdp_program(
+        &mut self,
+        program: Program,
+        kind: &str,
+        iface: &str,
+        mode: XdpMode,
+    ) -> Result<(), Error> {
+        let link_pin = self.link_pin(kind, iface)?;
+        let name = program.name();
+        let x: &mut Xdp = crate::program::typed(&mut self.ebpf, program)?;
         let attach_err = |e: Box<dyn std::error::Error + Send + Sync>| Error::Attach {
             program: name,
             iface: iface.into(),
@@ -112,7 +143,7 @@ impl KernelDatapath {
                 source: e.into(),
             })?;
         }
-        self.pin_stages(XDP_STAGES)
+        Ok(())
     }
 
     /// Attaches the TC pipeline to `iface` in `direction` (adds the clsact qdisc if missing).

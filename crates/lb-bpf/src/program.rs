@@ -16,16 +16,21 @@ pub enum Program {
     XdpNewFlow,
     /// The TC pipeline's new-flow stage, reached by tail call from [`Program::Tc`].
     TcNewFlow,
+    /// Pass-only XDP program for the peer of a veth that runs [`Program::Xdp`], so that the
+    /// peer takes the frames the pipeline sends back with `XDP_TX`
+    /// ([`KernelDatapath::attach_xdp_tx_peer`](crate::KernelDatapath::attach_xdp_tx_peer)).
+    XdpTxPeer,
 }
 
 impl Program {
     /// Every variant: each is loaded through the verifier by [`KernelDatapath::load`](crate::KernelDatapath::load).
-    pub const ALL: [Program; 5] = [
+    pub const ALL: [Program; 6] = [
         Program::Xdp,
         Program::Tc,
         Program::XdpParseOnly,
         Program::XdpNewFlow,
         Program::TcNewFlow,
+        Program::XdpTxPeer,
     ];
 
     /// Whether the program is an XDP program (else a TC classifier).
@@ -33,7 +38,7 @@ impl Program {
     pub const fn is_xdp(self) -> bool {
         matches!(
             self,
-            Program::Xdp | Program::XdpParseOnly | Program::XdpNewFlow
+            Program::Xdp | Program::XdpParseOnly | Program::XdpNewFlow | Program::XdpTxPeer
         )
     }
 
@@ -46,6 +51,7 @@ impl Program {
             Program::XdpParseOnly => "lb_xdp_parse_only",
             Program::XdpNewFlow => "lb_xdp_new_flow",
             Program::TcNewFlow => "lb_tc_new_flow",
+            Program::XdpTxPeer => "lb_xdp_tx_peer",
         }
     }
 

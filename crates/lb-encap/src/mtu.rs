@@ -136,7 +136,7 @@ pub fn icmp_too_big_parsed<P: AdjustHead + ?Sized>(
             },
         )?;
         let pseudo = checksum::pseudo_sum_v6(from, &to, 58, icmp_len as u32);
-        let c = checksum::finish(checksum::sum_packet(pkt, l4, icmp_len, pseudo)?);
+        let c = icmp_checksum(pkt, p, l4, icmp_len, pseudo)?;
         pkt.store(crate::opaque(l4 + IcmpHeader::CHECK_OFFSET), &U16::new(c))?;
     } else {
         let mut ip = Ipv4Header {
@@ -165,8 +165,93 @@ pub fn icmp_too_big_parsed<P: AdjustHead + ?Sized>(
                 rest: [0, 0, m[0], m[1]],
             },
         )?;
-        let c = checksum::finish(checksum::sum_packet(pkt, l4, icmp_len, 0)?);
+        let c = icmp_checksum(pkt, p, l4, icmp_len, 0)?;
         pkt.store(crate::opaque(l4 + IcmpHeader::CHECK_OFFSET), &U16::new(c))?;
     }
     Some(())
+}
+
+/// The checksum of the ICMP message at `l4` (`icmp_len` bytes, its checksum field zero;
+/// `pseudo`: the IPv6 pseudo-header sum, 0 for ICMPv4), after setting the quoted TCP/UDP
+/// checksum field to the one value that checksum completion leaves as it is.
+///
+/// Why: a packet whose checksum is partial (a local sender's, with checksum offload: the
+/// skb's `CHECKSUM_PARTIAL`, which TC keeps and cannot clear) stays marked so when it is turned
+/// into the error, and the mark still points at its transport header, now inside the quote. A
+/// device that completes checksums (a NIC without offload, a veth with `tx off`) then sums the
+/// quoted transport bytes and writes the result into the quoted field after this node computed
+/// the error's checksum: the error would arrive with a wrong checksum, its receiver would drop
+/// it, and the sender would never learn its path MTU. Completion writes `!fold(D + F)`, `D` the
+/// sum of the other quoted transport bytes and `F` the field; `F = ror1(!fold(D))`
+/// (one's-complement halving) is its fixed point, since then `fold(D + 2F) = 0xffff` (a zero
+/// result is written as `0xffff`, so `F` is never `0`). The quoted checksum is not one a
+/// receiver can check in any case: the quote is cut short of the datagram ([`QUOTE_MAX`]), and
+/// receivers match their socket by addresses and ports.
+///
+/// `D` comes out of the one sum over the message, less the ICMP header and the quoted IP
+/// header, which are summed apart as fixed-size headers: no second loop over the quote (the
+/// kernel verifier walks every loop at every call site). So the field is set where the quoted
+/// IP header has no options or extension headers (IHL 5, IPv6 next header TCP/UDP), the common
+/// case; otherwise, and where the quote is too short to hold the field, it is left as it is.
+#[inline(always)]
+fn icmp_checksum<P: AdjustHead + ?Sized>(
+    pkt: &mut P,
+    p: &lb_api::wire::Parsed,
+    l4: usize,
+    icmp_len: usize,
+    pseudo: u32,
+) -> Option<u16> {
+    // The one loop first, with the quoted field as it is: a branch before a loop would make
+    // the kernel verifier walk the loop once per branch.
+    let all = checksum::sum_packet(pkt, l4, icmp_len, pseudo)?;
+    let quote_at = l4 + IcmpHeader::LEN;
+    let Some(f) = quoted_checksum_field(p, icmp_len - IcmpHeader::LEN) else {
+        return Some(checksum::finish(all));
+    };
+    let at = crate::opaque(quote_at + f);
+    let was: U16 = pkt.load(at)?;
+    // The headers in front of the quoted transport bytes (fixed sizes, see above), and the
+    // field: what is not `D`.
+    let icmp: IcmpHeader = pkt.load(l4)?;
+    let mut not_d = checksum::sum(zerocopy::IntoBytes::as_bytes(&icmp), pseudo);
+    if p.family() == IpFamily::V6 {
+        let ip: Ipv6Header = pkt.load(quote_at)?;
+        not_d = checksum::sum(zerocopy::IntoBytes::as_bytes(&ip), not_d);
+    } else {
+        let ip: Ipv4Header = pkt.load(quote_at)?;
+        not_d = checksum::sum(zerocopy::IntoBytes::as_bytes(&ip), not_d);
+    }
+    not_d += u32::from(was.get());
+    // D = all - not_d, in one's-complement arithmetic.
+    let d = checksum::finish(u32::from(checksum::finish(all)) + not_d);
+    let fixed = match (!d).rotate_right(1) {
+        0 => 0xffff,
+        f => f,
+    };
+    pkt.store(at, &U16::new(fixed))?;
+    // The message's sum (folded) with `fixed` in place of `was`.
+    let folded = !checksum::finish(all);
+    Some(checksum::finish(
+        u32::from(folded) + u32::from(!was.get()) + u32::from(fixed),
+    ))
+}
+
+/// Where the quoted TCP/UDP checksum field is, from the quote's start, when
+/// [`icmp_checksum`] sets it: the quoted IP header without options or extension headers, and
+/// a quote of `quote` bytes that holds the field.
+#[inline(always)]
+fn quoted_checksum_field(p: &lb_api::wire::Parsed, quote: usize) -> Option<usize> {
+    let field = if p.tuple.proto == L4Proto::Tcp as u8 {
+        16
+    } else if p.tuple.proto == L4Proto::Udp as u8 {
+        6
+    } else {
+        return None;
+    };
+    let ip_len = if p.family() == IpFamily::V6 {
+        Ipv6Header::LEN
+    } else {
+        Ipv4Header::LEN
+    };
+    (p.l4_offset == p.l3_offset + ip_len && ip_len + field + 2 <= quote).then_some(ip_len + field)
 }

@@ -204,11 +204,73 @@ fn too_big_becomes_icmp_frag_needed_with_the_right_quote() {
             etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1450 }
         )
     );
-    // The quote: the original IP header and the start of its UDP header.
-    assert_eq!(&i.payload()[..28], &inner[14..42]);
+    // The quote: the original IP header and the start of its UDP header (its checksum field
+    // aside: see `quoted_checksum_survives_completion`).
+    assert_eq!(&i.payload()[..26], &inner[14..40]);
     // IP header + ICMP header + the bounded quote.
     assert_eq!(bytes.len(), 14 + 20 + 8 + lb_encap::mtu::QUOTE_MAX);
     assert_eq!(&bytes[0..6], &inner[6..12], "back to the sender's MAC");
+}
+
+/// What a device that completes a partial checksum does (Linux's `skb_checksum_help`): sums
+/// the bytes from the checksum's start to the end of the packet, field included, and writes
+/// the folded complement into the field (`0xffff` for a zero result).
+fn complete_as_a_device(frame: &mut [u8], csum_start: usize, csum_offset: usize) {
+    let sum = lb_api::checksum::sum(&frame[csum_start..], 0);
+    let c = match lb_api::checksum::finish(sum) {
+        0 => 0xffff,
+        c => c,
+    };
+    frame[csum_start + csum_offset..csum_start + csum_offset + 2].copy_from_slice(&c.to_be_bytes());
+}
+
+/// A packet with a partial checksum (a local sender's, checksum offload) stays marked so when TC
+/// turns it into the ICMP error, and the mark points at its transport header, inside the quote:
+/// a device that completes checksums writes into the quote after the error's checksum was
+/// made. The quoted field is set to the value completion leaves as it is, so the error's
+/// checksum holds either way (IPv4/UDP and IPv6/TCP, many payloads).
+#[test]
+fn quoted_checksum_survives_completion() {
+    for seed in 0u8..64 {
+        let payload: Vec<u8> = (0..1472u16)
+            .map(|i| (i as u8).wrapping_mul(seed) ^ seed)
+            .collect();
+        for v6 in [false, true] {
+            let inner = if v6 {
+                tcp_v6_frame(&payload[..1400])
+            } else {
+                udp_v4_frame([10, 0, 0, 1], 5000, [10, 1, 0, 2], 53, &payload)
+            };
+            let mut b = with_headroom(&inner);
+            let mut p = HeadroomPacket::new(&mut b, HEADROOM, inner.len()).unwrap();
+            let mut from = [0u8; 16];
+            from[..4].copy_from_slice(&[10, 0, 0, 254]);
+            if v6 {
+                from = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xfe];
+            }
+            let mut counters = CounterSnapshot::default();
+            let out = vxlan_encap_or_too_big(&mut p, &geneve_cfg(), 1, from, &mut counters);
+            assert_eq!(out, Ok(MtuOutcome::TooBigSent));
+            let mut bytes = p.bytes().to_vec();
+            let (ip_len, l4_field) = if v6 { (40, 16) } else { (20, 6) };
+            let quoted_l4 = 14 + ip_len + 8 + ip_len;
+            let before = bytes.clone();
+            complete_as_a_device(&mut bytes, quoted_l4, l4_field);
+            assert_eq!(
+                bytes, before,
+                "seed {seed} v6 {v6}: completion changed the quote"
+            );
+            if v6 {
+                let ip = smoltcp::wire::Ipv6Packet::new_checked(&bytes[14..]).unwrap();
+                let icmp = smoltcp::wire::Icmpv6Packet::new_checked(ip.payload()).unwrap();
+                assert!(icmp.verify_checksum(&ip.src_addr(), &ip.dst_addr()));
+            } else {
+                let ip = smoltcp::wire::Ipv4Packet::new_checked(&bytes[14..]).unwrap();
+                let icmp = smoltcp::wire::Icmpv4Packet::new_checked(ip.payload()).unwrap();
+                assert!(icmp.verify_checksum(), "seed {seed}");
+            }
+        }
+    }
 }
 
 #[test]

@@ -28,10 +28,11 @@
 //!   carry their own IPv4 address as source (`accept_local`: what SNAT and the tunnel hand to the
 //!   stack) and send no ICMP redirects, IPv6 addresses skip DAD;
 //! - the datapath runs at XDP on the nodes' LAN interfaces and at TC on the pods' host-side
-//!   veths; the peers of the LAN interfaces (the bridge ports) have NAPI on, and the LAN
-//!   interfaces complete checksums in software, so that packets the datapath sends back out
-//!   (`XDP_TX`: ICMP too-big) arrive ([`crate::netns::receive_xdp_tx`]). Client and pods keep
-//!   the kernel's default offloads.
+//!   veths; the peers of the LAN interfaces (the bridge ports) run the pass-only
+//!   `lb_xdp_tx_peer`, so that packets the datapath sends back out (`XDP_TX`: ICMP too-big)
+//!   arrive (`KernelDatapath::attach_xdp_tx_peer`, attached by [`crate::modes::deploy`]).
+//!   Every device keeps the kernel's default offloads unless a test asks the nodes to complete
+//!   checksums in software ([`Cluster::complete_checksums_in_software`]).
 //!
 //! Every address is inside namespaces this module creates; nothing else is ever a target. The
 //! namespaces are removed when the [`Cluster`] drops, on Ctrl-C/SIGTERM
@@ -44,7 +45,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 
 use crate::netns::{
-    in_ns, in_ns_output, ip, receive_xdp_tx, software_checksums, within, Namespaces,
+    in_ns, in_ns_output, ip, software_checksums, within, Namespaces, NodeChecksums,
 };
 use crate::traffic::{start_backends, BackendSite, Backends};
 
@@ -186,6 +187,8 @@ pub struct Cluster {
     /// backend-1's (on node-1) and backend-2's (on node-2) namespaces.
     pub backends: [String; 2],
     namespaces: Namespaces,
+    /// Whether the nodes' own devices complete checksums in software.
+    node_checksums: std::cell::Cell<NodeChecksums>,
 }
 
 impl Cluster {
@@ -224,11 +227,19 @@ impl Cluster {
                 .collect(),
             backends: [ns.name("b1"), ns.name("b2")],
             namespaces: ns,
+            node_checksums: std::cell::Cell::new(NodeChecksums::Offload),
         };
         cluster
             .wire()
             .with_context(|| format!("building the {nodes}-node cluster {tag}"))?;
         Ok(cluster)
+    }
+
+    /// How the nodes' own devices transmit checksums: the kernel's default offload, or
+    /// completed in software after [`Self::complete_checksums_in_software`].
+    #[must_use]
+    pub fn node_checksums(&self) -> NodeChecksums {
+        self.node_checksums.get()
     }
 
     /// Every namespace of the cluster.
@@ -246,6 +257,7 @@ impl Cluster {
     /// # Errors
     /// If ethtool is missing or fails.
     pub fn complete_checksums_in_software(&self) -> Result<()> {
+        self.node_checksums.set(NodeChecksums::Software);
         for (i, node) in self.nodes.iter().enumerate() {
             software_checksums(node, LAN_IF)?;
             if i < POD_NODES {
@@ -286,8 +298,6 @@ impl Cluster {
                 "-n", lan, "link", "add", port, "type", "veth", "peer", "name", LAN_IF, "netns", ns,
             ])?;
             ip(&["-n", lan, "link", "set", port, "master", "br0", "up"])?;
-            // A node's datapath answers on its LAN interface (XDP_TX: ICMP too-big).
-            receive_xdp_tx(lan, port)?;
             ip(&["-n", ns, "addr", "add", &format!("{v4}/24"), "dev", LAN_IF])?;
             ip(&[
                 "-n",
@@ -300,15 +310,6 @@ impl Cluster {
                 "nodad",
             ])?;
             ip(&["-n", ns, "link", "set", LAN_IF, "up"])?;
-            if ns != self.client {
-                // A node's LAN interface runs the datapath at XDP and sends ICMP errors back
-                // out with XDP_TX. On Linux 6.18 a veth delivered those frames to its peer only
-                // with its own transmit checksum offload off (all lost with it on, though its
-                // peer has NAPI: measured by the path MTU check). So the nodes' LAN devices
-                // complete checksums in software, as a NIC without offload does: what leaves a
-                // node towards the LAN carries the checksum its partial seed implies.
-                software_checksums(ns, LAN_IF)?;
-            }
         }
 
         // A pod on node-1 and node-2: `pod1` on the node, `eth0` in the pod.

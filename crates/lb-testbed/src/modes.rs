@@ -180,7 +180,7 @@ mod with_modes {
     use lb_datapath::engine::Engine;
 
     use super::{Deployment, Mode, ServicePlan};
-    use crate::cluster::{Cluster, LAN_IF, POD_IF, POD_NODES};
+    use crate::cluster::{Cluster, LAN_IF, NODE_LAN_PORTS, POD_IF, POD_NODES};
     use crate::netns::within;
 
     fn forwarding(mode: Mode) -> ForwardingMode {
@@ -303,8 +303,9 @@ mod with_modes {
         // XDP on the LAN (the node's "NIC"); TC at ingress of the pod's host-side veth, as
         // CNIs attach to pods: there the kernel's helpers see the pod's partial checksums and
         // GSO packets, and an ICMP error goes back to the pod by redirect, which a veth with
-        // the default settings delivers (XDP_TX needs NAPI on the peer). Only nodes with a pod
-        // have a pod link.
+        // the default settings delivers. Only nodes with a pod have a pod link. The LAN
+        // interface's peer (the bridge port) runs the pass-only program, so that the ICMP
+        // errors the XDP pipeline sends back with XDP_TX reach it.
         let xdp = within(&cluster.nodes[node], || -> Result<&'static str> {
             let native = dp.attach_xdp(LAN_IF, XdpMode::Driver).is_ok();
             if !native {
@@ -321,6 +322,13 @@ mod with_modes {
                 "generic (skb)"
             })
         })??;
+        if xdp == "native (driver)" {
+            let port = NODE_LAN_PORTS[node];
+            within(&cluster.lan, || {
+                dp.attach_xdp_tx_peer(port, XdpMode::Driver)
+            })?
+            .with_context(|| format!("attaching the XDP_TX peer program to {port}"))?;
+        }
         Ok((dp, xdp))
     }
 

@@ -209,14 +209,3 @@ pub enum NodeChecksums {
 pub fn software_checksums(ns: &str, dev: &str) -> Result<()> {
     in_ns(ns, &["ethtool", "-K", dev, "tx", "off"]).context("ethtool (package ethtool)")
 }
-
-/// Turns on NAPI on `dev` in `ns`, the peer of a veth whose XDP program sends packets back out
-/// (`XDP_TX`, such as the datapath's ICMP "fragmentation needed"): a veth delivers XDP frames only
-/// to a peer with NAPI, which a veth without an XDP program of its own has only with GRO on;
-/// without it the frames are silently dropped.
-///
-/// # Errors
-/// If ethtool is missing or fails.
-pub fn receive_xdp_tx(ns: &str, dev: &str) -> Result<()> {
-    in_ns(ns, &["ethtool", "-K", dev, "gro", "on"]).context("ethtool (package ethtool)")
-}

@@ -22,7 +22,7 @@ use lb_api::Verdict;
 use lb_datapath::engine::Engine;
 
 use crate::capture::RawFrame;
-use crate::netns::within;
+use crate::netns::{within, NodeChecksums};
 
 /// A port nothing listens on in a node's namespace (discard).
 const CLOSED_PORT: u16 = 9;
@@ -173,7 +173,9 @@ fn without_macs(frame: &[u8]) -> &[u8] {
 
 /// Replays node-1's captured input (`frames` with `outgoing` set: what the bridge sent node-1)
 /// through `engine` and compares its outputs with node-1's (the others) and its counters with
-/// `kernel`, node-1's counters over the same time.
+/// `kernel`, node-1's counters over the same time. `node_checksums` says whether node-1's LAN
+/// device completes the partial checksums of what it sends on (as the capture then shows them)
+/// or passes them on as they are (the kernel's default offload).
 ///
 /// # Errors
 /// The first difference, with both frames in hex, or the counters that differ.
@@ -181,6 +183,7 @@ pub fn compare(
     engine: &mut Engine,
     frames: &[RawFrame],
     kernel: (&CounterSnapshot, &CounterSnapshot),
+    node_checksums: NodeChecksums,
 ) -> Result<String, String> {
     let engine_before = *engine.counters();
     let mut expected = Vec::new();
@@ -190,9 +193,13 @@ pub fn compare(
         let partial_before = engine.counters().get(Counter::ChecksumPartialAtXdp);
         let verdict = engine.process(&mut pkt);
         // A partial checksum (the client's, with the default offload) of a packet node-1
-        // sends on leaves completed by its LAN device, which completes checksums in software
-        // (see `Cluster`). A packet passed untouched goes to the stack as it came.
-        if engine.counters().get(Counter::ChecksumPartialAtXdp) > partial_before && pkt != f.bytes {
+        // sends on leaves completed when its LAN device completes checksums in software, and
+        // as it is with the default offload. A packet passed untouched goes to the stack as it
+        // came.
+        if node_checksums == NodeChecksums::Software
+            && engine.counters().get(Counter::ChecksumPartialAtXdp) > partial_before
+            && pkt != f.bytes
+        {
             complete_partial_checksum(&mut pkt);
         }
         if !of_interest(&f.bytes) {
@@ -346,22 +353,46 @@ mod tests {
         };
 
         let same = [input.clone(), output(forwarded(&out))];
-        let ok = compare(&mut engine(), &same, counted).unwrap();
+        let ok = compare(&mut engine(), &same, counted, NodeChecksums::Offload).unwrap();
         assert!(ok.contains("1 frames in, 1 out"), "{ok}");
 
         let untranslated = [input.clone(), output(forwarded(&syn))];
-        let e = compare(&mut engine(), &untranslated, counted).unwrap_err();
+        let e = compare(
+            &mut engine(),
+            &untranslated,
+            counted,
+            NodeChecksums::Offload,
+        )
+        .unwrap_err();
         assert!(e.contains("differs"), "{e}");
 
         let not_forwarded = [input.clone(), output(out.clone())];
-        let e = compare(&mut engine(), &not_forwarded, counted).unwrap_err();
+        let e = compare(
+            &mut engine(),
+            &not_forwarded,
+            counted,
+            NodeChecksums::Offload,
+        )
+        .unwrap_err();
         assert!(e.contains("differs"), "the TTL is not lowered: {e}");
 
-        let e = compare(&mut engine(), std::slice::from_ref(&input), counted).unwrap_err();
+        let e = compare(
+            &mut engine(),
+            std::slice::from_ref(&input),
+            counted,
+            NodeChecksums::Offload,
+        )
+        .unwrap_err();
         assert!(e.contains("node-1 sent 0 frames"), "{e}");
 
         let nothing_counted = (&CounterSnapshot::default(), &CounterSnapshot::default());
-        let e = compare(&mut engine(), &same, nothing_counted).unwrap_err();
+        let e = compare(
+            &mut engine(),
+            &same,
+            nothing_counted,
+            NodeChecksums::Offload,
+        )
+        .unwrap_err();
         assert!(e.contains("service_new_flow kernel 0 engine 1"), "{e}");
     }
 

@@ -34,6 +34,7 @@ use lb_testbed::capture::Capture;
 use lb_testbed::cluster::{Cluster, Family, LAN_IF, NODE_LAN_PORTS, NODE_PORT, VIP_PORT};
 use lb_testbed::matrix::{self, Check, Expectation, REQUESTS};
 use lb_testbed::modes::{self, Deployment, Frontend, Mode, ServicePlan};
+use lb_testbed::netns::NodeChecksums;
 use lb_testbed::replay;
 use lb_testbed::traffic::{
     bulk_echo, udp_exchange, Conversation, BACKEND_PORT, BULK_BYTES, BULK_PORT,
@@ -240,9 +241,14 @@ fn differential(cluster: &Cluster, d: &Deployment) -> Vec<(String, Result<String
                 let after = counters(d)?;
                 let frames = capture.stop();
                 synced.map_err(|e| format!("{e:#}"))?;
-                replay::compare(&mut engine, &frames, (&before[0], &after[0]))
-                    .map(|ev| format!("{ev} (the exchange: {answer:?})"))
-                    .map_err(|e| format!("{e}\n  (the exchange: {answer:?})"))
+                replay::compare(
+                    &mut engine,
+                    &frames,
+                    (&before[0], &after[0]),
+                    cluster.node_checksums(),
+                )
+                .map(|ev| format!("{ev} (the exchange: {answer:?})"))
+                .map_err(|e| format!("{e}\n  (the exchange: {answer:?})"))
             })();
             out.push((cell_name(d.mode, family, proto), res));
         }
@@ -312,16 +318,23 @@ fn restart_checks(cluster: &Cluster, d: &mut Deployment) -> Vec<(String, Result<
     out
 }
 
-fn run_mode(mode: Mode) {
-    let test = format!("mode_{mode}");
+fn run_mode(mode: Mode, checksums: NodeChecksums) {
+    let software = checksums == NodeChecksums::Software;
+    let test = format!("mode_{mode}{}", if software { "_sw" } else { "" });
     if !privileged(&test) {
         return;
     }
-    let cluster = Cluster::create(mode.name()).expect("cluster");
+    let tag = format!("{}{}", mode.name(), if software { "-sw" } else { "" });
+    let cluster = Cluster::create(&tag).expect("cluster");
+    if software {
+        cluster
+            .complete_checksums_in_software()
+            .expect("software checksums on the nodes");
+    }
     let _servers = cluster
         .start_backends(Duration::from_secs(120))
         .expect("backend servers");
-    let mut d = modes::deploy(&cluster, mode, &plans(), mode.name()).expect("deploy both nodes");
+    let mut d = modes::deploy(&cluster, mode, &plans(), &tag).expect("deploy both nodes");
     let macs = [
         Cluster::mac(&cluster.nodes[0], LAN_IF).unwrap(),
         Cluster::mac(&cluster.nodes[1], LAN_IF).unwrap(),
@@ -366,31 +379,55 @@ fn run_mode(mode: Mode) {
             failures.push(format!("  counted during {}: {}", cell.name, cell.counted));
         }
     }
-    eprintln!("{mode}: XDP {:?}", d.xdp_modes);
+    eprintln!("{mode} ({checksums:?} on the nodes): XDP {:?}", d.xdp_modes);
     let failed_checks = failures.iter().filter(|f| !f.starts_with("  ")).count();
     assert!(
         failures.is_empty(),
-        "{failed_checks} failed checks in mode {mode}:\n{}",
+        "{failed_checks} failed checks in mode {mode} ({checksums:?} on the nodes):\n{}",
         failures.join("\n"),
     );
 }
 
+// Each mode twice: with the kernel's default offloads everywhere, and with the nodes' own
+// devices completing checksums in software, so that a wrong partial seed fails a connection
+// instead of passing unchecked between veths.
+
 #[test]
 fn mode_snat() {
-    run_mode(Mode::Snat);
+    run_mode(Mode::Snat, NodeChecksums::Offload);
+}
+
+#[test]
+fn mode_snat_sw() {
+    run_mode(Mode::Snat, NodeChecksums::Software);
 }
 
 #[test]
 fn mode_dsr() {
-    run_mode(Mode::Dsr);
+    run_mode(Mode::Dsr, NodeChecksums::Offload);
+}
+
+#[test]
+fn mode_dsr_sw() {
+    run_mode(Mode::Dsr, NodeChecksums::Software);
 }
 
 #[test]
 fn mode_tunnel() {
-    run_mode(Mode::Tunnel);
+    run_mode(Mode::Tunnel, NodeChecksums::Offload);
+}
+
+#[test]
+fn mode_tunnel_sw() {
+    run_mode(Mode::Tunnel, NodeChecksums::Software);
 }
 
 #[test]
 fn mode_hybrid() {
-    run_mode(Mode::Hybrid);
+    run_mode(Mode::Hybrid, NodeChecksums::Offload);
+}
+
+#[test]
+fn mode_hybrid_sw() {
+    run_mode(Mode::Hybrid, NodeChecksums::Software);
 }

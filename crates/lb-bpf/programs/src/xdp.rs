@@ -1,4 +1,5 @@
-//! The XDP programs: the pipeline's two stages and the parse-only baseline.
+//! The XDP programs: the pipeline's two stages, the parse-only baseline, and the pass-only
+//! program for the peer of a veth that runs the pipeline.
 
 use aya_ebpf::bindings::xdp_action;
 use aya_ebpf::macros::xdp;
@@ -73,4 +74,13 @@ pub fn lb_xdp_parse_only(ctx: XdpContext) -> u32 {
         }
         Err(_) => xdp_action::XDP_PASS,
     }
+}
+
+/// Passes every packet. Attached to the peer of a veth that runs [`lb_xdp`]: a veth delivers
+/// the frames its XDP program sends back with `XDP_TX` (ICMP errors) to a peer that runs an XDP
+/// program of its own; without one they wait in the peer's queue (Linux 6.18 wakes the peer's
+/// NAPI after `XDP_TX` only when the peer has an XDP program).
+#[xdp]
+pub fn lb_xdp_tx_peer(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
 }

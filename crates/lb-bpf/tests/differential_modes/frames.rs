@@ -437,9 +437,43 @@ pub(crate) fn outer_sport(f: &[u8]) -> u16 {
     u16::from_be_bytes([f[at], f[at + 1]])
 }
 
+/// The quote of an ICMP error as the datapath sends it: `quote` with its TCP/UDP checksum field
+/// (IPv4 without options, IPv6 without extension headers, field inside the quote) set to the
+/// value a device completing a partial checksum leaves as it is: `F` with `!fold(D + F) = F`,
+/// `D` the sum of the other quoted transport bytes (found here by trying every value: an
+/// oracle independent of the datapath's closed form).
+fn settled_quote(quote: &[u8]) -> Vec<u8> {
+    let mut q = quote.to_vec();
+    let (ip_len, proto) = match q[0] >> 4 {
+        4 if q[0] & 0xf == 5 => (20, q[9]),
+        6 => (40, q[6]),
+        _ => return q,
+    };
+    let field = match proto {
+        6 => ip_len + 16,
+        17 => ip_len + 6,
+        _ => return q,
+    };
+    if field + 2 > q.len() {
+        return q;
+    }
+    q[field..field + 2].copy_from_slice(&[0, 0]);
+    let d = lb_api::checksum::sum(&q[ip_len..], 0);
+    let completes_to = |f: u16| match lb_api::checksum::finish(d + u32::from(f)) {
+        0 => 0xffff,
+        c => c,
+    };
+    let f = (1..=0xffffu16)
+        .find(|&f| completes_to(f) == f)
+        .expect("a fixed point of completion");
+    q[field..field + 2].copy_from_slice(&f.to_be_bytes());
+    q
+}
+
 /// What a node answers a packet too big for the carrier with: ICMP "fragmentation needed"
 /// (IPv4) / ICMPv6 "packet too big", from `from` to the packet's sender, MACs swapped, quoting
-/// the first 128 bytes of the IP packet as it was sent.
+/// the first 128 bytes of the IP packet as it was sent, its transport checksum field settled
+/// ([`settled_quote`]).
 pub(crate) fn too_big(orig: &[u8], from: IpAddr, mtu: u16) -> Vec<u8> {
     let mut f = Vec::new();
     let v6 = orig[12..14] == [0x86, 0xdd];
@@ -454,7 +488,7 @@ pub(crate) fn too_big(orig: &[u8], from: IpAddr, mtu: u16) -> Vec<u8> {
     }
     .write(&mut f)
     .unwrap();
-    let quote = &orig[14..orig.len().min(14 + 128)];
+    let quote = &settled_quote(&orig[14..orig.len().min(14 + 128)]);
     match from {
         IpAddr::V4(from) => {
             let to: [u8; 4] = orig[26..30].try_into().unwrap();
