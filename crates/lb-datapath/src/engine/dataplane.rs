@@ -34,6 +34,14 @@ impl<C: Clock> Dataplane for Engine<C> {
         Ok(())
     }
 
+    fn flush_backend_flows(
+        &mut self,
+        backend: std::net::SocketAddr,
+        proto: lb_api::flow::L4Proto,
+    ) -> Result<u64, DataplaneError> {
+        Ok(Engine::flush_backend_flows(self, backend, proto))
+    }
+
     fn counters(&self) -> Result<CounterSnapshot, DataplaneError> {
         Ok(*Engine::counters(self))
     }
