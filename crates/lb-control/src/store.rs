@@ -12,7 +12,11 @@ use lb_api::flow::IpFamily;
 use lb_nat::HashServiceTable;
 
 use crate::flows::flush_flows;
-use crate::{ConfigError, NodeSpec, ServiceSpec, MAGLEV_TABLE_SIZES, MAX_RANDOM_SLOTS};
+use crate::{
+    ConfigError, NodeSpec, ServiceSpec, MAGLEV_TABLE_SIZES, MAX_BACKENDS_PER_SERVICE,
+    MAX_RANDOM_SLOTS,
+};
+use std::vec;
 
 /// Where service entries are written: the engine's hash tables or the kernel's maps.
 pub trait ServiceStore {
@@ -71,7 +75,8 @@ pub fn addr_bytes(ip: IpAddr) -> ([u8; 16], IpFamily) {
 }
 
 /// Writes (or rewrites) a service into `store` so that packets see its new backend set in one
-/// step. A service's slots are double-buffered ([`SVC_F_SLOT_SET_B`]): the new slots are written
+/// step. A set holds the service's `backend_count` slots and, past them, one entry per backend
+/// taking no new flows (never selected). A service's slots are double-buffered ([`SVC_F_SLOT_SET_B`]): the new slots are written
 /// into the set the service does not read, then the service entry is flipped to that set with
 /// one write, then the old set's slots are removed. A packet reads the service entry once and
 /// then slots of the set it names: the old set or the new one, never a mix, never an empty slot.
@@ -100,7 +105,18 @@ pub fn upsert_service<S: ServiceStore + ?Sized>(
     if let Some(old) = &old {
         value.flags |= (old.flags & SVC_F_SLOT_SET_B) ^ SVC_F_SLOT_SET_B;
     }
-    for (slot, &bi) in slots.iter().enumerate() {
+    // The slots, then the backends that take no new flows (terminating, weight 0, not local
+    // under a Local policy) past `count`, where no packet selects them: the set then names every
+    // backend of the service, so that the next update knows which ones left.
+    let mut listed = vec![false; spec.backends.len()];
+    for &bi in &slots {
+        if let Some(l) = listed.get_mut(bi as usize) {
+            *l = true;
+        }
+    }
+    let parked = (0..spec.backends.len() as u32)
+        .filter(|&bi| !listed.get(bi as usize).copied().unwrap_or(true));
+    for (slot, bi) in slots.iter().copied().chain(parked).enumerate() {
         let Some(b) = spec.backends.get(bi as usize) else {
             continue;
         };
@@ -119,8 +135,9 @@ pub fn upsert_service<S: ServiceStore + ?Sized>(
             return Err(e);
         }
     }
+    let written = (slots.len() + listed.iter().filter(|l| !**l).count()) as u32;
     if let Err(e) = store.put_service(key, value) {
-        remove_slots(store, &value, count);
+        remove_slots(store, &value, written);
         return Err(e);
     }
     let Some(old) = old else {
@@ -151,7 +168,8 @@ fn remove_slots<S: ServiceStore + ?Sized>(store: &mut S, value: &ServiceValue, c
 }
 
 /// Removes the slots of the set `old` (a service entry no longer in use) names: its
-/// `backend_count` slots and any left past them (by an update interrupted before its flip).
+/// `backend_count` slots and the entries past them (its backends taking no new flows, and any
+/// an update interrupted before its flip left).
 /// Whether one of them held a backend not in `live`.
 fn retire_slots<S: ServiceStore + ?Sized>(
     store: &mut S,
@@ -174,14 +192,16 @@ fn retire_slots<S: ServiceStore + ?Sized>(
     left
 }
 
-/// Most slots one service has (the largest Maglev table, or random selection's limit).
+/// Most entries one service has in a set: the largest Maglev table or random selection's
+/// limit, plus every backend parked past them.
 const MAX_SLOTS: u32 = {
     let m = MAGLEV_TABLE_SIZES[MAGLEV_TABLE_SIZES.len() - 1];
-    if m > MAX_RANDOM_SLOTS {
+    let slots = if m > MAX_RANDOM_SLOTS {
         m
     } else {
         MAX_RANDOM_SLOTS
-    }
+    };
+    slots + MAX_BACKENDS_PER_SERVICE as u32
 };
 
 /// Removes a service, its backend slots (both sets) and its flows (every backend has left it).
@@ -310,13 +330,15 @@ mod tests {
         let v = *t.services.values().next().unwrap();
         assert_eq!((v.backend_count, v.flags), (251, SVC_F_MAGLEV));
         assert!(
-            t.backends.values().all(|b| b.id == 1),
-            "terminating backend owns no entry"
+            (0..251).all(|i| t.backends[&v.slot_key(i)].id == 1),
+            "terminating backend owns no slot"
         );
+        assert_eq!(t.backends[&v.slot_key(251)].id, 2, "it is parked past them");
+        assert_eq!(t.backends.len(), 252);
         // Back to random: the table shrinks to the active backends.
         s.selection = Selection::Random;
         upsert_service(&mut t, &s).unwrap();
-        assert_eq!(t.backends.len(), 1);
+        assert_eq!(t.backends.len(), 2, "one slot, one parked backend");
     }
 
     /// A service table whose backend table holds at most `cap` slots, as a full kernel map.
