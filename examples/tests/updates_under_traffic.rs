@@ -171,7 +171,7 @@ fn a_service_flipping_between_backend_sets_fails_no_connection_and_moves_none() 
     let mut outside = Vec::new();
     for (g0, g1, answer) in results.iter().flatten() {
         // One set in force from before the SYN to after the handshake: it is the one.
-        if g0 == g1 && g0 % 2 == 0 {
+        if g0 == g1 && g0.is_multiple_of(2) {
             checked += 1;
             let want = ((g0 / 2) % 2) as usize;
             if backend_of(answer) != Some(want) {

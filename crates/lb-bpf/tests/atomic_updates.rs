@@ -112,7 +112,7 @@ struct Interleaved<'h> {
 impl Interleaved<'_> {
     fn wrote(&mut self) {
         self.writes += 1;
-        if self.writes % self.stride == 0 {
+        if self.writes.is_multiple_of(self.stride) {
             self.probe();
         }
     }
