@@ -75,8 +75,9 @@ pub fn addr_bytes(ip: IpAddr) -> ([u8; 16], IpFamily) {
 }
 
 /// Writes (or rewrites) a service into `store` so that packets see its new backend set in one
-/// step. A set holds the service's `backend_count` slots and, past them, one entry per backend
-/// taking no new flows (never selected). A service's slots are double-buffered ([`SVC_F_SLOT_SET_B`]): the new slots are written
+/// step. A service's slots are double-buffered ([`SVC_F_SLOT_SET_B`]); a set holds its
+/// `backend_count` slots and, past them, one entry per backend taking no new flows (never
+/// selected), so that it names every backend of the service. The new slots are written
 /// into the set the service does not read, then the service entry is flipped to that set with
 /// one write, then the old set's slots are removed. A packet reads the service entry once and
 /// then slots of the set it names: the old set or the new one, never a mix, never an empty slot.
@@ -90,7 +91,9 @@ pub fn addr_bytes(ip: IpAddr) -> ([u8; 16], IpFamily) {
 /// # Errors
 /// A [`ConfigError`] if the spec is invalid (nothing is written) or the store refuses a write
 /// ([`ConfigError::TableFull`] naming the table): the slots written so far are removed again and
-/// the old set stays in force, whole.
+/// the old set stays in force, whole. [`ConfigError::Store`] naming the conntrack table if,
+/// after the flip (the new set is in force), the flows of a backend that left could not be
+/// deleted.
 pub fn upsert_service<S: ServiceStore + ?Sized>(
     store: &mut S,
     spec: &ServiceSpec,
