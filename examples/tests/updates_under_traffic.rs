@@ -27,8 +27,12 @@ use lb_examples::scenario::{self, service, udp_service};
 use lb_testbed::testbed::{Conversation, Testbed, BACKENDS, VIP, VIP_PORT};
 use lb_testbed::traffic::udp_exchange;
 
-/// Short connections per client thread.
+/// Short connections per client thread: at least this many, and on until the flips are done.
 const SHORT_PER_THREAD: usize = 300;
+/// At most this many per client thread.
+const MAX_SHORT_PER_THREAD: usize = 20_000;
+/// Flips at least (the clients keep connecting until then).
+const MIN_FLIPS: u64 = 5_000;
 /// Client threads opening short connections.
 const CLIENT_THREADS: usize = 3;
 /// Long-lived connections, opened before the flips, asked again all along.
@@ -107,13 +111,15 @@ fn a_service_flipping_between_backend_sets_fails_no_connection_and_moves_none() 
     let gen = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
 
+    let flipped = Arc::new(AtomicBool::new(false));
     let clients: Vec<_> = (0..CLIENT_THREADS)
         .map(|t| {
-            let (gen, ns) = (Arc::clone(&gen), bed.client.clone());
+            let (gen, ns, flipped) = (Arc::clone(&gen), bed.client.clone(), Arc::clone(&flipped));
             std::thread::spawn(move || {
                 Testbed::within(&ns, || {
-                    (0..SHORT_PER_THREAD)
-                        .map(|i| short(t * SHORT_PER_THREAD + i, &gen))
+                    (0..MAX_SHORT_PER_THREAD)
+                        .take_while(|i| *i < SHORT_PER_THREAD || !flipped.load(SeqCst))
+                        .map(|i| short(t * MAX_SHORT_PER_THREAD + i, &gen))
                         .collect::<Vec<_>>()
                 })
                 .unwrap()
@@ -143,8 +149,13 @@ fn a_service_flipping_between_backend_sets_fails_no_connection_and_moves_none() 
     let start = Instant::now();
     let mut flips = 0u64;
     let mut flip_time = Duration::ZERO;
-    while clients.iter().any(|c| !c.is_finished()) && flips < MAX_FLIPS && start.elapsed() < MAX_RUN
+    while (flips < MIN_FLIPS || clients.iter().any(|c| !c.is_finished()))
+        && flips < MAX_FLIPS
+        && start.elapsed() < MAX_RUN
     {
+        if flips == MIN_FLIPS {
+            flipped.store(true, SeqCst);
+        }
         flips += 1;
         gen.fetch_add(1, SeqCst);
         let t = Instant::now();
@@ -155,6 +166,7 @@ fn a_service_flipping_between_backend_sets_fails_no_connection_and_moves_none() 
         std::thread::sleep(Duration::from_micros(50));
     }
     let elapsed = start.elapsed();
+    flipped.store(true, SeqCst);
     stop.store(true, SeqCst);
     let results: Vec<_> = clients
         .into_iter()
