@@ -507,6 +507,22 @@ impl ServiceValue {
     pub const fn mode(&self) -> ForwardingMode {
         ForwardingMode::from_u8((self.flags >> Self::MODE_SHIFT) as u8)
     }
+
+    /// The backend table key of this service's slot `slot` (`0..backend_count`), in the slot set
+    /// the service currently reads ([`SVC_F_SLOT_SET_B`]). The one place a packet turns a slot
+    /// into a key: an update writes the other set, then flips the service entry to it.
+    #[inline(always)]
+    #[must_use]
+    pub const fn slot_key(&self, slot: u32) -> BackendKey {
+        BackendKey {
+            service_id: self.id,
+            slot: if self.flags & SVC_F_SLOT_SET_B != 0 {
+                slot | BackendKey::SLOT_SET_B
+            } else {
+                slot
+            },
+        }
+    }
 }
 
 /// [`ServiceValue::flags`] bit: the service's slots hold a Maglev table (the datapath's slot
@@ -515,6 +531,11 @@ pub const SVC_F_MAGLEV: u32 = 0x1;
 /// [`ServiceValue::flags`] bit: `externalTrafficPolicy: Local` (the slots hold node-local
 /// backends only).
 pub const SVC_F_LOCAL: u32 = 0x2;
+/// [`ServiceValue::flags`] bit (the top one, apart from the other flags): the service's slots
+/// are the ones keyed with [`BackendKey::SLOT_SET_B`]. Its slots are double-buffered: an update
+/// writes the new backend set into the set not in use, then flips this bit with one write of
+/// the service entry, so a packet sees the old set or the new one, never a mix.
+pub const SVC_F_SLOT_SET_B: u32 = 1 << 31;
 
 /// Known node table key: a peer node's address. Tunnel packets are accepted only from these.
 #[derive(
@@ -534,8 +555,14 @@ pub struct NodeKey {
 pub struct BackendKey {
     /// Service id.
     pub service_id: u32,
-    /// Slot, `0..backend_count`.
+    /// Slot, `0..backend_count`, with [`BackendKey::SLOT_SET_B`] set for the slots of set B
+    /// (see [`SVC_F_SLOT_SET_B`]).
     pub slot: u32,
+}
+
+impl BackendKey {
+    /// [`BackendKey::slot`] bit of the slots of set B (slot counts stay far below it).
+    pub const SLOT_SET_B: u32 = 1 << 31;
 }
 
 /// Backend table value: where a slot's flows go.

@@ -209,6 +209,11 @@ counter_space! {
         /// device or the stack to complete (see `PacketAccess::partial_by_field`). Not an outcome:
         /// the packet is counted under one as well.
         ChecksumPartialAtXdp = 32 => "checksum_partial_at_xdp" note,
+        /// Flows deleted because their backend left their service (a service update without it,
+        /// the service's removal, or an explicit flush of the backend's flows): counted by the
+        /// control plane when it deletes them, one per flow (both of its entries go). Not about
+        /// a packet.
+        CtBackendRemoved = 33 => "ct_backend_removed" note,
     }
 }
 

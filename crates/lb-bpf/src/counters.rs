@@ -1,7 +1,7 @@
 //! The counters: the per-CPU counter table, summed over CPUs into a [`CounterSnapshot`].
 
 use aya::maps::{MapData, PerCpuArray, PerCpuValues};
-use lb_api::counters::{CounterSnapshot, COUNTER_SLOTS};
+use lb_api::counters::{Counter, CounterSnapshot, COUNTER_SLOTS};
 use lb_api::tables::COUNTERS;
 
 use crate::{Error, KernelDatapath};
@@ -26,6 +26,28 @@ impl KernelDatapath {
             }
         }
         Ok(snap)
+    }
+
+    /// Adds `n` to `counter` (in the first CPU's slot; readers sum over CPUs): for what the
+    /// control plane counts, such as flows it deleted. Only the control plane writes such a
+    /// counter, so the read and write of its slot race with no packet.
+    ///
+    /// # Errors
+    /// [`Error::Map`] if the map cannot be read or written.
+    pub fn add_to_counter(&mut self, counter: Counter, n: u64) -> Result<(), Error> {
+        let map_err = |source| Error::Map {
+            map: COUNTERS.name,
+            source,
+        };
+        let mut a: PerCpuArray<&mut MapData, u64> =
+            PerCpuArray::try_from(self.map(COUNTERS)?).map_err(map_err)?;
+        let slot = counter.slot();
+        let mut values: Vec<u64> = a.get(&slot, 0).map_err(map_err)?.iter().copied().collect();
+        if let Some(first) = values.first_mut() {
+            *first = first.saturating_add(n);
+        }
+        let values = PerCpuValues::try_from(values).map_err(|source| Error::Cpus { source })?;
+        a.set(slot, values, 0).map_err(map_err)
     }
 
     /// Zeroes every counter.

@@ -37,8 +37,16 @@ impl Dataplane for KernelDatapath {
     }
 
     fn remove_service(&mut self, spec: &ServiceSpec) -> Result<(), DataplaneError> {
-        KernelDatapath::remove_service(self, spec);
+        KernelDatapath::remove_service(self, spec)?;
         Ok(())
+    }
+
+    fn flush_backend_flows(
+        &mut self,
+        backend: std::net::SocketAddr,
+        proto: lb_api::flow::L4Proto,
+    ) -> Result<u64, DataplaneError> {
+        Ok(KernelDatapath::flush_backend_flows(self, backend, proto)?)
     }
 
     fn counters(&self) -> Result<CounterSnapshot, DataplaneError> {

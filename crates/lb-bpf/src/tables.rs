@@ -7,7 +7,8 @@ use aya::maps::{Array, HashMap, Map, MapData, MapError};
 use lb_api::abi::{
     BackendKey, BackendValue, CtEntry, CtKey, DatapathConfig, NodeKey, ServiceKey, ServiceValue,
 };
-use lb_api::tables::{Table, BACKENDS, CONFIG, CONNTRACK, NODES, SERVICES};
+use lb_api::counters::Counter;
+use lb_api::tables::{Table, BACKENDS, CONFIG, CONNTRACK, COUNTERS, NODES, SERVICES};
 use lb_control::{self as control, ConfigError, ServiceSpec, ServiceStore, TableSizes};
 
 use crate::{Error, KernelDatapath};
@@ -99,9 +100,43 @@ impl KernelDatapath {
         control::upsert_service(self, spec).map_err(Error::from)
     }
 
-    /// Removes a service.
-    pub fn remove_service(&mut self, spec: &ServiceSpec) {
-        control::remove_service(self, spec);
+    /// Removes a service, its slots and its flows (see [`lb_control::remove_service`]); the
+    /// number of flows deleted.
+    ///
+    /// # Errors
+    /// [`Error::Config`] with [`ConfigError::Store`] naming the table (conntrack, counters)
+    /// that could not be read or written; the service and its slots are gone by then.
+    pub fn remove_service(&mut self, spec: &ServiceSpec) -> Result<u64, Error> {
+        control::remove_service(self, spec).map_err(Error::from)
+    }
+
+    /// Deletes every flow to `backend` over `proto`, both entries of each (see
+    /// [`lb_control::flush_backend_flows`]); the number of flows deleted.
+    ///
+    /// # Errors
+    /// As [`remove_service`](Self::remove_service).
+    pub fn flush_backend_flows(
+        &mut self,
+        backend: std::net::SocketAddr,
+        proto: lb_api::flow::L4Proto,
+    ) -> Result<u64, Error> {
+        control::flush_backend_flows(self, backend, proto).map_err(Error::from)
+    }
+
+    /// All service entries, sorted by key bytes (to compare with the engine's table).
+    ///
+    /// # Errors
+    /// [`Error::Map`] if the map cannot be read.
+    pub fn service_entries(&self) -> Result<Vec<(ServiceKey, ServiceValue)>, Error> {
+        sorted_entries(self.hash_ro(SERVICES)?, SERVICES)
+    }
+
+    /// All backend slots (of both slot sets), sorted by key bytes.
+    ///
+    /// # Errors
+    /// [`Error::Map`] if the map cannot be read.
+    pub fn backend_slots(&self) -> Result<Vec<(BackendKey, BackendValue)>, Error> {
+        sorted_entries(self.hash_ro(BACKENDS)?, BACKENDS)
     }
 
     /// All conntrack entries, sorted by key bytes.
@@ -167,6 +202,47 @@ impl ServiceStore for KernelDatapath {
         let m: HashMap<&MapData, ServiceKey, ServiceValue> = self.hash_ro(SERVICES).ok()?;
         m.get(key, 0).ok()
     }
+    fn get_backend(&self, key: &BackendKey) -> Option<BackendValue> {
+        let m: HashMap<&MapData, BackendKey, BackendValue> = self.hash_ro(BACKENDS).ok()?;
+        m.get(key, 0).ok()
+    }
+    fn for_each_flow(&mut self, f: &mut dyn FnMut(&CtKey, &CtEntry)) -> Result<(), ConfigError> {
+        // Bounded: a walk of a map that packets keep changing may revisit keys.
+        let bound = self
+            .conntrack_capacity()
+            .map_err(|e| store_err(CONNTRACK, &e))?
+            .saturating_mul(2)
+            .max(1);
+        let m: HashMap<&MapData, CtKey, CtEntry> = self
+            .hash_ro(CONNTRACK)
+            .map_err(|e| store_err(CONNTRACK, &e))?;
+        let mut n = 0u64;
+        for item in m.iter() {
+            let (k, e) = item.map_err(|e| store_err(CONNTRACK, &e))?;
+            f(&k, &e);
+            n += 1;
+            if n >= bound {
+                break;
+            }
+        }
+        Ok(())
+    }
+    fn delete_flow_entry(&mut self, key: &CtKey) -> Result<bool, ConfigError> {
+        let mut m: HashMap<&mut MapData, CtKey, CtEntry> =
+            self.hash(CONNTRACK).map_err(|e| store_err(CONNTRACK, &e))?;
+        match m.remove(key) {
+            Ok(()) => Ok(true),
+            Err(MapError::KeyNotFound) => Ok(false),
+            Err(MapError::SyscallError(s)) if s.io_error.raw_os_error() == Some(libc::ENOENT) => {
+                Ok(false)
+            }
+            Err(e) => Err(store_err(CONNTRACK, &e)),
+        }
+    }
+    fn count_backend_flows_removed(&mut self, flows: u64) -> Result<(), ConfigError> {
+        self.add_to_counter(Counter::CtBackendRemoved, flows)
+            .map_err(|e| store_err(COUNTERS, &e))
+    }
     fn remove_backend(&mut self, key: &BackendKey) {
         if let Ok(mut m) = self.hash::<BackendKey, BackendValue>(BACKENDS) {
             let _ = m.remove(key);
@@ -177,6 +253,23 @@ impl ServiceStore for KernelDatapath {
             let _ = m.remove(key);
         }
     }
+}
+
+/// Every entry of `m` (the map of `table`), sorted by key bytes.
+fn sorted_entries<K, V>(m: HashMap<&MapData, K, V>, table: Table) -> Result<Vec<(K, V)>, Error>
+where
+    K: aya::Pod + zerocopy::IntoBytes + zerocopy::Immutable,
+    V: aya::Pod,
+{
+    let mut v = m
+        .iter()
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| Error::Map {
+            map: table.name,
+            source,
+        })?;
+    v.sort_by(|a, b| zerocopy::IntoBytes::as_bytes(&a.0).cmp(zerocopy::IntoBytes::as_bytes(&b.0)));
+    Ok(v)
 }
 
 fn store_err(table: Table, e: &dyn std::fmt::Display) -> ConfigError {

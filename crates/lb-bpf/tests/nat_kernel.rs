@@ -154,6 +154,6 @@ fn kernel_maglev_selection_matches_the_engine() {
         seen.insert(k.data[30..34].to_vec());
     }
     assert_eq!(seen.len(), 5, "64 flows reach all 5 backends");
-    dp.remove_service(&spec);
+    dp.remove_service(&spec).unwrap();
     dp.flush_conntrack().unwrap();
 }

@@ -2,11 +2,13 @@
 //! userspace engine (`lb_datapath::engine::Engine`) or the kernel's programs and maps
 //! (`lb_bpf::KernelDatapath`).
 
+use std::net::SocketAddr;
 use std::vec::Vec;
 
 use lb_api::abi::{CtEntry, CtKey, DatapathConfig};
 use lb_api::counters::CounterSnapshot;
 use lb_api::events::DropEvent;
+use lb_api::flow::L4Proto;
 
 use crate::{DataplaneError, NodeSpec, ServiceSpec};
 
@@ -59,12 +61,26 @@ pub trait Dataplane {
     /// [`DataplaneError::Datapath`].
     fn upsert_service(&mut self, spec: &ServiceSpec) -> Result<(), DataplaneError>;
 
-    /// Removes a service and its backend slots. Established flows keep their conntrack entries
-    /// until they expire. Removing an absent service is fine.
+    /// Removes a service, its backend slots and its flows (every backend left it; see
+    /// [`remove_service`](crate::remove_service)). Removing an absent service is fine.
     ///
     /// # Errors
     /// [`DataplaneError::Datapath`] if the datapath fails.
     fn remove_service(&mut self, spec: &ServiceSpec) -> Result<(), DataplaneError>;
+
+    /// Deletes every flow (of any service) to `backend` over `proto`, both entries of each, and
+    /// counts them in `ct_backend_removed` (see [`flush_backend_flows`](crate::flush_backend_flows)):
+    /// the number of flows deleted. Service updates do this by themselves for the backends they
+    /// drop; this is for a backend gone without one.
+    ///
+    /// # Errors
+    /// [`DataplaneError::Config`] with [`ConfigError::Store`](crate::ConfigError::Store) naming
+    /// the table that could not be read or written.
+    fn flush_backend_flows(
+        &mut self,
+        backend: SocketAddr,
+        proto: L4Proto,
+    ) -> Result<u64, DataplaneError>;
 
     /// The counters (summed over CPUs in the kernel).
     ///

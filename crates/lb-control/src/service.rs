@@ -318,8 +318,11 @@ mod tests {
         assert_eq!(s.slots(), vec![0, 1, 1]);
         let mut t = HashServiceTable::default();
         upsert_service(&mut t, &s).unwrap();
-        assert_eq!(t.services.values().next().unwrap().backend_count, 3);
-        assert!(t.backends.values().all(|b| b.id != 3));
+        let v = *t.services.values().next().unwrap();
+        assert_eq!(v.backend_count, 3);
+        assert!((0..3).all(|i| t.backends[&v.slot_key(i)].id != 3));
+        // The terminating backend is parked past the slots, where no packet selects it.
+        assert_eq!(t.backends[&v.slot_key(3)].id, 3);
         s.backends[1].weight = 0;
         assert_eq!(s.slots(), vec![0]);
     }

@@ -11,6 +11,7 @@ use lb_api::abi::{
 };
 use lb_api::counters::{Counter, CounterSnapshot, Counters, DropReason};
 use lb_api::events::DropEvent;
+use lb_api::flow::L4Proto;
 use lb_api::wire::PacketAccess;
 use lb_api::IpFamily;
 use lb_api::Verdict;
@@ -479,9 +480,18 @@ impl<C: Clock> Engine<C> {
         upsert_service(self, spec)
     }
 
-    /// Removes a service. Established flows keep their conntrack entries until they expire.
-    pub fn remove_service(&mut self, spec: &ServiceSpec) {
-        remove_service(self, spec);
+    /// Removes a service, its slots and its flows (see [`lb_control::remove_service`]); the
+    /// number of flows deleted.
+    pub fn remove_service(&mut self, spec: &ServiceSpec) -> u64 {
+        // The engine's tables refuse no removal: there is no error to report.
+        remove_service(self, spec).unwrap_or(0)
+    }
+
+    /// Deletes every flow to `backend` over `proto` (see [`lb_control::flush_backend_flows`]);
+    /// the number of flows deleted.
+    pub fn flush_backend_flows(&mut self, backend: std::net::SocketAddr, proto: L4Proto) -> u64 {
+        // As above: nothing to fail.
+        lb_control::flush_backend_flows(self, backend, proto).unwrap_or(0)
     }
 
     /// The conntrack table.
@@ -595,6 +605,25 @@ impl<C: Clock> ServiceStore for Engine<C> {
     }
     fn get_service(&self, key: &ServiceKey) -> Option<ServiceValue> {
         self.tables.services.get_service(key)
+    }
+    fn get_backend(&self, key: &BackendKey) -> Option<BackendValue> {
+        self.tables.services.get_backend(key)
+    }
+    fn for_each_flow(&mut self, f: &mut dyn FnMut(&CtKey, &CtEntry)) -> Result<(), ConfigError> {
+        for (k, e) in self.tables.ct.iter() {
+            f(k, e);
+        }
+        Ok(())
+    }
+    fn delete_flow_entry(&mut self, key: &CtKey) -> Result<bool, ConfigError> {
+        Ok(ConntrackTable::remove(&mut self.tables.ct, key))
+    }
+    fn count_backend_flows_removed(&mut self, flows: u64) -> Result<(), ConfigError> {
+        let slot = Counter::CtBackendRemoved.slot() as usize;
+        if let Some(c) = self.tables.counters.0.get_mut(slot) {
+            *c = c.saturating_add(flows);
+        }
+        Ok(())
     }
     fn remove_backend(&mut self, key: &BackendKey) {
         self.tables.services.remove_backend(key);

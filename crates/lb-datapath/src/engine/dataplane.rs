@@ -34,6 +34,14 @@ impl<C: Clock> Dataplane for Engine<C> {
         Ok(())
     }
 
+    fn flush_backend_flows(
+        &mut self,
+        backend: std::net::SocketAddr,
+        proto: lb_api::flow::L4Proto,
+    ) -> Result<u64, DataplaneError> {
+        Ok(Engine::flush_backend_flows(self, backend, proto))
+    }
+
     fn counters(&self) -> Result<CounterSnapshot, DataplaneError> {
         Ok(*Engine::counters(self))
     }
@@ -108,12 +116,14 @@ mod tests {
         assert_eq!(e.process(&mut syn(40_000)), Verdict::Pass);
         assert_eq!(observe(&mut e), (2, 0, 0));
 
+        // Removing the service ends its flow (both entries), counted.
         let dp: &mut dyn Dataplane = &mut e;
         dp.remove_service(&spec).unwrap();
+        assert_eq!(dp.counters().unwrap().get(Counter::CtBackendRemoved), 1);
         spec.backends.clear();
         dp.upsert_service(&spec).unwrap();
         assert_eq!(e.process(&mut syn(40_001)), Verdict::Drop);
-        assert_eq!(observe(&mut e), (2, 1, 1));
+        assert_eq!(observe(&mut e), (0, 1, 1));
 
         let dp: &mut dyn Dataplane = &mut e;
         dp.flush_conntrack().unwrap();
@@ -126,9 +136,10 @@ mod tests {
     /// naming the table, its capacity and the setting; replacing an entry still works.
     #[test]
     fn full_tables_are_refused_by_name() {
+        // Room for a service's two slot sets during an update: 2 + 3, not 3 + 4.
         let sizes = lb_control::TableSizes {
             services: 1,
-            backends: 3,
+            backends: 5,
             ..lb_control::TableSizes::small()
         };
         let mut e = Engine::with_sizes(&sizes, default_config(1), ManualClock::new(1));
@@ -157,7 +168,7 @@ mod tests {
                 err.config(),
                 Some(ConfigError::TableFull {
                     table: "LB_BACKENDS",
-                    capacity: 3,
+                    capacity: 5,
                     ..
                 })
             ),

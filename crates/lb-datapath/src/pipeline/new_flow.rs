@@ -6,8 +6,8 @@
 //! written later, in the scratch area (map memory in the kernel).
 
 use lb_api::abi::{
-    BackendKey, CtEntry, CtKey, CtKind, ForwardingMode, ServiceKey, ServiceValue,
-    CT_F_BACKEND_SIDE, CT_F_DSR, CT_F_SNAT, CT_F_TUNNEL,
+    CtEntry, CtKey, CtKind, ForwardingMode, ServiceKey, ServiceValue, CT_F_BACKEND_SIDE, CT_F_DSR,
+    CT_F_SNAT, CT_F_TUNNEL,
 };
 use lb_api::counters::{Counter, Counters, DropReason};
 use lb_api::flow::{FlowTuple, IpFamily, L4Proto};
@@ -83,10 +83,7 @@ where
     let Some(slot) = select_slot(t, cfg.hash_seed, svc.backend_count) else {
         return Some(Outcome::Done(drop(tables, DropReason::NoBackend)));
     };
-    let Some(be) = tables.backend(&BackendKey {
-        service_id: svc.id,
-        slot,
-    }) else {
+    let Some(be) = tables.backend(&svc.slot_key(slot)) else {
         return Some(Outcome::Done(drop(tables, DropReason::BackendMissing)));
     };
 
