@@ -8,6 +8,7 @@ use std::os::fd::{AsRawFd as _, BorrowedFd};
 const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
+const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 
@@ -235,4 +236,36 @@ pub(crate) fn delete(fd: BorrowedFd<'_>, key: &[u8]) -> std::io::Result<bool> {
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
         Err(e) => Err(e),
     }
+}
+
+/// The `BPF_PROG_GET_FD_BY_ID` part of `union bpf_attr`.
+#[repr(C)]
+struct GetIdAttr {
+    id: u32,
+    next_id: u32,
+    open_flags: u32,
+}
+
+/// A file descriptor of the loaded program with id `id` (what a program array's slot reads as).
+pub(crate) fn program_by_id(id: u32) -> std::io::Result<std::os::fd::OwnedFd> {
+    let mut attr = GetIdAttr {
+        id,
+        next_id: 0,
+        open_flags: 0,
+    };
+    // SAFETY: as in `sys_bpf`; the command returns a new file descriptor on success.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_GET_FD_BY_ID,
+            std::ptr::from_mut(&mut attr),
+            size_of::<GetIdAttr>(),
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let fd = i32::try_from(rc).map_err(|_| std::io::Error::from_raw_os_error(libc::EBADF))?;
+    // SAFETY: the kernel just returned this descriptor to us; nothing else owns it.
+    Ok(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) })
 }
