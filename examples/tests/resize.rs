@@ -104,7 +104,10 @@ fn tables_resize_under_live_connections_without_resets() {
     if !privileged_test("tables_resize_under_live_connections_without_resets") {
         return;
     }
-    let dir = PathBuf::from(format!("/sys/fs/bpf/lb-test-resize-live-{}", std::process::id()));
+    let dir = PathBuf::from(format!(
+        "/sys/fs/bpf/lb-test-resize-live-{}",
+        std::process::id()
+    ));
     let _cleanup = Uninstall(dir.clone());
     let bed = Testbed::create("rsz").unwrap();
     let opts = |s: TableSizes| LoadOptions {
@@ -178,17 +181,30 @@ fn tables_resize_under_live_connections_without_resets() {
         "short connections answered: {short_ok}, long-lived answers: {long_ok}, resets: {}",
         rsts_after - rsts_before
     );
-    assert!(short_failed.is_empty(), "failed short connections: {short_failed:?}");
-    assert!(long_failed.is_empty(), "long-lived connections: {long_failed:?}");
+    assert!(
+        short_failed.is_empty(),
+        "failed short connections: {short_failed:?}"
+    );
+    assert!(
+        long_failed.is_empty(),
+        "long-lived connections: {long_failed:?}"
+    );
     assert_eq!(rsts_after, rsts_before, "TCP resets were sent");
     assert!(short_ok > 0 && long_ok > 0);
-    assert_eq!(flows_after, flows_before, "the long-lived flows' entries carried over");
+    assert_eq!(
+        flows_after, flows_before,
+        "the long-lived flows' entries carried over"
+    );
     for r in &reports {
         assert_eq!(r.links_swapped, 3, "XDP on n0, TC on n1 and n2: {r:?}");
         let names: Vec<_> = r.tables.iter().map(|t| t.table).collect();
         assert_eq!(names, ["LB_CT", "LB_SERVICES"]);
         let svc = &r.tables[1];
-        assert_eq!((svc.copied, svc.entries_after), (3, 3), "the scenario's 3 services");
+        assert_eq!(
+            (svc.copied, svc.entries_after),
+            (3, 3),
+            "the scenario's 3 services"
+        );
         let ct = &r.tables[0];
         assert!(ct.copied >= 16 && ct.entries_after >= 16, "{ct:?}");
     }

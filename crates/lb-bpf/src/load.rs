@@ -169,6 +169,43 @@ impl KernelDatapath {
         Ok(info.max_entries())
     }
 
+    /// The memory the kernel charges for the loaded map of `table`, in bytes: the `memlock`
+    /// line of its file descriptor's `/proc/self/fdinfo` (what counted against `ulimit -l`
+    /// before Linux 5.11, and the kernel's own estimate of the map's memory since).
+    ///
+    /// # Errors
+    /// [`Error::MissingMap`], or [`Error::Map`] if the fdinfo file cannot be read or has no
+    /// `memlock` line.
+    pub fn kernel_memory_bytes(&self, table: Table) -> Result<u64, Error> {
+        use std::os::fd::{AsFd as _, AsRawFd as _};
+        let data = match self.map_ro(table)? {
+            aya::maps::Map::HashMap(d)
+            | aya::maps::Map::Array(d)
+            | aya::maps::Map::PerCpuArray(d)
+            | aya::maps::Map::RingBuf(d)
+            | aya::maps::Map::ProgramArray(d) => d,
+            _ => return Err(crate::tables::missing(table)),
+        };
+        let path = format!("/proc/self/fdinfo/{}", data.fd().as_fd().as_raw_fd());
+        let map_err = |io_error| Error::Map {
+            map: table.name,
+            source: aya::maps::MapError::SyscallError(aya::sys::SyscallError {
+                call: "read /proc/self/fdinfo (memlock)",
+                io_error,
+            }),
+        };
+        let text = std::fs::read_to_string(&path).map_err(map_err)?;
+        text.lines()
+            .find_map(|l| l.strip_prefix("memlock:"))
+            .and_then(|v| v.trim().parse().ok())
+            .ok_or_else(|| {
+                map_err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("{path} has no memlock line"),
+                ))
+            })
+    }
+
     /// Removes everything a pinned datapath left in `dir`: its links (detaching the programs from
     /// their interfaces) and its maps (conntrack is flushed: established flows through the
     /// datapath break, a controlled outage). Absent pins are fine.
@@ -227,7 +264,10 @@ impl KernelDatapath {
 /// The tables to reuse from `dir/maps/` or pin there ([`Pinning::Reused`]), each with its pin
 /// path, after a check that any pin already there has this build's shape; and the pinned
 /// tables of another size to migrate (`resize`), which are loaded unpinned.
-#[expect(clippy::type_complexity, reason = "a private pair of lists, named by the doc")]
+#[expect(
+    clippy::type_complexity,
+    reason = "a private pair of lists, named by the doc"
+)]
 fn reusable_pins(
     dir: &Path,
     sizes: &TableSizes,

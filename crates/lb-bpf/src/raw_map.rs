@@ -49,14 +49,7 @@ fn sys_bpf<T>(cmd: libc::c_long, attr: &mut T) -> std::io::Result<()> {
     // SAFETY: `attr` is a valid, initialised `bpf_attr` prefix for `cmd` whose pointers point at
     // buffers that outlive the call and are as large as the map's key/value sizes times the
     // count given; the kernel reads at most `size_of::<T>()` bytes of it.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            std::ptr::from_mut(attr),
-            size_of::<T>(),
-        )
-    };
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, std::ptr::from_mut(attr), size_of::<T>()) };
     if rc < 0 {
         Err(std::io::Error::last_os_error())
     } else {
@@ -82,9 +75,7 @@ impl Entries {
 
     /// Entry `i`'s key and value.
     pub fn get(&self, i: usize) -> Option<(&[u8], &[u8])> {
-        let k = self
-            .keys
-            .get(i * self.key_size..(i + 1) * self.key_size)?;
+        let k = self.keys.get(i * self.key_size..(i + 1) * self.key_size)?;
         let v = self
             .values
             .get(i * self.value_size..(i + 1) * self.value_size)?;
@@ -112,11 +103,7 @@ pub(crate) fn read_all(
     loop {
         let (mut keys, mut values) = (vec![0u8; chunk * key_size], vec![0u8; chunk * value_size]);
         let mut attr = BatchAttr {
-            in_batch: if first {
-                0
-            } else {
-                token_in.as_ptr() as u64
-            },
+            in_batch: if first { 0 } else { token_in.as_ptr() as u64 },
             out_batch: token_out.as_mut_ptr() as u64,
             keys: keys.as_mut_ptr() as u64,
             values: values.as_mut_ptr() as u64,

@@ -37,7 +37,9 @@ fn opts(dir: &str, sizes: TableSizes) -> LoadOptions {
 fn svc(id: u32) -> ServiceSpec {
     ServiceSpec {
         id,
-        frontend: format!("10.96.{}.{}:80", id / 256, id % 256).parse().unwrap(),
+        frontend: format!("10.96.{}.{}:80", id / 256, id % 256)
+            .parse()
+            .unwrap(),
         proto: L4Proto::Tcp,
         backends: vec![
             "10.1.0.2:8080".parse().unwrap(),
@@ -69,7 +71,14 @@ fn a_resized_load_keeps_every_entry_and_repins_the_new_maps() {
     }
     // 100 flows to service 1: 200 conntrack entries.
     for port in 0..100 {
-        let syn = tcp_v4_frame([10, 0, 0, 1], 20_000 + port, [10, 96, 0, 1], 80, TcpFlags::SYN, b"");
+        let syn = tcp_v4_frame(
+            [10, 0, 0, 1],
+            20_000 + port,
+            [10, 96, 0, 1],
+            80,
+            TcpFlags::SYN,
+            b"",
+        );
         dp.test_run(Program::Xdp, &syn, 1).unwrap();
     }
     let ct_before = dp.conntrack_entries().unwrap();
@@ -87,15 +96,29 @@ fn a_resized_load_keeps_every_entry_and_repins_the_new_maps() {
         .collect();
     assert_eq!(
         moved,
-        [("LB_CT", 1024, 4096, 200, 200), ("LB_SERVICES", 64, 48, 40, 40)]
+        [
+            ("LB_CT", 1024, 4096, 200, 200),
+            ("LB_SERVICES", 64, 48, 40, 40)
+        ]
     );
     assert_eq!(report.links_swapped, 0, "nothing was attached");
-    assert_eq!(dp.conntrack_entries().unwrap(), ct_before, "every entry, unchanged");
+    assert_eq!(
+        dp.conntrack_entries().unwrap(),
+        ct_before,
+        "every entry, unchanged"
+    );
     assert_eq!(dp.max_entries(tables::CONNTRACK).unwrap(), 4096);
     assert_eq!(pinned_size(&dir, tables::CONNTRACK), 4096);
     assert_eq!(pinned_size(&dir, tables::SERVICES), 48);
     // The services carried over: a new flow to the last one is translated.
-    let syn = tcp_v4_frame([10, 0, 0, 1], 30_000, [10, 96, 0, 40], 80, TcpFlags::SYN, b"");
+    let syn = tcp_v4_frame(
+        [10, 0, 0, 1],
+        30_000,
+        [10, 96, 0, 40],
+        80,
+        TcpFlags::SYN,
+        b"",
+    );
     let out = dp.test_run(Program::Xdp, &syn, 1).unwrap();
     assert_eq!(out.verdict, lb_api::Verdict::Pass);
     assert_eq!(dp.conntrack_entries().unwrap().len(), 202);
