@@ -42,6 +42,26 @@ pub(crate) struct Args {
     /// Tiny sizes, to check that the command works (what `cargo xtask test` runs).
     #[arg(long)]
     smoke: bool,
+    /// Which parts to run.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "programming,memory,packet,gc"
+    )]
+    parts: Vec<Part>,
+}
+
+/// The parts of the figures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Part {
+    /// Load and programming time.
+    Programming,
+    /// Memory per table.
+    Memory,
+    /// ns per established packet at 1 and many services.
+    Packet,
+    /// Conntrack GC over a full table.
+    Gc,
 }
 
 /// The table sizes of every part but the GC one: the defaults (tiny with `--smoke`).
@@ -91,10 +111,14 @@ fn main() -> Result<()> {
         args.repeat = 1000;
     }
     println!("load average: {}", load_average());
-    programming(&args)?;
-    memory(&args)?;
-    packet::established(&args)?;
-    gc::sweep(&args)?;
+    for part in args.parts.clone() {
+        match part {
+            Part::Programming => programming(&args)?,
+            Part::Memory => memory(&args)?,
+            Part::Packet => packet::established(&args)?,
+            Part::Gc => gc::sweep(&args)?,
+        }
+    }
     Ok(())
 }
 
