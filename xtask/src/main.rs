@@ -72,6 +72,14 @@ enum Task {
         #[arg(long)]
         object: Option<PathBuf>,
     },
+    /// Scale figures of the kernel datapath (`lb-scale`): load and programming time for 1k / 10k
+    /// / 50k services x 2 / 10 / 100 backends (random and Maglev), memory per table, ns per
+    /// established packet at 1 and 50k services, conntrack GC over 1M entries.
+    Scale {
+        /// Tiny sizes: checks that the command works (`cargo xtask test` runs this).
+        #[arg(long)]
+        smoke: bool,
+    },
     /// Fuzz every cargo-fuzz target for a while.
     Fuzz {
         /// Seconds per target.
@@ -94,6 +102,7 @@ fn main() -> ExitCode {
             modes_only,
         } => bench(kernel_only, modes_only),
         Task::Fuzz { seconds, target } => fuzz(seconds, target.as_deref()),
+        Task::Scale { smoke } => scale(smoke),
         Task::Stack { object } => stack::stack(object),
     };
     match res {
@@ -300,6 +309,19 @@ fn test() -> Result<()> {
         .args(["test", "--workspace"])
         .env("RUST_BACKTRACE", "1"))?;
     run(cargo().args(["check", "--manifest-path", "fuzz/Cargo.toml", "--bins"]))?;
+    if is_root() {
+        // The scale command at tiny sizes, so that the figures' command keeps working.
+        run(cargo().args([
+            "run",
+            "--quiet",
+            "-p",
+            "lb-testbed",
+            "--bin",
+            "lb-scale",
+            "--",
+            "--smoke",
+        ]))?;
+    }
     say(&format!(
         "all tests passed in {:.0} s",
         started.elapsed().as_secs_f64()
@@ -378,6 +400,29 @@ fn bench(kernel_only: bool, modes_only: bool) -> Result<()> {
         ]))?;
     }
     Ok(())
+}
+
+fn scale(smoke: bool) -> Result<()> {
+    if !is_root() {
+        bail!(
+            "the scale figures need root (BPF maps, BPF_PROG_TEST_RUN): sudo -E cargo xtask scale"
+        );
+    }
+    setup()?;
+    let mut c = cargo();
+    c.args([
+        "run",
+        "--quiet",
+        "--release",
+        "-p",
+        "lb-testbed",
+        "--bin",
+        "lb-scale",
+    ]);
+    if smoke {
+        c.args(["--", "--smoke"]);
+    }
+    run(&mut c)
 }
 
 fn fuzz(seconds: u64, only: Option<&str>) -> Result<()> {

@@ -271,7 +271,8 @@ counter_space! {
         SnatPortsExhausted = 16 => "snat_ports_exhausted",
         /// The kernel's first-stage program could not tail-call the new-flow stage (its slot in
         /// the stage array is empty): the programs were not loaded through `KernelDatapath`, or a
-        /// pinned stage array was removed. Reload the datapath.
+        /// pinned stage array was removed (reload the datapath), or a load that resizes pinned
+        /// tables paused new flows for its final copy (milliseconds; see `lb_bpf::Resize`).
         NewFlowStageMissing = 17 => "new_flow_stage_missing",
         /// The IPv4 header checksum is wrong: the stack would drop the packet before routing it,
         /// so the datapath does not start a flow for it.

@@ -1,7 +1,7 @@
 //! Attaching the pipelines: XDP, TC (clsact), pinned links an agent restart swaps its programs
 //! into, and the registry of devices whose packets may carry partial checksums.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use aya::maps::{HashMap, MapData};
 use aya::programs::links::{FdLink, PinnedLink};
@@ -130,10 +130,7 @@ impl KernelDatapath {
         if pin.exists() {
             // An earlier loader's link: swap our program into it atomically (no packet sees a
             // missing program), and leave the pin in place for the next restart.
-            let link = PinnedLink::from_pin(&pin).map_err(|e| attach_err(e.into()))?;
-            let link = aya::programs::xdp::XdpLink::try_from(FdLink::from(link))
-                .map_err(|e| attach_err(e.into()))?;
-            x.attach_to_link(link).map_err(|e| attach_err(e.into()))?;
+            swap_xdp_link(x, &pin).map_err(attach_err)?;
         } else {
             let id = x.attach(iface, mode).map_err(|e| attach_err(e.into()))?;
             let link = x.take_link(id).map_err(|e| attach_err(e.into()))?;
@@ -172,10 +169,7 @@ impl KernelDatapath {
             return Ok(());
         };
         if pin.exists() {
-            let link = PinnedLink::from_pin(&pin).map_err(|e| attach_err(e.into()))?;
-            let link = aya::programs::tc::SchedClassifierLink::try_from(FdLink::from(link))
-                .map_err(|e| attach_err(e.into()))?;
-            c.attach_to_link(link).map_err(|e| attach_err(e.into()))?;
+            swap_tc_link(c, &pin).map_err(attach_err)?;
         } else {
             let id = c
                 .attach(iface, direction)
@@ -189,6 +183,59 @@ impl KernelDatapath {
         }
         self.pin_stages(TC_STAGES)
     }
+
+    /// Swaps this load's programs into every link pinned under the pin directory's `links/`
+    /// (XDP and TC attachments of an earlier loader), each in one `BPF_LINK_UPDATE`; returns
+    /// how many. What [`Self::attach_xdp`] and [`Self::attach_tc`] do for one interface, for
+    /// all of them at once and without their names: a migration of resized tables switches
+    /// every attachment to the new tables before it copies what changed meanwhile.
+    pub(crate) fn swap_pinned_links(&mut self) -> Result<usize, Error> {
+        let Some(dir) = &self.pin_dir else {
+            return Ok(0);
+        };
+        let Ok(entries) = std::fs::read_dir(dir.join("links")) else {
+            return Ok(0);
+        };
+        let mut swapped = 0;
+        for e in entries.flatten() {
+            let pin = e.path();
+            let name = e.file_name().to_string_lossy().into_owned();
+            let (program, res) = if name.starts_with("xdp-") {
+                let x: &mut Xdp = crate::program::typed(&mut self.ebpf, Program::Xdp)?;
+                (Program::Xdp, swap_xdp_link(x, &pin))
+            } else if name.starts_with("tc-") {
+                let c: &mut SchedClassifier = crate::program::typed(&mut self.ebpf, Program::Tc)?;
+                (Program::Tc, swap_tc_link(c, &pin))
+            } else {
+                continue;
+            };
+            res.map_err(|source| Error::Attach {
+                program: program.name(),
+                iface: name,
+                source,
+            })?;
+            swapped += 1;
+        }
+        Ok(swapped)
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Replaces the program of the XDP link pinned at `pin` with `x`, atomically.
+fn swap_xdp_link(x: &mut Xdp, pin: &Path) -> Result<(), BoxError> {
+    let link = PinnedLink::from_pin(pin)?;
+    let link = aya::programs::xdp::XdpLink::try_from(FdLink::from(link))?;
+    x.attach_to_link(link)?;
+    Ok(())
+}
+
+/// Replaces the program of the TC link pinned at `pin` with `c`, atomically.
+fn swap_tc_link(c: &mut SchedClassifier, pin: &Path) -> Result<(), BoxError> {
+    let link = PinnedLink::from_pin(pin)?;
+    let link = aya::programs::tc::SchedClassifierLink::try_from(FdLink::from(link))?;
+    c.attach_to_link(link)?;
+    Ok(())
 }
 
 /// Whether `iface`'s driver hands XDP local senders' packets as they are, partial checksums

@@ -102,9 +102,11 @@ pub enum Error {
     /// A map pinned by an earlier loader has another size than the one this load asks for.
     #[error(
         "pinned map `{map}` at {path} has {pinned} entries, this load asks for {requested} \
-         (`{knob}`): load with `{knob} = {pinned}` to keep it, or remove the pins with \
-         `KernelDatapath::uninstall(\"{dir}\")` and load again (this flushes conntrack: a \
-         controlled outage)"
+         (`{knob}`) and resizing is refused (`LoadOptions::resize = Resize::Refuse`): load with \
+         `LoadOptions::resize = Resize::Migrate` (the default) to copy its entries into a map \
+         of the new size without an outage, load with `{knob} = {pinned}` to keep it, or remove \
+         the pins with `KernelDatapath::uninstall(\"{dir}\")` and load again (this flushes \
+         conntrack: a controlled outage)"
     )]
     PinnedMapSize {
         /// Which map.
@@ -119,6 +121,38 @@ pub enum Error {
         requested: u32,
         /// The setting that sizes it.
         knob: &'static str,
+    },
+    /// A pinned table would shrink below the entries it holds (nothing was loaded).
+    #[error(
+        "cannot shrink pinned map `{map}` from {pinned} to {requested} entries (`{knob}`): it \
+         holds {entries} live entries; set `{knob}` to at least {entries} (better with room for \
+         growth), or shrink after conntrack GC or service removals brought it below {requested}"
+    )]
+    ResizeBelowEntries {
+        /// Which map.
+        map: &'static str,
+        /// Its pinned size.
+        pinned: u32,
+        /// The size asked for.
+        requested: u32,
+        /// The entries it holds.
+        entries: u64,
+        /// The setting that sizes it.
+        knob: &'static str,
+    },
+    /// Copying a resized table's entries failed (the new programs may already run: load again
+    /// with the same sizes to finish, or with the old ones to go back).
+    #[error(
+        "migrating the entries of pinned map `{map}` into its resized map failed: {source} \
+         (load again with the same `LoadOptions` to retry; the old pin stays until the copy is \
+         complete)"
+    )]
+    Migrate {
+        /// Which map.
+        map: &'static str,
+        /// The kernel's refusal.
+        #[source]
+        source: std::io::Error,
     },
     /// The table sizes are invalid (nothing was loaded).
     #[error(transparent)]

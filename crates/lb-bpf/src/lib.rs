@@ -51,6 +51,8 @@ mod error;
 mod events;
 mod load;
 mod program;
+mod raw_map;
+mod resize;
 mod tables;
 mod test_run;
 
@@ -60,6 +62,7 @@ use std::path::PathBuf;
 pub use error::Error;
 pub use load::LoadOptions;
 pub use program::Program;
+pub use resize::{MigrationReport, Resize, TableMigration};
 pub use test_run::{TestRunOutput, TestSkb};
 
 /// The compiled eBPF object (all programs and maps), embedded at build time.
@@ -73,6 +76,8 @@ pub struct KernelDatapath {
     pin_dir: Option<PathBuf>,
     /// The sizes its maps were created with (or, pinned, were found with).
     sizes: lb_control::TableSizes,
+    /// What this load's migration of resized pinned tables did.
+    migration: Option<MigrationReport>,
 }
 
 impl std::fmt::Debug for KernelDatapath {

@@ -6,9 +6,10 @@ use std::path::{Path, PathBuf};
 use aya::maps::ProgramArray;
 use aya::programs::{SchedClassifier, Xdp};
 use aya::{Ebpf, EbpfLoader};
-use lb_api::tables::{self, Pinning, Table, TC_STAGES, XDP_STAGES};
+use lb_api::tables::{self, MapKind, Pinning, Table, TC_STAGES, XDP_STAGES};
 use lb_control::TableSizes;
 
+use crate::resize::{Pending, Resize};
 use crate::{Error, KernelDatapath, Program, PROGRAMS_OBJECT};
 
 /// How to load the datapath: the tables' sizes and where to pin them.
@@ -37,6 +38,9 @@ pub struct LoadOptions {
     pub pin_dir: Option<PathBuf>,
     /// The memory the tables may take, in bytes ([`TableSizes::validate`]); `None`: no limit.
     pub memory_limit: Option<u64>,
+    /// What to do with a pinned table of another size than `sizes` gives: migrate its entries
+    /// into a table of the new size without an outage (the default), or refuse.
+    pub resize: Resize,
 }
 
 impl LoadOptions {
@@ -78,16 +82,22 @@ impl KernelDatapath {
     /// Loads with `opts`: every sizable table ([`TableSizes::of`]) is created with its size
     /// (aya's `EbpfLoader::map_max_entries`), and pinned when `opts.pin_dir` is set.
     ///
+    /// A pinned table of another size is migrated ([`Resize::Migrate`], see [`Resize`] and
+    /// [`KernelDatapath::migration`]): created at the new size, filled with the old one's
+    /// entries, swapped in for it in every pinned link's programs, re-pinned in its place.
+    ///
     /// # Errors
     /// [`Error::Sizes`] for invalid sizes (nothing is loaded); [`Error::PinnedMapSize`] when a
-    /// pinned table has another size than asked for; the errors of [`load`](Self::load) and
+    /// pinned table has another size than asked for and `opts.resize` is [`Resize::Refuse`];
+    /// [`Error::ResizeBelowEntries`] when it would shrink below its entries;
+    /// [`Error::Migrate`] if copying fails; the errors of [`load`](Self::load) and
     /// [`load_pinned`](Self::load_pinned).
     pub fn load_with(opts: &LoadOptions) -> Result<Self, Error> {
         opts.sizes.validate(opts.memory_limit)?;
         let dir = opts.pin_dir.as_deref();
-        let pins = match dir {
-            Some(dir) => reusable_pins(dir, &opts.sizes)?,
-            None => Vec::new(),
+        let (pins, pending) = match dir {
+            Some(dir) => reusable_pins(dir, &opts.sizes, opts.resize)?,
+            None => (Vec::new(), Vec::new()),
         };
         let mut loader = EbpfLoader::new();
         for (table, size, _) in opts.sizes.entries() {
@@ -120,11 +130,16 @@ impl KernelDatapath {
         ] {
             set_stage(&mut ebpf, stages, program)?;
         }
-        Ok(Self {
+        let mut dp = Self {
             ebpf,
             pin_dir: dir.map(Path::to_path_buf),
             sizes: opts.sizes,
-        })
+            migration: None,
+        };
+        if !pending.is_empty() {
+            dp.migration = Some(dp.migrate(pending)?);
+        }
+        Ok(dp)
     }
 
     /// The sizes the tables were created with.
@@ -152,6 +167,43 @@ impl KernelDatapath {
             source,
         })?;
         Ok(info.max_entries())
+    }
+
+    /// The memory the kernel charges for the loaded map of `table`, in bytes: the `memlock`
+    /// line of its file descriptor's `/proc/self/fdinfo` (what counted against `ulimit -l`
+    /// before Linux 5.11, and the kernel's own estimate of the map's memory since).
+    ///
+    /// # Errors
+    /// [`Error::MissingMap`], or [`Error::Map`] if the fdinfo file cannot be read or has no
+    /// `memlock` line.
+    pub fn kernel_memory_bytes(&self, table: Table) -> Result<u64, Error> {
+        use std::os::fd::{AsFd as _, AsRawFd as _};
+        let data = match self.map_ro(table)? {
+            aya::maps::Map::HashMap(d)
+            | aya::maps::Map::Array(d)
+            | aya::maps::Map::PerCpuArray(d)
+            | aya::maps::Map::RingBuf(d)
+            | aya::maps::Map::ProgramArray(d) => d,
+            _ => return Err(crate::tables::missing(table)),
+        };
+        let path = format!("/proc/self/fdinfo/{}", data.fd().as_fd().as_raw_fd());
+        let map_err = |io_error| Error::Map {
+            map: table.name,
+            source: aya::maps::MapError::SyscallError(aya::sys::SyscallError {
+                call: "read /proc/self/fdinfo (memlock)",
+                io_error,
+            }),
+        };
+        let text = std::fs::read_to_string(&path).map_err(map_err)?;
+        text.lines()
+            .find_map(|l| l.strip_prefix("memlock:"))
+            .and_then(|v| v.trim().parse().ok())
+            .ok_or_else(|| {
+                map_err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("{path} has no memlock line"),
+                ))
+            })
     }
 
     /// Removes everything a pinned datapath left in `dir`: its links (detaching the programs from
@@ -209,9 +261,18 @@ impl KernelDatapath {
     }
 }
 
-/// The tables to pin under `dir/maps/` ([`Pinning::Reused`]), each with its pin path, after a
-/// check that any pin already there has this build's shape.
-fn reusable_pins(dir: &Path, sizes: &TableSizes) -> Result<Vec<(Table, PathBuf)>, Error> {
+/// The tables to reuse from `dir/maps/` or pin there ([`Pinning::Reused`]), each with its pin
+/// path, after a check that any pin already there has this build's shape; and the pinned
+/// tables of another size to migrate (`resize`), which are loaded unpinned.
+#[expect(
+    clippy::type_complexity,
+    reason = "a private pair of lists, named by the doc"
+)]
+fn reusable_pins(
+    dir: &Path,
+    sizes: &TableSizes,
+    resize: Resize,
+) -> Result<(Vec<(Table, PathBuf)>, Vec<Pending>), Error> {
     ensure_bpffs(dir)?;
     let maps_dir = dir.join("maps");
     std::fs::create_dir_all(&maps_dir).map_err(|e| Error::Pin {
@@ -220,7 +281,7 @@ fn reusable_pins(dir: &Path, sizes: &TableSizes) -> Result<Vec<(Table, PathBuf)>
     })?;
     let obj =
         aya_obj::Object::parse(PROGRAMS_OBJECT).map_err(|source| Error::ObjectParse { source })?;
-    let mut pins = Vec::new();
+    let (mut pins, mut pending) = (Vec::new(), Vec::new());
     // Only state that must outlive a restart is reused: per-packet scratch and the event ring
     // would tie restarts to their layout for nothing, and the stage arrays name this load's
     // programs (`pin_stages` pins them once they are attached).
@@ -233,10 +294,12 @@ fn reusable_pins(dir: &Path, sizes: &TableSizes) -> Result<Vec<(Table, PathBuf)>
             .get(table.name)
             .ok_or(Error::MissingMap { map: table.name })?;
         let path = maps_dir.join(table.name);
-        check_pinned_shape(dir, table, sizes, &path, m)?;
-        pins.push((table, path));
+        match check_pinned_shape(dir, table, sizes, &path, m, resize)? {
+            Some((from, to, knob)) => pending.push(Pending::open(table, path, from, to, knob)?),
+            None => pins.push((table, path)),
+        }
     }
-    Ok(pins)
+    Ok((pins, pending))
 }
 
 fn is_permission(e: &aya::EbpfError) -> bool {
@@ -306,17 +369,19 @@ fn ensure_bpffs(dir: &Path) -> Result<(), Error> {
 }
 
 /// Refuses a pinned map whose type, key or value differs from what this build's object declares
-/// for it, or whose size differs from the one this load asks for (`sizes`).
+/// for it. One whose size differs from the one this load asks for (`sizes`) is to be migrated
+/// (`Some((pinned, requested, knob))`) when `resize` says so and it is a hash map, else refused.
 fn check_pinned_shape(
     dir: &Path,
     table: Table,
     sizes: &TableSizes,
     path: &Path,
     m: &aya_obj::Map,
-) -> Result<(), Error> {
+    resize: Resize,
+) -> Result<Option<(u32, u32, &'static str)>, Error> {
     let name = table.name;
     if !path.exists() {
-        return Ok(());
+        return Ok(None);
     }
     let info = aya::maps::MapInfo::from_pin(path).map_err(|e| Error::Pin {
         path: path.into(),
@@ -328,6 +393,11 @@ fn check_pinned_shape(
         == (found_type, info.key_size(), info.value_size());
     if let (true, Some((_, knob))) = (same_kind, sizes.of(&table)) {
         if info.max_entries() != requested {
+            // Hash tables hold keyed entries that fit any size; arrays and rings would need
+            // their own rules (none is sizable and reused today).
+            if resize == Resize::Migrate && table.kind == MapKind::Hash {
+                return Ok(Some((info.max_entries(), requested, knob)));
+            }
             return Err(Error::PinnedMapSize {
                 map: name,
                 path: path.into(),
@@ -357,5 +427,5 @@ fn check_pinned_shape(
             found: show(found),
         });
     }
-    Ok(())
+    Ok(None)
 }

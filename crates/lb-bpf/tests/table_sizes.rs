@@ -1,12 +1,12 @@
 //! Table sizes at load: the kernel's maps have the sizes the loader is given, a pinned map of
-//! another size is refused by name, and a full table is refused with the same
+//! another size is refused by name when migration is off (`tests/resize.rs` migrates), and a full table is refused with the same
 //! [`ConfigError::TableFull`] by the kernel and the userspace engine.
 
 use std::time::Instant;
 
 use lb_api::flow::L4Proto;
 use lb_api::tables::{self, Table};
-use lb_bpf::{Error, KernelDatapath, LoadOptions};
+use lb_bpf::{Error, KernelDatapath, LoadOptions, Resize};
 use lb_conntrack::ManualClock;
 use lb_control::{
     default_config, ConfigError, Dataplane, DataplaneError, NodeSpec, Selection, ServiceSpec,
@@ -123,14 +123,15 @@ fn invalid_sizes_load_nothing() {
 }
 
 #[test]
-fn a_pinned_map_of_another_size_is_refused_by_name() {
-    if !privileged_test("a_pinned_map_of_another_size_is_refused_by_name") {
+fn a_pinned_map_of_another_size_is_refused_by_name_when_migration_is_off() {
+    if !privileged_test("a_pinned_map_of_another_size_is_refused_by_name_when_migration_is_off") {
         return;
     }
     let dir = format!("/sys/fs/bpf/lb-test-sizes-{}", std::process::id());
     let _ = KernelDatapath::uninstall(&dir);
     let opts = LoadOptions {
         pin_dir: Some(dir.clone().into()),
+        resize: Resize::Refuse,
         ..LoadOptions::with_sizes(small())
     };
     let first = KernelDatapath::load_with(&opts).unwrap();
@@ -162,7 +163,9 @@ fn a_pinned_map_of_another_size_is_refused_by_name() {
         other => panic!("{other}"),
     }
     assert!(
-        msg.contains("uninstall") && msg.contains("TableSizes::services = 3"),
+        msg.contains("uninstall")
+            && msg.contains("TableSizes::services = 3")
+            && msg.contains("Resize::Migrate"),
         "{msg}"
     );
 }
