@@ -209,6 +209,15 @@ counter_space! {
         /// device or the stack to complete (see `PacketAccess::partial_by_field`). Not an outcome:
         /// the packet is counted under one as well.
         ChecksumPartialAtXdp = 32 => "checksum_partial_at_xdp" note,
+        /// A new flow of a service with session affinity went to the backend its client's live
+        /// affinity entry named (the entry's time refreshed).
+        AffinityHit = 33 => "affinity_hit" note,
+        /// A new flow of a service with session affinity from a client with no entry: a backend
+        /// picked by hash, and recorded for the client.
+        AffinityMiss = 34 => "affinity_miss" note,
+        /// A new flow of a service with session affinity whose client's entry had expired or
+        /// named a backend no longer in the service's set: a backend picked by hash replaced it.
+        AffinityStale = 35 => "affinity_stale" note,
     }
 }
 

@@ -2,8 +2,11 @@
 //! implement, and the one order of writes that never shows a flow an empty slot.
 
 use std::net::IpAddr;
+use std::vec::Vec;
 
-use lb_api::abi::{BackendKey, BackendValue, DatapathConfig, NodeKey, ServiceKey, ServiceValue};
+use lb_api::abi::{
+    BackendAddrKey, BackendKey, BackendValue, DatapathConfig, NodeKey, ServiceKey, ServiceValue,
+};
 use lb_api::flow::IpFamily;
 use lb_nat::HashServiceTable;
 
@@ -29,6 +32,43 @@ pub trait ServiceStore {
     fn remove_backend(&mut self, key: &BackendKey);
     /// Removes a service (absent is fine).
     fn remove_service(&mut self, key: &ServiceKey);
+    /// The backend in a slot (what an update replaces: its backends-by-address entries go
+    /// with it).
+    fn get_backend(&self, key: &BackendKey) -> Option<BackendValue>;
+    /// Creates or replaces a service's backend by address (session affinity finds it there).
+    ///
+    /// # Errors
+    /// [`ConfigError::Store`] or [`ConfigError::TableFull`] when the table refuses the write.
+    fn put_backend_by_addr(
+        &mut self,
+        key: BackendAddrKey,
+        value: BackendValue,
+    ) -> Result<(), ConfigError>;
+    /// Removes a service's backend by address (absent is fine).
+    fn remove_backend_by_addr(&mut self, key: &BackendAddrKey);
+}
+
+/// The backends-by-address key of `b`, a backend of service `service_id`.
+fn addr_key(service_id: u32, b: &BackendValue) -> BackendAddrKey {
+    BackendAddrKey {
+        service_id,
+        port: b.port,
+        family: b.family,
+        pad: 0,
+        addr: b.addr,
+    }
+}
+
+/// The distinct backends in a service's slots `0..count`, as stored.
+fn stored_backends<S: ServiceStore + ?Sized>(
+    store: &S,
+    service_id: u32,
+    count: u32,
+) -> std::collections::BTreeMap<u32, BackendValue> {
+    (0..count)
+        .filter_map(|slot| store.get_backend(&BackendKey { service_id, slot }))
+        .map(|b| (b.id, b))
+        .collect()
 }
 
 /// The 16-byte address field and family of an IP address.
@@ -53,21 +93,27 @@ pub fn upsert_service<S: ServiceStore + ?Sized>(
     spec.validate()?;
     let key = spec.key();
     let old_count = store.get_service(&key).map_or(0, |v| v.backend_count);
+    let old = stored_backends(store, spec.id, old_count);
     let slots = spec.slots();
+    // The active backends by address first: an affinity entry finds its backend as soon as a
+    // slot may name it, and keeps finding it while the backend stays in the set.
+    let mut active = std::collections::BTreeSet::new();
+    let mut active_keys = Vec::new();
+    for &bi in &slots {
+        if !active.insert(bi) {
+            continue;
+        }
+        if let Some(b) = spec.backends.get(bi as usize) {
+            let value = backend_value(b, bi);
+            active_keys.push(addr_key(spec.id, &value));
+            store.put_backend_by_addr(addr_key(spec.id, &value), value)?;
+        }
+    }
     for (slot, &bi) in slots.iter().enumerate() {
         let Some(b) = spec.backends.get(bi as usize) else {
             continue;
         };
-        let (addr, family) = addr_bytes(b.addr.ip());
-        let value = BackendValue {
-            addr,
-            port: b.addr.port(),
-            family: family as u8,
-            state: 0,
-            // Stable per backend (its position in the spec), not per slot.
-            id: bi + 1,
-            node: b.node.map_or([0; 16], |n| addr_bytes(n).0),
-        };
+        let value = backend_value(b, bi);
         store.put_backend(
             BackendKey {
                 service_id: spec.id,
@@ -84,14 +130,39 @@ pub fn upsert_service<S: ServiceStore + ?Sized>(
             slot,
         });
     }
+    // Backends that left the set last: no slot names them any more.
+    for b in old.values() {
+        let k = addr_key(spec.id, b);
+        if !active_keys.contains(&k) {
+            store.remove_backend_by_addr(&k);
+        }
+    }
     Ok(())
+}
+
+/// What the slot table holds for the spec's backend at position `bi`.
+fn backend_value(b: &crate::BackendSpec, bi: u32) -> BackendValue {
+    let (addr, family) = addr_bytes(b.addr.ip());
+    BackendValue {
+        addr,
+        port: b.addr.port(),
+        family: family as u8,
+        state: 0,
+        // Stable per backend (its position in the spec), not per slot.
+        id: bi + 1,
+        node: b.node.map_or([0; 16], |n| addr_bytes(n).0),
+    }
 }
 
 /// Removes a service and its backend slots.
 pub fn remove_service<S: ServiceStore + ?Sized>(store: &mut S, spec: &ServiceSpec) {
     let key = spec.key();
     let count = store.get_service(&key).map_or(0, |v| v.backend_count);
+    let old = stored_backends(store, spec.id, count);
     store.remove_service(&key);
+    for b in old.values() {
+        store.remove_backend_by_addr(&addr_key(spec.id, b));
+    }
     for slot in 0..count {
         store.remove_backend(&BackendKey {
             service_id: spec.id,
@@ -121,6 +192,20 @@ impl ServiceStore for HashServiceTable {
     }
     fn remove_service(&mut self, key: &ServiceKey) {
         self.services.remove(key);
+    }
+    fn get_backend(&self, key: &BackendKey) -> Option<BackendValue> {
+        self.backends.get(key).copied()
+    }
+    fn put_backend_by_addr(
+        &mut self,
+        key: BackendAddrKey,
+        value: BackendValue,
+    ) -> Result<(), ConfigError> {
+        self.backends_by_addr.insert(key, value);
+        Ok(())
+    }
+    fn remove_backend_by_addr(&mut self, key: &BackendAddrKey) {
+        self.backends_by_addr.remove(key);
     }
 }
 

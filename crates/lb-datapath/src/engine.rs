@@ -7,7 +7,8 @@ use std::vec::Vec;
 
 use lb_api::__zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 use lb_api::abi::{
-    BackendKey, BackendValue, CtEntry, CtKey, DatapathConfig, NodeKey, ServiceKey, ServiceValue,
+    AffinityKey, AffinityValue, BackendAddrKey, BackendKey, BackendValue, CtEntry, CtKey,
+    DatapathConfig, NodeKey, ServiceKey, ServiceValue,
 };
 use lb_api::counters::{Counter, CounterSnapshot, Counters, DropReason};
 use lb_api::events::DropEvent;
@@ -287,6 +288,15 @@ impl ServiceTable for UserTables {
     fn is_peer_node(&self, key: &NodeKey) -> bool {
         self.services.is_peer_node(key)
     }
+    fn backend_by_addr(&self, key: &BackendAddrKey) -> Option<BackendValue> {
+        self.services.backend_by_addr(key)
+    }
+    fn affinity(&self, key: &AffinityKey) -> Option<AffinityValue> {
+        self.services.affinity(key)
+    }
+    fn set_affinity(&mut self, key: &AffinityKey, value: &AffinityValue) {
+        self.services.set_affinity(key, value);
+    }
 }
 
 impl Counters for UserTables {
@@ -345,7 +355,10 @@ impl<C: Clock> Engine<C> {
     pub fn with_sizes(sizes: &TableSizes, cfg: DatapathConfig, clock: C) -> Self {
         let tables = UserTables {
             ct: HashConntrackTable::with_capacity(sizes.conntrack as usize),
-            services: HashServiceTable::default(),
+            services: HashServiceTable {
+                affinity_capacity: sizes.affinity as usize,
+                ..HashServiceTable::default()
+            },
             counters: CounterSnapshot::default(),
             rng: XorShift32::new(cfg.hash_seed ^ 0x5eed_0001),
             pending_drop: None,
@@ -601,6 +614,26 @@ impl<C: Clock> ServiceStore for Engine<C> {
     }
     fn remove_service(&mut self, key: &ServiceKey) {
         self.tables.services.remove_service(key);
+    }
+    fn get_backend(&self, key: &BackendKey) -> Option<BackendValue> {
+        self.tables.services.get_backend(key)
+    }
+    fn put_backend_by_addr(
+        &mut self,
+        key: BackendAddrKey,
+        value: BackendValue,
+    ) -> Result<(), ConfigError> {
+        let t = &self.tables.services;
+        check_room(
+            &self.sizes,
+            &lb_api::tables::BACKENDS_BY_ADDR,
+            t.backends_by_addr.len(),
+            t.backends_by_addr.contains_key(&key),
+        )?;
+        self.tables.services.put_backend_by_addr(key, value)
+    }
+    fn remove_backend_by_addr(&mut self, key: &BackendAddrKey) {
+        self.tables.services.remove_backend_by_addr(key);
     }
 }
 

@@ -2,7 +2,7 @@
 
 use std::vec::Vec;
 
-use lb_api::abi::{CtEntry, CtKey, DatapathConfig};
+use lb_api::abi::{AffinityKey, AffinityValue, CtEntry, CtKey, DatapathConfig};
 use lb_api::counters::CounterSnapshot;
 use lb_api::events::DropEvent;
 use lb_conntrack::{Clock, ConntrackTable};
@@ -63,6 +63,22 @@ impl<C: Clock> Dataplane for Engine<C> {
             self.tables.ct.remove(k);
         }
         Ok(())
+    }
+
+    /// Sorted by key bytes, as the kernel datapath's.
+    fn affinity_entries(&self) -> Result<Vec<(AffinityKey, AffinityValue)>, DataplaneError> {
+        let mut v: Vec<(AffinityKey, AffinityValue)> = self
+            .tables
+            .services
+            .affinity
+            .iter()
+            .map(|(k, e)| (*k, *e))
+            .collect();
+        v.sort_by(|a, b| {
+            lb_api::__zerocopy::IntoBytes::as_bytes(&a.0)
+                .cmp(lb_api::__zerocopy::IntoBytes::as_bytes(&b.0))
+        });
+        Ok(v)
     }
 }
 

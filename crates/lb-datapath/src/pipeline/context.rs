@@ -3,7 +3,7 @@
 
 use core::cell::Cell;
 
-use lb_api::abi::{CtKey, DatapathConfig};
+use lb_api::abi::{BackendValue, CtKey, DatapathConfig};
 use lb_api::wire::Parsed;
 use lb_api::Verdict;
 
@@ -44,6 +44,13 @@ impl<C> Ctx<'_, C> {
     pub(super) fn time_wait_port(&self) -> &Cell<u16> {
         // SAFETY: as in `attempts`.
         unsafe { &*(&raw mut (*self.snat.as_ptr()).time_wait_port).cast::<Cell<u16>>() }
+    }
+
+    /// [`SnatScratch::backend`]: the new flow's backend, once chosen.
+    #[inline(always)]
+    pub(super) fn backend(&self) -> &Cell<BackendValue> {
+        // SAFETY: as in `attempts`.
+        unsafe { &*(&raw mut (*self.snat.as_ptr()).backend).cast::<Cell<BackendValue>>() }
     }
 
     /// [`SnatScratch::holder`].
