@@ -794,12 +794,13 @@ mod tests {
             ..Default::default()
         })
         .unwrap();
+        // A reset to a service without backends is not answered: dropped.
         let mut syn = tcp_v4_frame(
             [10, 0, 0, 1],
             40000,
             [10, 96, 0, 10],
             80,
-            TcpFlags::SYN,
+            TcpFlags::RST,
             b"",
         );
         assert_eq!(e.process(&mut syn.clone()), Verdict::Drop);

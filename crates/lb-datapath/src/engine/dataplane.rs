@@ -128,7 +128,18 @@ mod tests {
         dp.remove_service(&spec).unwrap();
         spec.backends.clear();
         dp.upsert_service(&spec).unwrap();
-        assert_eq!(e.process(&mut syn(40_001)), Verdict::Drop);
+        // Without backends: a SYN gets a reset, a reset is dropped.
+        assert_eq!(e.process(&mut syn(40_001)), Verdict::Tx);
+        assert_eq!(e.counters().get(Counter::RejectNoEndpoints), 1);
+        let mut rst = tcp_v4_frame(
+            [10, 0, 0, 1],
+            40_002,
+            [10, 96, 0, 10],
+            80,
+            TcpFlags::RST,
+            b"",
+        );
+        assert_eq!(e.process(&mut rst), Verdict::Drop);
         assert_eq!(observe(&mut e), (2, 1, 1));
 
         let dp: &mut dyn Dataplane = &mut e;

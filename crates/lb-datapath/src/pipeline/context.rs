@@ -92,6 +92,10 @@ pub(super) enum Outcome {
     /// The first packet of a flow translated and the flow recorded, to be carried to the
     /// backend's node, then counted as `service_new_flow`.
     CarryNewFlow,
+    /// The first packet of a flow to a service without a usable backend: to be rejected
+    /// (turned into a TCP reset or an ICMP "port unreachable" to the client) by the new-flow
+    /// stage.
+    Reject,
 }
 
 // A path's result fits one register, with "not this path's packet" (`None`) in the same byte.

@@ -14,7 +14,8 @@
 //! * [`reserve`]: reserving the reply tuple of a new flow (collision resolver, SNAT allocator);
 //! * [`carriers`]: DSR carrier and VXLAN on the way to the peer node, MTU and the ICMP error
 //!   for a packet too big for them;
-//! * [`icmp_error`](mod@icmp_error): ICMP errors about translated flows.
+//! * [`icmp_error`](mod@icmp_error): ICMP errors about translated flows;
+//! * [`reject`](mod@reject): the reset or "port unreachable" for a service without backends.
 //!
 //! The paths are BPF subprograms of their own in the kernel (`#[inline(never)]`), each with its
 //! own frame of the 512-byte stack: the comments on the attributes say which frame a value
@@ -25,6 +26,7 @@ mod context;
 mod icmp_error;
 mod new_flow;
 mod pair;
+mod reject;
 mod reserve;
 mod scratch;
 mod tracked;
@@ -49,6 +51,7 @@ use carriers::{pseudo_sum, to_peer, too_big};
 use context::{Ctx, Outcome};
 use icmp_error::icmp_error;
 use new_flow::{backend_side, new_flow};
+use reject::reject;
 pub use scratch::{Scratch, SnatScratch};
 use tracked::{established, reply};
 use tunnel::{is_tunnel, tunnel_ingress};
@@ -257,6 +260,7 @@ where
         snat: Cell::from_mut(snat),
     };
     match new_flow(pkt, &ctx, tables, entry, key) {
+        Some(Outcome::Reject) => reject(pkt, &ctx, tables),
         Some(outcome) => finish(pkt, &ctx, tables, entry, carry_counter, outcome),
         None => backend_side(pkt, &ctx, tables, entry, key),
     }
@@ -295,6 +299,8 @@ where
     let counter = match outcome {
         Outcome::Done(v) => return v,
         Outcome::TooBig => return too_big(pkt, ctx, tables, entry.flags),
+        // The new-flow stage rejects before it would get here.
+        Outcome::Reject => return drop(tables, DropReason::NoBackend),
         Outcome::CarryReply => Counter::ReplyTranslated,
         Outcome::CarryEstablished => Counter::ServiceEstablished,
         Outcome::CarryNewFlow => Counter::ServiceNewFlow,

@@ -175,7 +175,7 @@ where
         return Some(Outcome::Done(drop(tables, DropReason::ZeroUdpChecksumV6)));
     }
     if svc.backend_count == 0 {
-        return Some(Outcome::Done(drop(tables, DropReason::NoBackend)));
+        return Some(Outcome::Reject);
     }
     let timeout_s = svc.affinity_timeout_s;
     if timeout_s == 0 || !sticky_backend(tables, ctx, svc.id, timeout_s) {
