@@ -96,11 +96,14 @@ fn pass<T: Counters + ?Sized>(tables: &mut T, why: Counter) -> Verdict {
 /// * A packet of a tracked flow to a service gets its destination rewritten to the flow's backend
 ///   (and its source to this node under SNAT), then reaches a backend on another node per the
 ///   service's [`ForwardingMode`](lb_api::abi::ForwardingMode): routed (SNAT), with a DSR carrier, or VXLAN-encapsulated.
-/// * The first packet to a service picks a backend by flow hash, creates the flow's conntrack
+/// * The first packet to a service picks a backend (its client's session-affinity backend
+///   while that is live and still in the set, else by flow hash), creates the flow's conntrack
 ///   entries (reverse-NAT first, with no-overwrite, so the reply path exists before the forward
 ///   path is published) and is rewritten. If that reply tuple is already owned by another flow,
 ///   the source port is rewritten to a free port (the collision resolver; under SNAT, the port
 ///   allocator), recorded in conntrack, and restored on replies.
+/// * The first packet to a service without a usable backend is rejected: a TCP reset or an
+///   ICMP/ICMPv6 "port unreachable" goes back to the client from the service address.
 /// * On the backend's node, the first packet of a flow another node translated (it came through
 ///   the tunnel or carries a DSR carrier) creates the entries its replies need, resolving a
 ///   collision with another flow of the same client port the same way.
