@@ -586,6 +586,74 @@ pub struct BackendValue {
     pub node: [u8; 16],
 }
 
+/// Key of the backends-by-address table: a service's active backend, by the address and port
+/// it listens on. Session affinity names a client's backend this way: a backend keeps its
+/// address and port across backend-set updates (Kubernetes endpoints are identified by them),
+/// while its slots and its position in the set move.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
+#[repr(C)]
+pub struct BackendAddrKey {
+    /// Service id.
+    pub service_id: u32,
+    /// Backend port, host order.
+    pub port: u16,
+    /// Address family.
+    pub family: u8,
+    /// Zero (explicit padding: keys are compared byte by byte).
+    pub pad: u8,
+    /// Backend address (IPv4 in the first 4 bytes).
+    pub addr: [u8; 16],
+}
+
+/// Key of the session-affinity table: a client address and the service it reached.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
+#[repr(C)]
+pub struct AffinityKey {
+    /// The client's address (IPv4 in the first 4 bytes, like `FlowTuple`).
+    pub client: [u8; 16],
+    /// The service's id.
+    pub service_id: u32,
+    /// Address family.
+    pub family: u8,
+    /// Zero (explicit padding).
+    pub pad: [u8; 3],
+}
+
+/// Value of the session-affinity table: the backend a client was last sent to, and when.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
+#[repr(C)]
+pub struct AffinityValue {
+    /// When a new flow of this client last went to the backend (the pipeline's clock, ns).
+    pub last_used_ns: u64,
+    /// The backend's address (IPv4 in the first 4 bytes): with `port`, its key in the
+    /// backends-by-address table.
+    pub backend_addr: [u8; 16],
+    /// The backend's port, host order.
+    pub backend_port: u16,
+    /// Zero (explicit padding).
+    pub pad: u16,
+    /// The service's affinity timeout when the entry was written, seconds: what GC expires the
+    /// entry by (the pipeline checks the service's current timeout).
+    pub timeout_s: u32,
+}
+
+impl AffinityValue {
+    /// Whether the entry is still valid at `now_ns` for a service whose timeout is `timeout_s`:
+    /// used less than `timeout_s` ago (an entry stamped after `now_ns`, by another CPU's
+    /// clock read a moment later, is valid).
+    #[inline(always)]
+    #[must_use]
+    pub const fn is_live(&self, now_ns: u64, timeout_s: u32) -> bool {
+        now_ns.saturating_sub(self.last_used_ns) < timeout_s as u64 * 1_000_000_000
+    }
+}
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: each type is `#[repr(C)]`, `Copy`, made only of integers and byte arrays, and has no
@@ -606,6 +674,12 @@ mod pod {
     unsafe impl aya::Pod for super::BackendValue {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::NodeKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::BackendAddrKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::AffinityKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::AffinityValue {}
 }
 
 #[cfg(test)]
@@ -657,6 +731,9 @@ mod tests {
         assert_eq!(size_of::<BackendKey>(), 8);
         assert_eq!(size_of::<BackendValue>(), 40);
         assert_eq!(size_of::<NodeKey>(), 16);
+        assert_eq!(size_of::<BackendAddrKey>(), 24);
+        assert_eq!(size_of::<AffinityKey>(), 24);
+        assert_eq!(size_of::<AffinityValue>(), 32);
         assert_eq!(size_of::<DatapathConfig>(), 13 * 8 + 24 + 32);
     }
 

@@ -214,6 +214,20 @@ counter_space! {
         /// control plane when it deletes them, one per flow (both of its entries go). Not about
         /// a packet.
         CtBackendRemoved = 33 => "ct_backend_removed" note,
+        /// A new flow of a service with session affinity went to the backend its client's live
+        /// affinity entry named (the entry's time refreshed).
+        AffinityHit = 34 => "affinity_hit" note,
+        /// A new flow of a service with session affinity from a client with no entry: a backend
+        /// picked by hash, and recorded for the client.
+        AffinityMiss = 35 => "affinity_miss" note,
+        /// A new flow of a service with session affinity whose client's entry had expired or
+        /// named a backend no longer in the service's set: a backend picked by hash replaced it.
+        AffinityStale = 36 => "affinity_stale" note,
+        /// A new flow to a service without a usable backend was rejected as kube-proxy rejects
+        /// it: a TCP reset, or for UDP an ICMP/ICMPv6 "port unreachable", went back to the client
+        /// from the service address (a reset is not answered, and a segment with IP options or
+        /// IPv6 extension headers gets none: those are dropped as `no_backend`).
+        RejectNoEndpoints = 37 => "reject_no_endpoints" outcome,
     }
 }
 
@@ -237,7 +251,10 @@ counter_space! {
         BadIpTotalLength = 3 => "bad_ip_total_length",
         /// TCP data offset below 5.
         BadTcpHeaderLength = 4 => "bad_tcp_header_length",
-        /// The service has no backend able to take new flows.
+        /// The service has no backend able to take new flows, and no reject could be made of
+        /// the packet (a TCP reset, which is never answered, or a segment with IP options or
+        /// IPv6 extension headers; or the packet could not be resized): see
+        /// `reject_no_endpoints`.
         NoBackend = 5 => "no_backend",
         /// The backend slot chosen for the flow is missing from the backend table.
         BackendMissing = 6 => "backend_missing",
@@ -504,6 +521,7 @@ mod tests {
                 IcmpErrorTranslated,
                 PassIcmpErrorNoFlow,
                 BackendSideNewFlow,
+                RejectNoEndpoints,
             ]
         );
         assert!(!RxPackets.is_outcome());

@@ -30,7 +30,8 @@
 use core::mem::size_of;
 
 use crate::abi::{
-    BackendKey, BackendValue, CtEntry, CtKey, DatapathConfig, NodeKey, ServiceKey, ServiceValue,
+    AffinityKey, AffinityValue, BackendAddrKey, BackendKey, BackendValue, CtEntry, CtKey,
+    DatapathConfig, NodeKey, ServiceKey, ServiceValue,
 };
 use crate::counters::{DropReason, COUNTER_SLOTS};
 
@@ -39,6 +40,8 @@ use crate::counters::{DropReason, COUNTER_SLOTS};
 pub enum MapKind {
     /// `BPF_MAP_TYPE_HASH`, preallocated.
     Hash,
+    /// `BPF_MAP_TYPE_LRU_HASH`: a hash that evicts its least recently used entries when full.
+    LruHash,
     /// `BPF_MAP_TYPE_ARRAY`.
     Array,
     /// `BPF_MAP_TYPE_PERCPU_ARRAY`.
@@ -59,6 +62,7 @@ impl MapKind {
             Self::ProgramArray => 3,
             Self::PerCpuArray => 6,
             Self::RingBuf => 27,
+            Self::LruHash => 9,
         }
     }
 }
@@ -162,6 +166,15 @@ tables! {
     XDP_STAGES = "LB_XDP_STAGES": ProgramArray<u32, u32>[1] PerLoad;
     /// The TC pipeline's later stages: slot 0 holds `lb_tc_new_flow`.
     TC_STAGES = "LB_TC_STAGES": ProgramArray<u32, u32>[1] PerLoad;
+    /// Session affinity (`SessionAffinity::ClientIp`): the backend a client was last sent to per
+    /// service, and when. An LRU hash: when full, the kernel evicts the least recently used
+    /// entries (that client's next flow picks a backend by hash and is recorded again); expired
+    /// entries are replaced at lookup and removed by the affinity GC. 64Ki clients by default.
+    AFFINITY = "LB_AFFINITY": LruHash<AffinityKey, AffinityValue>[64 * 1024] Reused;
+    /// Each service's active backends by address and port: where an affinity entry's backend
+    /// is found, and whether it is still in the set. 64Ki by default (one per backend and
+    /// service, not per slot).
+    BACKENDS_BY_ADDR = "LB_BE_BY_ADDR": Hash<BackendAddrKey, BackendValue>[64 * 1024] Reused;
 }
 
 /// The table named `name` in the object, if it is one of [`ALL`].
@@ -204,7 +217,7 @@ mod tests {
                 MapKind::Array | MapKind::PerCpuArray | MapKind::ProgramArray => {
                     assert_eq!(t.key_size, 4, "{}: arrays are indexed by u32", t.name);
                 }
-                MapKind::Hash => assert!(t.key_size > 0, "{}", t.name),
+                MapKind::Hash | MapKind::LruHash => assert!(t.key_size > 0, "{}", t.name),
             }
             if t.kind == MapKind::ProgramArray {
                 assert_eq!(t.pinning, Pinning::PerLoad, "{}", t.name);

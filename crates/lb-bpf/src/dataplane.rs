@@ -68,4 +68,10 @@ impl Dataplane for KernelDatapath {
     fn flush_conntrack(&mut self) -> Result<(), DataplaneError> {
         Ok(KernelDatapath::flush_conntrack(self)?)
     }
+
+    fn affinity_entries(
+        &self,
+    ) -> Result<Vec<(lb_api::abi::AffinityKey, lb_api::abi::AffinityValue)>, DataplaneError> {
+        Ok(KernelDatapath::affinity_entries(self)?)
+    }
 }

@@ -156,6 +156,7 @@ impl KernelDatapath {
     pub fn max_entries(&self, table: Table) -> Result<u32, Error> {
         let data = match self.map_ro(table)? {
             aya::maps::Map::HashMap(d)
+            | aya::maps::Map::LruHashMap(d)
             | aya::maps::Map::Array(d)
             | aya::maps::Map::PerCpuArray(d)
             | aya::maps::Map::RingBuf(d)

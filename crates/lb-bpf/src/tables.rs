@@ -5,10 +5,13 @@
 
 use aya::maps::{Array, HashMap, Map, MapData, MapError};
 use lb_api::abi::{
-    BackendKey, BackendValue, CtEntry, CtKey, DatapathConfig, NodeKey, ServiceKey, ServiceValue,
+    AffinityKey, AffinityValue, BackendAddrKey, BackendKey, BackendValue, CtEntry, CtKey,
+    DatapathConfig, NodeKey, ServiceKey, ServiceValue,
 };
 use lb_api::counters::Counter;
-use lb_api::tables::{Table, BACKENDS, CONFIG, CONNTRACK, COUNTERS, NODES, SERVICES};
+use lb_api::tables::{
+    Table, AFFINITY, BACKENDS, BACKENDS_BY_ADDR, CONFIG, CONNTRACK, COUNTERS, NODES, SERVICES,
+};
 use lb_control::{self as control, ConfigError, ServiceSpec, ServiceStore, TableSizes};
 
 use crate::{Error, KernelDatapath};
@@ -158,6 +161,26 @@ impl KernelDatapath {
         Ok(v)
     }
 
+    /// All session-affinity entries, sorted by key bytes (expired ones included, until they
+    /// are replaced or evicted).
+    ///
+    /// # Errors
+    /// [`Error::Map`] if the map cannot be read.
+    pub fn affinity_entries(&self) -> Result<Vec<(AffinityKey, AffinityValue)>, Error> {
+        let m: HashMap<&MapData, AffinityKey, AffinityValue> = self.hash_ro(AFFINITY)?;
+        let mut v = m
+            .iter()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|source| Error::Map {
+                map: AFFINITY.name,
+                source,
+            })?;
+        v.sort_by(|a, b| {
+            zerocopy::IntoBytes::as_bytes(&a.0).cmp(zerocopy::IntoBytes::as_bytes(&b.0))
+        });
+        Ok(v)
+    }
+
     /// Deletes every conntrack entry.
     ///
     /// # Errors
@@ -250,6 +273,23 @@ impl ServiceStore for KernelDatapath {
     }
     fn remove_service(&mut self, key: &ServiceKey) {
         if let Ok(mut m) = self.hash::<ServiceKey, ServiceValue>(SERVICES) {
+            let _ = m.remove(key);
+        }
+    }
+    fn put_backend_by_addr(
+        &mut self,
+        key: BackendAddrKey,
+        value: BackendValue,
+    ) -> Result<(), ConfigError> {
+        let sizes = self.sizes;
+        let mut m: HashMap<&mut MapData, BackendAddrKey, BackendValue> = self
+            .hash(BACKENDS_BY_ADDR)
+            .map_err(|e| store_err(BACKENDS_BY_ADDR, &e))?;
+        m.insert(key, value, 0)
+            .map_err(|e| insert_err(&sizes, BACKENDS_BY_ADDR, &e))
+    }
+    fn remove_backend_by_addr(&mut self, key: &BackendAddrKey) {
+        if let Ok(mut m) = self.hash::<BackendAddrKey, BackendValue>(BACKENDS_BY_ADDR) {
             let _ = m.remove(key);
         }
     }

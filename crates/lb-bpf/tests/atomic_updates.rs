@@ -14,7 +14,8 @@ use std::net::SocketAddr;
 
 use common::privileged;
 use lb_api::abi::{
-    BackendKey, BackendValue, CtEntry, CtKey, CtKind, NodeKey, ServiceKey, ServiceValue,
+    BackendAddrKey, BackendKey, BackendValue, CtEntry, CtKey, CtKind, NodeKey, ServiceKey,
+    ServiceValue,
 };
 use lb_api::counters::Counter;
 use lb_api::flow::{v4_addr, L4Proto};
@@ -195,6 +196,21 @@ impl ServiceStore for Interleaved<'_> {
     fn count_backend_flows_removed(&mut self, flows: u64) -> Result<(), ConfigError> {
         self.h.engine.count_backend_flows_removed(flows)?;
         self.h.dp.count_backend_flows_removed(flows)
+    }
+    fn put_backend_by_addr(
+        &mut self,
+        key: BackendAddrKey,
+        value: BackendValue,
+    ) -> Result<(), ConfigError> {
+        let r = self.h.engine.put_backend_by_addr(key, value);
+        assert_eq!(self.h.dp.put_backend_by_addr(key, value), r);
+        self.wrote();
+        r
+    }
+    fn remove_backend_by_addr(&mut self, key: &BackendAddrKey) {
+        self.h.engine.remove_backend_by_addr(key);
+        self.h.dp.remove_backend_by_addr(key);
+        self.wrote();
     }
 }
 

@@ -150,7 +150,16 @@ fn frames() -> Vec<Vec<u8>> {
     vec![
         syn([10, 96, 0, 10], 40_000),
         syn([10, 96, 0, 10], 40_001),
-        syn([10, 96, 0, 12], 40_002),
+        // To the service without backends: a reset is dropped, a SYN is answered with one.
+        tcp_v4_frame(
+            [10, 0, 0, 1],
+            40_002,
+            [10, 96, 0, 12],
+            80,
+            TcpFlags::RST,
+            b"",
+        ),
+        syn([10, 96, 0, 12], 40_003),
     ]
 }
 
@@ -182,7 +191,10 @@ fn engine_and_kernel_answer_one_control_plane_sequence_alike() {
         assert_eq!(e, k.data, "the same frame out of both");
     }
     assert_eq!(verdicts.0, verdicts.1);
-    assert_eq!(verdicts.0, [Verdict::Pass, Verdict::Pass, Verdict::Drop]);
+    assert_eq!(
+        verdicts.0,
+        [Verdict::Pass, Verdict::Pass, Verdict::Drop, Verdict::Tx]
+    );
 
     let (e, k) = (observe(&mut engine), observe(&mut kernel));
     assert_eq!(e.conntrack.len(), 4, "two flows, two entries each");

@@ -667,11 +667,39 @@ fn malformed() -> Vec<Fixture> {
             bad(&|f| f[16..18].copy_from_slice(&200u16.to_be_bytes())),
         ),
         dropped(
-            "service without backends",
+            "reset to a service without backends (not answered)",
             NoBackend,
-            tcp(40005, EMPTY_VIP, 80, F::SYN),
+            tcp(40005, EMPTY_VIP, 80, F::RST),
+        ),
+        rejected(
+            "SYN to a service without backends: reset",
+            tcp(40006, EMPTY_VIP, 80, F::SYN),
+        ),
+        rejected(
+            "data to a service without backends: reset",
+            tcp(40007, EMPTY_VIP, 80, F::ACK | F::PSH),
+        ),
+        rejected(
+            "UDP to a service without backends: port unreachable",
+            udp_v4_frame(CLIENT, 40008, EMPTY_VIP, 53, b"query"),
+        ),
+        rejected(
+            "IPv6 SYN to a service without backends: reset",
+            tcp_v6_frame(v6("fd00::1"), 40009, v6("fd96::12"), 80, F::SYN, b""),
+        ),
+        rejected(
+            "IPv6 UDP to a service without backends: port unreachable",
+            udp_v6_frame(v6("fd00::1"), 40010, v6("fd96::12"), 53, b"query"),
         ),
     ]
+}
+
+/// A fixture the engine rejects (a reset or a port unreachable back to the client).
+fn rejected(name: impl Into<String>, frame: Vec<u8>) -> Fixture {
+    Fixture {
+        verdict: Verdict::Tx,
+        ..pass(name, Counter::RejectNoEndpoints, fixed(frame))
+    }
 }
 
 /// ICMP time exceeded in transit, ICMPv6 time exceeded (hop limit).
@@ -838,6 +866,27 @@ fn services() -> Vec<ServiceSpec> {
             id: 4,
             frontend: "10.96.0.12:80".parse().unwrap(),
             proto: L4Proto::Tcp,
+            backends: vec![],
+            ..Default::default()
+        },
+        ServiceSpec {
+            id: 5,
+            frontend: "10.96.0.12:53".parse().unwrap(),
+            proto: L4Proto::Udp,
+            backends: vec![],
+            ..Default::default()
+        },
+        ServiceSpec {
+            id: 9,
+            frontend: "[fd96::12]:80".parse().unwrap(),
+            proto: L4Proto::Tcp,
+            backends: vec![],
+            ..Default::default()
+        },
+        ServiceSpec {
+            id: 10,
+            frontend: "[fd96::12]:53".parse().unwrap(),
+            proto: L4Proto::Udp,
             backends: vec![],
             ..Default::default()
         },

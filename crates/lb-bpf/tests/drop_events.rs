@@ -50,7 +50,8 @@ fn malformed_and_no_backend_drops_come_back_with_reason_and_flow() {
     }
     let mut dp = setup();
     for program in [Program::Xdp, Program::Tc] {
-        let syn = tcp_v4_frame(CLIENT, 40000, EMPTY_VIP, 80, TcpFlags::SYN, b"");
+        // A reset to a service without backends: not answered (a SYN would be, with a reset).
+        let syn = tcp_v4_frame(CLIENT, 40000, EMPTY_VIP, 80, TcpFlags::RST, b"");
         // TCP data offset 4: parsing stops at TCP, after the addresses and before the ports.
         let mut bad_doff = tcp_v4_frame(CLIENT, 40001, EMPTY_VIP, 80, TcpFlags::SYN, b"");
         bad_doff[14 + 20 + 12] = 4 << 4;

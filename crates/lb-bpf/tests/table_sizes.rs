@@ -25,6 +25,8 @@ fn small() -> TableSizes {
         nodes: 2,
         xdp_partial: 7,
         drop_events_bytes: 8 * 4096,
+        affinity: 11,
+        backends_by_addr: 13,
     }
 }
 

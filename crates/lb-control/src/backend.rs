@@ -13,7 +13,14 @@ pub enum BackendState {
     #[default]
     Active,
     /// Being deleted: keeps its existing flows (they live in conntrack), gets no new ones.
+    /// (Kubernetes: an endpoint with `terminating: true, serving: false`.)
     Terminating,
+    /// Being deleted but still serving (Kubernetes: `terminating: true, serving: true`): keeps
+    /// its existing flows, and takes new ones only while the service has no [`Active`]
+    /// backend that may take them, as kube-proxy falls back to serving-terminating endpoints.
+    ///
+    /// [`Active`]: BackendState::Active
+    ServingTerminating,
 }
 
 /// A backend: address, weight, state, and the node it runs on.
@@ -55,6 +62,15 @@ impl BackendSpec {
     #[must_use]
     pub fn takes_new_flows(&self, policy: TrafficPolicy) -> bool {
         self.state == BackendState::Active
+            && self.weight > 0
+            && (policy == TrafficPolicy::Cluster || self.node.is_none())
+    }
+
+    /// Whether the backend may receive new flows under `policy` when no active one may: a
+    /// serving-terminating backend of weight > 0 the policy allows.
+    #[must_use]
+    pub fn takes_fallback_flows(&self, policy: TrafficPolicy) -> bool {
+        self.state == BackendState::ServingTerminating
             && self.weight > 0
             && (policy == TrafficPolicy::Cluster || self.node.is_none())
     }

@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::vec::Vec;
 
-use lb_api::abi::{CtEntry, CtKey, DatapathConfig};
+use lb_api::abi::{AffinityKey, AffinityValue, CtEntry, CtKey, DatapathConfig};
 use lb_api::counters::CounterSnapshot;
 use lb_api::events::DropEvent;
 use lb_api::flow::L4Proto;
@@ -112,4 +112,11 @@ pub trait Dataplane {
     /// # Errors
     /// [`DataplaneError::Datapath`] if the table cannot be read or written.
     fn flush_conntrack(&mut self) -> Result<(), DataplaneError>;
+    /// All session-affinity entries (client and service → backend, last used), sorted by
+    /// their key's bytes. Expired entries stay until a new flow of their client replaces them
+    /// or the table's LRU eviction takes them.
+    ///
+    /// # Errors
+    /// [`DataplaneError::Datapath`] if the table cannot be read.
+    fn affinity_entries(&self) -> Result<Vec<(AffinityKey, AffinityValue)>, DataplaneError>;
 }

@@ -188,17 +188,25 @@ impl ServiceSpec {
 
     /// For random selection: the greatest common divisor of the weights of backends taking new
     /// flows, and the number of slots they expand to (each backend gets `weight / gcd` slots).
-    fn random_slot_weights(&self) -> (u16, u64) {
+    /// Whether backend `b` gets slots: an active one the policy allows, or, when there is none,
+    /// a serving-terminating one the policy allows (kube-proxy's terminating fallback).
+    fn gets_slots(&self, b: &BackendSpec) -> bool {
         let policy = self.external_traffic_policy;
+        b.takes_new_flows(policy)
+            || (b.takes_fallback_flows(policy)
+                && !self.backends.iter().any(|a| a.takes_new_flows(policy)))
+    }
+
+    fn random_slot_weights(&self) -> (u16, u64) {
         let g = self
             .backends
             .iter()
-            .filter(|b| b.takes_new_flows(policy))
+            .filter(|b| self.gets_slots(b))
             .fold(0u16, |g, b| gcd(g, b.weight));
         let slots = self
             .backends
             .iter()
-            .filter(|b| b.takes_new_flows(policy))
+            .filter(|b| self.gets_slots(b))
             .map(|b| u64::from(b.weight / g.max(1)))
             .sum();
         (g.max(1), slots)
@@ -207,18 +215,18 @@ impl ServiceSpec {
     /// The backend slot array the datapath selects from: indexes into [`Self::backends`].
     ///
     /// Only backends taking new flows appear (active, weight > 0, node-local under
-    /// `externalTrafficPolicy: Local`); terminating backends keep their established flows
+    /// `externalTrafficPolicy: Local`; when no such backend exists, the serving-terminating
+    /// ones that qualify otherwise); terminating backends keep their established flows
     /// through conntrack. Random selection repeats a backend `weight / gcd` times; Maglev fills
     /// its table. Call [`Self::validate`] first.
     #[must_use]
     pub fn slots(&self) -> Vec<u32> {
-        let policy = self.external_traffic_policy;
         match self.selection {
             Selection::Random => {
                 let (g, _) = self.random_slot_weights();
                 let mut v = Vec::new();
                 for (i, b) in self.backends.iter().enumerate() {
-                    if b.takes_new_flows(policy) {
+                    if self.gets_slots(b) {
                         v.extend(core::iter::repeat_n(i as u32, usize::from(b.weight / g)));
                     }
                 }
@@ -229,11 +237,7 @@ impl ServiceSpec {
                     .backends
                     .iter()
                     .map(|b| {
-                        let w = if b.takes_new_flows(policy) {
-                            b.weight
-                        } else {
-                            0
-                        };
+                        let w = if self.gets_slots(b) { b.weight } else { 0 };
                         MaglevBackend::from_addr(b.addr, w)
                     })
                     .collect();

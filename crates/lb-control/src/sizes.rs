@@ -53,6 +53,13 @@ pub struct TableSizes {
     /// The drop-event ring's size in bytes ([`tables::DROP_EVENTS`], `LB_EVENTS`): a
     /// power-of-two multiple of the page size; 64 bytes per event.
     pub drop_events_bytes: u32,
+    /// Session-affinity entries, one per client address and service with
+    /// `SessionAffinity::ClientIp` ([`tables::AFFINITY`], `LB_AFFINITY`, an LRU hash: when
+    /// full, the least recently used entries are evicted).
+    pub affinity: u32,
+    /// Active backends of all services by address ([`tables::BACKENDS_BY_ADDR`],
+    /// `LB_BE_BY_ADDR`): one per backend and service (not per slot).
+    pub backends_by_addr: u32,
 }
 
 impl Default for TableSizes {
@@ -67,6 +74,8 @@ impl Default for TableSizes {
             nodes: tables::NODES.default_max_entries,
             xdp_partial: tables::XDP_PARTIAL.default_max_entries,
             drop_events_bytes: tables::DROP_EVENTS.default_max_entries,
+            affinity: tables::AFFINITY.default_max_entries,
+            backends_by_addr: tables::BACKENDS_BY_ADDR.default_max_entries,
         }
     }
 }
@@ -170,6 +179,8 @@ impl TableSizes {
             nodes: 1024,
             xdp_partial: tables::XDP_PARTIAL.default_max_entries,
             drop_events_bytes: tables::DROP_EVENTS.default_max_entries,
+            affinity: 4 * 1024,
+            backends_by_addr: 4 * 1024,
         }
     }
 
@@ -185,6 +196,10 @@ impl TableSizes {
             n if n == tables::XDP_PARTIAL.name => (self.xdp_partial, "TableSizes::xdp_partial"),
             n if n == tables::DROP_EVENTS.name => {
                 (self.drop_events_bytes, "TableSizes::drop_events_bytes")
+            }
+            n if n == tables::AFFINITY.name => (self.affinity, "TableSizes::affinity"),
+            n if n == tables::BACKENDS_BY_ADDR.name => {
+                (self.backends_by_addr, "TableSizes::backends_by_addr")
             }
             _ => return None,
         };
@@ -349,7 +364,7 @@ fn entry_bytes(table: &Table) -> u64 {
     let r8 = |n: u32| u64::from(n).div_ceil(8) * 8;
     let value = r8(table.value_size.unwrap_or(0));
     match table.kind {
-        MapKind::Hash => HTAB_ELEM_OVERHEAD + r8(table.key_size) + value,
+        MapKind::Hash | MapKind::LruHash => HTAB_ELEM_OVERHEAD + r8(table.key_size) + value,
         _ => value,
     }
 }
@@ -362,7 +377,7 @@ fn entry_bytes(table: &Table) -> u64 {
 pub fn table_memory_bytes(table: &Table, entries: u32) -> u64 {
     match table.kind {
         MapKind::RingBuf => u64::from(entries),
-        MapKind::Hash => {
+        MapKind::Hash | MapKind::LruHash => {
             u64::from(entries) * entry_bytes(table)
                 + u64::from(entries).next_power_of_two() * HTAB_BUCKET
         }
@@ -414,7 +429,9 @@ mod tests {
                 "LB_BACKENDS",
                 "LB_NODES",
                 "LB_XDP_PARTIAL",
-                "LB_EVENTS"
+                "LB_EVENTS",
+                "LB_AFFINITY",
+                "LB_BE_BY_ADDR"
             ]
         );
     }

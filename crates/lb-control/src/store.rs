@@ -5,8 +5,8 @@ use std::net::IpAddr;
 
 use hashbrown::HashSet;
 use lb_api::abi::{
-    BackendKey, BackendValue, CtEntry, CtKey, DatapathConfig, NodeKey, ServiceKey, ServiceValue,
-    SVC_F_SLOT_SET_B,
+    BackendAddrKey, BackendKey, BackendValue, CtEntry, CtKey, DatapathConfig, NodeKey, ServiceKey,
+    ServiceValue, SVC_F_SLOT_SET_B,
 };
 use lb_api::flow::IpFamily;
 use lb_nat::HashServiceTable;
@@ -63,6 +63,41 @@ pub trait ServiceStore {
     fn count_backend_flows_removed(&mut self, _flows: u64) -> Result<(), ConfigError> {
         Ok(())
     }
+    /// Creates or replaces a service's backend by address (session affinity finds it there).
+    ///
+    /// # Errors
+    /// [`ConfigError::Store`] or [`ConfigError::TableFull`] when the table refuses the write.
+    fn put_backend_by_addr(
+        &mut self,
+        key: BackendAddrKey,
+        value: BackendValue,
+    ) -> Result<(), ConfigError>;
+    /// Removes a service's backend by address (absent is fine).
+    fn remove_backend_by_addr(&mut self, key: &BackendAddrKey);
+}
+
+/// The backends-by-address key of `b`, a backend of service `service_id`.
+fn addr_key(service_id: u32, b: &BackendValue) -> BackendAddrKey {
+    BackendAddrKey {
+        service_id,
+        port: b.port,
+        family: b.family,
+        pad: 0,
+        addr: b.addr,
+    }
+}
+
+/// The backends-by-address keys of the backends packets may select in the set `value` names
+/// (its slots `0..backend_count`), as stored.
+fn active_addr_keys<S: ServiceStore + ?Sized>(
+    store: &S,
+    service_id: u32,
+    value: &ServiceValue,
+) -> HashSet<BackendAddrKey> {
+    (0..value.backend_count)
+        .filter_map(|slot| store.get_backend(&value.slot_key(slot)))
+        .map(|b| addr_key(service_id, &b))
+        .collect()
 }
 
 /// The 16-byte address field and family of an IP address.
@@ -101,12 +136,38 @@ pub fn upsert_service<S: ServiceStore + ?Sized>(
     spec.validate()?;
     let key = spec.key();
     let old = store.get_service(&key);
+    let old_active = old
+        .as_ref()
+        .map(|o| active_addr_keys(store, spec.id, o))
+        .unwrap_or_default();
     let slots = spec.slots();
     let count = slots.len() as u32;
     let mut value = spec.value(count);
     // A new service starts in set A; an existing one moves to the set it does not read.
     if let Some(old) = &old {
         value.flags |= (old.flags & SVC_F_SLOT_SET_B) ^ SVC_F_SLOT_SET_B;
+    }
+    // The active backends by address first: an affinity entry finds its backend as soon as a
+    // slot may name it, and keeps finding it while the backend stays in the set. Those this
+    // update adds are taken back if it fails, so that no affinity entry can lead a packet to a
+    // backend outside the set in force.
+    let mut active = HashSet::new();
+    let mut added = vec::Vec::new();
+    for &bi in &slots {
+        let Some(b) = spec.backends.get(bi as usize) else {
+            continue;
+        };
+        let k = addr_key(spec.id, &backend_value(b, bi));
+        if !active.insert(k) {
+            continue;
+        }
+        if let Err(e) = store.put_backend_by_addr(k, backend_value(b, bi)) {
+            undo_addr_keys(store, &added);
+            return Err(e);
+        }
+        if !old_active.contains(&k) {
+            added.push(k);
+        }
     }
     // The slots, then the backends that take no new flows (terminating, weight 0, not local
     // under a Local policy) past `count`, where no packet selects them: the set then names every
@@ -123,25 +184,21 @@ pub fn upsert_service<S: ServiceStore + ?Sized>(
         let Some(b) = spec.backends.get(bi as usize) else {
             continue;
         };
-        let (addr, family) = addr_bytes(b.addr.ip());
-        let backend = BackendValue {
-            addr,
-            port: b.addr.port(),
-            family: family as u8,
-            state: 0,
-            // Stable per backend (its position in the spec), not per slot.
-            id: bi + 1,
-            node: b.node.map_or([0; 16], |n| addr_bytes(n).0),
-        };
-        if let Err(e) = store.put_backend(value.slot_key(slot as u32), backend) {
+        if let Err(e) = store.put_backend(value.slot_key(slot as u32), backend_value(b, bi)) {
             remove_slots(store, &value, slot as u32);
+            undo_addr_keys(store, &added);
             return Err(e);
         }
     }
     let written = (slots.len() + listed.iter().filter(|l| !**l).count()) as u32;
     if let Err(e) = store.put_service(key, value) {
         remove_slots(store, &value, written);
+        undo_addr_keys(store, &added);
         return Err(e);
+    }
+    // Backends that left the active set: no slot in force names them any more.
+    for k in old_active.iter().filter(|k| !active.contains(*k)) {
+        store.remove_backend_by_addr(k);
     }
     let Some(old) = old else {
         return Ok(());
@@ -153,6 +210,27 @@ pub fn upsert_service<S: ServiceStore + ?Sized>(
         })?;
     }
     Ok(())
+}
+
+/// Takes back the backends-by-address entries a failed update added.
+fn undo_addr_keys<S: ServiceStore + ?Sized>(store: &mut S, added: &[BackendAddrKey]) {
+    for k in added {
+        store.remove_backend_by_addr(k);
+    }
+}
+
+/// What the slot table holds for the spec's backend at position `bi`.
+fn backend_value(b: &crate::BackendSpec, bi: u32) -> BackendValue {
+    let (addr, family) = addr_bytes(b.addr.ip());
+    BackendValue {
+        addr,
+        port: b.addr.port(),
+        family: family as u8,
+        state: 0,
+        // Stable per backend (its position in the spec), not per slot.
+        id: bi + 1,
+        node: b.node.map_or([0; 16], |n| addr_bytes(n).0),
+    }
 }
 
 /// The (address, port) of every backend of `spec`, in any state.
@@ -221,7 +299,11 @@ pub fn remove_service<S: ServiceStore + ?Sized>(
     let Some(old) = store.get_service(&key) else {
         return Ok(0);
     };
+    let old_active = active_addr_keys(store, spec.id, &old);
     store.remove_service(&key);
+    for k in &old_active {
+        store.remove_backend_by_addr(k);
+    }
     let none = HashSet::new();
     retire_slots(store, &old, &none);
     // An update interrupted before its flip may have left slots in the other set.
@@ -258,6 +340,17 @@ impl ServiceStore for HashServiceTable {
     }
     fn remove_service(&mut self, key: &ServiceKey) {
         self.services.remove(key);
+    }
+    fn put_backend_by_addr(
+        &mut self,
+        key: BackendAddrKey,
+        value: BackendValue,
+    ) -> Result<(), ConfigError> {
+        self.backends_by_addr.insert(key, value);
+        Ok(())
+    }
+    fn remove_backend_by_addr(&mut self, key: &BackendAddrKey) {
+        self.backends_by_addr.remove(key);
     }
 }
 
@@ -378,6 +471,16 @@ mod tests {
         }
         fn remove_service(&mut self, key: &ServiceKey) {
             self.t.remove_service(key);
+        }
+        fn put_backend_by_addr(
+            &mut self,
+            key: BackendAddrKey,
+            value: BackendValue,
+        ) -> Result<(), ConfigError> {
+            self.t.put_backend_by_addr(key, value)
+        }
+        fn remove_backend_by_addr(&mut self, key: &BackendAddrKey) {
+            self.t.remove_backend_by_addr(key);
         }
     }
 

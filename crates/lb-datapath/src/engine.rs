@@ -7,7 +7,8 @@ use std::vec::Vec;
 
 use lb_api::__zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 use lb_api::abi::{
-    BackendKey, BackendValue, CtEntry, CtKey, DatapathConfig, NodeKey, ServiceKey, ServiceValue,
+    AffinityKey, AffinityValue, BackendAddrKey, BackendKey, BackendValue, CtEntry, CtKey,
+    DatapathConfig, NodeKey, ServiceKey, ServiceValue,
 };
 use lb_api::counters::{Counter, CounterSnapshot, Counters, DropReason};
 use lb_api::events::DropEvent;
@@ -288,6 +289,15 @@ impl ServiceTable for UserTables {
     fn is_peer_node(&self, key: &NodeKey) -> bool {
         self.services.is_peer_node(key)
     }
+    fn backend_by_addr(&self, key: &BackendAddrKey) -> Option<BackendValue> {
+        self.services.backend_by_addr(key)
+    }
+    fn affinity(&self, key: &AffinityKey) -> Option<AffinityValue> {
+        self.services.affinity(key)
+    }
+    fn set_affinity(&mut self, key: &AffinityKey, value: &AffinityValue) {
+        self.services.set_affinity(key, value);
+    }
 }
 
 impl Counters for UserTables {
@@ -346,7 +356,10 @@ impl<C: Clock> Engine<C> {
     pub fn with_sizes(sizes: &TableSizes, cfg: DatapathConfig, clock: C) -> Self {
         let tables = UserTables {
             ct: HashConntrackTable::with_capacity(sizes.conntrack as usize),
-            services: HashServiceTable::default(),
+            services: HashServiceTable {
+                affinity_capacity: sizes.affinity as usize,
+                ..HashServiceTable::default()
+            },
             counters: CounterSnapshot::default(),
             rng: XorShift32::new(cfg.hash_seed ^ 0x5eed_0001),
             pending_drop: None,
@@ -631,6 +644,23 @@ impl<C: Clock> ServiceStore for Engine<C> {
     fn remove_service(&mut self, key: &ServiceKey) {
         self.tables.services.remove_service(key);
     }
+    fn put_backend_by_addr(
+        &mut self,
+        key: BackendAddrKey,
+        value: BackendValue,
+    ) -> Result<(), ConfigError> {
+        let t = &self.tables.services;
+        check_room(
+            &self.sizes,
+            &lb_api::tables::BACKENDS_BY_ADDR,
+            t.backends_by_addr.len(),
+            t.backends_by_addr.contains_key(&key),
+        )?;
+        self.tables.services.put_backend_by_addr(key, value)
+    }
+    fn remove_backend_by_addr(&mut self, key: &BackendAddrKey) {
+        self.tables.services.remove_backend_by_addr(key);
+    }
 }
 
 #[cfg(test)]
@@ -790,12 +820,13 @@ mod tests {
             ..Default::default()
         })
         .unwrap();
+        // A reset to a service without backends is not answered: dropped.
         let mut syn = tcp_v4_frame(
             [10, 0, 0, 1],
             40000,
             [10, 96, 0, 10],
             80,
-            TcpFlags::SYN,
+            TcpFlags::RST,
             b"",
         );
         assert_eq!(e.process(&mut syn.clone()), Verdict::Drop);

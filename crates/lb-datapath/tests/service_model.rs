@@ -117,3 +117,32 @@ fn maglev_moves_few_new_flow_mappings_when_a_backend_goes_random_moves_many() {
         assert!(b.iter().all(|&x| x != 5));
     }
 }
+
+#[test]
+fn serving_terminating_backends_take_new_flows_only_when_no_ready_one_remains() {
+    let mut e = engine();
+    let mut s = spec(3, Selection::Random);
+    s.backends[1].state = BackendState::ServingTerminating;
+    s.backends[2].state = BackendState::ServingTerminating;
+    e.upsert_service(&s).unwrap();
+    let only_ready: std::collections::HashSet<u8> =
+        (0..50).map(|p| send(&mut e, p, TcpFlags::SYN)).collect();
+    assert_eq!(only_ready, [1].into(), "a ready backend remains: only it");
+    // The ready one goes: the serving-terminating ones take new flows (both of them).
+    s.backends[0].state = BackendState::Terminating;
+    e.upsert_service(&s).unwrap();
+    let fallback: std::collections::HashSet<u8> =
+        (100..150).map(|p| send(&mut e, p, TcpFlags::SYN)).collect();
+    assert_eq!(fallback, [2, 3].into());
+    // None serving: no endpoints, the SYN is rejected with a reset.
+    s.backends[1].state = BackendState::Terminating;
+    s.backends[2].state = BackendState::Terminating;
+    e.upsert_service(&s).unwrap();
+    let mut f = tcp_v4_frame([172, 16, 9, 9], 20_000, VIP, 80, TcpFlags::SYN, b"");
+    assert_eq!(e.process(&mut f), Verdict::Tx);
+    assert_eq!(
+        e.counters()
+            .get(lb_api::counters::Counter::RejectNoEndpoints),
+        1
+    );
+}

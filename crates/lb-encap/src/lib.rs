@@ -40,6 +40,7 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 pub mod dsr;
 pub mod geneve;
 pub mod mtu;
+pub mod reject;
 mod tunnel;
 pub use tunnel::{
     insert_room_at_head, remove_room_at_head, truncate_at_tail, vxlan_decap, vxlan_decap_parsed,

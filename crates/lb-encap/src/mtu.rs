@@ -84,10 +84,55 @@ pub fn icmp_too_big<P: AdjustHead + ?Sized>(pkt: &mut P, mtu: u16, from: [u8; 16
 
 /// [`icmp_too_big`] of a packet already parsed into `p` (the datapath's parse result, which
 /// lives off the kernel stack).
+#[inline(always)]
 pub fn icmp_too_big_parsed<P: AdjustHead + ?Sized>(
     pkt: &mut P,
     p: &lb_api::wire::Parsed,
     mtu: u16,
+    from: &[u8; 16],
+) -> Option<()> {
+    let msg = if p.family() == IpFamily::V6 {
+        IcmpMessage {
+            ty: 2,
+            code: 0,
+            rest: u32::from(mtu).to_be_bytes(),
+        }
+    } else {
+        let m = mtu.to_be_bytes();
+        IcmpMessage {
+            ty: 3,
+            code: 4,
+            rest: [0, 0, m[0], m[1]],
+        }
+    };
+    icmp_error_parsed(pkt, p, &msg, from)
+}
+
+/// An ICMP or ICMPv6 error message's type, code and the 4 bytes after its checksum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IcmpMessage {
+    /// Type.
+    pub ty: u8,
+    /// Code.
+    pub code: u8,
+    /// The header's last 4 bytes (the next-hop MTU of a "too big"; zero for most others).
+    pub rest: [u8; 4],
+}
+
+/// Rewrites the IP packet in `pkt`, parsed into `p`, into the ICMP (IPv4) or ICMPv6 error `msg`
+/// (of the packet's family) from `from` to the packet's source, quoting the packet's first
+/// [`QUOTE_MAX`] bytes; the L2 header is kept with its MACs swapped. See [`icmp_too_big`].
+///
+/// Returns `None` if the buffer cannot be resized; the packet may then be partly rewritten
+/// and must be dropped.
+///
+/// Inlined into its callers: in the kernel, the "too big" path's verification cost depends on
+/// the message's type and code being constants there.
+#[inline(always)]
+pub fn icmp_error_parsed<P: AdjustHead + ?Sized>(
+    pkt: &mut P,
+    p: &lb_api::wire::Parsed,
+    msg: &IcmpMessage,
     from: &[u8; 16],
 ) -> Option<()> {
     let l3 = p.l3_offset;
@@ -114,6 +159,12 @@ pub fn icmp_too_big_parsed<P: AdjustHead + ?Sized>(
     let l4 = l3 + ip_len;
     let icmp_len = IcmpHeader::LEN + quote;
     let to = p.tuple.src;
+    let header = IcmpHeader {
+        ty: msg.ty,
+        code: msg.code,
+        check: U16::new(0),
+        rest: msg.rest,
+    };
     if v6 {
         pkt.store(
             l3,
@@ -126,15 +177,7 @@ pub fn icmp_too_big_parsed<P: AdjustHead + ?Sized>(
                 dst: to,
             },
         )?;
-        pkt.store(
-            l4,
-            &IcmpHeader {
-                ty: 2,
-                code: 0,
-                check: U16::new(0),
-                rest: u32::from(mtu).to_be_bytes(),
-            },
-        )?;
+        pkt.store(l4, &header)?;
         let pseudo = checksum::pseudo_sum_v6(from, &to, 58, icmp_len as u32);
         let c = icmp_checksum(pkt, p, l4, icmp_len, pseudo)?;
         pkt.store(crate::opaque(l4 + IcmpHeader::CHECK_OFFSET), &U16::new(c))?;
@@ -155,16 +198,7 @@ pub fn icmp_too_big_parsed<P: AdjustHead + ?Sized>(
             zerocopy::IntoBytes::as_bytes(&ip),
         ));
         pkt.store(l3, &ip)?;
-        let m = mtu.to_be_bytes();
-        pkt.store(
-            l4,
-            &IcmpHeader {
-                ty: 3,
-                code: 4,
-                check: U16::new(0),
-                rest: [0, 0, m[0], m[1]],
-            },
-        )?;
+        pkt.store(l4, &header)?;
         let c = icmp_checksum(pkt, p, l4, icmp_len, 0)?;
         pkt.store(crate::opaque(l4 + IcmpHeader::CHECK_OFFSET), &U16::new(c))?;
     }

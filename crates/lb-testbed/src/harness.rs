@@ -2,7 +2,8 @@
 //! metadata go through the userspace engine ([`Engine::process`], or [`Engine::process_tc`] for
 //! the TC program) and through a kernel program with `BPF_PROG_TEST_RUN`
 //! ([`KernelDatapath::test_run_skb`]); output bytes, verdicts, conntrack contents (timestamps
-//! included, via `fixed_now_ns`), counters and drop events must be identical after every packet.
+//! included, via `fixed_now_ns`), session-affinity contents, counters and drop events must be
+//! identical after every packet.
 //!
 //! The differential suites of `lb-bpf` run their fixture tables through it, and the kernel
 //! benchmark checks every timed run with it ([`Checks::Output`]: a conntrack dump per run would
@@ -38,7 +39,7 @@ use lb_api::events::DropEvent;
 use lb_api::Verdict;
 use lb_bpf::{KernelDatapath, Program, TestSkb};
 use lb_conntrack::{Clock, ManualClock};
-use lb_control::{NodeSpec, ServiceSpec};
+use lb_control::{Dataplane, NodeSpec, ServiceSpec};
 use lb_datapath::engine::{Engine, GsoType, SkbMeta};
 use zerocopy::IntoBytes;
 
@@ -305,6 +306,10 @@ impl<C: Clock> EngineAndKernel<C> {
         if everything {
             let kernel_ct = self.dp.conntrack_entries().map_err(Difference::KernelRun)?;
             same("conntrack contents", &kernel_ct, &self.engine_conntrack())?;
+            let kernel_affinity = self.dp.affinity_entries().map_err(Difference::KernelRun)?;
+            // The engine's read cannot fail.
+            let engine_affinity = Dataplane::affinity_entries(&self.engine).unwrap_or_default();
+            same("affinity contents", &kernel_affinity, &engine_affinity)?;
             let kernel_counters = self.dp.counters().map_err(Difference::KernelRun)?;
             same("counters", &kernel_counters, &after)?;
             // One drop event per dropped packet; the interface differs (the test runner's

@@ -68,7 +68,7 @@ const BACKENDS6: [Ipv6Addr; 2] = [
 ];
 
 /// The outcome counters: every packet the programs see bumps exactly one of them.
-const OUTCOMES: [Counter; 13] = Counter::OUTCOMES;
+const OUTCOMES: [Counter; 14] = Counter::OUTCOMES;
 
 /// Counters that also move with traffic the test does not craft: the client's and node's own
 /// chatter (ARP, neighbour discovery), the barrier datagrams, and the hosts' answers to crafted

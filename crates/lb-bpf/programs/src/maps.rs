@@ -4,9 +4,10 @@
 //! here with its registered kind, key, value and size.
 
 use aya_ebpf::macros::map;
-use aya_ebpf::maps::{Array, HashMap, PerCpuArray, ProgramArray, RingBuf};
+use aya_ebpf::maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf};
 use lb_api::abi::{
-    BackendKey, BackendValue, CtEntry, CtKey, DatapathConfig, NodeKey, ServiceKey, ServiceValue,
+    AffinityKey, AffinityValue, BackendAddrKey, BackendKey, BackendValue, CtEntry, CtKey,
+    DatapathConfig, NodeKey, ServiceKey, ServiceValue,
 };
 use lb_api::counters::DropReason;
 use lb_api::tables;
@@ -71,3 +72,13 @@ pub(crate) static LB_TC_STAGES: ProgramArray =
     ProgramArray::with_max_entries(tables::TC_STAGES.default_max_entries, 0);
 /// The new-flow stage's slot in the stage arrays.
 pub(crate) const NEW_FLOW_STAGE: u32 = 0;
+
+/// Session affinity: the backend a client was last sent to per service, and when (an LRU
+/// hash: when full, the least recently used entries go).
+#[map]
+pub(crate) static LB_AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
+    LruHashMap::with_max_entries(tables::AFFINITY.default_max_entries, 0);
+/// Each service's active backends by address and port.
+#[map]
+pub(crate) static LB_BE_BY_ADDR: HashMap<BackendAddrKey, BackendValue> =
+    HashMap::with_max_entries(tables::BACKENDS_BY_ADDR.default_max_entries, 0);

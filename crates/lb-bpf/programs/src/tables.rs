@@ -2,12 +2,18 @@
 //! counters.
 
 use aya_ebpf::helpers::bpf_get_prandom_u32;
-use lb_api::abi::{BackendKey, BackendValue, CtEntry, CtKey, NodeKey, ServiceKey, ServiceValue};
+use lb_api::abi::{
+    AffinityKey, AffinityValue, BackendAddrKey, BackendKey, BackendValue, CtEntry, CtKey, NodeKey,
+    ServiceKey, ServiceValue,
+};
 use lb_api::counters::{Counters, DropReason};
 use lb_conntrack::{ConntrackTable, InsertError, InsertMode};
 use lb_nat::{RandomSource, ServiceTable};
 
-use crate::maps::{LB_BACKENDS, LB_COUNTERS, LB_CT, LB_DROP_REASON, LB_NODES, LB_SERVICES};
+use crate::maps::{
+    LB_AFFINITY, LB_BACKENDS, LB_BE_BY_ADDR, LB_COUNTERS, LB_CT, LB_DROP_REASON, LB_NODES,
+    LB_SERVICES,
+};
 
 /// The kernel maps behind the logic crates' table traits.
 pub(crate) struct KernelTables;
@@ -61,6 +67,25 @@ impl ServiceTable for KernelTables {
     #[inline(always)]
     fn is_peer_node(&self, key: &NodeKey) -> bool {
         LB_NODES.get_ptr(key).is_some()
+    }
+
+    #[inline(always)]
+    fn backend_by_addr(&self, key: &BackendAddrKey) -> Option<BackendValue> {
+        // SAFETY: the value is copied out while the RCU-protected lookup result is valid.
+        unsafe { LB_BE_BY_ADDR.get(key).copied() }
+    }
+
+    #[inline(always)]
+    fn affinity(&self, key: &AffinityKey) -> Option<AffinityValue> {
+        // SAFETY: as above.
+        unsafe { LB_AFFINITY.get(key).copied() }
+    }
+
+    #[inline(always)]
+    fn set_affinity(&mut self, key: &AffinityKey, value: &AffinityValue) {
+        // An LRU hash makes room by evicting: an insert fails only without memory, and then
+        // the client's next flow picks by hash again.
+        let _ = LB_AFFINITY.insert(key, value, 0);
     }
 }
 

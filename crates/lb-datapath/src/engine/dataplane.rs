@@ -2,7 +2,7 @@
 
 use std::vec::Vec;
 
-use lb_api::abi::{CtEntry, CtKey, DatapathConfig};
+use lb_api::abi::{AffinityKey, AffinityValue, CtEntry, CtKey, DatapathConfig};
 use lb_api::counters::CounterSnapshot;
 use lb_api::events::DropEvent;
 use lb_conntrack::{Clock, ConntrackTable};
@@ -72,6 +72,22 @@ impl<C: Clock> Dataplane for Engine<C> {
         }
         Ok(())
     }
+
+    /// Sorted by key bytes, as the kernel datapath's.
+    fn affinity_entries(&self) -> Result<Vec<(AffinityKey, AffinityValue)>, DataplaneError> {
+        let mut v: Vec<(AffinityKey, AffinityValue)> = self
+            .tables
+            .services
+            .affinity
+            .iter()
+            .map(|(k, e)| (*k, *e))
+            .collect();
+        v.sort_by(|a, b| {
+            lb_api::__zerocopy::IntoBytes::as_bytes(&a.0)
+                .cmp(lb_api::__zerocopy::IntoBytes::as_bytes(&b.0))
+        });
+        Ok(v)
+    }
 }
 
 #[cfg(test)]
@@ -122,7 +138,18 @@ mod tests {
         assert_eq!(dp.counters().unwrap().get(Counter::CtBackendRemoved), 1);
         spec.backends.clear();
         dp.upsert_service(&spec).unwrap();
-        assert_eq!(e.process(&mut syn(40_001)), Verdict::Drop);
+        // Without backends: a SYN gets a reset, a reset is dropped.
+        assert_eq!(e.process(&mut syn(40_001)), Verdict::Tx);
+        assert_eq!(e.counters().get(Counter::RejectNoEndpoints), 1);
+        let mut rst = tcp_v4_frame(
+            [10, 0, 0, 1],
+            40_002,
+            [10, 96, 0, 10],
+            80,
+            TcpFlags::RST,
+            b"",
+        );
+        assert_eq!(e.process(&mut rst), Verdict::Drop);
         assert_eq!(observe(&mut e), (0, 1, 1));
 
         let dp: &mut dyn Dataplane = &mut e;

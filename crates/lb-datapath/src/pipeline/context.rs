@@ -3,7 +3,7 @@
 
 use core::cell::Cell;
 
-use lb_api::abi::{CtKey, DatapathConfig};
+use lb_api::abi::{BackendValue, CtKey, DatapathConfig};
 use lb_api::wire::Parsed;
 use lb_api::Verdict;
 
@@ -46,6 +46,13 @@ impl<C> Ctx<'_, C> {
         unsafe { &*(&raw mut (*self.snat.as_ptr()).time_wait_port).cast::<Cell<u16>>() }
     }
 
+    /// [`SnatScratch::backend`]: the new flow's backend, once chosen.
+    #[inline(always)]
+    pub(super) fn backend(&self) -> &Cell<BackendValue> {
+        // SAFETY: as in `attempts`.
+        unsafe { &*(&raw mut (*self.snat.as_ptr()).backend).cast::<Cell<BackendValue>>() }
+    }
+
     /// [`SnatScratch::holder`].
     #[inline(always)]
     pub(super) fn holder(&self) -> &Cell<CtKey> {
@@ -85,6 +92,10 @@ pub(super) enum Outcome {
     /// The first packet of a flow translated and the flow recorded, to be carried to the
     /// backend's node, then counted as `service_new_flow`.
     CarryNewFlow,
+    /// The first packet of a flow to a service without a usable backend: to be rejected
+    /// (turned into a TCP reset or an ICMP "port unreachable" to the client) by the new-flow
+    /// stage.
+    Reject,
 }
 
 // A path's result fits one register, with "not this path's packet" (`None`) in the same byte.

@@ -14,7 +14,8 @@
 //! * [`reserve`]: reserving the reply tuple of a new flow (collision resolver, SNAT allocator);
 //! * [`carriers`]: DSR carrier and VXLAN on the way to the peer node, MTU and the ICMP error
 //!   for a packet too big for them;
-//! * [`icmp_error`](mod@icmp_error): ICMP errors about translated flows.
+//! * [`icmp_error`](mod@icmp_error): ICMP errors about translated flows;
+//! * [`reject`](mod@reject): the reset or "port unreachable" for a service without backends.
 //!
 //! The paths are BPF subprograms of their own in the kernel (`#[inline(never)]`), each with its
 //! own frame of the 512-byte stack: the comments on the attributes say which frame a value
@@ -25,6 +26,7 @@ mod context;
 mod icmp_error;
 mod new_flow;
 mod pair;
+mod reject;
 mod reserve;
 mod scratch;
 mod tracked;
@@ -49,6 +51,7 @@ use carriers::{pseudo_sum, to_peer, too_big};
 use context::{Ctx, Outcome};
 use icmp_error::icmp_error;
 use new_flow::{backend_side, new_flow};
+use reject::reject;
 pub use scratch::{Scratch, SnatScratch};
 use tracked::{established, reply};
 use tunnel::{is_tunnel, tunnel_ingress};
@@ -93,11 +96,14 @@ fn pass<T: Counters + ?Sized>(tables: &mut T, why: Counter) -> Verdict {
 /// * A packet of a tracked flow to a service gets its destination rewritten to the flow's backend
 ///   (and its source to this node under SNAT), then reaches a backend on another node per the
 ///   service's [`ForwardingMode`](lb_api::abi::ForwardingMode): routed (SNAT), with a DSR carrier, or VXLAN-encapsulated.
-/// * The first packet to a service picks a backend by flow hash, creates the flow's conntrack
+/// * The first packet to a service picks a backend (its client's session-affinity backend
+///   while that is live and still in the set, else by flow hash), creates the flow's conntrack
 ///   entries (reverse-NAT first, with no-overwrite, so the reply path exists before the forward
 ///   path is published) and is rewritten. If that reply tuple is already owned by another flow,
 ///   the source port is rewritten to a free port (the collision resolver; under SNAT, the port
 ///   allocator), recorded in conntrack, and restored on replies.
+/// * The first packet to a service without a usable backend is rejected: a TCP reset or an
+///   ICMP/ICMPv6 "port unreachable" goes back to the client from the service address.
 /// * On the backend's node, the first packet of a flow another node translated (it came through
 ///   the tunnel or carries a DSR carrier) creates the entries its replies need, resolving a
 ///   collision with another flow of the same client port the same way.
@@ -257,6 +263,7 @@ where
         snat: Cell::from_mut(snat),
     };
     match new_flow(pkt, &ctx, tables, entry, key) {
+        Some(Outcome::Reject) => reject(pkt, &ctx, tables),
         Some(outcome) => finish(pkt, &ctx, tables, entry, carry_counter, outcome),
         None => backend_side(pkt, &ctx, tables, entry, key),
     }
@@ -295,6 +302,8 @@ where
     let counter = match outcome {
         Outcome::Done(v) => return v,
         Outcome::TooBig => return too_big(pkt, ctx, tables, entry.flags),
+        // The new-flow stage rejects before it would get here.
+        Outcome::Reject => return drop(tables, DropReason::NoBackend),
         Outcome::CarryReply => Counter::ReplyTranslated,
         Outcome::CarryEstablished => Counter::ServiceEstablished,
         Outcome::CarryNewFlow => Counter::ServiceNewFlow,

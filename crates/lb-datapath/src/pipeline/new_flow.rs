@@ -6,8 +6,8 @@
 //! written later, in the scratch area (map memory in the kernel).
 
 use lb_api::abi::{
-    CtEntry, CtKey, CtKind, ForwardingMode, ServiceKey, ServiceValue, CT_F_BACKEND_SIDE, CT_F_DSR,
-    CT_F_SNAT, CT_F_TUNNEL,
+    AffinityKey, AffinityValue, BackendAddrKey, CtEntry, CtKey, CtKind, ForwardingMode, ServiceKey,
+    ServiceValue, CT_F_BACKEND_SIDE, CT_F_DSR, CT_F_SNAT, CT_F_TUNNEL,
 };
 use lb_api::counters::{Counter, Counters, DropReason};
 use lb_api::flow::{FlowTuple, IpFamily, L4Proto};
@@ -48,6 +48,101 @@ fn service_of<T: ServiceTable + ?Sized>(tables: &T, t: &FlowTuple) -> Option<Ser
     })
 }
 
+/// Session affinity's pick for a new flow of service `service_id` (affinity timeout
+/// `timeout_s`): the backend the client's live entry names, while it is still in the
+/// service's active set (the backends-by-address table), written into the scratch area
+/// ([`Ctx::backend`]) with the entry's time refreshed, as kube-proxy's `recent` match does for
+/// each new connection. `false` (counted as a miss or a stale entry): the flow hash picks
+/// ([`hashed_backend`]), and the entry is rewritten for its pick.
+///
+/// A subprogram of its own in the kernel, beside [`hashed_backend`] rather than under it: each
+/// one's frame then adds to the new-flow path's alone.
+#[inline(never)]
+fn sticky_backend<T, C>(tables: &mut T, ctx: &Ctx<'_, C>, service_id: u32, timeout_s: u32) -> bool
+where
+    T: ServiceTable + Counters + ?Sized,
+    C: Fn() -> u64,
+{
+    let t = &ctx.parsed.tuple;
+    let key = &affinity_key(t, service_id);
+    let Some(mut a) = tables.affinity(key) else {
+        tables.bump(Counter::AffinityMiss.slot());
+        return false;
+    };
+    let now = ctx.now();
+    let found = if a.is_live(now, timeout_s) {
+        tables.backend_by_addr(&BackendAddrKey {
+            service_id,
+            port: a.backend_port,
+            family: t.family,
+            pad: 0,
+            addr: a.backend_addr,
+        })
+    } else {
+        None
+    };
+    let Some(b) = found else {
+        tables.bump(Counter::AffinityStale.slot());
+        return false;
+    };
+    ctx.backend().set(b);
+    a.last_used_ns = now;
+    a.timeout_s = timeout_s;
+    tables.set_affinity(key, &a);
+    tables.bump(Counter::AffinityHit.slot());
+    true
+}
+
+/// The flow hash's pick for a new flow of service `svc` (its `backend_count` slots, at
+/// least one), written into the scratch area ([`Ctx::backend`]); with session affinity
+/// (`timeout_s` non-zero) recorded as the client's entry. `Some(reason)`: the slot is empty.
+#[inline(never)]
+fn hashed_backend<T, C>(
+    tables: &mut T,
+    ctx: &Ctx<'_, C>,
+    svc: &ServiceValue,
+    timeout_s: u32,
+) -> Option<DropReason>
+where
+    T: ServiceTable + Counters + ?Sized,
+    C: Fn() -> u64,
+{
+    let t = &ctx.parsed.tuple;
+    let service_id = svc.id;
+    let Some(slot) = select_slot(t, ctx.cfg.hash_seed, svc.backend_count) else {
+        return Some(DropReason::NoBackend);
+    };
+    // The slot of the set the service entry names (an update writes the other, then flips).
+    let Some(b) = tables.backend(&svc.slot_key(slot)) else {
+        return Some(DropReason::BackendMissing);
+    };
+    ctx.backend().set(b);
+    if timeout_s != 0 {
+        tables.set_affinity(
+            &affinity_key(t, service_id),
+            &AffinityValue {
+                last_used_ns: ctx.now(),
+                backend_addr: b.addr,
+                backend_port: b.port,
+                pad: 0,
+                timeout_s,
+            },
+        );
+    }
+    None
+}
+
+/// The affinity key of the client of `t` for service `service_id`.
+#[inline(always)]
+fn affinity_key(t: &FlowTuple, service_id: u32) -> AffinityKey {
+    AffinityKey {
+        client: t.src,
+        service_id,
+        family: t.family,
+        pad: [0; 3],
+    }
+}
+
 /// Whether the packet is UDP over IPv6 with a zero checksum, which IPv6 does not allow: the
 /// backend would drop it, so no flow is started for it. (Other transport checksums are not
 /// verified: a sum over the whole payload is beyond the kernel verifier's budget, and the
@@ -80,12 +175,16 @@ where
     if zero_udp_checksum_v6(pkt, parsed) {
         return Some(Outcome::Done(drop(tables, DropReason::ZeroUdpChecksumV6)));
     }
-    let Some(slot) = select_slot(t, cfg.hash_seed, svc.backend_count) else {
-        return Some(Outcome::Done(drop(tables, DropReason::NoBackend)));
-    };
-    let Some(be) = tables.backend(&svc.slot_key(slot)) else {
-        return Some(Outcome::Done(drop(tables, DropReason::BackendMissing)));
-    };
+    if svc.backend_count == 0 {
+        return Some(Outcome::Reject);
+    }
+    let timeout_s = svc.affinity_timeout_s;
+    if timeout_s == 0 || !sticky_backend(tables, ctx, svc.id, timeout_s) {
+        if let Some(reason) = hashed_backend(tables, ctx, &svc, timeout_s) {
+            return Some(Outcome::Done(drop(tables, reason)));
+        }
+    }
+    let be = &ctx.backend().get();
 
     // How the packet reaches the backend: a backend on another node per the service's mode.
     let node = cfg.node_addr(t.family);

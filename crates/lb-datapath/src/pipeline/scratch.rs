@@ -1,6 +1,6 @@
 //! The per-packet working state the pipeline keeps off the kernel's 512-byte stack.
 
-use lb_api::abi::{CtEntry, CtKey};
+use lb_api::abi::{BackendValue, CtEntry, CtKey};
 use lb_api::wire::Parsed;
 
 /// Per-packet working state too large for the kernel stack; see [`process`](super::process).
@@ -28,7 +28,8 @@ pub struct Scratch {
     pub snat: SnatScratch,
 }
 
-/// The SNAT allocator's working state in the [`Scratch`] area: map memory in the kernel, which
+/// The SNAT allocator's working state in the [`Scratch`] area (and the backend the new flow
+/// goes to): map memory in the kernel, which
 /// the verifier does not track. Values it tracked would split the states it walks: the
 /// attempts count after the loop would make it walk the rest of the path once for every
 /// attempt the loop can end at, a noted port every later attempt's state in two.
@@ -43,6 +44,9 @@ pub struct SnatScratch {
     pub time_wait_port: u16,
     /// The service key of the flow holding a port looked at for a take-over.
     pub holder: CtKey,
+    /// The backend chosen for the new flow (by session affinity or the flow hash), read by the
+    /// new-flow path: here rather than in that path's frame, the deepest of its stage.
+    pub backend: BackendValue,
 }
 
 impl Default for Scratch {
