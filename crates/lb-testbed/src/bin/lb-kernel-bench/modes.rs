@@ -35,7 +35,7 @@ use lb_bpf::{KernelDatapath, Program};
 use lb_control::{BackendSpec, ForwardingMode, NodeSpec, ServiceSpec};
 
 use crate::decode::{decode, Outer, Want, VXLAN_PORT};
-use crate::node::{delta, show, summarize, Node};
+use crate::node::{check_snat_reservations, delta, show, summarize, Node};
 
 /// Options of the modes table.
 pub struct Opts {
@@ -46,6 +46,20 @@ pub struct Opts {
     /// Also measure IPv6 (SNAT, DSR, tunnel).
     pub v6: bool,
 }
+
+/// The SNAT allocator's histogram of attempts per new flow.
+const SNAT_ATTEMPTS: [Counter; 10] = [
+    Counter::SnatAttempts1,
+    Counter::SnatAttempts2,
+    Counter::SnatAttempts4,
+    Counter::SnatAttempts8,
+    Counter::SnatAttempts16,
+    Counter::SnatAttempts32,
+    Counter::SnatAttempts64,
+    Counter::SnatAttempts128,
+    Counter::SnatAttempts256,
+    Counter::SnatAttempts512,
+];
 
 /// Client port of the flow the established and reply rows use.
 const FLOW_PORT: u16 = 50_000;
@@ -207,6 +221,16 @@ struct Case<'a> {
     frames: &'a dyn Fn(u32) -> Result<Vec<u8>>,
     want: &'a dyn Fn(u32) -> Want,
     counters: &'a [Counter],
+    /// The output's source port is drawn at random (a SNAT port): the worlds are compared but
+    /// for it, and each world's ports are checked by property after the row.
+    random_port: bool,
+}
+
+/// The outputs of a row's runs: the kernel's, and the engine's when they may differ from them
+/// (a drawn port).
+struct Outputs {
+    kernel: Vec<Vec<u8>>,
+    engine: Vec<Vec<u8>>,
 }
 
 /// Measures `case` on `node`; returns the row and the outputs of every run.
@@ -216,7 +240,7 @@ fn measure(
     mode: Mode,
     runs: u32,
     case: &Case<'_>,
-) -> Result<(Row, Vec<Vec<u8>>)> {
+) -> Result<(Row, Outputs)> {
     let name = node.name;
     let ctx = || {
         format!(
@@ -229,12 +253,25 @@ fn measure(
     let (k0, e0) = (node.dp().counters()?, *node.pair.engine.counters());
     let mut times = Vec::with_capacity(runs as usize);
     let mut outs = Vec::with_capacity(runs as usize + 1);
+    let mut engine_outs = Vec::new();
     let (mut len_in, mut len_out) = (0, 0);
     for i in 0..=runs {
         let input = (case.frames)(i)?;
-        let (out, ns) = node
-            .once(&input)
-            .with_context(|| format!("{}, run {i}", ctx()))?;
+        let (out, ns) = if case.random_port {
+            let (out, engine_out, ns) = node
+                .once_random_port(&input)
+                .with_context(|| format!("{}, run {i}", ctx()))?;
+            let view = decode(&engine_out)
+                .with_context(|| format!("{}, run {i}: the engine's output", ctx()))?;
+            (case.want)(i)
+                .check(&view)
+                .with_context(|| format!("{}, run {i}: the engine's output", ctx()))?;
+            engine_outs.push(engine_out);
+            (out, ns)
+        } else {
+            node.once(&input)
+                .with_context(|| format!("{}, run {i}", ctx()))?
+        };
         let view = decode(&out).with_context(|| format!("{}, run {i}: output", ctx()))?;
         (case.want)(i)
             .check(&view)
@@ -253,7 +290,23 @@ fn measure(
         .collect();
     want.sort_unstable();
     let (k1, e1) = (node.dp().counters()?, *node.pair.engine.counters());
-    for (world, got) in [("kernel", delta(&k0, &k1)), ("engine", delta(&e0, &e1))] {
+    for (world, mut got) in [("kernel", delta(&k0, &k1)), ("engine", delta(&e0, &e1))] {
+        if case.random_port {
+            // How many ports each new flow tried depends on the draws: the histogram differs
+            // between the worlds, but every flow counts in it once.
+            let attempts: Vec<usize> = SNAT_ATTEMPTS.iter().map(|c| c.slot() as usize).collect();
+            let tried: u64 = got
+                .iter()
+                .filter(|(s, _)| attempts.contains(s))
+                .map(|(_, d)| d)
+                .sum();
+            ensure!(
+                tried == n,
+                "{}: {world}'s SNAT attempt histogram grew by {tried}, expected {n}",
+                ctx()
+            );
+            got.retain(|(s, _)| !attempts.contains(s));
+        }
         ensure!(
             got == want,
             "{}: {world} counters grew by [{}], expected [{}]",
@@ -274,7 +327,10 @@ fn measure(
             len_in,
             len_out,
         },
-        outs,
+        Outputs {
+            kernel: outs,
+            engine: engine_outs,
+        },
     ))
 }
 
@@ -297,12 +353,21 @@ fn bench_mode(a: &mut Node, b: &mut Node, fam: Family, mode: Mode, runs: u32) ->
         Mode::Local | Mode::Snat => None,
     };
     // The forward packet of client port `port` as it leaves node A, to `dst`.
+    // Under SNAT, a client port outside the node's SNAT range is replaced by one drawn from it
+    // (at random: the kernel's `bpf_get_prandom_u32`, the engine's own generator); a port inside
+    // it is kept when free.
+    let snat_range = (
+        a.pair.config().snat_port_min(),
+        a.pair.config().snat_port_max(),
+    );
+    let drawn = |port: u16| mode == Mode::Snat && !(snat_range.0..=snat_range.1).contains(&port);
     let fwd_want = |port: u16, dst: Vec<SocketAddr>| Want {
         src: if mode == Mode::Snat {
             SocketAddr::new(node_a, port)
         } else {
             client_at(port)
         },
+        src_ports: drawn(port).then_some(snat_range),
         dst,
         dsr: (mode == Mode::Dsr).then_some(vip),
         outer: (mode == Mode::Tunnel).then_some(Outer {
@@ -334,10 +399,11 @@ fn bench_mode(a: &mut Node, b: &mut Node, fam: Family, mode: Mode, runs: u32) ->
             frames: &|_| Ok(ack.clone()),
             want: &|_| fwd_want(FLOW_PORT, vec![backend]),
             counters: &counters,
+            random_port: false,
         },
     )?;
     rows.push(row);
-    let ack_out = outs.into_iter().next().context("no output")?;
+    let ack_out = outs.kernel.into_iter().next().context("no output")?;
 
     // Where the backend's replies go: the flow's source as the backend sees it.
     let seen_src = fwd_want(FLOW_PORT, vec![]).src;
@@ -367,6 +433,7 @@ fn bench_mode(a: &mut Node, b: &mut Node, fam: Family, mode: Mode, runs: u32) ->
                     ..fwd_want(FLOW_PORT, vec![backend])
                 },
                 counters: &counters,
+                random_port: false,
             },
         )?;
         rows.push(row);
@@ -379,6 +446,7 @@ fn bench_mode(a: &mut Node, b: &mut Node, fam: Family, mode: Mode, runs: u32) ->
             if mode == Mode::Dsr {
                 Want {
                     src: vip,
+                    src_ports: None,
                     dst: vec![client_at(FLOW_PORT)],
                     dsr: None,
                     outer: None,
@@ -386,6 +454,7 @@ fn bench_mode(a: &mut Node, b: &mut Node, fam: Family, mode: Mode, runs: u32) ->
             } else {
                 Want {
                     src: backend,
+                    src_ports: None,
                     dst: vec![client_at(FLOW_PORT)],
                     dsr: None,
                     outer: Some(Outer {
@@ -407,10 +476,11 @@ fn bench_mode(a: &mut Node, b: &mut Node, fam: Family, mode: Mode, runs: u32) ->
                 frames: &|_| Ok(reply.clone()),
                 want: &|_| reply_want(),
                 counters: &counters,
+                random_port: false,
             },
         )?;
         rows.push(row);
-        reply_to_a = outs.into_iter().next().context("no output")?;
+        reply_to_a = outs.kernel.into_iter().next().context("no output")?;
     }
 
     // Under DSR the replies do not come back through node A.
@@ -430,11 +500,13 @@ fn bench_mode(a: &mut Node, b: &mut Node, fam: Family, mode: Mode, runs: u32) ->
                 frames: &|_| Ok(reply_to_a.clone()),
                 want: &|_| Want {
                     src: vip,
+                    src_ports: None,
                     dst: vec![client_at(FLOW_PORT)],
                     dsr: None,
                     outer: None,
                 },
                 counters: &counters,
+                random_port: false,
             },
         )?;
         rows.push(row);
@@ -445,7 +517,7 @@ fn bench_mode(a: &mut Node, b: &mut Node, fam: Family, mode: Mode, runs: u32) ->
     let counters: Vec<Counter> = std::iter::once(Counter::ServiceNewFlow)
         .chain(carrier)
         .collect();
-    let (row, new_outs) = measure(
+    let (row, new) = measure(
         a,
         fam,
         mode,
@@ -455,9 +527,30 @@ fn bench_mode(a: &mut Node, b: &mut Node, fam: Family, mode: Mode, runs: u32) ->
             frames: &|i| frame(client_at(port(i)), vip, TcpFlags::SYN),
             want: &|i| fwd_want(port(i), backends.clone()),
             counters: &counters,
+            random_port: drawn(port(1)),
         },
     )?;
     rows.push(row);
+    if drawn(port(1)) {
+        let clients: Vec<SocketAddr> = (0..=runs).map(|i| client_at(port(i))).collect();
+        check_snat_reservations(
+            "kernel",
+            &a.dp().conntrack_entries()?,
+            &clients,
+            vip,
+            &new.kernel,
+        )
+        .with_context(|| format!("{} {}: new flows", fam.name(), mode.name()))?;
+        check_snat_reservations(
+            "engine",
+            &a.pair.engine_conntrack(),
+            &clients,
+            vip,
+            &new.engine,
+        )
+        .with_context(|| format!("{} {}: new flows", fam.name(), mode.name()))?;
+    }
+    let new_outs = new.kernel;
 
     if mode.carried() {
         let counters: Vec<Counter> = (mode == Mode::Tunnel)
@@ -483,6 +576,7 @@ fn bench_mode(a: &mut Node, b: &mut Node, fam: Family, mode: Mode, runs: u32) ->
                     ..fwd_want(port(i), backends.clone())
                 },
                 counters: &counters,
+                random_port: false,
             },
         )?;
         rows.push(row);
