@@ -22,20 +22,19 @@
 //! exactly the row's counters, once per run, and by nothing else (no drop, no other path). The
 //! first run of each row is a check-only preflight, not timed.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use lb_api::abi::DatapathConfig;
 use lb_api::counters::Counter;
-use lb_api::flow::L4Proto;
-use lb_api::wire::testing::{tcp_v4_frame, tcp_v6_frame};
 use lb_api::wire::TcpFlags;
 use lb_api::Verdict;
 use lb_bpf::{KernelDatapath, Program};
-use lb_control::{BackendSpec, ForwardingMode, NodeSpec, ServiceSpec};
+use lb_control::{NodeSpec, ServiceSpec};
 
 use crate::decode::{decode, Outer, Want, VXLAN_PORT};
 use crate::node::{check_snat_reservations, delta, show, summarize, Node};
+use crate::plan::{frame, Family, Mode};
 
 /// Options of the modes table.
 pub struct Opts {
@@ -69,138 +68,6 @@ const NEW_FLOW_PORT: u16 = 10_000;
 /// (two entries each) fit the 65 536-entry conntrack map.
 pub const MAX_RUNS: u32 = 30_000;
 const VNI: u32 = 1;
-const BACKENDS: u8 = 8;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Family {
-    V4,
-    V6,
-}
-
-/// How a service reaches its backends: `Local` is a backend on node A itself (plain DNAT), the
-/// others a backend on node B in that forwarding mode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Mode {
-    Local,
-    Snat,
-    Dsr,
-    Tunnel,
-}
-
-impl Mode {
-    const ALL: [Mode; 4] = [Mode::Local, Mode::Snat, Mode::Dsr, Mode::Tunnel];
-
-    const fn index(self) -> u8 {
-        self as u8
-    }
-
-    const fn name(self) -> &'static str {
-        match self {
-            Mode::Local => "local backend (DNAT)",
-            Mode::Snat => "SNAT",
-            Mode::Dsr => "DSR",
-            Mode::Tunnel => "VXLAN tunnel",
-        }
-    }
-
-    /// Whether the backend's node receives the flow with a carrier and creates its own entries.
-    const fn carried(self) -> bool {
-        matches!(self, Mode::Dsr | Mode::Tunnel)
-    }
-}
-
-impl Family {
-    const fn name(self) -> &'static str {
-        match self {
-            Family::V4 => "IPv4",
-            Family::V6 => "IPv6",
-        }
-    }
-
-    fn client(self) -> IpAddr {
-        match self {
-            Family::V4 => Ipv4Addr::new(10, 0, 0, 1).into(),
-            Family::V6 => Ipv6Addr::new(0xfd00, 0xc, 0, 0, 0, 0, 0, 1).into(),
-        }
-    }
-
-    /// Node A (`b` false) or node B.
-    fn node(self, b: bool) -> IpAddr {
-        let last = if b { 2 } else { 1 };
-        match self {
-            Family::V4 => Ipv4Addr::new(10, 250, 0, last).into(),
-            Family::V6 => Ipv6Addr::new(0xfd00, 0x250, 0, 0, 0, 0, 0, u16::from(last)).into(),
-        }
-    }
-
-    fn vip(self, m: Mode) -> SocketAddr {
-        let ip: IpAddr = match self {
-            Family::V4 => Ipv4Addr::new(10, 96, 0, 10 + m.index()).into(),
-            Family::V6 => {
-                Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0x10 + u16::from(m.index())).into()
-            }
-        };
-        SocketAddr::new(ip, 80)
-    }
-
-    fn backends(self, m: Mode) -> Vec<SocketAddr> {
-        (0..BACKENDS)
-            .map(|i| {
-                let ip: IpAddr = match self {
-                    Family::V4 => Ipv4Addr::new(10, 1, m.index(), 2 + i).into(),
-                    Family::V6 => Ipv6Addr::new(
-                        0xfd00,
-                        1,
-                        u16::from(m.index()),
-                        0,
-                        0,
-                        0,
-                        0,
-                        2 + u16::from(i),
-                    )
-                    .into(),
-                };
-                SocketAddr::new(ip, 8080)
-            })
-            .collect()
-    }
-
-    fn service(self, m: Mode) -> ServiceSpec {
-        let node = (m != Mode::Local).then(|| self.node(true));
-        ServiceSpec {
-            id: 1 + u32::from(m.index()) + if self == Family::V6 { 10 } else { 0 },
-            frontend: self.vip(m),
-            proto: L4Proto::Tcp,
-            backends: self
-                .backends(m)
-                .into_iter()
-                .map(|addr| BackendSpec {
-                    node,
-                    ..BackendSpec::from(addr)
-                })
-                .collect(),
-            mode: match m {
-                Mode::Local | Mode::Snat => ForwardingMode::Snat,
-                Mode::Dsr => ForwardingMode::Dsr,
-                Mode::Tunnel => ForwardingMode::Tunnel,
-            },
-            ..Default::default()
-        }
-    }
-}
-
-/// A TCP frame without payload from `src` to `dst`.
-fn frame(src: SocketAddr, dst: SocketAddr, flags: u8) -> Result<Vec<u8>> {
-    Ok(match (src.ip(), dst.ip()) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => {
-            tcp_v4_frame(s.octets(), src.port(), d.octets(), dst.port(), flags, b"")
-        }
-        (IpAddr::V6(s), IpAddr::V6(d)) => {
-            tcp_v6_frame(s.octets(), src.port(), d.octets(), dst.port(), flags, b"")
-        }
-        _ => bail!("{src} and {dst} are of different families"),
-    })
-}
 
 /// A measured row.
 struct Row {
