@@ -27,7 +27,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use anyhow::{bail, ensure, Context, Result};
 use lb_api::abi::DatapathConfig;
-use lb_api::counters::{Counter, CounterSnapshot};
+use lb_api::counters::{Counter, CounterSnapshot, DropReason};
 use lb_api::flow::L4Proto;
 use lb_api::wire::testing::{tcp_v4_frame, tcp_v6_frame};
 use lb_api::wire::TcpFlags;
@@ -383,6 +383,53 @@ impl Bench {
         Ok(())
     }
 
+    /// Malformed packets (IPv4 header length 4) dropped: with room in the drop-event ring
+    /// (4000 runs on a drained ring: each writes its event), and with the ring full (each event
+    /// lost and counted).
+    fn drops(&mut self) -> Result<()> {
+        let fam = Family::V4;
+        let client = SocketAddr::new(fam.addr(0, 1), CYCLE_PORT);
+        let mut bad = frame(client, fam.vip(3), TcpFlags::ACK)?;
+        bad[14] = 0x44;
+        let dropped = [
+            Counter::RxPackets.slot() as usize,
+            Counter::Dropped.slot() as usize,
+            DropReason::BadIpHeaderLength.slot() as usize,
+        ];
+        let lost = Counter::DropEventsLost.slot() as usize;
+        self.dp.drain_drop_events()?;
+        for (path, repeat, want_lost) in [
+            ("drop, malformed, event written", 4_000, 0),
+            (
+                "drop, malformed, ring full (event lost)",
+                self.opts.repeat.max(4_096),
+                1,
+            ),
+        ] {
+            let before = self.dp.counters()?;
+            let out = self.dp.test_run(Program::Xdp, &bad, repeat)?;
+            ensure!(out.verdict == Verdict::Drop, "{path}: {:?}", out.verdict);
+            let got = delta(&before, &self.dp.counters()?);
+            let n = u64::from(repeat);
+            // Written events until the ring is full, lost ones after: the second call fills it.
+            let ok = got.iter().all(|(s, d)| {
+                (dropped.contains(s) && *d == n) || (*s == lost && want_lost == 1 && *d <= n)
+            }) && dropped.iter().all(|s| got.iter().any(|(g, _)| g == s))
+                && (want_lost == 0) == got.iter().all(|(s, _)| *s != lost);
+            ensure!(ok, "{path}: the counters grew by [{}]", show(&got));
+            self.rows.push(Row {
+                family: fam,
+                program: Program::Xdp,
+                path,
+                table: "hot",
+                single: false,
+                ns: out.duration.as_nanos() as f64,
+            });
+        }
+        self.dp.drain_drop_events()?;
+        Ok(())
+    }
+
     /// New flows to the 8-backend service, one client port per call (`first` onwards).
     fn new_flows(&mut self, fam: Family, table: &'static str, first: u32) -> Result<()> {
         let vip = fam.vip(3);
@@ -514,6 +561,7 @@ pub fn run(cfg: DatapathConfig, opts: Opts) -> Result<()> {
         b.hot(fam, hot, true)?;
         b.new_flows(fam, hot, 0)?;
     }
+    b.drops()?;
     let started = std::time::Instant::now();
     for &fam in families {
         b.fill(fam, fill_flows)?;
