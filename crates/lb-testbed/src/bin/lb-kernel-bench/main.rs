@@ -30,7 +30,8 @@ struct Args {
     /// flows' SYNs, half IPv4 and half IPv6).
     #[arg(long, default_value_t = 1_000_000)]
     ct_fill: u32,
-    /// Use the config's fixed clock instead of `bpf_ktime_get_ns` (shows the clock's cost).
+    /// Use the config's fixed clock instead of `bpf_ktime_get_coarse_ns` (shows the clock's
+    /// cost).
     #[arg(long)]
     fixed_clock: bool,
     /// Measure each forwarding mode's paths (SNAT, DSR, VXLAN tunnel; both nodes) in single

@@ -570,7 +570,7 @@ pub fn run(cfg: DatapathConfig, opts: &Opts) -> Result<()> {
         if cfg.fixed_now_ns != 0 {
             "fixed (config)"
         } else {
-            "bpf_ktime_get_ns"
+            "bpf_ktime_get_coarse_ns"
         }
     );
     println!(

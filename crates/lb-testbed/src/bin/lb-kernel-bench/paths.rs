@@ -584,7 +584,7 @@ pub fn run(cfg: DatapathConfig, opts: Opts) -> Result<()> {
         if cfg.fixed_now_ns != 0 {
             "fixed (config)"
         } else {
-            "bpf_ktime_get_ns"
+            "bpf_ktime_get_coarse_ns"
         },
         entries,
         fill_flows as usize * families.len(),
