@@ -46,7 +46,8 @@ struct Cli {
 enum Task {
     /// Install what is missing (llvm-22-dev, nightly rust-src, bpf-linker, test tools); idempotent.
     Setup,
-    /// Run the whole test suite (unit, property, differential, verifier, network-namespace tests).
+    /// Run the whole test suite (unit, property, differential, verifier, network-namespace tests)
+    /// and a short smoke run of every benchmark.
     Test,
     /// Load-balance real traffic between network namespaces and show what happened.
     Demo {
@@ -309,6 +310,7 @@ fn test() -> Result<()> {
         .args(["test", "--workspace"])
         .env("RUST_BACKTRACE", "1"))?;
     run(cargo().args(["check", "--manifest-path", "fuzz/Cargo.toml", "--bins"]))?;
+    bench_smoke()?;
     if is_root() {
         // The scale command at tiny sizes, so that the figures' command keeps working.
         run(cargo().args([
@@ -352,6 +354,67 @@ fn demo(userspace: bool) -> Result<()> {
         c.arg("--userspace");
     }
     run(&mut c)
+}
+
+/// A short run of every benchmark binary, so that a broken benchmark fails the test run: the
+/// criterion benches in criterion's test mode (each benchmark run once, in the test profile), the
+/// kernel bench's two tables with tiny counts (every row still checked by its counters) and the
+/// cluster bench for one second per wrk run. Figures from these runs mean nothing.
+fn bench_smoke() -> Result<()> {
+    let started = Instant::now();
+    run(cargo().args([
+        "test",
+        "--workspace",
+        "--bench",
+        "*",
+        "--exclude",
+        "xtask",
+        "--exclude",
+        "lb-examples",
+        "--exclude",
+        "lb-testbed",
+    ]))?;
+    if !is_root() {
+        say("not root: skipping the smoke runs of the kernel and cluster benchmarks");
+        return Ok(());
+    }
+    let kernel: [&[&str]; 2] = [
+        &["--repeat", "1000", "--singles", "100", "--ct-fill", "20000"],
+        &["--modes", "--runs", "20", "--repeat", "1000"],
+    ];
+    for args in kernel {
+        run(cargo()
+            .args([
+                "run",
+                "--quiet",
+                "-p",
+                "lb-testbed",
+                "--bin",
+                "lb-kernel-bench",
+                "--",
+            ])
+            .args(args))?;
+    }
+    run(cargo().args([
+        "run",
+        "--quiet",
+        "-p",
+        "lb-testbed",
+        "--bin",
+        "lb-mode-bench",
+        "--",
+        "--seconds",
+        "1",
+        "--close-seconds",
+        "1",
+        "--modes",
+        "snat",
+    ]))?;
+    say(&format!(
+        "benchmark smoke runs passed in {:.0} s",
+        started.elapsed().as_secs_f64()
+    ));
+    Ok(())
 }
 
 fn bench(kernel_only: bool, modes_only: bool) -> Result<()> {

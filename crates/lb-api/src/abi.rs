@@ -185,7 +185,7 @@ pub const CT_F_BACKEND_SIDE: u8 = 0x20;
 )]
 #[repr(C)]
 pub struct CtEntry {
-    /// When the flow was first seen (ns, CLOCK_MONOTONIC / `bpf_ktime_get_ns`).
+    /// When the flow was first seen (ns, CLOCK_MONOTONIC_COARSE / `bpf_ktime_get_coarse_ns`).
     pub created_ns: u64,
     /// When the flow last saw a packet.
     pub last_seen_ns: u64,

@@ -41,7 +41,9 @@ impl Clock for ManualClock {
     }
 }
 
-/// The real `CLOCK_MONOTONIC`, identical to the kernel's `bpf_ktime_get_ns`.
+/// The real `CLOCK_MONOTONIC_COARSE`, identical to the clock the kernel programs read
+/// (`bpf_ktime_get_coarse_ns`): `CLOCK_MONOTONIC` as of the last timer tick, so at most one tick
+/// (1-10 ms) behind it, on the same scale. Conntrack's timeouts are seconds.
 #[cfg(feature = "std")]
 #[derive(Debug, Default, Clone, Copy)]
 pub struct MonotonicClock;
@@ -53,9 +55,9 @@ impl Clock for MonotonicClock {
             tv_sec: 0,
             tv_nsec: 0,
         };
-        // SAFETY: `ts` is a valid, writable timespec and CLOCK_MONOTONIC is always available on
-        // Linux, so clock_gettime only writes into `ts`.
-        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+        // SAFETY: `ts` is a valid, writable timespec and CLOCK_MONOTONIC_COARSE is always
+        // available on Linux (since 2.6.32), so clock_gettime only writes into `ts`.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
         (ts.tv_sec as u64)
             .wrapping_mul(1_000_000_000)
             .wrapping_add(ts.tv_nsec as u64)

@@ -190,7 +190,7 @@ impl EngineAndKernel<ManualClock> {
 
 impl<C: Clock> EngineAndKernel<C> {
     /// [`new`](EngineAndKernel::new) with the engine on `clock` (the kernel's is
-    /// `bpf_ktime_get_ns` unless a packet's time is given) and a conntrack table of
+    /// `bpf_ktime_get_coarse_ns` unless a packet's time is given) and a conntrack table of
     /// `ct_capacity` entries.
     ///
     /// # Errors

@@ -1,6 +1,6 @@
 //! Running a stage of the pipeline over a packet with the kernel maps.
 
-use aya_ebpf::helpers::bpf_ktime_get_ns;
+use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
 use lb_api::counters::{Counters, DropReason};
 use lb_api::Verdict;
 use lb_datapath::Step;
@@ -31,9 +31,12 @@ pub(crate) fn run<const TC: bool>(pkt: &mut DirectPacket<TC>, stage: Stage) -> O
     // a tail call stays on the CPU), for the duration of this call; the new-flow stage reads
     // what the first stage of the same packet left there.
     let scratch = unsafe { &mut *scratch };
-    // SAFETY: bpf_ktime_get_ns has no preconditions. The pipeline calls it only for packets that
-    // touch conntrack.
-    let clock = || unsafe { bpf_ktime_get_ns() };
+    // The coarse clock (CLOCK_MONOTONIC_COARSE, one tick behind at most): conntrack's timeouts
+    // are seconds, and it costs a few ns where `bpf_ktime_get_ns` costs about 25. The engine
+    // reads the same clock (`lb_conntrack::MonotonicClock`).
+    // SAFETY: bpf_ktime_get_coarse_ns has no preconditions. The pipeline calls it only for
+    // packets that touch conntrack.
+    let clock = || unsafe { bpf_ktime_get_coarse_ns() };
     match stage {
         Stage::Tracked => {
             match lb_datapath::process_tracked(pkt, cfg, &clock, &mut tables, scratch) {

@@ -175,6 +175,9 @@ fn dsr_v6(opts: &[u8]) -> Result<Option<SocketAddr>> {
 /// What a row's output must decode to.
 pub struct Want {
     pub src: SocketAddr,
+    /// With a source port the kernel draws at random (a SNAT port outside the client's own):
+    /// the range the source port must lie in, instead of `src`'s port.
+    pub src_ports: Option<(u16, u16)>,
     /// The destination: one of these (a new flow's backend is picked by hash).
     pub dst: Vec<SocketAddr>,
     pub dsr: Option<SocketAddr>,
@@ -183,13 +186,16 @@ pub struct Want {
 
 impl Want {
     pub fn check(&self, v: &View) -> Result<()> {
+        let src_ok = match self.src_ports {
+            None => v.src == self.src,
+            Some((lo, hi)) => v.src.ip() == self.src.ip() && (lo..=hi).contains(&v.src.port()),
+        };
         ensure!(
-            v.src == self.src
-                && self.dst.contains(&v.dst)
-                && v.dsr == self.dsr
-                && v.outer == self.outer,
-            "output {v:?}, expected src {}, dst one of {:?}, DSR carrier {:?}, outer {:?}",
+            src_ok && self.dst.contains(&v.dst) && v.dsr == self.dsr && v.outer == self.outer,
+            "output {v:?}, expected src {} (port range {:?}), dst one of {:?}, DSR carrier {:?}, \
+             outer {:?}",
             self.src,
+            self.src_ports,
             self.dst,
             self.dsr,
             self.outer

@@ -22,20 +22,19 @@
 //! exactly the row's counters, once per run, and by nothing else (no drop, no other path). The
 //! first run of each row is a check-only preflight, not timed.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use lb_api::abi::DatapathConfig;
 use lb_api::counters::Counter;
-use lb_api::flow::L4Proto;
-use lb_api::wire::testing::{tcp_v4_frame, tcp_v6_frame};
 use lb_api::wire::TcpFlags;
 use lb_api::Verdict;
 use lb_bpf::{KernelDatapath, Program};
-use lb_control::{BackendSpec, ForwardingMode, NodeSpec, ServiceSpec};
+use lb_control::{NodeSpec, ServiceSpec};
 
 use crate::decode::{decode, Outer, Want, VXLAN_PORT};
-use crate::node::{delta, show, summarize, Node};
+use crate::node::{check_snat_reservations, delta, show, summarize, Node};
+use crate::plan::{frame, Family, Mode};
 
 /// Options of the modes table.
 pub struct Opts {
@@ -47,6 +46,20 @@ pub struct Opts {
     pub v6: bool,
 }
 
+/// The SNAT allocator's histogram of attempts per new flow.
+const SNAT_ATTEMPTS: [Counter; 10] = [
+    Counter::SnatAttempts1,
+    Counter::SnatAttempts2,
+    Counter::SnatAttempts4,
+    Counter::SnatAttempts8,
+    Counter::SnatAttempts16,
+    Counter::SnatAttempts32,
+    Counter::SnatAttempts64,
+    Counter::SnatAttempts128,
+    Counter::SnatAttempts256,
+    Counter::SnatAttempts512,
+];
+
 /// Client port of the flow the established and reply rows use.
 const FLOW_PORT: u16 = 50_000;
 /// First client port of the new-flow rows (one port per run).
@@ -55,138 +68,6 @@ const NEW_FLOW_PORT: u16 = 10_000;
 /// (two entries each) fit the 65 536-entry conntrack map.
 pub const MAX_RUNS: u32 = 30_000;
 const VNI: u32 = 1;
-const BACKENDS: u8 = 8;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Family {
-    V4,
-    V6,
-}
-
-/// How a service reaches its backends: `Local` is a backend on node A itself (plain DNAT), the
-/// others a backend on node B in that forwarding mode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Mode {
-    Local,
-    Snat,
-    Dsr,
-    Tunnel,
-}
-
-impl Mode {
-    const ALL: [Mode; 4] = [Mode::Local, Mode::Snat, Mode::Dsr, Mode::Tunnel];
-
-    const fn index(self) -> u8 {
-        self as u8
-    }
-
-    const fn name(self) -> &'static str {
-        match self {
-            Mode::Local => "local backend (DNAT)",
-            Mode::Snat => "SNAT",
-            Mode::Dsr => "DSR",
-            Mode::Tunnel => "VXLAN tunnel",
-        }
-    }
-
-    /// Whether the backend's node receives the flow with a carrier and creates its own entries.
-    const fn carried(self) -> bool {
-        matches!(self, Mode::Dsr | Mode::Tunnel)
-    }
-}
-
-impl Family {
-    const fn name(self) -> &'static str {
-        match self {
-            Family::V4 => "IPv4",
-            Family::V6 => "IPv6",
-        }
-    }
-
-    fn client(self) -> IpAddr {
-        match self {
-            Family::V4 => Ipv4Addr::new(10, 0, 0, 1).into(),
-            Family::V6 => Ipv6Addr::new(0xfd00, 0xc, 0, 0, 0, 0, 0, 1).into(),
-        }
-    }
-
-    /// Node A (`b` false) or node B.
-    fn node(self, b: bool) -> IpAddr {
-        let last = if b { 2 } else { 1 };
-        match self {
-            Family::V4 => Ipv4Addr::new(10, 250, 0, last).into(),
-            Family::V6 => Ipv6Addr::new(0xfd00, 0x250, 0, 0, 0, 0, 0, u16::from(last)).into(),
-        }
-    }
-
-    fn vip(self, m: Mode) -> SocketAddr {
-        let ip: IpAddr = match self {
-            Family::V4 => Ipv4Addr::new(10, 96, 0, 10 + m.index()).into(),
-            Family::V6 => {
-                Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0x10 + u16::from(m.index())).into()
-            }
-        };
-        SocketAddr::new(ip, 80)
-    }
-
-    fn backends(self, m: Mode) -> Vec<SocketAddr> {
-        (0..BACKENDS)
-            .map(|i| {
-                let ip: IpAddr = match self {
-                    Family::V4 => Ipv4Addr::new(10, 1, m.index(), 2 + i).into(),
-                    Family::V6 => Ipv6Addr::new(
-                        0xfd00,
-                        1,
-                        u16::from(m.index()),
-                        0,
-                        0,
-                        0,
-                        0,
-                        2 + u16::from(i),
-                    )
-                    .into(),
-                };
-                SocketAddr::new(ip, 8080)
-            })
-            .collect()
-    }
-
-    fn service(self, m: Mode) -> ServiceSpec {
-        let node = (m != Mode::Local).then(|| self.node(true));
-        ServiceSpec {
-            id: 1 + u32::from(m.index()) + if self == Family::V6 { 10 } else { 0 },
-            frontend: self.vip(m),
-            proto: L4Proto::Tcp,
-            backends: self
-                .backends(m)
-                .into_iter()
-                .map(|addr| BackendSpec {
-                    node,
-                    ..BackendSpec::from(addr)
-                })
-                .collect(),
-            mode: match m {
-                Mode::Local | Mode::Snat => ForwardingMode::Snat,
-                Mode::Dsr => ForwardingMode::Dsr,
-                Mode::Tunnel => ForwardingMode::Tunnel,
-            },
-            ..Default::default()
-        }
-    }
-}
-
-/// A TCP frame without payload from `src` to `dst`.
-fn frame(src: SocketAddr, dst: SocketAddr, flags: u8) -> Result<Vec<u8>> {
-    Ok(match (src.ip(), dst.ip()) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => {
-            tcp_v4_frame(s.octets(), src.port(), d.octets(), dst.port(), flags, b"")
-        }
-        (IpAddr::V6(s), IpAddr::V6(d)) => {
-            tcp_v6_frame(s.octets(), src.port(), d.octets(), dst.port(), flags, b"")
-        }
-        _ => bail!("{src} and {dst} are of different families"),
-    })
-}
 
 /// A measured row.
 struct Row {
@@ -207,6 +88,16 @@ struct Case<'a> {
     frames: &'a dyn Fn(u32) -> Result<Vec<u8>>,
     want: &'a dyn Fn(u32) -> Want,
     counters: &'a [Counter],
+    /// The output's source port is drawn at random (a SNAT port): the worlds are compared but
+    /// for it, and each world's ports are checked by property after the row.
+    random_port: bool,
+}
+
+/// The outputs of a row's runs: the kernel's, and the engine's when they may differ from them
+/// (a drawn port).
+struct Outputs {
+    kernel: Vec<Vec<u8>>,
+    engine: Vec<Vec<u8>>,
 }
 
 /// Measures `case` on `node`; returns the row and the outputs of every run.
@@ -216,7 +107,7 @@ fn measure(
     mode: Mode,
     runs: u32,
     case: &Case<'_>,
-) -> Result<(Row, Vec<Vec<u8>>)> {
+) -> Result<(Row, Outputs)> {
     let name = node.name;
     let ctx = || {
         format!(
@@ -229,12 +120,25 @@ fn measure(
     let (k0, e0) = (node.dp().counters()?, *node.pair.engine.counters());
     let mut times = Vec::with_capacity(runs as usize);
     let mut outs = Vec::with_capacity(runs as usize + 1);
+    let mut engine_outs = Vec::new();
     let (mut len_in, mut len_out) = (0, 0);
     for i in 0..=runs {
         let input = (case.frames)(i)?;
-        let (out, ns) = node
-            .once(&input)
-            .with_context(|| format!("{}, run {i}", ctx()))?;
+        let (out, ns) = if case.random_port {
+            let (out, engine_out, ns) = node
+                .once_random_port(&input)
+                .with_context(|| format!("{}, run {i}", ctx()))?;
+            let view = decode(&engine_out)
+                .with_context(|| format!("{}, run {i}: the engine's output", ctx()))?;
+            (case.want)(i)
+                .check(&view)
+                .with_context(|| format!("{}, run {i}: the engine's output", ctx()))?;
+            engine_outs.push(engine_out);
+            (out, ns)
+        } else {
+            node.once(&input)
+                .with_context(|| format!("{}, run {i}", ctx()))?
+        };
         let view = decode(&out).with_context(|| format!("{}, run {i}: output", ctx()))?;
         (case.want)(i)
             .check(&view)
@@ -253,7 +157,23 @@ fn measure(
         .collect();
     want.sort_unstable();
     let (k1, e1) = (node.dp().counters()?, *node.pair.engine.counters());
-    for (world, got) in [("kernel", delta(&k0, &k1)), ("engine", delta(&e0, &e1))] {
+    for (world, mut got) in [("kernel", delta(&k0, &k1)), ("engine", delta(&e0, &e1))] {
+        if case.random_port {
+            // How many ports each new flow tried depends on the draws: the histogram differs
+            // between the worlds, but every flow counts in it once.
+            let attempts: Vec<usize> = SNAT_ATTEMPTS.iter().map(|c| c.slot() as usize).collect();
+            let tried: u64 = got
+                .iter()
+                .filter(|(s, _)| attempts.contains(s))
+                .map(|(_, d)| d)
+                .sum();
+            ensure!(
+                tried == n,
+                "{}: {world}'s SNAT attempt histogram grew by {tried}, expected {n}",
+                ctx()
+            );
+            got.retain(|(s, _)| !attempts.contains(s));
+        }
         ensure!(
             got == want,
             "{}: {world} counters grew by [{}], expected [{}]",
@@ -274,7 +194,10 @@ fn measure(
             len_in,
             len_out,
         },
-        outs,
+        Outputs {
+            kernel: outs,
+            engine: engine_outs,
+        },
     ))
 }
 
@@ -297,12 +220,21 @@ fn bench_mode(a: &mut Node, b: &mut Node, fam: Family, mode: Mode, runs: u32) ->
         Mode::Local | Mode::Snat => None,
     };
     // The forward packet of client port `port` as it leaves node A, to `dst`.
+    // Under SNAT, a client port outside the node's SNAT range is replaced by one drawn from it
+    // (at random: the kernel's `bpf_get_prandom_u32`, the engine's own generator); a port inside
+    // it is kept when free.
+    let snat_range = (
+        a.pair.config().snat_port_min(),
+        a.pair.config().snat_port_max(),
+    );
+    let drawn = |port: u16| mode == Mode::Snat && !(snat_range.0..=snat_range.1).contains(&port);
     let fwd_want = |port: u16, dst: Vec<SocketAddr>| Want {
         src: if mode == Mode::Snat {
             SocketAddr::new(node_a, port)
         } else {
             client_at(port)
         },
+        src_ports: drawn(port).then_some(snat_range),
         dst,
         dsr: (mode == Mode::Dsr).then_some(vip),
         outer: (mode == Mode::Tunnel).then_some(Outer {
@@ -334,10 +266,11 @@ fn bench_mode(a: &mut Node, b: &mut Node, fam: Family, mode: Mode, runs: u32) ->
             frames: &|_| Ok(ack.clone()),
             want: &|_| fwd_want(FLOW_PORT, vec![backend]),
             counters: &counters,
+            random_port: false,
         },
     )?;
     rows.push(row);
-    let ack_out = outs.into_iter().next().context("no output")?;
+    let ack_out = outs.kernel.into_iter().next().context("no output")?;
 
     // Where the backend's replies go: the flow's source as the backend sees it.
     let seen_src = fwd_want(FLOW_PORT, vec![]).src;
@@ -367,6 +300,7 @@ fn bench_mode(a: &mut Node, b: &mut Node, fam: Family, mode: Mode, runs: u32) ->
                     ..fwd_want(FLOW_PORT, vec![backend])
                 },
                 counters: &counters,
+                random_port: false,
             },
         )?;
         rows.push(row);
@@ -379,6 +313,7 @@ fn bench_mode(a: &mut Node, b: &mut Node, fam: Family, mode: Mode, runs: u32) ->
             if mode == Mode::Dsr {
                 Want {
                     src: vip,
+                    src_ports: None,
                     dst: vec![client_at(FLOW_PORT)],
                     dsr: None,
                     outer: None,
@@ -386,6 +321,7 @@ fn bench_mode(a: &mut Node, b: &mut Node, fam: Family, mode: Mode, runs: u32) ->
             } else {
                 Want {
                     src: backend,
+                    src_ports: None,
                     dst: vec![client_at(FLOW_PORT)],
                     dsr: None,
                     outer: Some(Outer {
@@ -407,10 +343,11 @@ fn bench_mode(a: &mut Node, b: &mut Node, fam: Family, mode: Mode, runs: u32) ->
                 frames: &|_| Ok(reply.clone()),
                 want: &|_| reply_want(),
                 counters: &counters,
+                random_port: false,
             },
         )?;
         rows.push(row);
-        reply_to_a = outs.into_iter().next().context("no output")?;
+        reply_to_a = outs.kernel.into_iter().next().context("no output")?;
     }
 
     // Under DSR the replies do not come back through node A.
@@ -430,11 +367,13 @@ fn bench_mode(a: &mut Node, b: &mut Node, fam: Family, mode: Mode, runs: u32) ->
                 frames: &|_| Ok(reply_to_a.clone()),
                 want: &|_| Want {
                     src: vip,
+                    src_ports: None,
                     dst: vec![client_at(FLOW_PORT)],
                     dsr: None,
                     outer: None,
                 },
                 counters: &counters,
+                random_port: false,
             },
         )?;
         rows.push(row);
@@ -445,7 +384,7 @@ fn bench_mode(a: &mut Node, b: &mut Node, fam: Family, mode: Mode, runs: u32) ->
     let counters: Vec<Counter> = std::iter::once(Counter::ServiceNewFlow)
         .chain(carrier)
         .collect();
-    let (row, new_outs) = measure(
+    let (row, new) = measure(
         a,
         fam,
         mode,
@@ -455,9 +394,30 @@ fn bench_mode(a: &mut Node, b: &mut Node, fam: Family, mode: Mode, runs: u32) ->
             frames: &|i| frame(client_at(port(i)), vip, TcpFlags::SYN),
             want: &|i| fwd_want(port(i), backends.clone()),
             counters: &counters,
+            random_port: drawn(port(1)),
         },
     )?;
     rows.push(row);
+    if drawn(port(1)) {
+        let clients: Vec<SocketAddr> = (0..=runs).map(|i| client_at(port(i))).collect();
+        check_snat_reservations(
+            "kernel",
+            &a.dp().conntrack_entries()?,
+            &clients,
+            vip,
+            &new.kernel,
+        )
+        .with_context(|| format!("{} {}: new flows", fam.name(), mode.name()))?;
+        check_snat_reservations(
+            "engine",
+            &a.pair.engine_conntrack(),
+            &clients,
+            vip,
+            &new.engine,
+        )
+        .with_context(|| format!("{} {}: new flows", fam.name(), mode.name()))?;
+    }
+    let new_outs = new.kernel;
 
     if mode.carried() {
         let counters: Vec<Counter> = (mode == Mode::Tunnel)
@@ -483,6 +443,7 @@ fn bench_mode(a: &mut Node, b: &mut Node, fam: Family, mode: Mode, runs: u32) ->
                     ..fwd_want(port(i), backends.clone())
                 },
                 counters: &counters,
+                random_port: false,
             },
         )?;
         rows.push(row);
@@ -609,7 +570,7 @@ pub fn run(cfg: DatapathConfig, opts: &Opts) -> Result<()> {
         if cfg.fixed_now_ns != 0 {
             "fixed (config)"
         } else {
-            "bpf_ktime_get_ns"
+            "bpf_ktime_get_coarse_ns"
         }
     );
     println!(
