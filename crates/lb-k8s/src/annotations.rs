@@ -48,12 +48,13 @@ pub(crate) fn selection(
 /// The forwarding mode the annotation asks for.
 pub(crate) fn forwarding_mode(
     a: Option<&BTreeMap<String, String>>,
+    default: ForwardingMode,
 ) -> Result<ForwardingMode, (&'static str, String, String)> {
     match a
         .and_then(|a| a.get(ANNOTATION_FORWARDING_MODE))
         .map(|s| s.trim().to_ascii_lowercase())
     {
-        None => Ok(ForwardingMode::Snat),
+        None => Ok(default),
         Some(s) => match s.as_str() {
             "snat" => Ok(ForwardingMode::Snat),
             "dsr" => Ok(ForwardingMode::Dsr),

@@ -28,6 +28,10 @@ pub struct Options {
     /// The addresses NodePorts listen on; empty: this node's `InternalIP` and `ExternalIP`
     /// addresses from its `Node` object.
     pub nodeport_addresses: Vec<IpAddr>,
+    /// Forwarding mode of services without the [`ANNOTATION_FORWARDING_MODE`] annotation.
+    ///
+    /// [`ANNOTATION_FORWARDING_MODE`]: crate::ANNOTATION_FORWARDING_MODE
+    pub forwarding_mode: lb_control::ForwardingMode,
 }
 
 /// Which of a service's addresses a frontend is.
@@ -132,6 +136,7 @@ pub fn translate(
     for svc in sorted {
         let ctx = Ctx {
             svc,
+            default_mode: opts.forwarding_mode,
             here,
             node_addrs: &node_addrs,
             nodeport_addrs: &nodeport_addrs,
@@ -244,6 +249,7 @@ pub fn node_spec(nodes: &[Node], node_name: &str) -> Option<NodeSpec> {
 
 struct Ctx<'a> {
     svc: &'a Service,
+    default_mode: lb_control::ForwardingMode,
     here: Locality<'a>,
     node_addrs: &'a BTreeMap<String, Vec<IpAddr>>,
     nodeport_addrs: &'a [IpAddr],
@@ -319,7 +325,7 @@ impl Ctx<'_> {
                 return;
             }
         };
-        let mode = match ann::forwarding_mode(annotations) {
+        let mode = match ann::forwarding_mode(annotations, self.default_mode) {
             Ok(m) => m,
             Err((key, value, rule)) => {
                 t.issues.push(self.invalid(
