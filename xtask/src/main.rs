@@ -25,6 +25,8 @@ const APT_PACKAGES: &[&str] = &[
     "tshark",
     "python3-scapy",
     "wrk",
+    // promtool, which checks lb-agent's /metrics (examples/tests/agent.rs).
+    "prometheus",
 ];
 /// Logic crates that must build for the BPF target.
 const LOGIC_CRATES: &[&str] = &[

@@ -1,52 +1,82 @@
 //! `/metrics`: the datapath's counters and drop reasons, conntrack by protocol and state, table
-//! fill, GC runs and programming latency, in the Prometheus text format (prometheus-client).
-
-use std::sync::atomic::AtomicU64;
+//! fill, GC runs and programming latency, in the Prometheus text format (the `prometheus`
+//! crate's encoder: the format `promtool check metrics` lints, unlike OpenMetrics' counters).
 
 use lb_api::abi::CtKind;
 use lb_api::tables::{self, Table};
-use prometheus_client::encoding::text::encode;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
-use prometheus_client::registry::Registry;
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
 
 use super::pinned::{PinnedError, PinnedMaps};
 use super::views::{proto_name, state_name};
 
 /// What the agent itself measures, shared with the metrics server.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct AgentStats {
     /// Programming rounds (each a batch of changes written to the maps).
-    pub syncs: Counter,
-    /// Services (frontends) written or removed per outcome.
-    pub programmed: Family<Vec<(String, String)>, Counter>,
+    pub syncs: IntCounter,
+    /// Frontends written or removed, by operation and outcome.
+    pub programmed: IntCounterVec,
     /// Seconds from a change seen to its batch written.
     pub programming_latency: Histogram,
     /// Issues the last translation reported (unsupported or invalid fields).
-    pub issues: Gauge,
-    /// Drop events streamed to monitors.
-    pub drop_events: Counter,
+    pub issues: IntGauge,
+    /// Drop events read from the datapath.
+    pub drop_events: IntCounter,
     /// GC sweeps run (from the GC task).
-    pub gc_runs: Counter<u64, AtomicU64>,
+    pub gc_runs: IntCounter,
     /// Entries the GC deleted in total.
-    pub gc_deleted: Counter<u64, AtomicU64>,
+    pub gc_deleted: IntCounter,
 }
 
-impl Default for AgentStats {
-    fn default() -> Self {
-        Self {
-            syncs: Counter::default(),
-            programmed: Family::default(),
-            programming_latency: Histogram::new(
-                [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0].into_iter(),
-            ),
-            issues: Gauge::default(),
-            drop_events: Counter::default(),
-            gc_runs: Counter::default(),
-            gc_deleted: Counter::default(),
-        }
+/// A metric's options.
+fn opts(name: &str, help: &str) -> Opts {
+    Opts::new(name, help)
+}
+
+impl AgentStats {
+    /// The agent's metrics, zero.
+    ///
+    /// # Errors
+    /// [`MetricsError::Registry`] if a metric is refused (an invalid name: a bug).
+    pub fn new() -> Result<Self, MetricsError> {
+        let e = MetricsError::Registry;
+        let counter = |n: &str, h: &str| IntCounter::with_opts(opts(n, h)).map_err(e);
+        Ok(Self {
+            syncs: counter("agent_syncs_total", "Programming rounds")?,
+            programmed: IntCounterVec::new(
+                opts(
+                    "agent_programmed_total",
+                    "Frontends written or removed, by operation and outcome",
+                ),
+                &["op", "outcome"],
+            )
+            .map_err(e)?,
+            programming_latency: Histogram::with_opts(
+                HistogramOpts::new(
+                    "agent_programming_latency_seconds",
+                    "From a change seen to its batch written",
+                )
+                .buckets(vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 2.0, 5.0]),
+            )
+            .map_err(e)?,
+            issues: IntGauge::with_opts(opts(
+                "agent_translation_issues",
+                "Fields the last translation could not express",
+            ))
+            .map_err(e)?,
+            drop_events: counter(
+                "agent_drop_events_total",
+                "Drop events read from the datapath",
+            )?,
+            gc_runs: counter("gc_runs_total", "Conntrack GC sweeps")?,
+            gc_deleted: counter(
+                "gc_deleted_entries_total",
+                "Conntrack entries deleted by GC",
+            )?,
+        })
     }
 }
 
@@ -58,102 +88,96 @@ const FILLED: [Table; 4] = [
     tables::NODES,
 ];
 
+/// Why the metrics cannot be rendered.
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    /// A map cannot be read.
+    #[error(transparent)]
+    Pinned(#[from] PinnedError),
+    /// The registry refused a metric (a name defined twice: a bug).
+    #[error("building the metrics failed")]
+    Registry(#[source] prometheus::Error),
+}
+
 /// Encodes every metric, reading the datapath through its pinned maps at `now_ns`.
 ///
 /// # Errors
-/// [`PinnedError`] if a map cannot be read.
-pub fn render(maps: &PinnedMaps, stats: &AgentStats, now_ns: u64) -> Result<String, PinnedError> {
-    let mut reg = Registry::with_prefix("lb");
+/// [`MetricsError`] if a map cannot be read.
+pub fn render(maps: &PinnedMaps, stats: &AgentStats, now_ns: u64) -> Result<String, MetricsError> {
+    let reg = Registry::new_custom(Some("lb".into()), None).map_err(MetricsError::Registry)?;
+    let add =
+        |c: Box<dyn prometheus::core::Collector>| reg.register(c).map_err(MetricsError::Registry);
     let counters = maps.counters()?;
-    let packets: Family<Vec<(String, String)>, Counter> = Family::default();
+    let packets = IntCounterVec::new(
+        opts("datapath_total", "Datapath counters by name"),
+        &["counter"],
+    )
+    .map_err(MetricsError::Registry)?;
     for c in lb_api::counters::Counter::ALL {
         packets
-            .get_or_create(&vec![("counter".into(), c.name().into())])
+            .with_label_values(&[c.name()])
             .inc_by(counters.get(c));
     }
-    reg.register("datapath", "Datapath counters by name", packets);
-    let drops: Family<Vec<(String, String)>, Counter> = Family::default();
+    add(Box::new(packets))?;
+    let drops = IntCounterVec::new(
+        opts("drops_total", "Dropped packets by reason"),
+        &["reason"],
+    )
+    .map_err(MetricsError::Registry)?;
     for r in lb_api::counters::DropReason::ALL {
         drops
-            .get_or_create(&vec![("reason".into(), r.name().into())])
+            .with_label_values(&[r.name()])
             .inc_by(counters.drops(r));
     }
-    reg.register("drops", "Dropped packets by reason", drops);
+    add(Box::new(drops))?;
 
-    let ct: Family<Vec<(String, String)>, Gauge> = Family::default();
-    let mut expired = 0i64;
+    let ct = IntGaugeVec::new(
+        opts("conntrack_flows", "Conntrack flows by protocol and state"),
+        &["proto", "state"],
+    )
+    .map_err(MetricsError::Registry)?;
+    let expired = IntGauge::with_opts(opts(
+        "conntrack_expired_flows",
+        "Flows past their expiry, waiting for GC",
+    ))
+    .map_err(MetricsError::Registry)?;
     for (k, e) in maps.conntrack()? {
         if k.kind != CtKind::Service as u8 {
             continue;
         }
-        ct.get_or_create(&vec![
-            ("proto".into(), proto_name(k.proto).into()),
-            ("state".into(), state_name(e.state)),
-        ])
-        .inc();
+        ct.with_label_values(&[proto_name(k.proto), &state_name(e.state)])
+            .inc();
         if e.expires_ns < now_ns {
-            expired += 1;
+            expired.inc();
         }
     }
-    reg.register(
-        "conntrack_flows",
-        "Conntrack flows by protocol and state",
-        ct,
-    );
-    let exp: Gauge = Gauge::default();
-    exp.set(expired);
-    reg.register(
-        "conntrack_expired_flows",
-        "Flows past their expiry, waiting for GC",
-        exp,
-    );
+    add(Box::new(ct))?;
+    add(Box::new(expired))?;
 
-    let entries: Family<Vec<(String, String)>, Gauge> = Family::default();
-    let capacity: Family<Vec<(String, String)>, Gauge> = Family::default();
+    let entries = IntGaugeVec::new(opts("table_entries", "Entries in each table"), &["table"])
+        .map_err(MetricsError::Registry)?;
+    let capacity = IntGaugeVec::new(
+        opts("table_capacity", "Size (max_entries) of each table"),
+        &["table"],
+    )
+    .map_err(MetricsError::Registry)?;
     for t in FILLED {
         let (n, max) = maps.fill(t)?;
-        let l = vec![("table".into(), t.name.into())];
         entries
-            .get_or_create(&l)
+            .with_label_values(&[t.name])
             .set(i64::try_from(n).unwrap_or(i64::MAX));
-        capacity.get_or_create(&l).set(i64::from(max));
+        capacity.with_label_values(&[t.name]).set(i64::from(max));
     }
-    reg.register("table_entries", "Entries in each table", entries);
-    reg.register(
-        "table_capacity",
-        "Size (max_entries) of each table",
-        capacity,
-    );
-
-    reg.register("agent_syncs", "Programming rounds", stats.syncs.clone());
-    reg.register(
-        "agent_programmed",
-        "Frontends written or removed, by operation and outcome",
-        stats.programmed.clone(),
-    );
-    reg.register(
-        "agent_programming_latency_seconds",
-        "From a change seen to its batch written",
-        stats.programming_latency.clone(),
-    );
-    reg.register(
-        "agent_translation_issues",
-        "Fields the last translation could not express",
-        stats.issues.clone(),
-    );
-    reg.register(
-        "agent_drop_events",
-        "Drop events read from the datapath",
-        stats.drop_events.clone(),
-    );
-    reg.register("gc_runs", "Conntrack GC sweeps", stats.gc_runs.clone());
-    reg.register(
-        "gc_deleted_entries",
-        "Conntrack entries deleted by GC",
-        stats.gc_deleted.clone(),
-    );
-    let mut out = String::new();
-    // Writing into a String cannot fail.
-    let _ = encode(&mut out, &reg);
-    Ok(out)
+    add(Box::new(entries))?;
+    add(Box::new(capacity))?;
+    add(Box::new(stats.syncs.clone()))?;
+    add(Box::new(stats.programmed.clone()))?;
+    add(Box::new(stats.programming_latency.clone()))?;
+    add(Box::new(stats.issues.clone()))?;
+    add(Box::new(stats.drop_events.clone()))?;
+    add(Box::new(stats.gc_runs.clone()))?;
+    add(Box::new(stats.gc_deleted.clone()))?;
+    TextEncoder::new()
+        .encode_to_string(&reg.gather())
+        .map_err(MetricsError::Registry)
 }

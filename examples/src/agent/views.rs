@@ -166,8 +166,16 @@ impl FlowFilter {
             && self
                 .state
                 .as_deref()
-                .is_none_or(|s| s.eq_ignore_ascii_case(&f.state))
+                .is_none_or(|s| squash(s) == squash(&f.state))
     }
+}
+
+/// A state name without case, `_` or `-` (`time_wait` is `TimeWait`).
+fn squash(s: &str) -> String {
+    s.chars()
+        .filter(|c| *c != '_' && *c != '-')
+        .map(|c| c.to_ascii_lowercase())
+        .collect()
 }
 
 /// A service (frontend) and its backend slots.
@@ -278,4 +286,79 @@ pub fn counters(s: &CounterSnapshot) -> Vec<CounterView> {
         value: s.drops(*r),
     }));
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lb_api::flow::v4_addr;
+
+    /// A TCP flow 10.0.0.1:40000 -> 10.96.0.10:80 sent to 10.1.0.2:8080, SNAT'd to 10.250.0.1.
+    fn flow() -> (CtKey, CtEntry) {
+        let key = CtKey {
+            src: v4_addr([10, 0, 0, 1]),
+            dst: v4_addr([10, 96, 0, 10]),
+            src_port: 40_000,
+            dst_port: 80,
+            proto: 6,
+            family: 4,
+            kind: CtKind::Service as u8,
+            ..CtKey::default()
+        };
+        let entry = CtEntry {
+            nat_addr: v4_addr([10, 1, 0, 2]),
+            nat_port: 8080,
+            snat_addr: v4_addr([10, 250, 0, 1]),
+            flags: CT_F_SNAT,
+            state: CtState::TimeWait as u8,
+            proto: 6,
+            family: 4,
+            service_id: 3,
+            backend_id: 1,
+            expires_ns: 5_000_000_000,
+            ..CtEntry::default()
+        };
+        (key, entry)
+    }
+
+    #[test]
+    fn both_halves_are_one_flow_and_filters_apply() {
+        let (k, e) = flow();
+        let rk = lb_conntrack::reverse_key_of(&k, &e);
+        let rev = CtEntry {
+            nat_addr: k.dst,
+            nat_port: 80,
+            ..e
+        };
+        let v = flows(&[(k, e), (rk, rev)], 2_000_000_000);
+        assert_eq!(v.len(), 1, "{v:?}");
+        let f = &v[0];
+        assert_eq!(f.halves, "both");
+        assert_eq!(f.backend.to_string(), "10.1.0.2:8080");
+        assert_eq!(
+            f.translated_source.map(|s| s.to_string()),
+            Some("10.250.0.1:40000".into())
+        );
+        assert_eq!((f.state.as_str(), f.expires_in_s), ("TimeWait", 3));
+        assert_eq!(f.flags, vec!["snat"]);
+        let pass = |filter: FlowFilter| filter.matches(f);
+        assert!(pass(FlowFilter {
+            state: Some("time_wait".into()),
+            proto: Some("TCP".into()),
+            addr: Some("10.250.0.1".parse().unwrap()),
+            port: Some(8080),
+        }));
+        assert!(!pass(FlowFilter {
+            state: Some("established".into()),
+            ..FlowFilter::default()
+        }));
+        assert!(!pass(FlowFilter {
+            proto: Some("udp".into()),
+            ..FlowFilter::default()
+        }));
+        // A reverse entry alone (its service entry gone) is still shown.
+        let v = flows(&[(rk, rev)], 0);
+        assert_eq!((v.len(), v[0].halves), (1, "reverse-only"));
+        assert_eq!(v[0].client.to_string(), "10.0.0.1:40000");
+    }
 }

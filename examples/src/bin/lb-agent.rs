@@ -5,10 +5,10 @@
 //! `lbctl monitor`, and serves `/metrics` and `/healthz`. SIGINT/SIGTERM stop it gracefully:
 //! the pinned programs keep forwarding until the next agent takes over.
 
-use std::io::Read;
+use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
+use std::sync::mpsc::{sync_channel, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -93,7 +93,7 @@ fn main() -> Result<()> {
         dp.spawn_conntrack_gc(plan.gc)
             .context("starting conntrack GC")?,
     );
-    let stats = Arc::new(AgentStats::default());
+    let stats = Arc::new(AgentStats::new().context("building the metrics")?);
     let subscribers: Subscribers = Arc::default();
     let server = match plan.metrics {
         Some(addr) => Some(serve(
@@ -150,10 +150,7 @@ fn main() -> Result<()> {
                 let count = |op: &str, ok: &str, n: usize| {
                     stats
                         .programmed
-                        .get_or_create(&vec![
-                            ("op".into(), op.into()),
-                            ("outcome".into(), ok.into()),
-                        ])
+                        .with_label_values(&[op, ok])
                         .inc_by(n as u64);
                 };
                 count("upsert", "ok", report.upserted);
@@ -262,11 +259,9 @@ fn serve(
                 (tiny_http::Method::Get, "/metrics") => {
                     let now = lb_conntrack::MonotonicClock.now_ns();
                     match render(&maps, &stats, now) {
-                        Ok(body) => req.respond(text(
-                            200,
-                            body,
-                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                        )),
+                        Ok(body) => {
+                            req.respond(text(200, body, "text/plain; version=0.0.4; charset=utf-8"))
+                        }
                         Err(e) => req.respond(text(500, format!("{e}\n"), "text/plain")),
                     }
                 }
@@ -289,15 +284,37 @@ fn serve(
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
                         .push(tx);
-                    // Streams until the client goes or the agent stops: its own thread.
+                    // Streams until the client goes or the agent stops: its own thread. tiny_http
+                    // writes the head (chunked, no body); each line is one chunk, flushed at once.
                     std::thread::spawn(move || {
-                        let body = LineStream {
-                            rx,
-                            buf: Vec::new(),
-                            pos: 0,
-                        };
-                        let resp = tiny_http::Response::new(200.into(), vec![], body, None, None);
-                        let _ = req.respond(resp);
+                        let version = req.http_version().clone();
+                        let head = tiny_http::Response::new(
+                            200.into(),
+                            vec![],
+                            std::io::empty(),
+                            None,
+                            None,
+                        );
+                        let mut w = req.into_writer();
+                        if head.raw_print(&mut w, version, &[], true, None).is_err() {
+                            return;
+                        }
+                        let _ = w.flush();
+                        let mut enc = chunked_transfer::Encoder::with_flush_after_write(w);
+                        loop {
+                            let line = match rx.recv_timeout(Duration::from_secs(1)) {
+                                Ok(line) => format!("{line}\n"),
+                                // A newline now and then finds a client that went away.
+                                Err(RecvTimeoutError::Timeout) => "\n".into(),
+                                Err(RecvTimeoutError::Disconnected) => break,
+                            };
+                            // The encoder hands each chunk on; the connection's buffer is flushed here.
+                            if enc.write_all(line.as_bytes()).is_err()
+                                || enc.get_mut().flush().is_err()
+                            {
+                                break;
+                            }
+                        }
                     });
                     Ok(())
                 }
@@ -315,30 +332,5 @@ fn unreachable_header() -> tiny_http::Header {
     tiny_http::Header {
         field: "Content-Type".parse().expect("a valid header name"),
         value: "text/plain".parse().expect("a valid header value"),
-    }
-}
-
-/// The drop stream's body: lines from the channel; a newline every second keeps the connection
-/// checked (a gone client fails the write and ends the stream).
-struct LineStream {
-    rx: Receiver<String>,
-    buf: Vec<u8>,
-    pos: usize,
-}
-
-impl Read for LineStream {
-    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
-        if self.pos >= self.buf.len() {
-            self.buf = match self.rx.recv_timeout(Duration::from_secs(1)) {
-                Ok(line) => format!("{line}\n").into_bytes(),
-                Err(RecvTimeoutError::Timeout) => b"\n".to_vec(),
-                Err(RecvTimeoutError::Disconnected) => return Ok(0),
-            };
-            self.pos = 0;
-        }
-        let n = out.len().min(self.buf.len() - self.pos);
-        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
-        self.pos += n;
-        Ok(n)
     }
 }

@@ -43,19 +43,7 @@ enum Cmd {
     /// Conntrack.
     Ct {
         #[command(subcommand)]
-        cmd: ListCmd,
-        /// Only flows with this address (client, service, backend or translated).
-        #[arg(long)]
-        addr: Option<IpAddr>,
-        /// Only flows with this port.
-        #[arg(long)]
-        port: Option<u16>,
-        /// Only this protocol (tcp, udp).
-        #[arg(long)]
-        proto: Option<String>,
-        /// Only this state (established, time_wait...).
-        #[arg(long)]
-        state: Option<String>,
+        cmd: CtCmd,
     },
     /// Services (frontends) and their backends.
     Service {
@@ -89,6 +77,25 @@ enum Cmd {
     Gc,
 }
 
+#[derive(Subcommand)]
+enum CtCmd {
+    /// List flows (a flow's two conntrack entries shown as one).
+    List {
+        /// Only flows with this address (client, service, backend or translated).
+        #[arg(long)]
+        addr: Option<IpAddr>,
+        /// Only flows with this port.
+        #[arg(long)]
+        port: Option<u16>,
+        /// Only this protocol (tcp, udp).
+        #[arg(long)]
+        proto: Option<String>,
+        /// Only this state (established, time_wait...).
+        #[arg(long)]
+        state: Option<String>,
+    },
+}
+
 #[derive(Subcommand, Clone, Copy)]
 enum ListCmd {
     /// List.
@@ -100,11 +107,13 @@ fn main() -> Result<()> {
     let maps = PinnedMaps::new(&cli.pin_dir);
     match &cli.cmd {
         Cmd::Ct {
-            cmd: ListCmd::List,
-            addr,
-            port,
-            proto,
-            state,
+            cmd:
+                CtCmd::List {
+                    addr,
+                    port,
+                    proto,
+                    state,
+                },
         } => {
             let filter = FlowFilter {
                 addr: *addr,
