@@ -75,7 +75,7 @@ impl PinnedMaps {
         }
     }
 
-    fn hash<K: aya::Pod + Ord, V: aya::Pod>(
+    fn hash<K: aya::Pod + Ord + Copy, V: aya::Pod>(
         &self,
         table: Table,
     ) -> Result<Vec<(K, V)>, PinnedError> {
@@ -85,7 +85,7 @@ impl PinnedMaps {
             .iter()
             .collect::<Result<Vec<_>, _>>()
             .map_err(Self::read_err(table))?;
-        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v.sort_by_key(|a| a.0);
         Ok(v)
     }
 

@@ -145,12 +145,11 @@ impl Reconciler {
             ..SyncReport::default()
         };
         let node = complete(t.node.as_ref());
-        if node.address_v4.is_some() || node.address_v6.is_some() {
-            if self.node.as_ref() != Some(&node) {
-                dp.set_node(&node)?;
-                self.node = Some(node);
-                report.node_written = true;
-            }
+        let has_address = node.address_v4.is_some() || node.address_v6.is_some();
+        if has_address && self.node.as_ref() != Some(&node) {
+            dp.set_node(&node)?;
+            self.node = Some(node);
+            report.node_written = true;
         }
         let mut desired: BTreeMap<FrontendKey, ServiceSpec> = BTreeMap::new();
         for f in t.frontends {

@@ -114,7 +114,7 @@ pub fn flows(entries: &[(CtKey, CtEntry)], now_ns: u64) -> Vec<FlowView> {
             });
         }
     }
-    out.sort_by(|a, b| (a.service, a.client).cmp(&(b.service, b.client)));
+    out.sort_by_key(|a| (a.service, a.client));
     out
 }
 
@@ -325,9 +325,11 @@ mod tests {
     fn both_halves_are_one_flow_and_filters_apply() {
         let (k, e) = flow();
         let rk = lb_conntrack::reverse_key_of(&k, &e);
+        // The reverse entry restores the service address and, under SNAT, the client's.
         let rev = CtEntry {
             nat_addr: k.dst,
             nat_port: 80,
+            snat_addr: k.src,
             ..e
         };
         let v = flows(&[(k, e), (rk, rev)], 2_000_000_000);
