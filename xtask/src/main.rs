@@ -55,6 +55,9 @@ enum Task {
         /// Run the scenario through the userspace engine even when privileged.
         #[arg(long)]
         userspace: bool,
+        /// Run lb-agent on the testbed from manifests instead, with lbctl and the metrics page.
+        #[arg(long)]
+        agent: bool,
     },
     /// Benchmarks: criterion (userspace), BPF_PROG_TEST_RUN ns/packet (kernel: the default
     /// table, then the forwarding modes' table of `lb-kernel-bench --modes`), and per-mode
@@ -90,7 +93,13 @@ fn main() -> ExitCode {
     let res = match cli.task {
         Task::Setup => setup().map(|_| ()),
         Task::Test => test(),
-        Task::Demo { userspace } => demo(userspace),
+        Task::Demo { userspace, agent } => {
+            if agent {
+                demo_agent()
+            } else {
+                demo(userspace)
+            }
+        }
         Task::Bench {
             kernel_only,
             modes_only,
@@ -332,6 +341,27 @@ fn demo(userspace: bool) -> Result<()> {
         c.arg("--userspace");
     }
     run(&mut c)
+}
+
+/// `demo --agent`: builds lb-agent, lbctl and the demo driver, then runs the driver.
+fn demo_agent() -> Result<()> {
+    if !is_root() {
+        bail!(
+            "the agent demo needs root (BPF, network namespaces): sudo -E cargo xtask demo --agent"
+        );
+    }
+    setup()?;
+    run(cargo().args([
+        "build",
+        "--quiet",
+        "--release",
+        "-p",
+        "lb-examples",
+        "--bins",
+    ]))?;
+    run(&mut std::process::Command::new(
+        "target/release/lb-agent-demo",
+    ))
 }
 
 fn bench(kernel_only: bool, modes_only: bool) -> Result<()> {
