@@ -73,6 +73,7 @@ mod endpoints;
 mod ids;
 mod issue;
 mod manifests;
+mod node;
 mod translate;
 
 pub use annotations::{

@@ -255,6 +255,22 @@ fn what_cannot_be_expressed_is_reported_by_field_and_left_out() {
 }
 
 #[test]
+fn the_default_forwarding_mode_yields_to_the_annotation() {
+    let mut p = opts();
+    p.forwarding_mode = ForwardingMode::Tunnel;
+    let t = run(&fixtures(), &p, &mut IdAllocator::default());
+    assert_eq!(
+        find(&t, "10.96.0.10:80", L4Proto::Tcp).spec.mode,
+        ForwardingMode::Tunnel
+    );
+    assert_eq!(
+        find(&t, "10.96.0.20:443", L4Proto::Tcp).spec.mode,
+        ForwardingMode::Dsr,
+        "annotated"
+    );
+}
+
+#[test]
 fn the_service_proxy_name_selects_the_other_proxys_services() {
     let o = fixtures();
     let mut p = opts();
