@@ -13,4 +13,5 @@
 //! # Ok(()) }
 //! ```
 
+pub mod agent;
 pub mod scenario;

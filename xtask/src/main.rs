@@ -25,6 +25,8 @@ const APT_PACKAGES: &[&str] = &[
     "tshark",
     "python3-scapy",
     "wrk",
+    // promtool, which checks lb-agent's /metrics (examples/tests/agent.rs).
+    "prometheus",
 ];
 /// Logic crates that must build for the BPF target.
 const LOGIC_CRATES: &[&str] = &[
@@ -54,6 +56,9 @@ enum Task {
         /// Run the scenario through the userspace engine even when privileged.
         #[arg(long)]
         userspace: bool,
+        /// Run lb-agent on the testbed from manifests instead, with lbctl and the metrics page.
+        #[arg(long)]
+        agent: bool,
     },
     /// Benchmarks: criterion (userspace), BPF_PROG_TEST_RUN ns/packet (kernel: the default
     /// table, then the forwarding modes' table of `lb-kernel-bench --modes`), and per-mode
@@ -97,7 +102,13 @@ fn main() -> ExitCode {
     let res = match cli.task {
         Task::Setup => setup().map(|_| ()),
         Task::Test => test(),
-        Task::Demo { userspace } => demo(userspace),
+        Task::Demo { userspace, agent } => {
+            if agent {
+                demo_agent()
+            } else {
+                demo(userspace)
+            }
+        }
         Task::Bench {
             kernel_only,
             modes_only,
@@ -415,6 +426,27 @@ fn bench_smoke() -> Result<()> {
         started.elapsed().as_secs_f64()
     ));
     Ok(())
+}
+
+/// `demo --agent`: builds lb-agent, lbctl and the demo driver, then runs the driver.
+fn demo_agent() -> Result<()> {
+    if !is_root() {
+        bail!(
+            "the agent demo needs root (BPF, network namespaces): sudo -E cargo xtask demo --agent"
+        );
+    }
+    setup()?;
+    run(cargo().args([
+        "build",
+        "--quiet",
+        "--release",
+        "-p",
+        "lb-examples",
+        "--bins",
+    ]))?;
+    run(&mut std::process::Command::new(
+        "target/release/lb-agent-demo",
+    ))
 }
 
 fn bench(kernel_only: bool, modes_only: bool) -> Result<()> {
