@@ -209,6 +209,16 @@ counter_space! {
         /// device or the stack to complete (see `PacketAccess::partial_by_field`). Not an outcome:
         /// the packet is counted under one as well.
         ChecksumPartialAtXdp = 32 => "checksum_partial_at_xdp" note,
+        /// A packet of a tracked flow found the flow's reverse-NAT entry missing (deleted on its
+        /// own: by an operator's flush of one entry, or a GC that deleted the pair's halves in
+        /// two steps) and rebuilt it from the service entry, so the flow's replies are translated
+        /// again.
+        ReverseEntryRebuilt = 33 => "reverse_entry_rebuilt" note,
+        /// As [`Counter::ReverseEntryRebuilt`], but the rebuild's insert was refused (the
+        /// conntrack table was full, or another flow had taken the reply tuple): the packet
+        /// goes on translated, its flow's replies pass untranslated until a rebuild succeeds.
+        /// Raise `lb_control::TableSizes::conntrack` if it grows.
+        ReverseEntryRebuildFailed = 34 => "reverse_entry_rebuild_failed" note,
     }
 }
 

@@ -123,6 +123,26 @@ impl KernelDatapath {
         Ok(v)
     }
 
+    /// Deletes the conntrack entry under `key` alone (not its partner; the engine's
+    /// `Engine::conntrack_remove` does the same). Whether an entry was there.
+    ///
+    /// # Errors
+    /// [`Error::Map`] if the map cannot be written.
+    pub fn conntrack_remove(&mut self, key: &CtKey) -> Result<bool, Error> {
+        let mut m: HashMap<&mut MapData, CtKey, CtEntry> = self.hash(CONNTRACK)?;
+        match m.remove(key) {
+            Ok(()) => Ok(true),
+            Err(MapError::KeyNotFound) => Ok(false),
+            Err(MapError::SyscallError(s)) if s.io_error.raw_os_error() == Some(libc::ENOENT) => {
+                Ok(false)
+            }
+            Err(source) => Err(Error::Map {
+                map: CONNTRACK.name,
+                source,
+            }),
+        }
+    }
+
     /// Deletes every conntrack entry.
     ///
     /// # Errors
