@@ -10,6 +10,9 @@
 //! * aya 0.14 has no batched map operations (`BPF_MAP_LOOKUP_AND_DELETE_BATCH` and friends are
 //!   not exposed), so a sweep is one `get_next_key` + `lookup` per entry and one `lookup` +
 //!   `delete` per expired entry.
+//! * The GC task wakes within [`PRESSURE_POLL`] (1 s) of the datapath refusing a new flow for a
+//!   full table (its `conntrack_full` counter grew), whatever its adaptive interval: a burst
+//!   after a quiet night is not refused for hours, and no CNI has to call `sweep_now` for it.
 //! * A sweep reads a live map. The kernel restarts `get_next_key` from the first key when the
 //!   current key was deleted by the datapath meanwhile, so a scan is bounded at twice the map's
 //!   capacity. Each expired entry is re-read just before its delete and kept if a packet
@@ -196,7 +199,17 @@ pub struct GcTaskStatus {
     pub last_now_ns: u64,
     /// The last sweep's error, if it failed (the task keeps sweeping at the minimum interval).
     pub last_error: Option<String>,
+    /// Sweeps started early because the datapath refused new flows for a full table since the
+    /// previous sweep (its `conntrack_full` counter grew), rather than at the end of the
+    /// interval: see [`PRESSURE_POLL`].
+    pub pressure_wakes: u64,
 }
+
+/// How often a [`ConntrackGcTask`] waiting out its interval looks at the datapath's
+/// `conntrack_full` drop counter (one read of one slot of the per-CPU counter array): a table
+/// that refuses new flows wakes the sweeper within this time, not at the end of an interval
+/// that may have grown to hours while the node was quiet.
+pub const PRESSURE_POLL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// What the task's thread is told.
 enum GcCommand {
@@ -207,7 +220,8 @@ enum GcCommand {
 }
 
 /// Conntrack GC running on its own thread: one sweep of the kernel map at start, then one per
-/// adaptive interval ([`ConntrackGc`]: shorter under pressure, longer when idle), at the
+/// adaptive interval ([`ConntrackGc`]: shorter under pressure, longer when idle) or, sooner,
+/// within [`PRESSURE_POLL`] of the datapath refusing a new flow for a full table, at the
 /// datapath's clock (`DatapathConfig::fixed_now_ns` when set, `CLOCK_MONOTONIC` otherwise, read
 /// from the config map before each sweep). Made by [`KernelDatapath::spawn_conntrack_gc`].
 ///
@@ -307,7 +321,8 @@ impl GcMaps {
         Ok(per_cpu.iter().sum())
     }
 
-    fn sweep(&mut self, gc: &mut ConntrackGc) -> Result<(u64, GcReport), Error> {
+    /// Sweeps once: the time it ran at, its report and the `conntrack_full` drops it saw.
+    fn sweep(&mut self, gc: &mut ConntrackGc) -> Result<(u64, GcReport, u64), Error> {
         let now = self.now_ns()?;
         let insert_failures_full = self.conntrack_full_drops()?;
         let map = HashMap::try_from(&mut self.conntrack).map_err(map_err)?;
@@ -317,7 +332,43 @@ impl GcMaps {
             insert_failures_full,
         };
         let report = gc.run(&mut table, now).map_err(map_err)?;
-        Ok((now, report))
+        Ok((now, report, insert_failures_full))
+    }
+}
+
+/// Why a [`ConntrackGcTask`] stopped waiting.
+enum Wake {
+    /// The interval ended, or a sweep was asked for.
+    Sweep,
+    /// The table refused new flows since the last sweep.
+    Pressure,
+    /// The task is stopped.
+    Stop,
+}
+
+/// Waits out `wait`, looking for pressure (the `conntrack_full` counter past `full_seen`)
+/// every [`PRESSURE_POLL`].
+fn wait_for_sweep(
+    maps: &GcMaps,
+    commands: &mpsc::Receiver<GcCommand>,
+    wait: std::time::Duration,
+    full_seen: u64,
+) -> Wake {
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Wake::Sweep;
+        }
+        match commands.recv_timeout(left.min(PRESSURE_POLL)) {
+            Ok(GcCommand::Sweep) => return Wake::Sweep,
+            Ok(GcCommand::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => return Wake::Stop,
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+        }
+        // A counter that cannot be read wakes nothing: the interval still ends.
+        if maps.conntrack_full_drops().is_ok_and(|n| n > full_seen) {
+            return Wake::Pressure;
+        }
     }
 }
 
@@ -327,6 +378,7 @@ fn run_task(
     commands: &mpsc::Receiver<GcCommand>,
     status: &Mutex<GcTaskStatus>,
 ) {
+    let mut full_seen = 0;
     loop {
         let result = maps.sweep(&mut gc);
         let wait = {
@@ -334,10 +386,11 @@ fn run_task(
             s.sweeps += 1;
             s.stats = gc.stats();
             match result {
-                Ok((now, report)) => {
+                Ok((now, report, full)) => {
                     s.last_now_ns = now;
                     s.last_report = Some(report);
                     s.last_error = None;
+                    full_seen = full;
                     report.next_interval
                 }
                 Err(e) => {
@@ -346,9 +399,10 @@ fn run_task(
                 }
             }
         };
-        match commands.recv_timeout(wait) {
-            Ok(GcCommand::Sweep) | Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Ok(GcCommand::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => return,
+        match wait_for_sweep(&maps, commands, wait, full_seen) {
+            Wake::Sweep => {}
+            Wake::Pressure => lock(status).pressure_wakes += 1,
+            Wake::Stop => return,
         }
     }
 }
