@@ -162,6 +162,9 @@ tables! {
     XDP_STAGES = "LB_XDP_STAGES": ProgramArray<u32, u32>[1] PerLoad;
     /// The TC pipeline's later stages: slot 0 holds `lb_tc_new_flow`.
     TC_STAGES = "LB_TC_STAGES": ProgramArray<u32, u32>[1] PerLoad;
+    /// Conntrack keys the GC's scan found expired, for the sweep program (`lb_ct_sweep`) to
+    /// re-check and delete in the kernel: one batch per run. Written by the GC only.
+    CT_SWEEP = "LB_CT_SWEEP": Array<u32, CtKey>[64] Never;
 }
 
 /// The table named `name` in the object, if it is one of [`ALL`].

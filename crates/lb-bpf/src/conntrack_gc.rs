@@ -44,6 +44,7 @@ use std::os::fd::AsFd as _;
 use std::sync::{mpsc, Arc, Mutex};
 
 use aya::maps::{Array, HashMap, IterableMap, Map, MapData, MapError, PerCpuArray};
+use aya::programs::{TestRun as _, TestRunOptions, Xdp};
 use lb_api::abi::{CtEntry, CtKey, DatapathConfig};
 use lb_api::counters::DropReason;
 use lb_conntrack::{
@@ -51,15 +52,70 @@ use lb_conntrack::{
     MonotonicClock, TableStats,
 };
 
-use lb_api::tables::{Table, CONFIG, CONNTRACK, COUNTERS};
+use lb_api::tables::{Table, CONFIG, CONNTRACK, COUNTERS, CT_SWEEP};
 
-use crate::{Error, KernelDatapath};
+use crate::{Error, KernelDatapath, Program};
 
 /// The kernel conntrack map behind [`GcTable`].
 pub struct KernelConntrackTable<'a> {
     map: HashMap<&'a mut MapData, CtKey, CtEntry>,
     capacity: u64,
     insert_failures_full: u64,
+    /// The delete step in the kernel (`None`: by syscalls, re-read then delete).
+    sweeper: Option<&'a mut KernelSweeper>,
+}
+
+/// The sweep program (`lb_ct_sweep`) and its batch map, as handles of their own (a duplicated
+/// file descriptor each), so that a GC task on another thread can run it.
+pub(crate) struct KernelSweeper {
+    keys: Map,
+    program: Xdp,
+}
+
+impl KernelSweeper {
+    /// Runs [`lb_conntrack::reap`] in the kernel on each of `keys` at `now_ns`, a batch of
+    /// `CT_SWEEP` keys per run; (deleted, refreshed).
+    fn reap(&mut self, keys: &[CtKey], now_ns: u64) -> Result<(u64, u64), Error> {
+        let name = Program::CtSweep.name();
+        let mut batch_map: Array<&mut MapData, CtKey> =
+            Array::try_from(&mut self.keys).map_err(|source| Error::Map {
+                map: CT_SWEEP.name,
+                source,
+            })?;
+        let (mut deleted, mut refreshed) = (0u64, 0u64);
+        for batch in keys.chunks(CT_SWEEP.default_max_entries as usize) {
+            for (i, k) in (0u32..).zip(batch) {
+                batch_map.set(i, k, 0).map_err(|source| Error::Map {
+                    map: CT_SWEEP.name,
+                    source,
+                })?;
+            }
+            // The run's arguments and results: see the program (`programs/src/sweep.rs`).
+            let mut args = [0u8; 20];
+            args[..8].copy_from_slice(&now_ns.to_le_bytes());
+            args[8..12].copy_from_slice(&(batch.len() as u32).to_le_bytes());
+            let mut out = [0u8; 20 + 256];
+            self.program
+                .test_run(TestRunOptions {
+                    data_in: Some(&args),
+                    data_out: Some(&mut out),
+                    repeat: 1,
+                    ..Default::default()
+                })
+                .map_err(|source| Error::Program {
+                    program: name,
+                    source,
+                })?;
+            let word = |at: usize| {
+                let mut w = [0u8; 4];
+                w.copy_from_slice(&out[at..at + 4]);
+                u64::from(u32::from_le_bytes(w))
+            };
+            deleted += word(12);
+            refreshed += word(16);
+        }
+        Ok((deleted, refreshed))
+    }
 }
 
 impl std::fmt::Debug for KernelConntrackTable<'_> {
@@ -79,17 +135,17 @@ fn is_enoent(e: &MapError) -> bool {
 }
 
 impl GcTable for KernelConntrackTable<'_> {
-    type Error = MapError;
+    type Error = Error;
 
     fn capacity(&self) -> u64 {
         self.capacity
     }
 
-    fn for_each_entry(&mut self, f: &mut dyn FnMut(&CtKey, &CtEntry)) -> Result<u64, MapError> {
+    fn for_each_entry(&mut self, f: &mut dyn FnMut(&CtKey, &CtEntry)) -> Result<u64, Error> {
         let bound = self.capacity.saturating_mul(2).max(1);
         let mut n = 0;
         for item in self.map.iter() {
-            let (k, e) = item?;
+            let (k, e) = item.map_err(map_err)?;
             f(&k, &e);
             n += 1;
             if n >= bound {
@@ -99,20 +155,25 @@ impl GcTable for KernelConntrackTable<'_> {
         Ok(n)
     }
 
-    fn read(&mut self, key: &CtKey) -> Result<Option<CtEntry>, MapError> {
+    fn read(&mut self, key: &CtKey) -> Result<Option<CtEntry>, Error> {
         match self.map.get(key, 0) {
             Ok(e) => Ok(Some(e)),
             Err(e) if is_enoent(&e) => Ok(None),
-            Err(e) => Err(e),
+            Err(e) => Err(map_err(e)),
         }
     }
 
-    fn delete(&mut self, key: &CtKey) -> Result<bool, MapError> {
+    fn delete(&mut self, key: &CtKey) -> Result<bool, Error> {
         match self.map.remove(key) {
             Ok(()) => Ok(true),
             Err(e) if is_enoent(&e) => Ok(false),
-            Err(e) => Err(e),
+            Err(e) => Err(map_err(e)),
         }
+    }
+
+    fn reap_batch(&mut self, keys: &[CtKey], now_ns: u64) -> Option<Result<(u64, u64), Error>> {
+        let sweeper = self.sweeper.as_deref_mut()?;
+        Some(sweeper.reap(keys, now_ns))
     }
 
     fn insert_failures_full(&self) -> u64 {
@@ -144,6 +205,31 @@ impl KernelDatapath {
     /// # Errors
     /// [`Error::Map`] if the map cannot be read or written.
     pub fn conntrack_gc(&mut self, gc: &mut ConntrackGc, now_ns: u64) -> Result<GcReport, Error> {
+        let mut sweeper = self.sweeper()?;
+        self.conntrack_gc_with(gc, now_ns, Some(&mut sweeper))
+    }
+
+    /// [`conntrack_gc`](Self::conntrack_gc) as it was before the sweep program: each expired
+    /// entry re-read and deleted by two syscalls, microseconds apart, so that a packet
+    /// refreshing the flow in between loses it. Kept for comparison only: the race test
+    /// (`tests/gc_race.rs`) counts the flows each way loses.
+    ///
+    /// # Errors
+    /// [`Error::Map`] if the map cannot be read or written.
+    pub fn conntrack_gc_by_syscalls(
+        &mut self,
+        gc: &mut ConntrackGc,
+        now_ns: u64,
+    ) -> Result<GcReport, Error> {
+        self.conntrack_gc_with(gc, now_ns, None)
+    }
+
+    fn conntrack_gc_with(
+        &mut self,
+        gc: &mut ConntrackGc,
+        now_ns: u64,
+        sweeper: Option<&mut KernelSweeper>,
+    ) -> Result<GcReport, Error> {
         let capacity = self.conntrack_capacity()?;
         let insert_failures_full = self.counters()?.drops(DropReason::ConntrackFull);
         let map = self.hash::<CtKey, CtEntry>(CONNTRACK)?;
@@ -151,8 +237,34 @@ impl KernelDatapath {
             map,
             capacity,
             insert_failures_full,
+            sweeper,
         };
-        gc.run(&mut table, now_ns).map_err(map_err)
+        gc.run(&mut table, now_ns)
+    }
+
+    /// The sweep program and its batch map, as handles of their own.
+    fn sweeper(&self) -> Result<KernelSweeper, Error> {
+        let name = Program::CtSweep.name();
+        let to_error = |source| Error::Program {
+            program: name,
+            source,
+        };
+        let prog = self
+            .ebpf
+            .program(name)
+            .ok_or(aya::programs::ProgramError::UnexpectedProgramType)
+            .map_err(to_error)?;
+        let info = prog.info().map_err(to_error)?;
+        let program = Xdp::from_program_info(
+            info,
+            name.into(),
+            aya_obj::programs::XdpAttachType::Interface,
+        )
+        .map_err(to_error)?;
+        Ok(KernelSweeper {
+            keys: self.map_handle(CT_SWEEP)?,
+            program,
+        })
     }
 
     /// Metrics of the kernel conntrack map at `now_ns`, with `gc`'s figures when given.
@@ -289,6 +401,7 @@ struct GcMaps {
     counters: Map,
     config: Map,
     capacity: u64,
+    sweeper: KernelSweeper,
 }
 
 impl GcMaps {
@@ -330,8 +443,9 @@ impl GcMaps {
             map,
             capacity: self.capacity,
             insert_failures_full,
+            sweeper: Some(&mut self.sweeper),
         };
-        let report = gc.run(&mut table, now).map_err(map_err)?;
+        let report = gc.run(&mut table, now)?;
         Ok((now, report, insert_failures_full))
     }
 }
@@ -467,6 +581,7 @@ impl KernelDatapath {
             counters: self.map_handle(COUNTERS)?,
             config: self.map_handle(CONFIG)?,
             capacity: self.conntrack_capacity()?,
+            sweeper: self.sweeper()?,
         };
         let (tx, rx) = mpsc::channel();
         let status = Arc::new(Mutex::new(GcTaskStatus::default()));

@@ -16,16 +16,20 @@ pub enum Program {
     XdpNewFlow,
     /// The TC pipeline's new-flow stage, reached by tail call from [`Program::Tc`].
     TcNewFlow,
+    /// The conntrack GC's delete step (an XDP program run with `BPF_PROG_TEST_RUN`, never
+    /// attached): see [`crate::conntrack_gc`].
+    CtSweep,
 }
 
 impl Program {
     /// Every variant: each is loaded through the verifier by [`KernelDatapath::load`](crate::KernelDatapath::load).
-    pub const ALL: [Program; 5] = [
+    pub const ALL: [Program; 6] = [
         Program::Xdp,
         Program::Tc,
         Program::XdpParseOnly,
         Program::XdpNewFlow,
         Program::TcNewFlow,
+        Program::CtSweep,
     ];
 
     /// Whether the program is an XDP program (else a TC classifier).
@@ -33,7 +37,7 @@ impl Program {
     pub const fn is_xdp(self) -> bool {
         matches!(
             self,
-            Program::Xdp | Program::XdpParseOnly | Program::XdpNewFlow
+            Program::Xdp | Program::XdpParseOnly | Program::XdpNewFlow | Program::CtSweep
         )
     }
 
@@ -46,6 +50,7 @@ impl Program {
             Program::XdpParseOnly => "lb_xdp_parse_only",
             Program::XdpNewFlow => "lb_xdp_new_flow",
             Program::TcNewFlow => "lb_tc_new_flow",
+            Program::CtSweep => "lb_ct_sweep",
         }
     }
 

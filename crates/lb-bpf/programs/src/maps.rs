@@ -71,3 +71,8 @@ pub(crate) static LB_TC_STAGES: ProgramArray =
     ProgramArray::with_max_entries(tables::TC_STAGES.default_max_entries, 0);
 /// The new-flow stage's slot in the stage arrays.
 pub(crate) const NEW_FLOW_STAGE: u32 = 0;
+
+/// Conntrack keys the GC's scan found expired, one batch per run of `lb_ct_sweep`.
+#[map]
+pub(crate) static LB_CT_SWEEP: Array<CtKey> =
+    Array::with_max_entries(tables::CT_SWEEP.default_max_entries, 0);
