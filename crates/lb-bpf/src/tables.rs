@@ -123,6 +123,25 @@ impl KernelDatapath {
         Ok(v)
     }
 
+    /// The conntrack entry under `key`, if any.
+    ///
+    /// # Errors
+    /// [`Error::Map`] if the map cannot be read.
+    pub fn conntrack_entry(&self, key: &CtKey) -> Result<Option<CtEntry>, Error> {
+        let m: HashMap<&MapData, CtKey, CtEntry> = self.hash_ro(CONNTRACK)?;
+        match m.get(key, 0) {
+            Ok(e) => Ok(Some(e)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(MapError::SyscallError(s)) if s.io_error.raw_os_error() == Some(libc::ENOENT) => {
+                Ok(None)
+            }
+            Err(source) => Err(Error::Map {
+                map: CONNTRACK.name,
+                source,
+            }),
+        }
+    }
+
     /// Deletes the conntrack entry under `key` alone (not its partner; the engine's
     /// `Engine::conntrack_remove` does the same). Whether an entry was there.
     ///
