@@ -4,4 +4,6 @@
 #[path = "conntrack_ops.rs"]
 mod ops;
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| ops::run(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    ops::run(data);
+});

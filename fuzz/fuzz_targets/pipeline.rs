@@ -1,13 +1,19 @@
-//! Arbitrary frames through the userspace engine (the same pipeline the kernel runs): no panic,
-//! every packet is counted exactly once as passed, translated, answered or dropped. The node has
+//! Arbitrary frames at arbitrary times through the userspace engine (`Engine::process`: the
+//! `lb_datapath::process` the kernel runs, no copy of its logic), with conntrack GC sweeps in
+//! between: no panic, every packet is counted exactly once as passed, translated, answered or
+//! dropped, every drop is one drop event, the conntrack table stays within its size. The node has
 //! peers and services in every forwarding mode, with backends here and on another node, so
-//! tunnel ingress, DSR carriers, SNAT and the ICMP too-big path are reachable.
+//! tunnel ingress, DSR carriers, SNAT and the ICMP too-big path are reachable; time steps reach
+//! the timeouts (expired-at-lookup, TIME_WAIT take-over) and the sweeps.
+//!
+//! Input: a sequence of `[length: u16 big-endian][time step: u8][frame]`. The clock advances by
+//! `step² × 100 ms` before the frame (0 to 6,502 s); a step of 250 or more also sweeps.
 #![no_main]
 
 use lb_api::abi::ForwardingMode;
 use lb_api::counters::Counter;
 use lb_api::flow::L4Proto;
-use lb_conntrack::ManualClock;
+use lb_conntrack::{ConntrackGc, GcConfig, ManualClock};
 use lb_control::{default_config, BackendSpec, NodeSpec, ServiceSpec};
 use lb_datapath::engine::Engine;
 use libfuzzer_sys::fuzz_target;
@@ -66,19 +72,26 @@ fuzz_target!(|data: &[u8]| {
                 .unwrap();
         }
     }
-    // The input is a sequence of frames, each prefixed by a two-byte (big-endian) length.
+    let mut gc = ConntrackGc::new(GcConfig::default());
     let mut rest = data;
     let mut n = 0u64;
-    while let [hi, lo, tail @ ..] = rest {
+    let mut events = 0u64;
+    while let [hi, lo, step, tail @ ..] = rest {
         let len = usize::from(u16::from_be_bytes([*hi, *lo])).min(tail.len());
         let mut frame = tail[..len].to_vec();
         rest = &tail[len..];
+        engine.clock().advance(u64::from(*step).pow(2) * 100_000_000);
+        if *step >= 250 {
+            engine.conntrack_gc(&mut gc);
+        }
         engine.process(&mut frame);
-        engine.clock().advance(1_000_000_000);
         n += 1;
+        events += engine.drain_drop_events().len() as u64;
+        assert!(engine.conntrack().len() <= 64);
     }
     let c = engine.counters();
     let outcomes = Counter::OUTCOMES.iter().map(|k| c.get(*k)).sum::<u64>();
     assert_eq!(c.get(Counter::RxPackets), n);
     assert_eq!(outcomes, n, "every packet has exactly one outcome");
+    assert_eq!(events, c.get(Counter::Dropped), "every drop is a drop event");
 });

@@ -86,11 +86,18 @@ enum Task {
         #[arg(long)]
         smoke: bool,
     },
-    /// Fuzz every cargo-fuzz target for a while.
+    /// Fuzz cargo-fuzz targets in turn, each from its committed seed corpus
+    /// (fuzz/corpus/<target>), and print each target's executions.
     Fuzz {
-        /// Seconds per target.
+        /// Seconds per target (unless `--minutes` is given).
         #[arg(long, default_value_t = 60)]
         seconds: u64,
+        /// Minutes per target (overrides `--seconds`).
+        #[arg(long)]
+        minutes: Option<u64>,
+        /// Every target, in turn (the default when no `--target` is given).
+        #[arg(long, conflicts_with = "target")]
+        all: bool,
         /// Only this target.
         #[arg(long)]
         target: Option<String>,
@@ -113,8 +120,13 @@ fn main() -> ExitCode {
             kernel_only,
             modes_only,
         } => bench(kernel_only, modes_only),
-        Task::Fuzz { seconds, target } => fuzz(seconds, target.as_deref()),
         Task::Scale { smoke } => scale(smoke),
+        Task::Fuzz {
+            seconds,
+            minutes,
+            all: _,
+            target,
+        } => fuzz(minutes.map_or(seconds, |m| m * 60), target.as_deref()),
         Task::Stack { object } => stack::stack(object),
     };
     match res {
@@ -541,13 +553,42 @@ fn fuzz(seconds: u64, only: Option<&str>) -> Result<()> {
             list.replace('\n', " ")
         );
     }
-    for t in targets {
-        let corpus = root_dir().join("fuzz/corpus").join(t);
-        std::fs::create_dir_all(&corpus)?;
-        run(cargo()
+    let mut executions = Vec::new();
+    for t in &targets {
+        // The committed seeds stay as they are: new inputs go to a scratch corpus beside them
+        // (fuzz/corpus is small and reviewed; what a campaign finds is not committed).
+        let seeds = root_dir().join("fuzz/corpus").join(t);
+        let found = root_dir().join("fuzz/target/corpus").join(t);
+        std::fs::create_dir_all(&seeds)?;
+        std::fs::create_dir_all(&found)?;
+        let log = root_dir().join("fuzz/target").join(format!("{t}.log"));
+        let status = cargo()
             .args(["+nightly", "fuzz", "run", t])
-            .arg(&corpus)
-            .args(["--", &format!("-max_total_time={seconds}"), "-max_len=2048"]))?;
+            .arg(&found)
+            .arg(&seeds)
+            .args(["--", &format!("-max_total_time={seconds}"), "-max_len=2048"])
+            .stderr(std::fs::File::create(&log)?)
+            .status()?;
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        // libFuzzer's last status line: "#<executions> DONE ..." (or the last "#<n> ..." line).
+        let runs = text
+            .lines()
+            .rev()
+            .filter_map(|l| l.strip_prefix('#'))
+            .find_map(|l| l.split_whitespace().next()?.parse::<u64>().ok())
+            .unwrap_or(0);
+        println!(
+            "fuzz {t}: {runs} executions in {seconds} s ({})",
+            log.display()
+        );
+        if !status.success() {
+            bail!("fuzz target {t} failed: see {}", log.display());
+        }
+        executions.push((t.to_string(), runs));
+    }
+    println!("target executions seconds");
+    for (t, runs) in executions {
+        println!("{t} {runs} {seconds}");
     }
     Ok(())
 }

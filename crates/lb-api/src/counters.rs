@@ -228,6 +228,16 @@ counter_space! {
         /// from the service address (a reset is not answered, and a segment with IP options or
         /// IPv6 extension headers gets none: those are dropped as `no_backend`).
         RejectNoEndpoints = 37 => "reject_no_endpoints" outcome,
+        /// A packet of a tracked flow found the flow's reverse-NAT entry missing (deleted on its
+        /// own: by an operator's flush of one entry, or a GC that deleted the pair's halves in
+        /// two steps) and rebuilt it from the service entry, so the flow's replies are translated
+        /// again.
+        ReverseEntryRebuilt = 38 => "reverse_entry_rebuilt" note,
+        /// As [`Counter::ReverseEntryRebuilt`], but the rebuild's insert was refused (the
+        /// conntrack table was full, or another flow had taken the reply tuple): the packet
+        /// goes on translated, its flow's replies pass untranslated until a rebuild succeeds.
+        /// Raise `lb_control::TableSizes::conntrack` if it grows.
+        ReverseEntryRebuildFailed = 39 => "reverse_entry_rebuild_failed" note,
     }
 }
 

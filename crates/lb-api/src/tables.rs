@@ -175,6 +175,9 @@ tables! {
     /// is found, and whether it is still in the set. 64Ki by default (one per backend and
     /// service, not per slot).
     BACKENDS_BY_ADDR = "LB_BE_BY_ADDR": Hash<BackendAddrKey, BackendValue>[64 * 1024] Reused;
+    /// Conntrack keys the GC's scan found expired, for the sweep program (`lb_ct_sweep`) to
+    /// re-check and delete in the kernel: one batch per run. Written by the GC only.
+    CT_SWEEP = "LB_CT_SWEEP": Array<u32, CtKey>[64] Never;
 }
 
 /// The table named `name` in the object, if it is one of [`ALL`].

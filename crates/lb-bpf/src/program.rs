@@ -20,17 +20,21 @@ pub enum Program {
     /// peer takes the frames the pipeline sends back with `XDP_TX`
     /// ([`KernelDatapath::attach_xdp_tx_peer`](crate::KernelDatapath::attach_xdp_tx_peer)).
     XdpTxPeer,
+    /// The conntrack GC's delete step (an XDP program run with `BPF_PROG_TEST_RUN`, never
+    /// attached): see [`crate::conntrack_gc`].
+    CtSweep,
 }
 
 impl Program {
     /// Every variant: each is loaded through the verifier by [`KernelDatapath::load`](crate::KernelDatapath::load).
-    pub const ALL: [Program; 6] = [
+    pub const ALL: [Program; 7] = [
         Program::Xdp,
         Program::Tc,
         Program::XdpParseOnly,
         Program::XdpNewFlow,
         Program::TcNewFlow,
         Program::XdpTxPeer,
+        Program::CtSweep,
     ];
 
     /// Whether the program is an XDP program (else a TC classifier).
@@ -38,7 +42,11 @@ impl Program {
     pub const fn is_xdp(self) -> bool {
         matches!(
             self,
-            Program::Xdp | Program::XdpParseOnly | Program::XdpNewFlow | Program::XdpTxPeer
+            Program::Xdp
+                | Program::XdpParseOnly
+                | Program::XdpNewFlow
+                | Program::XdpTxPeer
+                | Program::CtSweep
         )
     }
 
@@ -52,6 +60,7 @@ impl Program {
             Program::XdpNewFlow => "lb_xdp_new_flow",
             Program::TcNewFlow => "lb_tc_new_flow",
             Program::XdpTxPeer => "lb_xdp_tx_peer",
+            Program::CtSweep => "lb_ct_sweep",
         }
     }
 

@@ -181,6 +181,45 @@ impl KernelDatapath {
         Ok(v)
     }
 
+    /// The conntrack entry under `key`, if any.
+    ///
+    /// # Errors
+    /// [`Error::Map`] if the map cannot be read.
+    pub fn conntrack_entry(&self, key: &CtKey) -> Result<Option<CtEntry>, Error> {
+        let m: HashMap<&MapData, CtKey, CtEntry> = self.hash_ro(CONNTRACK)?;
+        match m.get(key, 0) {
+            Ok(e) => Ok(Some(e)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(MapError::SyscallError(s)) if s.io_error.raw_os_error() == Some(libc::ENOENT) => {
+                Ok(None)
+            }
+            Err(source) => Err(Error::Map {
+                map: CONNTRACK.name,
+                source,
+            }),
+        }
+    }
+
+    /// Deletes the conntrack entry under `key` alone (not its partner; the engine's
+    /// `Engine::conntrack_remove` does the same). Whether an entry was there.
+    ///
+    /// # Errors
+    /// [`Error::Map`] if the map cannot be written.
+    pub fn conntrack_remove(&mut self, key: &CtKey) -> Result<bool, Error> {
+        let mut m: HashMap<&mut MapData, CtKey, CtEntry> = self.hash(CONNTRACK)?;
+        match m.remove(key) {
+            Ok(()) => Ok(true),
+            Err(MapError::KeyNotFound) => Ok(false),
+            Err(MapError::SyscallError(s)) if s.io_error.raw_os_error() == Some(libc::ENOENT) => {
+                Ok(false)
+            }
+            Err(source) => Err(Error::Map {
+                map: CONNTRACK.name,
+                source,
+            }),
+        }
+    }
+
     /// Deletes every conntrack entry.
     ///
     /// # Errors

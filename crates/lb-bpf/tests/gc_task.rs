@@ -159,3 +159,50 @@ fn gc_task_stops_promptly_in_the_middle_of_an_interval() {
     drop(task);
     assert!(start.elapsed() < WAIT, "drop waited {:?}", start.elapsed());
 }
+
+/// A table that refuses a new flow wakes the task at once (within `PRESSURE_POLL`), not at the
+/// end of its hour-long interval; the sweep makes room and the next new flow is taken.
+#[test]
+fn table_pressure_wakes_the_gc_task() {
+    if !common::privileged("table_pressure_wakes_the_gc_task") {
+        return;
+    }
+    let t0 = 1_000 * SEC;
+    let sizes = lb_control::TableSizes {
+        conntrack: 4,
+        ..lb_control::TableSizes::small()
+    };
+    let mut dp = KernelDatapath::load_with(&lb_bpf::LoadOptions::with_sizes(sizes))
+        .unwrap_or_else(|e| panic!("load: {e}"));
+    set_now(&mut dp, t0);
+    dp.upsert_service(&ServiceSpec {
+        id: 1,
+        frontend: "10.96.0.10:80".parse().unwrap(),
+        proto: L4Proto::Tcp,
+        backends: vec!["10.1.0.2:8080".parse().unwrap()],
+        ..Default::default()
+    })
+    .unwrap();
+    let task = dp.spawn_conntrack_gc(hour_long_intervals()).unwrap();
+    wait_for(&task, |s| s.sweeps >= 1);
+    open_flow(&dp, 40000);
+    open_flow(&dp, 40001);
+    // Both flows have expired (SYN_SENT: 120 s), but the map still holds them: full.
+    set_now(&mut dp, t0 + 200 * SEC);
+    let syn = tcp_v4_frame([10, 0, 0, 1], 40002, VIP, 80, TcpFlags::SYN, b"");
+    assert_eq!(
+        dp.test_run(Program::Xdp, &syn, 1).unwrap().verdict,
+        Verdict::Drop
+    );
+    let s = wait_for(&task, |s| s.sweeps >= 2);
+    assert_eq!(s.pressure_wakes, 1, "{s:?}");
+    assert_eq!(s.last_report.unwrap().deleted, 4);
+    open_flow(&dp, 40002);
+    assert_eq!(flows(&dp), [40002]);
+    let s = task.stop();
+    assert_eq!(
+        (s.sweeps, s.pressure_wakes),
+        (2, 1),
+        "no wake without new refusals"
+    );
+}

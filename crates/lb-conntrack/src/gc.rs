@@ -36,6 +36,7 @@ use lb_api::abi::{CtEntry, CtKey, CtKind, CtState};
 
 use crate::metrics::GcStats;
 use crate::pair::partner_key;
+use crate::reap::{reap_decision, ReapDecision};
 use crate::table::{is_expired, HashConntrackTable, SweepCounts, EVICTION_CANDIDATES};
 
 /// An eviction candidate, ordered by deadline only.
@@ -91,6 +92,20 @@ pub trait GcTable {
 
     /// Inserts refused because the table was full, since it was created.
     fn insert_failures_full(&self) -> u64;
+
+    /// For a table that packets keep changing and that can re-read and delete an entry in one
+    /// step (the kernel map, by its sweep program, which runs [`reap`](crate::reap)): the
+    /// delete step for `keys`, found expired at `now_ns` by the scan; (deleted, refreshed).
+    /// `None` (the default): the sweeper re-reads and deletes key by key through
+    /// [`read`](Self::read) and [`delete`](Self::delete), by the same rules
+    /// ([`reap_decision`](crate::reap_decision)).
+    fn reap_batch(
+        &mut self,
+        _keys: &[CtKey],
+        _now_ns: u64,
+    ) -> Option<Result<(u64, u64), Self::Error>> {
+        None
+    }
 
     /// Replaces the table's eviction candidates, soonest deadline first (tables that never
     /// evict ignore it).
@@ -272,7 +287,10 @@ impl ConntrackGc {
                         offer(k, e);
                     }
                 })?;
-                let (deleted, refreshed) = delete_still_expired(table, expired, now_ns)?;
+                let (deleted, refreshed) = match table.reap_batch(expired, now_ns) {
+                    Some(r) => r?,
+                    None => delete_still_expired(table, expired, now_ns)?,
+                };
                 (scanned, deleted, refreshed)
             }
         };
@@ -332,7 +350,8 @@ impl ConntrackGc {
 }
 
 /// Deletes the flows of `expired` (keys a scan found expired at `now_ns`) that are still
-/// expired when re-read, by the pair rules; (deleted, refreshed).
+/// expired when re-read, by the pair rules ([`reap_decision`], which the kernel's sweep program
+/// runs too); (deleted, refreshed).
 fn delete_still_expired<T: GcTable + ?Sized>(
     table: &mut T,
     expired: &[CtKey],
@@ -344,31 +363,25 @@ fn delete_still_expired<T: GcTable + ?Sized>(
         let Some(e) = table.read(k)? else {
             continue; // gone with its partner already
         };
-        if !is_expired(&e, now_ns) {
-            refreshed += 1;
-            continue;
-        }
         let partner = partner_key(k, &e);
-        if k.kind == CtKind::ReverseNat as u8 {
-            if let Some(sk) = partner {
-                match table.read(&sk)? {
-                    // The flow is alive: its service entry owns the pair's fate.
-                    Some(se) if !is_expired(&se, now_ns) => continue,
-                    Some(_) => deleted += u64::from(table.delete(&sk)?),
-                    None => {}
+        let reverse = k.kind == CtKind::ReverseNat as u8;
+        let service = match (&partner, reverse && is_expired(&e, now_ns)) {
+            (Some(p), true) => table.read(p)?,
+            _ => None,
+        };
+        match reap_decision(k, &e, service.as_ref(), now_ns) {
+            ReapDecision::Keep => refreshed += u64::from(!is_expired(&e, now_ns)),
+            ReapDecision::DeleteSelf => deleted += u64::from(table.delete(k)?),
+            ReapDecision::DeleteBoth => {
+                // A reverse entry's service entry first: no instant sees it without its reverse.
+                let order = if reverse {
+                    [partner, Some(*k)]
+                } else {
+                    [Some(*k), partner]
+                };
+                for key in order.iter().flatten() {
+                    deleted += u64::from(table.delete(key)?);
                 }
-            }
-            if table.delete(k)? {
-                deleted += 1;
-            }
-            continue;
-        }
-        if table.delete(k)? {
-            deleted += 1;
-        }
-        if let Some(p) = partner {
-            if table.delete(&p)? {
-                deleted += 1;
             }
         }
     }

@@ -41,6 +41,7 @@ extern crate std;
 
 mod metrics;
 mod pair;
+mod reap;
 mod reuse;
 mod state;
 mod table;
@@ -53,6 +54,7 @@ mod gc;
 pub use gc::{ConntrackGc, GcConfig, GcReport, GcTable};
 pub use metrics::{ConntrackMetrics, GcStats, ProtoCounts};
 pub use pair::{make_reverse, partner_key, reverse_key, reverse_key_of, service_key_of};
+pub use reap::{reap, reap_decision, ReapDecision, Reaped};
 pub use reuse::{tuple_reuse, TupleReuse};
 pub use state::{
     icmp_echo_direction, icmp_echo_tuple, initial_state, tcp_edges, tcp_next_state, tcp_transition,

@@ -513,6 +513,16 @@ impl<C: Clock> Engine<C> {
         &self.tables.ct
     }
 
+    /// Deletes the conntrack entry under `key` alone (not its partner), as the kernel map's
+    /// delete does (`KernelDatapath::conntrack_remove`): what an operator's flush of one entry,
+    /// or a GC that deletes a pair's halves in two steps, leaves. The pipeline repairs what is
+    /// left: a reply finding its service entry gone removes the orphan
+    /// ([`Counter::OrphanReplyRemoved`]), a packet finding its reverse entry gone rebuilds it
+    /// ([`Counter::ReverseEntryRebuilt`]). Whether an entry was there.
+    pub fn conntrack_remove(&mut self, key: &CtKey) -> bool {
+        self.tables.ct.remove(key)
+    }
+
     /// One conntrack GC sweep at the engine's current time.
     pub fn conntrack_gc(&mut self, gc: &mut ConntrackGc) -> GcReport {
         let now = crate::now_ns(&self.cfg, || self.clock.now_ns());

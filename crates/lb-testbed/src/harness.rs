@@ -222,6 +222,38 @@ impl<C: Clock> EngineAndKernel<C> {
         })
     }
 
+    /// [`with_clock`](Self::with_clock) with every table sized by `sizes` in both worlds (the
+    /// kernel's maps loaded at those sizes, the engine's tables bounded alike): for tests that
+    /// fill tables to make inserts fail.
+    ///
+    /// # Errors
+    /// If the programs cannot be loaded or a service cannot be installed.
+    pub fn with_sizes(
+        program: Program,
+        cfg: DatapathConfig,
+        clock: C,
+        sizes: &lb_control::TableSizes,
+        services: &[ServiceSpec],
+    ) -> anyhow::Result<Self> {
+        let mut dp = KernelDatapath::load_with(&lb_bpf::LoadOptions::with_sizes(*sizes))?;
+        dp.reset_counters()?;
+        dp.set_config(&cfg)?;
+        let mut engine = Engine::with_sizes(sizes, cfg, clock);
+        for s in services {
+            dp.upsert_service(s)?;
+            engine.upsert_service(s)?;
+        }
+        Ok(Self {
+            engine,
+            dp,
+            program,
+            cfg,
+            compared: 0,
+            skb: TestSkb::default(),
+            checks: Checks::Everything,
+        })
+    }
+
     /// Sets this node's identity (addresses, peers, tunnel parameters) in both worlds, from the
     /// configuration they were created with.
     ///

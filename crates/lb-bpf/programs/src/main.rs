@@ -15,6 +15,8 @@
 //!   skb helpers (`bpf_skb_adjust_room` with the encapsulation flags, `bpf_skb_change_tail`),
 //!   which keep a GSO packet segmentable; ICMP errors go back out by `bpf_redirect`.
 //! * `lb_xdp_parse_only`: parses and passes; the baseline benchmarks are set against.
+//! * `lb_ct_sweep`: the conntrack GC's delete step, run by the GC with `BPF_PROG_TEST_RUN`
+//!   (`sweep.rs`).
 //!
 //! Files: `maps.rs` (the maps, sized from [`lb_api::tables`], where every table is declared),
 //! `tables.rs` (the maps behind the logic crates' table traits), `packet.rs` (packet access over
@@ -27,6 +29,7 @@ mod events;
 mod maps;
 mod packet;
 mod stage;
+mod sweep;
 mod tables;
 mod tc;
 mod xdp;

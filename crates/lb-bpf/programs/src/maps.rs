@@ -82,3 +82,7 @@ pub(crate) static LB_AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
 #[map]
 pub(crate) static LB_BE_BY_ADDR: HashMap<BackendAddrKey, BackendValue> =
     HashMap::with_max_entries(tables::BACKENDS_BY_ADDR.default_max_entries, 0);
+/// Conntrack keys the GC's scan found expired, one batch per run of `lb_ct_sweep`.
+#[map]
+pub(crate) static LB_CT_SWEEP: Array<CtKey> =
+    Array::with_max_entries(tables::CT_SWEEP.default_max_entries, 0);

@@ -8,14 +8,16 @@ use lb_api::counters::{Counter, Counters};
 use lb_conntrack::{make_reverse, partner_key, ConntrackTable, InsertMode};
 
 /// Keeps the reverse half of a tracked flow (service entry `e`, key `fkey`) in step: its timers
-/// follow the service entry's; lost (evicted), it is rebuilt from the service entry. A DSR flow
+/// follow the service entry's; lost (deleted on its own), it is rebuilt from the service entry
+/// (counted as [`Counter::ReverseEntryRebuilt`], or [`Counter::ReverseEntryRebuildFailed`]
+/// when the table refuses it). A DSR flow
 /// on the node that forwarded it has no reverse half (its replies go around this node). `None`
 /// if the service entry is gone meanwhile.
 ///
 /// A subprogram of its own in the kernel: the reverse key lives in its frame, not in
 /// [`established`](super::tracked::established)'s, which is on the deepest call chain of the first stage.
 #[inline(never)]
-pub(super) fn refresh_reverse<T: ConntrackTable + ?Sized>(
+pub(super) fn refresh_reverse<T: ConntrackTable + Counters + ?Sized>(
     tables: &mut T,
     fkey: &CtKey,
     e: &mut CtEntry,
@@ -31,7 +33,12 @@ pub(super) fn refresh_reverse<T: ConntrackTable + ?Sized>(
         }
         None => {
             make_reverse(e, (&fkey.src, fkey.src_port), (&fkey.dst, fkey.dst_port));
-            let _ = tables.insert(&rk, e, InsertMode::NoExist);
+            // Counted either way: a failed rebuild leaves the flow's replies untranslated.
+            let counted = match tables.insert(&rk, e, InsertMode::NoExist) {
+                Ok(()) => Counter::ReverseEntryRebuilt,
+                Err(_) => Counter::ReverseEntryRebuildFailed,
+            };
+            tables.bump(counted.slot());
             *e = *tables.get_mut(fkey)?;
         }
     }

@@ -230,6 +230,8 @@ fn refresh_reverse_rebuilds_a_lost_reverse_half() {
         (rebuilt.nat_addr, rebuilt.nat_port, rebuilt.flags),
         (rev.nat_addr, rev.nat_port, rev.flags)
     );
+    assert_eq!(tables.counters.get(Counter::ReverseEntryRebuilt), 1);
+    assert_eq!(tables.counters.get(Counter::ReverseEntryRebuildFailed), 0);
 }
 
 #[test]
