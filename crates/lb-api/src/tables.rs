@@ -171,9 +171,9 @@ tables! {
     /// entries (that client's next flow picks a backend by hash and is recorded again); expired
     /// entries are replaced at lookup and removed by the affinity GC. 64Ki clients by default.
     AFFINITY = "LB_AFFINITY": LruHash<AffinityKey, AffinityValue>[64 * 1024] Reused;
-    /// Each service's active backends by address and port: where an affinity entry's backend
-    /// is found, and whether it is still in the set. 64Ki by default (one per backend and
-    /// service, not per slot).
+    /// Each affinity service's active backends by address and port: where an affinity entry's
+    /// backend is found, and whether it is still in the set. 64Ki by default (one per backend
+    /// and service with session affinity, not per slot).
     BACKENDS_BY_ADDR = "LB_BE_BY_ADDR": Hash<BackendAddrKey, BackendValue>[64 * 1024] Reused;
     /// Conntrack keys the GC's scan found expired, for the sweep program (`lb_ct_sweep`) to
     /// re-check and delete in the kernel: one batch per run. Written by the GC only.

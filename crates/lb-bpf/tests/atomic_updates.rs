@@ -126,10 +126,11 @@ impl Interleaved<'_> {
         let out = self.h.expect_same("a new flow during an update", &syn, NOW);
         self.probes += 1;
         if self.current.is_empty() {
-            // No service yet (passed as it is), or none of its backends takes new flows.
+            // No service yet (passed as it is), or none of its backends takes new flows
+            // (rejected back to the client as kube-proxy does, or dropped).
             let untouched = dst_of(&out.frame) == SocketAddr::from((VIP, 80));
             assert!(
-                out.verdict == Verdict::Drop || untouched,
+                matches!(out.verdict, Verdict::Drop | Verdict::Tx) || untouched,
                 "no backend: no flow"
             );
             return;

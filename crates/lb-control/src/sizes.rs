@@ -57,8 +57,9 @@ pub struct TableSizes {
     /// `SessionAffinity::ClientIp` ([`tables::AFFINITY`], `LB_AFFINITY`, an LRU hash: when
     /// full, the least recently used entries are evicted).
     pub affinity: u32,
-    /// Active backends of all services by address ([`tables::BACKENDS_BY_ADDR`],
-    /// `LB_BE_BY_ADDR`): one per backend and service (not per slot).
+    /// Active backends of the services with session affinity, by address
+    /// ([`tables::BACKENDS_BY_ADDR`], `LB_BE_BY_ADDR`): one per backend and such service (not
+    /// per slot); services without affinity take none.
     pub backends_by_addr: u32,
 }
 

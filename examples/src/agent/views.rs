@@ -224,8 +224,14 @@ pub fn services(
         .iter()
         .map(|(k, v)| {
             let mut bs: Vec<BackendSlots> = Vec::new();
+            // The slots of the set the service entry reads (an update writes the other set,
+            // then flips the entry), `0..backend_count`.
+            let in_force = |bk: &BackendKey| {
+                (0..v.backend_count).contains(&(bk.slot & !BackendKey::SLOT_SET_B))
+                    && v.slot_key(bk.slot & !BackendKey::SLOT_SET_B) == *bk
+            };
             for (bk, b) in backends.iter().filter(|(bk, _)| bk.service_id == v.id) {
-                if bk.slot >= v.backend_count {
+                if !in_force(bk) {
                     continue;
                 }
                 match bs.iter_mut().find(|x| x.id == b.id) {
