@@ -181,6 +181,7 @@ impl KernelDatapath {
         use std::os::fd::{AsFd as _, AsRawFd as _};
         let data = match self.map_ro(table)? {
             aya::maps::Map::HashMap(d)
+            | aya::maps::Map::LruHashMap(d)
             | aya::maps::Map::Array(d)
             | aya::maps::Map::PerCpuArray(d)
             | aya::maps::Map::RingBuf(d)
